@@ -1,0 +1,81 @@
+# Two commands matter: `make demo` and `make test`. Both set everything up
+# on a fresh machine first (system packages, .venv, the package and extras).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard proto/sandbox/v1/*.proto)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install system-deps node-deps generate check-generated lint test test-fast demo bench serve clean
+
+install: $(STAMP) node-deps
+
+# bubblewrap is the sandbox's namespace layer; iproute2 gives tests their own
+# network namespaces. Installed only when missing, and only where we can.
+system-deps:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else \
+	    echo "warning: bubblewrap is missing and cannot be installed here; sandboxes fall back to weaker isolation" >&2; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,local]'
+	touch $(STAMP)
+
+node-deps: tests/polyglot/node_modules/.installed
+
+tests/polyglot/node_modules/.installed: tests/polyglot/package.json
+	cd tests/polyglot && npm install --no-audit --no-fund --silent
+	touch $@
+
+GRPC_INCLUDE = $(shell $(PY) -c "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))")
+
+# Regenerates generated/ from proto/ with the pinned grpcio-tools and mypy-protobuf.
+generate: $(STAMP)
+	rm -rf generated/sandbox
+	mkdir -p generated
+	$(PY) -m grpc_tools.protoc -I proto -I $(GRPC_INCLUDE) \
+	  --python_out=generated --grpc_python_out=generated \
+	  --mypy_out=generated --mypy_grpc_out=generated \
+	  $(PROTO_FILES)
+	touch generated/sandbox/__init__.py generated/sandbox/v1/__init__.py generated/sandbox/py.typed
+
+check-generated: generate
+	@git diff --exit-code --stat -- generated || \
+	  { echo "generated/ is out of date with proto/: run 'make generate' and commit the result" >&2; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- generated); \
+	  if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked" >&2; exit 1; fi
+
+lint: install
+	$(BIN)/buf lint
+	$(BIN)/ruff check sandbox_sdk tests benchmarks scripts
+	$(BIN)/ruff format --check sandbox_sdk tests benchmarks scripts
+	$(BIN)/mypy --strict sandbox_sdk
+
+test: lint check-generated
+	$(BIN)/pytest
+
+# The tests without the lint and generation checks, for a quick loop.
+test-fast: install
+	$(BIN)/pytest -x -q
+
+demo: install
+	$(PY) scripts/demo.py
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+serve: install
+	$(BIN)/sandbox-sdk serve
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info tests/polyglot/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Orchestrator: sandboxes, resource limits and monitoring, experiments."""

@@ -1,0 +1,220 @@
+"""Rich ``google.rpc.Status`` errors raised by service code.
+
+Handlers raise :class:`ServiceError`; :class:`ErrorInterceptor` turns it into
+a status with ``ErrorInfo``, ``BadRequest``, ``QuotaFailure``, ``RetryInfo``
+and ``RequestInfo`` details. Any other exception becomes INTERNAL with only
+the request id sent to the client and the traceback logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from sandbox_sdk.errors import ERROR_DOMAIN, REQUEST_ID_KEY, ErrorReason
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error a handler wants the client to see, with its rich details."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: ErrorReason | str,
+        message: str,
+        *,
+        field_violations: Sequence[tuple[str, str]] = (),
+        quota_violations: Sequence[tuple[str, str]] = (),
+        retry_after: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = str(reason)
+        self.message = message
+        self.field_violations = tuple(field_violations)
+        self.quota_violations = tuple(quota_violations)
+        self.retry_after = retry_after
+        self.metadata = dict(metadata or {})
+
+    def to_status(self, request_id: str = "") -> grpc.Status:
+        """Builds the ``grpc.Status`` sent to the client."""
+        details: list[Any] = [
+            error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+            )
+        ]
+        if self.field_violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                        for f, d in self.field_violations
+                    ]
+                )
+            )
+        if self.quota_violations:
+            details.append(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
+                        for s, d in self.quota_violations
+                    ]
+                )
+            )
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after * 1e9))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        if request_id:
+            details.append(error_details_pb2.RequestInfo(request_id=request_id))
+        return status_from(self.code, self.message, details)
+
+
+def status_from(code: grpc.StatusCode, message: str, details: Sequence[Any]) -> grpc.Status:
+    """Packs protobuf detail messages into a ``grpc.Status``."""
+    packed = []
+    for detail in details:
+        wrapper = any_pb2.Any()
+        wrapper.Pack(detail)
+        packed.append(wrapper)
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    return rpc_status.to_status(proto)
+
+
+def invalid_argument(violations: Sequence[tuple[str, str]], message: str = "") -> ServiceError:
+    """An INVALID_ARGUMENT error listing each bad field and what to do about it."""
+    summary = message or "; ".join(f"{f}: {d}" for f, d in violations)
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorReason.INVALID_ARGUMENT,
+        summary,
+        field_violations=violations,
+    )
+
+
+def not_found(reason: ErrorReason, message: str) -> ServiceError:
+    """A NOT_FOUND error."""
+    return ServiceError(grpc.StatusCode.NOT_FOUND, reason, message)
+
+
+def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    """The first value of an invocation metadata key, or ``""``."""
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's ``x-request-id``, or a new one."""
+    return metadata_value(context, REQUEST_ID_KEY) or uuid.uuid4().hex
+
+
+_Handler = grpc.RpcMethodHandler[Any, Any]
+_UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+_StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], error: BaseException, request_id: str, method: str
+) -> None:
+    if isinstance(error, ServiceError):
+        status = error.to_status(request_id)
+    else:
+        log.exception("internal error in %s (request id %s)", method, request_id, exc_info=error)
+        status = status_from(
+            grpc.StatusCode.INTERNAL,
+            f"internal error; quote request id {request_id} when reporting it",
+            [
+                error_details_pb2.ErrorInfo(reason=ErrorReason.INTERNAL, domain=ERROR_DOMAIN),
+                error_details_pb2.RequestInfo(request_id=request_id),
+            ],
+        )
+    # grpc-stubs lacks aio's abort_with_status.
+    await cast(Any, context).abort_with_status(status)
+
+
+def _wrap_unary(handler: _UnaryHandler, method: str) -> _UnaryHandler:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request_id = request_id_of(context)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            return await handler(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # every failure must become a status
+            await _abort(context, error, request_id, method)
+            raise  # unreachable: abort raises
+
+    return wrapped
+
+
+def _wrap_stream(handler: _StreamHandler, method: str) -> _StreamHandler:
+    async def wrapped(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        request_id = request_id_of(context)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            async for item in handler(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # every failure must become a status
+            await _abort(context, error, request_id, method)
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+    """Turns exceptions escaping unary and server-streaming handlers into rich statuses.
+
+    It caches the wrapped handler per method, so it must come last in a
+    server's interceptor list: whatever runs after it has to return the same
+    handler for a method every time.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, _Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: _Handler, method: str) -> _Handler:
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(cast(_UnaryHandler, handler.unary_unary), method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(cast(_StreamHandler, handler.unary_stream), method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
