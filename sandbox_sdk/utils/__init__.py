@@ -1,0 +1,1 @@
+"""Small helpers shared by the client, the CLI and the services."""
