@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -120,7 +120,12 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return metadata_value(context, REQUEST_ID_KEY) or uuid.uuid4().hex
 
 
-_Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    MethodHandler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+else:  # grpc's classes are generic only in grpc-stubs
+    MethodHandler = grpc.RpcMethodHandler
+    ServerInterceptorBase = grpc.aio.ServerInterceptor
 _UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 _StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
@@ -176,7 +181,7 @@ def _wrap_stream(handler: _StreamHandler, method: str) -> _StreamHandler:
     return wrapped
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class ErrorInterceptor(ServerInterceptorBase):
     """Turns exceptions escaping unary and server-streaming handlers into rich statuses.
 
     It caches the wrapped handler per method, so it must come last in a
@@ -185,13 +190,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, _Handler] = {}
+        self._wrapped: dict[str, MethodHandler] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
+    ) -> MethodHandler:
         method: str = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None:
@@ -204,7 +209,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
         return wrapped
 
     @staticmethod
-    def _wrap(handler: _Handler, method: str) -> _Handler:
+    def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(cast(_UnaryHandler, handler.unary_unary), method),
