@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import enum
-from typing import Protocol, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 E = TypeVar("E", bound=enum.StrEnum)
 
 
-class _EnumValue(Protocol):
-    name: str
-    number: int
-
-
-class _EnumDescriptor(Protocol):
-    @property
-    def values(self) -> list[_EnumValue]: ...
-
-
-def enum_table(descriptor: _EnumDescriptor, prefix: str, target: type[E]) -> dict[int, E]:
-    """``{wire number: member}`` for a proto enum whose names start with ``prefix``."""
-    return {value.number: target(value.name.removeprefix(prefix)) for value in descriptor.values}
+def enum_table(items: Iterable[tuple[str, int]], prefix: str, target: type[E]) -> dict[int, E]:
+    """``{wire number: member}`` for a proto enum's ``items()``, names stripped of ``prefix``."""
+    return {number: target(name.removeprefix(prefix)) for name, number in items}
 
 
 def enum_numbers(table: dict[int, E]) -> dict[E, int]:

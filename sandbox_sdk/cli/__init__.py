@@ -1,0 +1,1 @@
+"""The ``sandbox-sdk`` command line."""

@@ -1,0 +1,281 @@
+"""The asyncio client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from sandbox.v1 import gateway_service_pb2, requests_pb2
+from sandbox_sdk.auth.credentials import TokenProvider
+from sandbox_sdk.client import requests as build
+from sandbox_sdk.client.aio_experiment import AsyncExperiment
+from sandbox_sdk.client.aio_sandbox import AsyncSandbox
+from sandbox_sdk.client.aio_transport import AsyncTransport
+from sandbox_sdk.client.channel import open_aio_channel
+from sandbox_sdk.client.retry import RetryPolicy
+from sandbox_sdk.client.setup import RetryArgument, TlsArgument, prepare_client
+from sandbox_sdk.config.settings import ClientSettings
+from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
+from sandbox_sdk.models.catalog import ModelInfo
+from sandbox_sdk.models.comparison import ExperimentComparison, compare_results
+from sandbox_sdk.models.environment import NetworkPolicy
+from sandbox_sdk.models.experiment import STATE_NUMBERS, ExperimentInfo, ExperimentState
+from sandbox_sdk.models.results import ExperimentResults
+from sandbox_sdk.utils.units import DurationLike, Size
+
+
+class AsyncSandboxClient:
+    """The asyncio counterpart of :class:`~sandbox_sdk.SandboxClient`, on ``grpc.aio``.
+
+    Same arguments, settings and methods; calls are coroutines, listings and
+    streams are async iterators. Use ``async with`` or ``await client.close()``.
+
+    Settings: arguments override environment variables, which override the YAML file at
+    ``config_path`` (or ``$SANDBOX_CONFIG``), which overrides the defaults; see
+    :mod:`sandbox_sdk.config`. Without a key, a loopback target uses the local
+    server's ``<data_dir>/admin.key``. Every call takes ``timeout=`` (seconds)
+    and most take ``retry=`` (a :class:`RetryPolicy`) to override the defaults.
+    Close the client with :meth:`close` or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        token_provider: TokenProvider | None = None,
+        tls: TlsArgument = None,
+        timeout: float | None = None,
+        retry: RetryArgument = None,
+        config_path: str | os.PathLike[str] | None = None,
+        settings: ClientSettings | None = None,
+    ) -> None:
+        setup = prepare_client(
+            target=target,
+            api_key=api_key,
+            token_provider=token_provider,
+            tls=tls,
+            timeout=timeout,
+            retry=retry,
+            config_path=config_path,
+            settings=settings,
+        )
+        self.settings = setup.settings
+        self.retry_policy = setup.retry
+        self._transport = AsyncTransport(
+            open_aio_channel(setup.settings),
+            auth=setup.auth,
+            timeout=setup.settings.timeout,
+            retry=setup.retry,
+            target=setup.settings.target,
+            observer=setup.observer,
+        )
+
+    # -- plumbing shared with the handles -------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        return await self._transport.unary(
+            self._transport.rpcs[method], request, timeout=timeout, retry=retry
+        )
+
+    async def _pages(
+        self, method: str, request: Any, *, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        while True:
+            page = await self._call(method, request, timeout=timeout)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    # -- environments ----------------------------------------------------------------------
+
+    async def create_environment(
+        self,
+        *,
+        cpu: float | None = None,
+        memory: Size | None = None,
+        disk: Size | None = None,
+        pids: int | None = None,
+        exec_timeout: DurationLike | None = None,
+        ttl: DurationLike | None = None,
+        idle_timeout: DurationLike | None = None,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        network: NetworkPolicy | str | bool | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncSandbox:
+        """Creates an environment and returns it RUNNING.
+
+        Limits left out take the server's defaults: ``cpu`` in cores, ``memory``
+        and ``disk`` as bytes or strings like ``"512Mi"``, ``pids`` processes,
+        durations as seconds or strings like ``"10m"``. ``files`` maps workspace
+        paths to contents. ``network`` is ``"none"`` (default) or ``"host"``.
+        A retried create returns the first environment, never a second one.
+        """
+        request = build.create_environment_request(
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            pids=pids,
+            exec_timeout=exec_timeout,
+            ttl=ttl,
+            idle_timeout=idle_timeout,
+            env=env,
+            labels=labels,
+            files=files,
+            network=network,
+        )
+        response = await self._call("CreateEnvironment", request, timeout=timeout, retry=retry)
+        return AsyncSandbox(self, response.environment)
+
+    async def get_environment(
+        self, environment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> AsyncSandbox:
+        """The environment with this id (:class:`NotFoundError` if it is not yours)."""
+        response = await self._call(
+            "GetEnvironment",
+            requests_pb2.GetEnvironmentRequest(environment_id=environment_id),
+            timeout=timeout,
+            retry=retry,
+        )
+        return AsyncSandbox(self, response.environment)
+
+    async def list_environments(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        show_terminated: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[AsyncSandbox]:
+        """Your environments, newest first, fetched page by page as you iterate."""
+        request = requests_pb2.ListEnvironmentsRequest(
+            page_size=page_size, label_selector=dict(labels or {}), show_terminated=show_terminated
+        )
+        async for page in self._pages("ListEnvironments", request, timeout=timeout):
+            for environment in page.environments:
+                yield AsyncSandbox(self, environment)
+
+    # -- experiments -----------------------------------------------------------------------
+
+    async def get_experiment(
+        self, experiment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> AsyncExperiment:
+        """The experiment with this id."""
+        response = await self._call(
+            "GetExperiment",
+            requests_pb2.GetExperimentRequest(experiment_id=experiment_id),
+            timeout=timeout,
+            retry=retry,
+        )
+        return AsyncExperiment(self, ExperimentInfo.from_proto(response.experiment))
+
+    async def list_experiments(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        environment_id: str = "",
+        states: Iterable[ExperimentState | str] = (),
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[AsyncExperiment]:
+        """Your experiments, newest first, fetched page by page as you iterate."""
+        request = requests_pb2.ListExperimentsRequest(
+            page_size=page_size,
+            label_selector=dict(labels or {}),
+            environment_id=environment_id,
+            states=[STATE_NUMBERS[ExperimentState(str(s).upper())] for s in states],  # type: ignore[misc]
+        )
+        async for page in self._pages("ListExperiments", request, timeout=timeout):
+            for experiment in page.experiments:
+                yield AsyncExperiment(self, ExperimentInfo.from_proto(experiment))
+
+    async def get_results(
+        self, experiment_id: str, timeout: DurationLike | None = None
+    ) -> ExperimentResults:
+        """Waits for the experiment with this id and returns its results."""
+        return await (await self.get_experiment(experiment_id)).get_results(timeout)
+
+    async def compare_experiments(
+        self,
+        a: AsyncExperiment | ExperimentResults | str,
+        b: AsyncExperiment | ExperimentResults | str,
+    ) -> ExperimentComparison:
+        """Two experiments' metrics side by side, with differences and whether they are noise."""
+        return compare_results(await self._results_of(a), await self._results_of(b))
+
+    async def _results_of(
+        self, item: AsyncExperiment | ExperimentResults | str
+    ) -> ExperimentResults:
+        if isinstance(item, ExperimentResults):
+            return item
+        experiment = item if isinstance(item, AsyncExperiment) else await self.get_experiment(item)
+        return await experiment.get_results()
+
+    # -- models and keys -------------------------------------------------------------------
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The models experiments can use, sorted by name."""
+        request = requests_pb2.ListModelsRequest()
+        return [
+            ModelInfo.from_proto(model)
+            async for page in self._pages("ListModels", request, timeout=timeout)
+            for model in page.models
+        ]
+
+    async def create_api_key(
+        self,
+        *,
+        tenant: str = "default",
+        scopes: Iterable[ApiKeyScope | str] = (ApiKeyScope.READ, ApiKeyScope.WRITE),
+        display_name: str = "",
+        ttl: DurationLike | None = None,
+        timeout: float | None = None,
+    ) -> CreatedApiKey:
+        """Creates an API key (admin scope); the secret is in the result only."""
+        request = build.create_api_key_request(
+            tenant=tenant, scopes=scopes, display_name=display_name, ttl=ttl
+        )
+        response = await self._call("CreateApiKey", request, timeout=timeout)
+        return CreatedApiKey(ApiKeyInfo.from_proto(response.api_key), response.secret)
+
+    async def list_api_keys(
+        self, *, tenant: str = "", show_revoked: bool = False, timeout: float | None = None
+    ) -> AsyncIterator[ApiKeyInfo]:
+        """API keys without secrets (admin scope), newest first."""
+        request = gateway_service_pb2.ListApiKeysRequest(tenant=tenant, show_revoked=show_revoked)
+        async for page in self._pages("ListApiKeys", request, timeout=timeout):
+            for key in page.api_keys:
+                yield ApiKeyInfo.from_proto(key)
+
+    async def revoke_api_key(self, api_key_id: str, *, timeout: float | None = None) -> ApiKeyInfo:
+        """Revokes a key at once (admin scope)."""
+        request = gateway_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
+        response = await self._call("RevokeApiKey", request, timeout=timeout)
+        return ApiKeyInfo.from_proto(response.api_key)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Closes the connection; calls in flight are cancelled."""
+        await self._transport.close()
+
+    async def __aenter__(self) -> AsyncSandboxClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncSandboxClient(target={self.settings.target!r})"

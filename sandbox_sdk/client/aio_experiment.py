@@ -1,0 +1,155 @@
+"""A handle on one experiment (asyncio)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from sandbox.v1 import requests_pb2
+from sandbox_sdk.client.aio_streams import AsyncServerStream
+from sandbox_sdk.client.outcome import ensure_succeeded, still_running_error
+from sandbox_sdk.client.requests import seconds
+from sandbox_sdk.client.retry import RetryPolicy
+from sandbox_sdk.client.stream_state import EventCursor
+from sandbox_sdk.errors import SandboxTimeoutError
+from sandbox_sdk.models.experiment import (
+    ExperimentEvent,
+    ExperimentInfo,
+    ExperimentState,
+    LogLine,
+    MetricSample,
+    StateChange,
+)
+from sandbox_sdk.models.results import ExperimentResults
+from sandbox_sdk.utils.units import DurationLike
+
+if TYPE_CHECKING:
+    from sandbox_sdk.client.aio_client import AsyncSandboxClient
+
+RESULTS_PAGE_SIZE = 1000
+
+
+class AsyncExperiment:
+    """The asyncio counterpart of :class:`~sandbox_sdk.Experiment`.
+
+    ``status``/``state`` are coroutines here: ``await experiment.status()``.
+    """
+
+    def __init__(self, client: AsyncSandboxClient, info: ExperimentInfo) -> None:
+        self._client = client
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        """The experiment's id."""
+        return self.info.id
+
+    async def status(self) -> ExperimentState:
+        """The current state, fetched from the service."""
+        return (await self.refresh()).state
+
+    async def state(self) -> ExperimentState:
+        """The current state, fetched from the service (same as ``status``)."""
+        return await self.status()
+
+    async def refresh(
+        self, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> ExperimentInfo:
+        """Fetches the latest snapshot into ``info`` and returns it."""
+        response = await self._client._call(
+            "GetExperiment",
+            requests_pb2.GetExperimentRequest(experiment_id=self.id),
+            timeout=timeout,
+            retry=retry,
+        )
+        self.info = ExperimentInfo.from_proto(response.experiment)
+        return self.info
+
+    async def cancel(self, *, timeout: float | None = None) -> ExperimentInfo:
+        """Cancels the experiment if it has not finished; returns the new snapshot."""
+        response = await self._client._call(
+            "CancelExperiment",
+            requests_pb2.CancelExperimentRequest(experiment_id=self.id),
+            timeout=timeout,
+        )
+        self.info = ExperimentInfo.from_proto(response.experiment)
+        return self.info
+
+    async def wait(self, timeout: DurationLike | None = None) -> ExperimentInfo:
+        """Waits until the experiment reaches a final state (see ``Experiment.wait``)."""
+        limit = seconds(timeout) or self._client.settings.wait_timeout
+        clock = self._client.retry_policy.clock
+        ends_at = clock() + limit
+        info = await self.refresh()
+        while not info.state.is_final:
+            remaining = ends_at - clock()
+            if remaining <= 0:
+                raise still_running_error(info, limit)
+            try:
+                await self._follow_until_final(info.last_sequence, remaining)
+            except SandboxTimeoutError as error:
+                raise still_running_error(await self.refresh(), limit) from error
+            info = await self.refresh()
+        return info
+
+    async def _follow_until_final(self, after_sequence: int, timeout: float) -> None:
+        async with self.events(after_sequence=after_sequence, timeout=timeout) as stream:
+            async for event in stream:
+                if isinstance(event.payload, StateChange) and event.payload.state.is_final:
+                    return
+
+    async def get_results(
+        self, timeout: DurationLike | None = None, *, raise_on_failure: bool = True
+    ) -> ExperimentResults:
+        """Waits for the experiment to finish, then fetches all results.
+
+        Raises :class:`ExperimentFailedError` if it ended FAILED, TIMED_OUT or
+        CANCELLED, unless ``raise_on_failure`` is false.
+        """
+        info = await self.wait(timeout)
+        if raise_on_failure:
+            ensure_succeeded(info)
+        request = requests_pb2.GetExperimentResultsRequest(
+            experiment_id=self.id, page_size=RESULTS_PAGE_SIZE
+        )
+        pages = [page async for page in self._client._pages("GetExperimentResults", request)]
+        return ExperimentResults.from_pages(pages)
+
+    def events(
+        self,
+        *,
+        after_sequence: int = 0,
+        follow: bool = True,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncServerStream[ExperimentEvent]:
+        """The experiment's events after ``after_sequence``, each exactly once and in order,
+        resumed from the last one seen if the connection breaks."""
+        cursor = EventCursor(self.id, after_sequence, follow)
+        transport = self._client._transport
+        return AsyncServerStream(
+            transport,
+            transport.rpcs["StreamExperimentEvents"],
+            cursor.request,
+            cursor.convert,
+            timeout=timeout,
+            retry=retry,
+            resumable=True,
+        )
+
+    async def stream_logs(self, *, follow: bool = True) -> AsyncIterator[LogLine]:
+        """The experiment's log lines."""
+        async with self.events(follow=follow) as stream:
+            async for event in stream:
+                if isinstance(event.payload, LogLine):
+                    yield event.payload
+
+    async def stream_metrics(self, *, follow: bool = True) -> AsyncIterator[MetricSample]:
+        """The experiment's metric samples."""
+        async with self.events(follow=follow) as stream:
+            async for event in stream:
+                if isinstance(event.payload, MetricSample):
+                    yield event.payload
+
+    def __repr__(self) -> str:
+        return f"AsyncExperiment(id={self.id!r}, state={self.info.state.value})"

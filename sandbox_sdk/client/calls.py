@@ -1,0 +1,89 @@
+"""The gateway's methods as the SDK calls them, and turning failures into SDK errors."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import grpc
+
+from sandbox_sdk.errors import SandboxError, from_rpc_error
+
+# Methods safe to repeat: reads, lists and streams. Creates are safe too because
+# the SDK sends a request_id with each; see ``RETRY_SAFE_CREATES``.
+IDEMPOTENT_METHODS = frozenset(
+    {
+        "GetEnvironment",
+        "ListEnvironments",
+        "ReadFile",
+        "ListFiles",
+        "GetEnvironmentUsage",
+        "StreamEnvironmentUsage",
+        "GetExperiment",
+        "ListExperiments",
+        "GetExperimentResults",
+        "StreamExperimentEvents",
+        "ListModels",
+        "ListApiKeys",
+    }
+)
+RETRY_SAFE_CREATES = frozenset({"CreateEnvironment", "CreateExperiment", "CreateApiKey"})
+STREAMING_METHODS = frozenset({"ExecCommand", "StreamEnvironmentUsage", "StreamExperimentEvents"})
+
+
+class Rpc(NamedTuple):
+    """One gateway method: its name, the stub's callable and whether retries are safe."""
+
+    name: str
+    call: Any
+    retry_safe: bool
+
+
+_OTHER_METHODS = frozenset(
+    {"UpdateEnvironment", "DeleteEnvironment", "WriteFile", "CancelExperiment", "RevokeApiKey"}
+)
+RETRY_SAFE_METHODS = IDEMPOTENT_METHODS | RETRY_SAFE_CREATES
+ALL_METHODS = RETRY_SAFE_METHODS | STREAMING_METHODS | _OTHER_METHODS
+
+
+def method_table(stub: object) -> dict[str, Rpc]:
+    """Every GatewayService method of a generated stub (sync or aio)."""
+    return {
+        name: Rpc(name, getattr(stub, name), name in RETRY_SAFE_METHODS) for name in ALL_METHODS
+    }
+
+
+_HINTS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAVAILABLE: (
+        "the gateway at {target} cannot be reached; check that it runs "
+        "(`sandbox-sdk serve` starts a local one) and that target / SANDBOX_TARGET is right"
+    ),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (
+        "the call did not finish within its timeout; pass a larger timeout= or set SANDBOX_TIMEOUT"
+    ),
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "the gateway rejected the API key; set SANDBOX_API_KEY to a valid key "
+        "(`sandbox-sdk keys create` makes one)"
+    ),
+    grpc.StatusCode.UNIMPLEMENTED: (
+        "the server at {target} does not implement this call; is target pointing at a "
+        "sandbox-sdk gateway of a matching version?"
+    ),
+}
+
+
+def translate(error: grpc.RpcError, target: str, method: str) -> SandboxError:
+    """The typed SDK error for a failed call, with advice when the server gave none."""
+    converted = from_rpc_error(error)
+    hint = _HINTS.get(converted.code) if converted.code is not None else None
+    if hint and not converted.reason:
+        # No ErrorInfo: the failure came from the transport, not from a handler.
+        converted.message = f"{method}: {converted.message}; {hint.format(target=target)}"
+        converted.args = (converted.message,)
+    return converted
+
+
+def with_attempts_note(error: SandboxError, attempts: int) -> SandboxError:
+    """Notes how many attempts were made before giving up."""
+    if attempts > 1:
+        error.add_note(f"gave up after {attempts} attempts")
+    return error

@@ -1,0 +1,35 @@
+"""Errors for experiments that did not succeed or are still running."""
+
+from __future__ import annotations
+
+from sandbox_sdk.errors import ExperimentFailedError, SandboxTimeoutError
+from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
+
+
+def ensure_succeeded(info: ExperimentInfo) -> None:
+    """Raises :class:`ExperimentFailedError` unless the experiment SUCCEEDED."""
+    if info.state is ExperimentState.SUCCEEDED:
+        return
+    reason = info.failure.reason if info.failure else info.state.value
+    detail = info.failure.message if info.failure else ""
+    advice = {
+        ExperimentState.TIMED_OUT: "raise run_experiment(timeout=...) or use fewer inputs",
+        ExperimentState.CANCELLED: "it was cancelled; run it again if that was not intended",
+    }.get(info.state, f"read its logs with `sandbox-sdk logs {info.id}`, fix the cause and rerun")
+    raise ExperimentFailedError(
+        f"experiment {info.id} ended {info.state.value} ({reason}"
+        + (f": {detail}" if detail else "")
+        + f"); {advice}. get_results(raise_on_failure=False) returns the partial results",
+        reason=reason,
+        metadata={"experiment_id": info.id, "state": info.state.value},
+    )
+
+
+def still_running_error(info: ExperimentInfo, waited: float) -> SandboxTimeoutError:
+    """The error for a wait that ran out before the experiment finished."""
+    return SandboxTimeoutError(
+        f"experiment {info.id} is still {info.state.value} after {waited:.0f}s "
+        f"({info.completed_samples}/{info.total_samples} samples); wait again with a larger "
+        "timeout (or set SANDBOX_WAIT_TIMEOUT), or cancel() it",
+        metadata={"experiment_id": info.id, "state": info.state.value},
+    )

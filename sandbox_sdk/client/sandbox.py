@@ -1,0 +1,248 @@
+"""A handle on one environment (sync)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sandbox.v1 import environment_pb2, requests_pb2
+from sandbox_sdk.client import requests as build
+from sandbox_sdk.client.experiment import Experiment
+from sandbox_sdk.client.retry import RetryPolicy
+from sandbox_sdk.client.stream_state import usage_from_response
+from sandbox_sdk.client.streams import ExecStream, ServerStream
+from sandbox_sdk.errors import NotFoundError
+from sandbox_sdk.models.environment import EnvironmentInfo, EnvironmentState, ResourceLimits
+from sandbox_sdk.models.execution import ExecResult
+from sandbox_sdk.models.experiment import ExperimentInfo
+from sandbox_sdk.models.files import FileInfo
+from sandbox_sdk.models.usage import ResourceUsage, UsageReport
+from sandbox_sdk.utils.units import DurationLike, to_duration_pb
+
+if TYPE_CHECKING:
+    from sandbox_sdk.client.sync_client import SandboxClient
+
+# Extra time the exec call gets beyond the command's own limit, to report the exit.
+EXEC_DEADLINE_MARGIN = 30.0
+
+
+class Sandbox:
+    """An environment. Use it as a context manager to delete it on exit.
+
+    ``info`` is the last snapshot; :meth:`refresh` fetches a new one.
+    """
+
+    def __init__(self, client: SandboxClient, environment: environment_pb2.Environment) -> None:
+        self._client = client
+        self._set(environment)
+
+    def _set(self, environment: environment_pb2.Environment) -> None:
+        # Converted on first use of ``info``: keeps the call path as cheap as the raw stub.
+        self._proto = environment
+        self._info: EnvironmentInfo | None = None
+
+    @property
+    def info(self) -> EnvironmentInfo:
+        """The last snapshot of the environment."""
+        if self._info is None:
+            self._info = EnvironmentInfo.from_proto(self._proto)
+        return self._info
+
+    @property
+    def id(self) -> str:
+        """The environment's id."""
+        return self._proto.id
+
+    @property
+    def state(self) -> EnvironmentState:
+        """The state in the last snapshot."""
+        return self.info.state
+
+    def refresh(
+        self, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> EnvironmentInfo:
+        """Fetches the latest snapshot into ``info`` and returns it."""
+        response = self._client._call(
+            "GetEnvironment",
+            requests_pb2.GetEnvironmentRequest(environment_id=self.id),
+            timeout=timeout,
+            retry=retry,
+        )
+        self._set(response.environment)
+        return self.info
+
+    def update(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        ttl: DurationLike | None = None,
+        idle_timeout: DurationLike | None = None,
+        timeout: float | None = None,
+    ) -> EnvironmentInfo:
+        """Replaces the labels and/or changes the ttl or idle timeout."""
+        request = build.update_environment_request(
+            self.id, labels=labels, ttl=ttl, idle_timeout=idle_timeout
+        )
+        response = self._client._call("UpdateEnvironment", request, timeout=timeout)
+        self._set(response.environment)
+        return self.info
+
+    def delete(self, *, timeout: float | None = None) -> EnvironmentInfo:
+        """Kills the environment's processes and removes its workspace (idempotent)."""
+        response = self._client._call(
+            "DeleteEnvironment",
+            requests_pb2.DeleteEnvironmentRequest(environment_id=self.id),
+            timeout=timeout,
+        )
+        self._set(response.environment)
+        return self.info
+
+    def exec(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+        timeout: DurationLike | None = None,
+        check: bool = False,
+    ) -> ExecResult:
+        """Runs a command (a list, or a string run by ``/bin/sh -c``) and waits for it.
+
+        ``timeout`` is the command's wall-clock limit (default: the environment's).
+        With ``check`` a non-zero exit raises :class:`CommandFailedError`.
+        """
+        result = self.exec_stream(cmd, cwd=cwd, env=env, stdin=stdin, timeout=timeout).result
+        return result.check() if check else result
+
+    def exec_stream(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+        timeout: DurationLike | None = None,
+    ) -> ExecStream:
+        """Runs a command, yielding :class:`OutputChunk` s as they are written.
+
+        After iteration, ``stream.result`` is the :class:`ExecResult`.
+        """
+        request = build.exec_request(self.id, cmd, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+        limit = build.seconds(timeout)
+        deadline = limit + EXEC_DEADLINE_MARGIN if limit else None
+        return ExecStream(self._client._transport, request, timeout=deadline)
+
+    def write_file(
+        self, path: str, content: bytes | str, *, mode: int = 0o644, timeout: float | None = None
+    ) -> FileInfo:
+        """Writes ``content`` to ``path`` (relative to the workspace)."""
+        data = content.encode() if isinstance(content, str) else content
+        request = requests_pb2.WriteFileRequest(
+            environment_id=self.id,
+            file=environment_pb2.FileContent(path=path, content=data, mode=mode),
+        )
+        response = self._client._call("WriteFile", request, timeout=timeout)
+        return FileInfo.from_proto(response.file)
+
+    def read_file(self, path: str, *, timeout: float | None = None) -> bytes:
+        """The bytes of the workspace file at ``path``."""
+        request = requests_pb2.ReadFileRequest(environment_id=self.id, path=path)
+        response = self._client._call("ReadFile", request, timeout=timeout)
+        content: bytes = response.content
+        return content
+
+    def read_text(self, path: str, *, encoding: str = "utf-8") -> str:
+        """The workspace file at ``path`` decoded as text."""
+        return self.read_file(path).decode(encoding)
+
+    def list_files(self, path: str = "", *, page_size: int = 0) -> Iterator[FileInfo]:
+        """The entries of a workspace directory, sorted by path; pages transparently."""
+        request = requests_pb2.ListFilesRequest(
+            environment_id=self.id, path=path, page_size=page_size
+        )
+        for page in self._client._pages("ListFiles", request):
+            yield from (FileInfo.from_proto(item) for item in page.files)
+
+    def usage(self, *, timeout: float | None = None) -> UsageReport:
+        """The latest resource usage sample next to the limits."""
+        request = requests_pb2.GetEnvironmentUsageRequest(environment_id=self.id)
+        response = self._client._call("GetEnvironmentUsage", request, timeout=timeout)
+        return UsageReport(
+            usage=ResourceUsage.from_proto(response.usage),
+            limits=ResourceLimits.from_proto(response.limits),
+        )
+
+    def stream_usage(
+        self, *, interval: DurationLike = 1.0, timeout: float | None = None
+    ) -> ServerStream[ResourceUsage]:
+        """Usage samples every ``interval`` until the environment ends (reconnects if broken)."""
+        request = requests_pb2.StreamEnvironmentUsageRequest(
+            environment_id=self.id, interval=to_duration_pb(build.seconds(interval) or 1.0)
+        )
+        transport = self._client._transport
+        return ServerStream(
+            transport,
+            transport.rpcs["StreamEnvironmentUsage"],
+            lambda: request,
+            usage_from_response,
+            timeout=timeout,
+            resumable=True,
+        )
+
+    def run_experiment(
+        self,
+        *,
+        model: str,
+        prompt: str | None = None,
+        prompts: Iterable[str] | None = None,
+        inputs: Iterable[build.InputLike] | None = None,
+        dataset_path: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        scorers: Iterable[build.ScorerLike] | None = None,
+        repeats: int | None = None,
+        system_prompt: str | None = None,
+        timeout: DurationLike | None = None,
+        priority: int | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Experiment:
+        """Queues an experiment in this environment and returns its handle at once.
+
+        Give exactly one of ``prompt``, ``prompts``, ``inputs`` (dicts with
+        ``prompt`` and ``expected``) or ``dataset_path`` (a JSONL file in the
+        workspace). ``parameters`` keys temperature, top_p, max_tokens, seed and
+        stop are typed; other keys go to the provider. ``timeout`` bounds the
+        whole experiment on the server.
+        """
+        request = build.create_experiment_request(
+            self.id,
+            model=model,
+            prompt=prompt,
+            prompts=prompts,
+            inputs=inputs,
+            dataset_path=dataset_path,
+            parameters=parameters,
+            scorers=scorers,
+            repeats=repeats,
+            system_prompt=system_prompt,
+            timeout=timeout,
+            priority=priority,
+            labels=labels,
+        )
+        response = self._client._call("CreateExperiment", request)
+        return Experiment(self._client, ExperimentInfo.from_proto(response.experiment))
+
+    def list_experiments(self, **filters: Any) -> Iterator[Experiment]:
+        """This environment's experiments (see ``SandboxClient.list_experiments``)."""
+        return self._client.list_experiments(environment_id=self.id, **filters)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(NotFoundError):
+            self.delete()
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, state={self.info.state.value})"

@@ -1,0 +1,68 @@
+"""What both clients derive from their constructor arguments: settings, auth, retry, metrics."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox_sdk.auth.credentials import ApiKey, BearerAuth, TokenProvider
+from sandbox_sdk.client.retry import RetryPolicy
+from sandbox_sdk.config.keyfile import resolve_api_key
+from sandbox_sdk.config.loader import load_settings
+from sandbox_sdk.config.settings import ClientSettings, RetrySettings, TlsSettings
+from sandbox_sdk.monitoring.rpc_metrics import RpcObserver, observer_from_settings
+
+RetryArgument = RetryPolicy | RetrySettings | Mapping[str, Any] | None
+TlsArgument = bool | TlsSettings | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """Everything a client needs besides its channel."""
+
+    settings: ClientSettings
+    auth: BearerAuth
+    retry: RetryPolicy
+    observer: RpcObserver | None
+
+
+def prepare_client(
+    *,
+    target: str | None,
+    api_key: str | None,
+    token_provider: TokenProvider | None,
+    tls: TlsArgument,
+    timeout: float | None,
+    retry: RetryArgument,
+    config_path: str | os.PathLike[str] | None,
+    settings: ClientSettings | None,
+) -> ClientSetup:
+    """Resolves settings (argument > environment > file > default), the key and the policy."""
+    if settings is None:
+        settings = load_settings(
+            config_path=config_path,
+            overrides={
+                "target": target,
+                "api_key": api_key,
+                "tls": tls,
+                "timeout": timeout,
+                "retry": None if isinstance(retry, RetryPolicy) else retry,
+            },
+        )
+    policy = retry if isinstance(retry, RetryPolicy) else RetryPolicy.from_settings(settings.retry)
+    provider = token_provider or ApiKey(
+        resolve_api_key(
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            api_key_file=settings.api_key_file,
+            target=settings.target,
+            data_dir=settings.data_dir,
+        )
+    )
+    return ClientSetup(
+        settings=settings,
+        auth=BearerAuth(provider),
+        retry=policy,
+        observer=observer_from_settings(settings.metrics),
+    )

@@ -1,0 +1,173 @@
+"""Server streams (sync) as closable iterators that resume after a broken connection."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from sandbox_sdk.client.calls import Rpc, translate, with_attempts_note
+from sandbox_sdk.client.retry import Attempts, RetryPolicy
+from sandbox_sdk.client.stream_state import ExecCollector
+from sandbox_sdk.client.transport import Transport
+from sandbox_sdk.errors import SandboxError, SandboxTimeoutError
+from sandbox_sdk.models.execution import ExecResult, OutputChunk
+
+T = TypeVar("T")
+
+
+class ServerStream(Generic[T]):
+    """Iterates over one server-streaming call, converting each message.
+
+    ``convert`` may return ``None`` to skip a message. When ``resumable``, a
+    retryable failure (per the retry policy; UNAVAILABLE by default) reopens the
+    call with ``request()`` — which should ask to continue where the stream
+    stopped — until the policy's deadline passes without progress. ``timeout``
+    bounds the whole stream. Closing the stream (``close()``, ``with``, or
+    garbage collection) cancels the call.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        rpc: Rpc,
+        request: Callable[[], Any],
+        convert: Callable[[Any], T | None],
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        resumable: bool = False,
+    ) -> None:
+        self._transport = transport
+        self._rpc = rpc
+        self._request = request
+        self._convert = convert
+        self._policy = transport.retry if retry is None else retry
+        self._resumable = resumable
+        self._ends_at = None if timeout is None else self._policy.clock() + timeout
+        self._attempts: Attempts | None = None
+        self._refreshed = False
+        self._closed = False
+        self._reconnects = 0
+        self._started = time.perf_counter()
+        self._call: Any = transport.open_stream(rpc, request(), timeout=timeout)
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        while True:
+            try:
+                message = next(self._call)
+            except StopIteration:
+                self._finish("OK")
+                raise
+            except grpc.RpcError as error:
+                self._reopen_or_raise(error)
+                continue
+            if self._attempts is not None:
+                self._attempts = None  # progress: a later outage gets a fresh deadline
+            item = self._convert(message)
+            if item is not None:
+                return item
+
+    def _reopen_or_raise(self, error: grpc.RpcError) -> None:
+        if self._closed:
+            raise StopIteration from None
+        converted = translate(error, self._transport.target, self._rpc.name)
+        delay = self._retry_delay(converted)
+        if delay is None:
+            self._finish(converted.code.name if converted.code else "UNKNOWN")
+            made = self._attempts.made if self._attempts else 1
+            raise with_attempts_note(converted, made) from error
+        if delay:
+            self._policy.sleep(delay)
+        self._reconnects += 1
+        self._call = self._transport.open_stream(
+            self._rpc, self._request(), timeout=self._remaining()
+        )
+
+    def _retry_delay(self, error: SandboxError) -> float | None:
+        auth = self._transport.auth
+        if (
+            error.code == grpc.StatusCode.UNAUTHENTICATED
+            and auth.refreshable
+            and not self._refreshed
+        ):
+            self._refreshed = True
+            auth.invalidate()
+            return 0.0
+        if not self._resumable:
+            return None
+        if self._attempts is None:
+            self._attempts = self._policy.start(stream=True)
+        return self._attempts.next_delay(error)
+
+    def _remaining(self) -> float | None:
+        if self._ends_at is None:
+            return None
+        remaining = self._ends_at - self._policy.clock()
+        if remaining <= 0:
+            raise SandboxTimeoutError(
+                f"{self._rpc.name}: the stream's timeout ran out while reconnecting; "
+                "pass a larger timeout"
+            )
+        return remaining
+
+    def _finish(self, code: str) -> None:
+        observer = self._transport.observer
+        if observer is not None and not self._closed:
+            observer.record(
+                self._rpc.name, code, time.perf_counter() - self._started, self._reconnects
+            )
+        self._closed = True
+
+    def close(self) -> None:
+        """Cancels the call; iteration stops."""
+        if not self._closed:
+            self._finish("CANCELLED")
+            self._call.cancel()
+
+    def __enter__(self) -> ServerStream[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        call = getattr(self, "_call", None)
+        if call is not None and not getattr(self, "_closed", True):
+            call.cancel()
+
+
+class ExecStream(ServerStream[OutputChunk]):
+    """The output of a running command, chunk by chunk; ``result`` once it has ended.
+
+    ``result`` holds the exit status and the whole output (capped by the server).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        request: Any,
+        *,
+        timeout: float | None,
+    ) -> None:
+        self._collector = ExecCollector(tuple(request.argv))
+        super().__init__(
+            transport,
+            transport.rpcs["ExecCommand"],
+            lambda: request,
+            self._collector.convert,
+            timeout=timeout,
+        )
+
+    @property
+    def result(self) -> ExecResult:
+        """The command's result, reading any output left first."""
+        if not self._collector.finished:
+            for _ in self:
+                pass
+        return self._collector.result

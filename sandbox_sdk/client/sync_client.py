@@ -1,0 +1,271 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from sandbox.v1 import gateway_service_pb2, requests_pb2
+from sandbox_sdk.auth.credentials import TokenProvider
+from sandbox_sdk.client import requests as build
+from sandbox_sdk.client.channel import open_channel
+from sandbox_sdk.client.experiment import Experiment
+from sandbox_sdk.client.retry import RetryPolicy
+from sandbox_sdk.client.sandbox import Sandbox
+from sandbox_sdk.client.setup import RetryArgument, TlsArgument, prepare_client
+from sandbox_sdk.client.transport import Transport
+from sandbox_sdk.config.settings import ClientSettings
+from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
+from sandbox_sdk.models.catalog import ModelInfo
+from sandbox_sdk.models.comparison import ExperimentComparison, compare_results
+from sandbox_sdk.models.environment import NetworkPolicy
+from sandbox_sdk.models.experiment import STATE_NUMBERS, ExperimentInfo, ExperimentState
+from sandbox_sdk.models.results import ExperimentResults
+from sandbox_sdk.utils.units import DurationLike, Size
+
+
+class SandboxClient:
+    """Talks to a sandbox gateway: environments, commands, experiments, models, API keys.
+
+    Arguments override environment variables, which override the YAML file at
+    ``config_path`` (or ``$SANDBOX_CONFIG``), which overrides the defaults; see
+    :mod:`sandbox_sdk.config`. Without a key, a loopback target uses the local
+    server's ``<data_dir>/admin.key``. Every call takes ``timeout=`` (seconds)
+    and most take ``retry=`` (a :class:`RetryPolicy`) to override the defaults.
+    Close the client with :meth:`close` or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        token_provider: TokenProvider | None = None,
+        tls: TlsArgument = None,
+        timeout: float | None = None,
+        retry: RetryArgument = None,
+        config_path: str | os.PathLike[str] | None = None,
+        settings: ClientSettings | None = None,
+    ) -> None:
+        setup = prepare_client(
+            target=target,
+            api_key=api_key,
+            token_provider=token_provider,
+            tls=tls,
+            timeout=timeout,
+            retry=retry,
+            config_path=config_path,
+            settings=settings,
+        )
+        self.settings = setup.settings
+        self.retry_policy = setup.retry
+        self._transport = Transport(
+            open_channel(setup.settings),
+            auth=setup.auth,
+            timeout=setup.settings.timeout,
+            retry=setup.retry,
+            target=setup.settings.target,
+            observer=setup.observer,
+        )
+
+    # -- plumbing shared with the handles -------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        return self._transport.unary(
+            self._transport.rpcs[method], request, timeout=timeout, retry=retry
+        )
+
+    def _pages(self, method: str, request: Any, *, timeout: float | None = None) -> Iterator[Any]:
+        while True:
+            page = self._call(method, request, timeout=timeout)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    # -- environments ----------------------------------------------------------------------
+
+    def create_environment(
+        self,
+        *,
+        cpu: float | None = None,
+        memory: Size | None = None,
+        disk: Size | None = None,
+        pids: int | None = None,
+        exec_timeout: DurationLike | None = None,
+        ttl: DurationLike | None = None,
+        idle_timeout: DurationLike | None = None,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        files: Mapping[str, bytes | str] | None = None,
+        network: NetworkPolicy | str | bool | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Sandbox:
+        """Creates an environment and returns it RUNNING.
+
+        Limits left out take the server's defaults: ``cpu`` in cores, ``memory``
+        and ``disk`` as bytes or strings like ``"512Mi"``, ``pids`` processes,
+        durations as seconds or strings like ``"10m"``. ``files`` maps workspace
+        paths to contents. ``network`` is ``"none"`` (default) or ``"host"``.
+        A retried create returns the first environment, never a second one.
+        """
+        request = build.create_environment_request(
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            pids=pids,
+            exec_timeout=exec_timeout,
+            ttl=ttl,
+            idle_timeout=idle_timeout,
+            env=env,
+            labels=labels,
+            files=files,
+            network=network,
+        )
+        response = self._call("CreateEnvironment", request, timeout=timeout, retry=retry)
+        return Sandbox(self, response.environment)
+
+    def get_environment(
+        self, environment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> Sandbox:
+        """The environment with this id (:class:`NotFoundError` if it is not yours)."""
+        response = self._call(
+            "GetEnvironment",
+            requests_pb2.GetEnvironmentRequest(environment_id=environment_id),
+            timeout=timeout,
+            retry=retry,
+        )
+        return Sandbox(self, response.environment)
+
+    def list_environments(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        show_terminated: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Sandbox]:
+        """Your environments, newest first, fetched page by page as you iterate."""
+        request = requests_pb2.ListEnvironmentsRequest(
+            page_size=page_size, label_selector=dict(labels or {}), show_terminated=show_terminated
+        )
+        for page in self._pages("ListEnvironments", request, timeout=timeout):
+            for environment in page.environments:
+                yield Sandbox(self, environment)
+
+    # -- experiments -----------------------------------------------------------------------
+
+    def get_experiment(
+        self, experiment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> Experiment:
+        """The experiment with this id."""
+        response = self._call(
+            "GetExperiment",
+            requests_pb2.GetExperimentRequest(experiment_id=experiment_id),
+            timeout=timeout,
+            retry=retry,
+        )
+        return Experiment(self, ExperimentInfo.from_proto(response.experiment))
+
+    def list_experiments(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        environment_id: str = "",
+        states: Iterable[ExperimentState | str] = (),
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[Experiment]:
+        """Your experiments, newest first, fetched page by page as you iterate."""
+        request = requests_pb2.ListExperimentsRequest(
+            page_size=page_size,
+            label_selector=dict(labels or {}),
+            environment_id=environment_id,
+            states=[STATE_NUMBERS[ExperimentState(str(s).upper())] for s in states],  # type: ignore[misc]
+        )
+        for page in self._pages("ListExperiments", request, timeout=timeout):
+            for experiment in page.experiments:
+                yield Experiment(self, ExperimentInfo.from_proto(experiment))
+
+    def get_results(
+        self, experiment_id: str, timeout: DurationLike | None = None
+    ) -> ExperimentResults:
+        """Waits for the experiment with this id and returns its results."""
+        return self.get_experiment(experiment_id).get_results(timeout)
+
+    def compare_experiments(
+        self, a: Experiment | ExperimentResults | str, b: Experiment | ExperimentResults | str
+    ) -> ExperimentComparison:
+        """Two experiments' metrics side by side, with differences and whether they are noise."""
+        return compare_results(self._results_of(a), self._results_of(b))
+
+    def _results_of(self, item: Experiment | ExperimentResults | str) -> ExperimentResults:
+        if isinstance(item, ExperimentResults):
+            return item
+        experiment = item if isinstance(item, Experiment) else self.get_experiment(item)
+        return experiment.get_results()
+
+    # -- models and keys -------------------------------------------------------------------
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The models experiments can use, sorted by name."""
+        request = requests_pb2.ListModelsRequest()
+        return [
+            ModelInfo.from_proto(model)
+            for page in self._pages("ListModels", request, timeout=timeout)
+            for model in page.models
+        ]
+
+    def create_api_key(
+        self,
+        *,
+        tenant: str = "default",
+        scopes: Iterable[ApiKeyScope | str] = (ApiKeyScope.READ, ApiKeyScope.WRITE),
+        display_name: str = "",
+        ttl: DurationLike | None = None,
+        timeout: float | None = None,
+    ) -> CreatedApiKey:
+        """Creates an API key (admin scope); the secret is in the result only."""
+        request = build.create_api_key_request(
+            tenant=tenant, scopes=scopes, display_name=display_name, ttl=ttl
+        )
+        response = self._call("CreateApiKey", request, timeout=timeout)
+        return CreatedApiKey(ApiKeyInfo.from_proto(response.api_key), response.secret)
+
+    def list_api_keys(
+        self, *, tenant: str = "", show_revoked: bool = False, timeout: float | None = None
+    ) -> Iterator[ApiKeyInfo]:
+        """API keys without secrets (admin scope), newest first."""
+        request = gateway_service_pb2.ListApiKeysRequest(tenant=tenant, show_revoked=show_revoked)
+        for page in self._pages("ListApiKeys", request, timeout=timeout):
+            yield from (ApiKeyInfo.from_proto(key) for key in page.api_keys)
+
+    def revoke_api_key(self, api_key_id: str, *, timeout: float | None = None) -> ApiKeyInfo:
+        """Revokes a key at once (admin scope)."""
+        request = gateway_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
+        response = self._call("RevokeApiKey", request, timeout=timeout)
+        return ApiKeyInfo.from_proto(response.api_key)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the connection; calls in flight are cancelled."""
+        self._transport.close()
+
+    def __enter__(self) -> SandboxClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SandboxClient(target={self.settings.target!r})"

@@ -1,0 +1,124 @@
+"""Sending calls (sync): credentials, timeouts, retries, error translation, metrics.
+
+The hot path of a successful unary call is one stub call with precomputed
+metadata; retry and metrics bookkeeping happen only on failure or when enabled.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from sandbox.v1 import gateway_service_pb2_grpc
+from sandbox_sdk.auth.credentials import BearerAuth
+from sandbox_sdk.client.calls import Rpc, method_table, translate, with_attempts_note
+from sandbox_sdk.client.retry import Attempts, RetryPolicy
+from sandbox_sdk.errors import SandboxError
+from sandbox_sdk.monitoring.rpc_metrics import RpcObserver
+
+
+class Transport:
+    """Calls the gateway's methods over one channel."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        auth: BearerAuth,
+        timeout: float,
+        retry: RetryPolicy,
+        target: str,
+        observer: RpcObserver | None = None,
+    ) -> None:
+        self.channel = channel
+        self.auth = auth
+        self.timeout = timeout
+        self.retry = retry
+        self.target = target
+        self.observer = observer
+        self.rpcs = method_table(gateway_service_pb2_grpc.GatewayServiceStub(channel))
+
+    def unary(
+        self,
+        rpc: Rpc,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Sends a unary call, retrying it per the policy when that is safe."""
+        call_timeout = self.timeout if timeout is None else timeout
+        policy = self.retry if retry is None else retry
+        if self.observer is not None:
+            return self._observed_unary(self.observer, rpc, request, call_timeout, policy)
+        attempts = policy.start()
+        metadata = self.auth.metadata()
+        try:
+            return rpc.call(request, timeout=attempts.timeout(call_timeout), metadata=metadata)
+        except grpc.RpcError as error:
+            return self._recover(rpc, request, call_timeout, attempts, error)[0]
+
+    def _recover(
+        self, rpc: Rpc, request: Any, call_timeout: float, attempts: Attempts, error: grpc.RpcError
+    ) -> tuple[Any, int]:
+        policy = attempts.policy
+        refreshed = False
+        while True:
+            converted = translate(error, self.target, rpc.name)
+            if (
+                converted.code == grpc.StatusCode.UNAUTHENTICATED
+                and self.auth.refreshable
+                and not refreshed
+            ):
+                refreshed = True
+                self.auth.invalidate()
+                delay: float | None = 0.0
+            else:
+                delay = attempts.next_delay(converted) if rpc.retry_safe else None
+            if delay is None:
+                raise with_attempts_note(converted, attempts.made) from error
+            if delay:
+                policy.sleep(delay)
+            try:
+                response = rpc.call(
+                    request, timeout=attempts.timeout(call_timeout), metadata=self.auth.metadata()
+                )
+            except grpc.RpcError as again:
+                error = again
+            else:
+                return response, attempts.made
+
+    def _observed_unary(
+        self,
+        observer: RpcObserver,
+        rpc: Rpc,
+        request: Any,
+        call_timeout: float,
+        policy: RetryPolicy,
+    ) -> Any:
+        started = time.perf_counter()
+        attempts = policy.start()
+        try:
+            try:
+                response = rpc.call(
+                    request, timeout=attempts.timeout(call_timeout), metadata=self.auth.metadata()
+                )
+                retries = 0
+            except grpc.RpcError as error:
+                response, retries = self._recover(rpc, request, call_timeout, attempts, error)
+        except SandboxError as failure:
+            code = failure.code.name if failure.code is not None else "UNKNOWN"
+            observer.record(rpc.name, code, time.perf_counter() - started, attempts.made - 1)
+            raise
+        observer.record(rpc.name, "OK", time.perf_counter() - started, retries)
+        return response
+
+    def open_stream(self, rpc: Rpc, request: Any, *, timeout: float | None = None) -> Any:
+        """Starts a server-streaming call; the returned call iterates over responses."""
+        return rpc.call(request, timeout=timeout, metadata=self.auth.metadata())
+
+    def close(self) -> None:
+        """Closes the channel, cancelling calls in flight."""
+        self.channel.close()

@@ -1,0 +1,307 @@
+"""An experiment's results: per-sample outputs and scores, aggregate metrics, exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandbox.v1 import experiment_pb2
+from sandbox_sdk.models.experiment import ExperimentInfo
+from sandbox_sdk.utils.units import from_duration_pb
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from sandbox_sdk.models.comparison import ExperimentComparison
+
+# Per-sample measurements available for every sample, besides the scorers' scores.
+SAMPLE_MEASUREMENTS = (
+    "latency_seconds",
+    "time_to_first_token_seconds",
+    "tokens_per_second",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Token counts."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def from_proto(cls, message: experiment_pb2.TokenUsage) -> TokenUsage:
+        """Converts the wire form."""
+        return cls(message.prompt_tokens, message.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateMetric:
+    """A metric over all samples: count, mean, sample stddev and 95% CI of the mean."""
+
+    name: str
+    count: int
+    mean: float
+    stddev: float
+    ci_low: float
+    ci_high: float
+
+    @classmethod
+    def from_proto(cls, message: experiment_pb2.AggregateMetric) -> AggregateMetric:
+        """Converts the wire form."""
+        return cls(
+            message.name,
+            message.count,
+            message.mean,
+            message.stddev,
+            message.ci_low,
+            message.ci_high,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SampleResult:
+    """The outcome of one input and repeat."""
+
+    input_index: int
+    repeat: int
+    prompt: str
+    output: str
+    expected: str = ""
+    seed: int | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    score_errors: dict[str, str] = field(default_factory=dict)
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    latency_seconds: float = 0.0
+    time_to_first_token_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    finish_reason: str = ""
+    error: str = ""
+
+    def measurement(self, name: str) -> float | None:
+        """A score or a built-in measurement (see ``SAMPLE_MEASUREMENTS``) by name."""
+        if name in self.scores:
+            return self.scores[name]
+        if name == "prompt_tokens":
+            return float(self.usage.prompt_tokens)
+        if name == "completion_tokens":
+            return float(self.usage.completion_tokens)
+        if name in SAMPLE_MEASUREMENTS:
+            value: float = getattr(self, name)
+            return value
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_proto(cls, message: experiment_pb2.SampleResult) -> SampleResult:
+        """Converts the wire form."""
+        return cls(
+            input_index=message.input_index,
+            repeat=message.repeat,
+            prompt=message.prompt,
+            output=message.output,
+            expected=message.expected,
+            seed=message.seed if message.HasField("seed") else None,
+            scores=dict(message.scores),
+            score_errors=dict(message.score_errors),
+            usage=TokenUsage.from_proto(message.usage),
+            latency_seconds=from_duration_pb(message.latency),
+            time_to_first_token_seconds=from_duration_pb(message.time_to_first_token),
+            tokens_per_second=message.tokens_per_second,
+            finish_reason=message.finish_reason,
+            error=message.error,
+        )
+
+
+_CSV_COLUMNS = (
+    "input_index",
+    "repeat",
+    "seed",
+    "prompt",
+    "expected",
+    "output",
+    "finish_reason",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_seconds",
+    "time_to_first_token_seconds",
+    "tokens_per_second",
+)
+
+
+@dataclass
+class ExperimentResults:
+    """Everything an experiment produced.
+
+    Attributes:
+        experiment: the experiment's final snapshot.
+        samples: one result per input and repeat, ordered by input then repeat.
+        metrics: aggregate metrics by name, computed by the service over all samples.
+        total_usage: token counts over all samples.
+    """
+
+    experiment: ExperimentInfo
+    samples: list[SampleResult] = field(default_factory=list)
+    metrics: dict[str, AggregateMetric] = field(default_factory=dict)
+    total_usage: TokenUsage = field(default_factory=TokenUsage)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The model outputs, in sample order."""
+        return [sample.output for sample in self.samples]
+
+    def values(self, metric: str) -> list[float]:
+        """The per-sample values of a score or measurement, skipping samples without it."""
+        found = (sample.measurement(metric) for sample in self.samples)
+        return [value for value in found if value is not None]
+
+    def score_names(self) -> list[str]:
+        """Names of the scores present in any sample, sorted."""
+        return sorted({name for sample in self.samples for name in sample.scores})
+
+    def to_jsonl(self, path: str | os.PathLike[str]) -> Path:
+        """Writes one JSON object per sample to ``path`` and returns it."""
+        target = Path(path)
+        with target.open("w", encoding="utf-8") as out:
+            for sample in self.samples:
+                record = {"experiment_id": self.experiment.id, **sample.to_dict()}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return target
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Writes one CSV row per sample (scores as ``score:<name>`` columns) and returns it."""
+        target = Path(path)
+        with target.open("w", encoding="utf-8", newline="") as out:
+            self.write_csv(out)
+        return target
+
+    def write_csv(self, out: Any) -> None:
+        """Writes the CSV form to an open text stream."""
+        scores = self.score_names()
+        errors = sorted({name for sample in self.samples for name in sample.score_errors})
+        writer = csv.writer(out)
+        writer.writerow(
+            [*_CSV_COLUMNS, *(f"score:{n}" for n in scores), *(f"score_error:{n}" for n in errors)]
+        )
+        for sample in self.samples:
+            writer.writerow(
+                [
+                    *_csv_base_row(sample),
+                    *(_blank_if_none(sample.scores.get(n)) for n in scores),
+                    *(sample.score_errors.get(n, "") for n in errors),
+                ]
+            )
+
+    def to_table(self) -> Table:
+        """A rich table of the aggregate metrics."""
+        from rich.table import Table
+
+        info = self.experiment
+        table = Table(
+            title=f"{info.id} ({info.model}) {info.state.value}: "
+            f"{len(self.samples)} samples, {self.total_usage.total_tokens} tokens"
+        )
+        for column in ("metric", "n", "mean", "stddev", "95% CI"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for metric in self.metrics.values():
+            table.add_row(
+                metric.name,
+                str(metric.count),
+                f"{metric.mean:.4g}",
+                f"{metric.stddev:.3g}",
+                f"[{metric.ci_low:.4g}, {metric.ci_high:.4g}]",
+            )
+        return table
+
+    def samples_table(self, width: int = 60) -> Table:
+        """A rich table with one row per sample, long texts shortened to ``width``."""
+        from rich.table import Table
+
+        scores = self.score_names()
+        table = Table(title=f"{self.experiment.id} samples")
+        for column in ("#", "rep", "prompt", "output", *scores, "latency s"):
+            table.add_column(column)
+        for sample in self.samples:
+            table.add_row(
+                str(sample.input_index),
+                str(sample.repeat),
+                _shorten(sample.prompt, width),
+                _shorten(sample.error or sample.output, width),
+                *(_format_score(sample, name) for name in scores),
+                f"{sample.latency_seconds:.2f}",
+            )
+        return table
+
+    def compare(self, other: ExperimentResults) -> ExperimentComparison:
+        """Puts this experiment's metrics next to ``other``'s (see ``compare_results``)."""
+        from sandbox_sdk.models.comparison import compare_results
+
+        return compare_results(self, other)
+
+    @classmethod
+    def from_pages(
+        cls,
+        pages: Iterable[Any],
+    ) -> ExperimentResults:
+        """Builds the results from ``GetExperimentResultsResponse`` pages."""
+        results: ExperimentResults | None = None
+        for page in pages:
+            if results is None:
+                results = cls(
+                    experiment=ExperimentInfo.from_proto(page.experiment),
+                    metrics={m.name: AggregateMetric.from_proto(m) for m in page.metrics},
+                    total_usage=TokenUsage.from_proto(page.total_usage),
+                )
+            results.samples.extend(SampleResult.from_proto(s) for s in page.samples)
+        if results is None:
+            raise ValueError("no result pages")
+        return results
+
+
+def _csv_base_row(sample: SampleResult) -> Sequence[object]:
+    return (
+        sample.input_index,
+        sample.repeat,
+        _blank_if_none(sample.seed),
+        sample.prompt,
+        sample.expected,
+        sample.output,
+        sample.finish_reason,
+        sample.error,
+        sample.usage.prompt_tokens,
+        sample.usage.completion_tokens,
+        sample.latency_seconds,
+        sample.time_to_first_token_seconds,
+        sample.tokens_per_second,
+    )
+
+
+def _blank_if_none(value: object) -> object:
+    return "" if value is None else value
+
+
+def _shorten(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _format_score(sample: SampleResult, name: str) -> str:
+    if name in sample.scores:
+        return f"{sample.scores[name]:.3g}"
+    return "error" if name in sample.score_errors else ""

@@ -1,0 +1,156 @@
+"""Event streams resume after a broken connection or a server restart, yielding every
+event exactly once and in order; closing a stream cancels the call."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sdk_drivers import DRIVERS, Driver
+from sdk_fake_gateway import API_KEY, FakeGateway, FakeServer
+
+from sandbox.v1 import experiment_pb2
+from sandbox_sdk import RetryPolicy, SandboxClient, UnavailableError
+from sandbox_sdk.models import LogLine, StateChange
+
+REAL_TIME = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.5, deadline=20.0)
+
+
+def _log(gateway: FakeGateway, experiment_id: str, text: str) -> None:
+    gateway.emit(experiment_id, log=experiment_pb2.LogLine(level=2, message=text))
+
+
+def _pending_experiment(gateway: FakeGateway, driver: Driver, logs: int) -> str:
+    gateway.auto_complete = False
+    environment_id = driver.create_environment().id
+    experiment_id = driver.run_experiment(environment_id, model="gpt-3", prompt="hi").id
+    for index in range(logs):
+        _log(gateway, experiment_id, f"line {index}")
+    return experiment_id
+
+
+def _wait_until(predicate: object, seconds: float = 10.0) -> None:
+    ends = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > ends:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_stream_resumes_after_server_restart_on_the_same_port(
+    gateway: FakeGateway, kind: str
+) -> None:
+    server = FakeServer(gateway).start()
+    driver = DRIVERS[kind](server.target, api_key=API_KEY, retry=REAL_TIME)
+    try:
+        experiment_id = _pending_experiment(gateway, driver, logs=5)
+        seen: list[int] = []
+        restarted = threading.Event()
+
+        def restart_later() -> None:
+            server.stop()
+            time.sleep(0.3)  # the client reconnects against a closed port meanwhile
+            server.start()
+            for index in range(5, 10):
+                _log(gateway, experiment_id, f"line {index}")
+            gateway.finish(experiment_id)
+            restarted.set()
+
+        def collect() -> None:
+            if kind == "sync":
+                client: SandboxClient = driver.client  # type: ignore[assignment]
+                with client.get_experiment(experiment_id).events() as stream:
+                    for event in stream:
+                        seen.append(event.sequence)
+                        if event.sequence == 6:  # QUEUED, then 5 logs: all sent before the restart
+                            threading.Thread(target=restart_later).start()
+            else:
+
+                async def consume() -> None:
+                    experiment = await driver.client.get_experiment(experiment_id)  # type: ignore[union-attr]
+                    async with experiment.events() as stream:
+                        async for event in stream:
+                            seen.append(event.sequence)
+                            if event.sequence == 6:
+                                threading.Thread(target=restart_later).start()
+
+                driver.run(consume())  # type: ignore[union-attr]
+
+        collect()
+        assert restarted.is_set()
+        # 1 QUEUED state change + 5 logs before, 5 logs + 1 final state after the restart.
+        assert seen == list(range(1, 13))
+    finally:
+        driver.close()
+        server.stop()
+
+
+def test_broken_stream_resumes_from_the_last_sequence(gateway: FakeGateway, driver: Driver) -> None:
+    experiment_id = _pending_experiment(gateway, driver, logs=6)
+    gateway.finish(experiment_id)
+    gateway.break_stream_after = 3
+    events = driver.events(experiment_id)
+    assert [e.sequence for e in events] == list(range(1, 9))
+    requests = gateway.calls("StreamExperimentEvents")
+    assert [seen.request.after_sequence for seen in requests] == [0, 3]
+    assert isinstance(events[1].payload, LogLine)
+    assert isinstance(events[-1].payload, StateChange)
+    assert events[-1].payload.state.is_final
+
+
+def test_stream_gives_up_after_the_policy_deadline(
+    gateway: FakeGateway, server: FakeServer
+) -> None:
+    driver = DRIVERS["sync"](server.target, api_key=API_KEY, retry=REAL_TIME)
+    try:
+        experiment_id = _pending_experiment(gateway, driver, logs=1)
+        client: SandboxClient = driver.client  # type: ignore[assignment]
+        stream = client.get_experiment(experiment_id).events(
+            retry=RetryPolicy(initial_backoff=0.05, max_backoff=0.1, deadline=0.5)
+        )
+        assert next(stream).sequence == 1
+        server.stop()
+        with pytest.raises(UnavailableError, match="sandbox-sdk serve"):
+            for _ in stream:
+                pass
+    finally:
+        driver.close()
+
+
+def test_closing_a_stream_cancels_the_call(gateway: FakeGateway, client: SandboxClient) -> None:
+    gateway.auto_complete = False
+    sandbox = client.create_environment()
+    experiment = sandbox.run_experiment(model="gpt-3", prompt="hi")
+    stream = experiment.events()
+    assert next(stream).sequence == 1
+    _wait_until(lambda: gateway.active_streams == 1)
+    stream.close()
+    with pytest.raises(StopIteration):
+        next(stream)
+    _wait_until(lambda: gateway.active_streams == 0)
+
+
+def test_dropping_a_stream_cancels_the_call(gateway: FakeGateway, client: SandboxClient) -> None:
+    gateway.auto_complete = False
+    sandbox = client.create_environment()
+    experiment = sandbox.run_experiment(model="gpt-3", prompt="hi")
+    logs = experiment.stream_logs()
+    _log(gateway, experiment.id, "first")
+    assert next(logs).message == "first"
+    _wait_until(lambda: gateway.active_streams == 1)
+    del logs
+    _wait_until(lambda: gateway.active_streams == 0)
+
+
+async def test_async_stream_aclose_cancels_the_call(gateway, aclient) -> None:  # type: ignore[no-untyped-def]
+    gateway.auto_complete = False
+    sandbox = await aclient.create_environment()
+    experiment = await sandbox.run_experiment(model="gpt-3", prompt="hi")
+    stream = experiment.events()
+    assert (await stream.__anext__()).sequence == 1
+    await stream.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+    _wait_until(lambda: gateway.active_streams == 0)
