@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,8 +40,27 @@ async def mark_not_serving(health_servicer: HealthServicer) -> None:
     await health_servicer.enter_graceful_shutdown()
 
 
-def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> int:
-    """Serves ``registry`` in Prometheus text format on ``host:port``; returns the bound port."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    bound: int = server.server_port
-    return bound
+def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> MetricsServer:
+    """Serves ``registry`` in Prometheus text format on ``host:port`` (0 picks a free port)."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    """A running Prometheus exposition endpoint."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        port: int = self._server.server_port
+        return port
+
+    def close(self) -> None:
+        """Stops serving and waits for the serving thread."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -202,7 +202,9 @@ class ErrorInterceptor(ServerInterceptorBase):
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None or method.startswith("/grpc."):
+            # Health and reflection write their streams with context.write
+            # instead of yielding; they raise no ServiceError to translate.
             return handler
         wrapped = self._wrap(handler, method)
         self._wrapped[method] = wrapped

@@ -1,0 +1,230 @@
+"""Running the services: embedded (a gateway and one orchestrator in one process) or apart.
+
+``sandbox-sdk serve`` runs :func:`serve_embedded`; ``sandbox-gateway`` and
+``sandbox-orchestrator`` run :func:`serve_gateway` and :func:`serve_orchestrator`
+for deployments with several orchestrators. All read the same YAML file::
+
+    gateway:          # GatewayConfig
+      listen: 0.0.0.0:50051
+      orchestrators: [{id: o1, address: 10.0.0.5:50061}]
+      internal_token: change-me
+    orchestrator:     # OrchestratorConfig
+      orchestrator_id: o1
+      listen: 0.0.0.0:50061
+      data_dir: /var/lib/sandbox-sdk/orchestrator
+      internal_token: change-me
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
+from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
+from sandbox_sdk.server.gateway.server import GatewayServer
+from sandbox_sdk.server.orchestrator.app import OrchestratorApp
+from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ORCHESTRATOR_ID = "o1"
+_LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
+class ServerConfigFile(BaseModel):
+    """The ``--config`` YAML file: a ``gateway`` and an ``orchestrator`` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gateway: dict[str, Any] = Field(default_factory=dict)
+    orchestrator: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> ServerConfigFile:
+        """Reads the file; no path means every default."""
+        if path is None:
+            return cls()
+        loaded = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+        return cls.model_validate(loaded)
+
+
+@dataclass
+class EmbeddedServer:
+    """A gateway and the one orchestrator behind it, in this process."""
+
+    gateway: GatewayServer
+    orchestrator: OrchestratorApp
+    data_dir: Path
+    admin_key_path: Path
+
+    @property
+    def port(self) -> int:
+        """The gateway's port."""
+        return self.gateway.port
+
+    @property
+    def address(self) -> str:
+        """The gateway's ``host:port``."""
+        return self.gateway.address
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Drains calls in flight for up to ``grace`` seconds, then stops both services."""
+        try:
+            await self.gateway.stop(grace)
+        finally:
+            await self.orchestrator.stop(grace)
+
+
+def _resolve_data_dir(data_dir: Path | str | None) -> Path:
+    return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+
+
+async def run_embedded(
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    data_dir: Path | str | None = None,
+    config_path: Path | str | None = None,
+) -> EmbeddedServer:
+    """Starts an orchestrator on 127.0.0.1 (a free port) and a gateway on ``host:port``.
+
+    ``data_dir`` defaults to ``$SANDBOX_DATA_DIR`` or ``~/.sandbox-sdk``; the
+    orchestrator keeps its data in ``<data_dir>/orchestrator``, the gateway its
+    key store in ``<data_dir>/gateway.db``, and the admin key is in
+    ``<data_dir>/admin.key`` (created on first start, reused after). Values in
+    the config file's sections apply, except the addresses, which are the
+    arguments' (the orchestrator is never exposed beyond loopback).
+    """
+    root = _resolve_data_dir(data_dir)
+    sections = ServerConfigFile.load(config_path)
+    orchestrator_config = OrchestratorConfig.model_validate(
+        {
+            "orchestrator_id": EMBEDDED_ORCHESTRATOR_ID,
+            "data_dir": root / "orchestrator",
+            "internal_token": secrets.token_urlsafe(32),
+            **sections.orchestrator,
+            "listen": "127.0.0.1:0",
+        }
+    )
+    orchestrator = await OrchestratorApp.start(orchestrator_config, "127.0.0.1:0")
+    try:
+        gateway_config = GatewayConfig.model_validate(
+            {
+                "db_path": root / "gateway.db",
+                "admin_key_path": root / "admin.key",
+                **sections.gateway,
+                "listen": f"{host}:{port}",
+                "orchestrators": [
+                    {"id": orchestrator_config.orchestrator_id, "address": orchestrator.address}
+                ],
+                "internal_token": orchestrator_config.internal_token,
+            }
+        )
+        gateway = await GatewayServer.start(gateway_config)
+    except BaseException:
+        await orchestrator.stop(0)
+        raise
+    admin_key_path = gateway_config.resolved_admin_key_path
+    ensure_admin_key(gateway.authenticator, gateway.keys, admin_key_path)
+    return EmbeddedServer(gateway, orchestrator, root, admin_key_path)
+
+
+class _Stoppable(Protocol):
+    async def stop(self, grace: float) -> None: ...
+
+
+_Service = TypeVar("_Service", bound=_Stoppable)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """key=value log lines on stderr (the gateway's access log adds method, tenant, request id)."""
+    logging.basicConfig(level=level, format=_LOG_FORMAT, stream=sys.stderr)
+
+
+async def _run_until_signalled(
+    start: Callable[[], Awaitable[_Service]],
+    ready_line: Callable[[_Service], str],
+    grace: float,
+) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    service = await start()
+    print(ready_line(service), flush=True)
+    try:
+        await stopping.wait()
+        log.info("stopping: draining calls in flight for up to %.1fs", grace)
+    finally:
+        await service.stop(grace)
+
+
+def serve_embedded(
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    data_dir: Path | str | None = None,
+    config_path: Path | str | None = None,
+) -> None:
+    """Runs :func:`run_embedded` until SIGINT or SIGTERM, then drains and stops."""
+    configure_logging()
+    grace = GatewayConfig.model_validate(
+        ServerConfigFile.load(config_path).gateway
+    ).shutdown_grace_seconds
+
+    def ready(server: EmbeddedServer) -> str:
+        return f"sandbox-sdk serving on {host}:{server.port} (data dir {server.data_dir})"
+
+    asyncio.run(
+        _run_until_signalled(lambda: run_embedded(host, port, data_dir, config_path), ready, grace)
+    )
+
+
+def serve_gateway(config_path: Path | str | None = None) -> None:
+    """Runs a gateway alone, in front of the orchestrators its config lists."""
+    configure_logging()
+    config = GatewayConfig.model_validate(ServerConfigFile.load(config_path).gateway)
+
+    async def start() -> GatewayServer:
+        gateway = await GatewayServer.start(config)
+        ensure_admin_key(gateway.authenticator, gateway.keys, config.resolved_admin_key_path)
+        return gateway
+
+    def ready(gateway: GatewayServer) -> str:
+        fronted = ", ".join(f"{o.id}@{o.address}" for o in config.orchestrators)
+        return (
+            f"sandbox-sdk gateway serving on {gateway.address} (orchestrators {fronted};"
+            f" admin key in {config.resolved_admin_key_path})"
+        )
+
+    asyncio.run(_run_until_signalled(start, ready, config.shutdown_grace_seconds))
+
+
+def serve_orchestrator(config_path: Path | str | None = None) -> None:
+    """Runs an orchestrator alone, for a gateway elsewhere to front."""
+    configure_logging()
+    config = OrchestratorConfig.model_validate(
+        {
+            "data_dir": default_data_dir() / "orchestrator",
+            **ServerConfigFile.load(config_path).orchestrator,
+        }
+    )
+
+    def ready(app: OrchestratorApp) -> str:
+        return (
+            f"sandbox-sdk orchestrator {config.orchestrator_id} serving on {app.address}"
+            f" (data dir {config.data_dir})"
+        )
+
+    asyncio.run(
+        _run_until_signalled(lambda: OrchestratorApp.start(config, config.listen), ready, 5.0)
+    )

@@ -1,0 +1,151 @@
+"""The API key RPCs (admin scope): CreateApiKey, ListApiKeys, RevokeApiKey."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+
+from google.protobuf import timestamp_pb2
+
+from sandbox.v1 import gateway_service_pb2 as gw
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.gateway.api_keys import (
+    KEY_ID_PATTERN,
+    ApiKeyRecord,
+    ApiKeyStore,
+    RequestIdReusedError,
+    Scope,
+)
+from sandbox_sdk.server.status import invalid_argument, not_found
+
+TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAX_TEXT = 200
+_DEFAULT_PAGE_SIZE = 50
+_MAX_PAGE_SIZE = 1000
+_CURSOR_PREFIX = "k1."
+_SCOPE_BY_PROTO = {
+    gw.API_KEY_SCOPE_READ: Scope.READ,
+    gw.API_KEY_SCOPE_WRITE: Scope.WRITE,
+    gw.API_KEY_SCOPE_ADMIN: Scope.ADMIN,
+}
+_PROTO_BY_SCOPE = {scope: value for value, scope in _SCOPE_BY_PROTO.items()}
+
+
+def _timestamp(epoch_seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(epoch_seconds * 1e9))
+    return stamp
+
+
+def api_key_proto(record: ApiKeyRecord) -> gw.ApiKey:
+    """The wire form of a key's metadata (never its hash)."""
+    key = gw.ApiKey(
+        id=record.id,
+        tenant=record.tenant,
+        scopes=sorted(_PROTO_BY_SCOPE[s] for s in record.scopes),
+        display_name=record.display_name,
+        create_time=_timestamp(record.create_time),
+    )
+    if record.expire_time is not None:
+        key.expire_time.CopyFrom(_timestamp(record.expire_time))
+    if record.revoke_time is not None:
+        key.revoke_time.CopyFrom(_timestamp(record.revoke_time))
+    return key
+
+
+def _encode_cursor(record: ApiKeyRecord) -> str:
+    payload = json.dumps([record.create_time, record.id]).encode()
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(payload).decode()
+
+
+def _decode_cursor(token: str) -> tuple[float, str]:
+    bad = invalid_argument(
+        [("page_token", "pass the next_page_token of the previous page unchanged")]
+    )
+    if not token.startswith(_CURSOR_PREFIX):
+        raise bad
+    try:
+        create_time, key_id = json.loads(base64.urlsafe_b64decode(token[len(_CURSOR_PREFIX) :]))
+        return float(create_time), str(key_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise bad from None
+
+
+class ApiKeyAdmin:
+    """Creates, lists and revokes API keys in the store."""
+
+    def __init__(self, store: ApiKeyStore) -> None:
+        self._store = store
+
+    def create(self, request: gw.CreateApiKeyRequest) -> gw.CreateApiKeyResponse:
+        """CreateApiKey: a new key for any tenant; its secret is only in this response."""
+        violations: list[tuple[str, str]] = []
+        if not TENANT_PATTERN.match(request.tenant):
+            violations.append(("tenant", "use 1 to 63 lower-case letters, digits and inner dashes"))
+        if not request.scopes:
+            violations.append(("scopes", "give at least one of READ, WRITE, ADMIN"))
+        for index, value in enumerate(request.scopes):
+            if value not in _SCOPE_BY_PROTO:
+                violations.append((f"scopes[{index}]", "must be READ, WRITE or ADMIN"))
+        if request.ttl.seconds < 0 or request.ttl.nanos < 0:
+            violations.append(("ttl", "must be zero (never expires) or positive"))
+        if len(request.display_name) > _MAX_TEXT:
+            violations.append(("display_name", f"use at most {_MAX_TEXT} characters"))
+        if len(request.request_id) > _MAX_TEXT:
+            violations.append(("request_id", f"use at most {_MAX_TEXT} characters, e.g. a UUID"))
+        if violations:
+            raise invalid_argument(violations)
+        try:
+            created = self._store.create(
+                request.tenant,
+                {_SCOPE_BY_PROTO[value] for value in request.scopes},
+                display_name=request.display_name,
+                ttl_seconds=request.ttl.ToTimedelta().total_seconds(),
+                request_id=request.request_id,
+            )
+        except RequestIdReusedError:
+            raise invalid_argument(
+                [
+                    (
+                        "request_id",
+                        "a key was created with this request_id and its secret cannot be"
+                        " shown again; use a new request_id",
+                    )
+                ]
+            ) from None
+        return gw.CreateApiKeyResponse(api_key=api_key_proto(created.record), secret=created.secret)
+
+    def list(self, request: gw.ListApiKeysRequest) -> gw.ListApiKeysResponse:
+        """ListApiKeys: newest first, without secrets."""
+        if not 0 <= request.page_size <= _MAX_PAGE_SIZE:
+            raise invalid_argument(
+                [("page_size", f"use 0 (for {_DEFAULT_PAGE_SIZE}) to {_MAX_PAGE_SIZE}")]
+            )
+        page_size = request.page_size or _DEFAULT_PAGE_SIZE
+        before = _decode_cursor(request.page_token) if request.page_token else None
+        records = self._store.list(
+            tenant=request.tenant,
+            include_inactive=request.show_revoked,
+            limit=page_size + 1,
+            before=before,
+        )
+        page = records[:page_size]
+        next_token = _encode_cursor(page[-1]) if len(records) > page_size else ""
+        return gw.ListApiKeysResponse(
+            api_keys=[api_key_proto(r) for r in page], next_page_token=next_token
+        )
+
+    def revoke(self, request: gw.RevokeApiKeyRequest) -> gw.RevokeApiKeyResponse:
+        """RevokeApiKey: the key stops working at once in this gateway."""
+        if not KEY_ID_PATTERN.match(request.api_key_id):
+            raise invalid_argument(
+                [("api_key_id", "give the key's id, sk_ and 16 hex digits (see ListApiKeys)")]
+            )
+        record = self._store.revoke(request.api_key_id)
+        if record is None:
+            raise not_found(
+                ErrorReason.API_KEY_NOT_FOUND, f"there is no API key {request.api_key_id}"
+            )
+        return gw.RevokeApiKeyResponse(api_key=api_key_proto(record))

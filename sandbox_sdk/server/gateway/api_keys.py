@@ -1,0 +1,239 @@
+"""API keys: random secrets shown once, stored only as SHA-256 hashes in SQLite.
+
+A key looks like ``sk_<16 hex>_<43 url-safe characters>``. The ``sk_<16 hex>``
+part is the key's id (its visible prefix, safe to log and list); the rest is
+``secrets.token_urlsafe(32)``, 256 random bits. Because the whole key has that
+much entropy a plain SHA-256 is a safe one-way hash; the id makes lookup a
+primary-key read followed by one constant-time comparison.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from sqlite3 import Row
+
+from sandbox_sdk.server.database import Database
+
+KEY_PATTERN = re.compile(r"^(sk_[0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
+KEY_ID_PATTERN = re.compile(r"^sk_[0-9a-f]{16}$")
+# A retried CreateApiKey (same request_id) gets the secret again only this long.
+_RETRY_WINDOW_SECONDS = 600.0
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE gw_api_keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        key_hash BLOB NOT NULL,
+        create_time REAL NOT NULL,
+        expire_time REAL,
+        revoke_time REAL,
+        request_id TEXT UNIQUE
+    );
+    CREATE INDEX gw_api_keys_newest_first ON gw_api_keys (create_time DESC, id DESC)
+    """
+]
+
+
+class Scope(enum.StrEnum):
+    """What a key allows; ``admin`` allows everything."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """A stored key: its metadata and the hash of its secret."""
+
+    id: str
+    tenant: str
+    scopes: frozenset[Scope]
+    display_name: str
+    key_hash: bytes
+    create_time: float
+    expire_time: float | None
+    revoke_time: float | None
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether the key may make calls that need ``scope``."""
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    def is_expired(self, now: float) -> bool:
+        """Whether the key's lifetime has run out at ``now`` (epoch seconds)."""
+        return self.expire_time is not None and now >= self.expire_time
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key: its record, and the secret that is never stored."""
+
+    record: ApiKeyRecord
+    secret: str
+
+
+class RequestIdReusedError(Exception):
+    """A key was created with this request_id too long ago to show its secret again."""
+
+
+def hash_key(key: str) -> bytes:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The id inside a well-formed key, or ``None`` if the key is malformed."""
+    match = KEY_PATTERN.match(key)
+    return match.group(1) if match else None
+
+
+def _new_key() -> tuple[str, str]:
+    key_id = f"sk_{secrets.token_hex(8)}"
+    return key_id, f"{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def _record(row: Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        scopes=frozenset(Scope(s) for s in row["scopes"].split(",")),
+        display_name=row["display_name"],
+        key_hash=bytes(row["key_hash"]),
+        create_time=row["create_time"],
+        expire_time=row["expire_time"],
+        revoke_time=row["revoke_time"],
+    )
+
+
+class ApiKeyStore:
+    """API keys in the gateway's database, with a short-lived in-memory cache of lookups.
+
+    Revoking through this store drops the cached entry at once; another gateway
+    process sharing the database sees a revocation within ``cache_seconds``.
+    """
+
+    def __init__(self, database: Database, cache_seconds: float = 10.0) -> None:
+        self._db = database
+        self._db.migrate("gateway_api_keys", _MIGRATIONS)
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[ApiKeyRecord, float]] = {}
+        self._recent: dict[str, tuple[CreatedKey, float]] = {}
+        self._lock = threading.Lock()
+
+    def create(
+        self,
+        tenant: str,
+        scopes: Iterable[Scope],
+        display_name: str = "",
+        ttl_seconds: float = 0.0,
+        request_id: str = "",
+    ) -> CreatedKey:
+        """Creates a key; a repeated ``request_id`` returns the first key (within 10 min)."""
+        with self._lock:
+            if request_id:
+                replay = self._replay(request_id)
+                if replay is not None:
+                    return replay
+            key_id, secret = _new_key()
+            now = time.time()
+            record = ApiKeyRecord(
+                id=key_id,
+                tenant=tenant,
+                scopes=frozenset(scopes),
+                display_name=display_name,
+                key_hash=hash_key(secret),
+                create_time=now,
+                expire_time=now + ttl_seconds if ttl_seconds > 0 else None,
+                revoke_time=None,
+            )
+            with self._db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO gw_api_keys (id, tenant, scopes, display_name, key_hash,"
+                    " create_time, expire_time, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.id,
+                        record.tenant,
+                        ",".join(sorted(record.scopes)),
+                        record.display_name,
+                        record.key_hash,
+                        record.create_time,
+                        record.expire_time,
+                        request_id or None,
+                    ),
+                )
+            created = CreatedKey(record, secret)
+            if request_id:
+                self._recent[request_id] = (created, time.monotonic())
+            return created
+
+    def _replay(self, request_id: str) -> CreatedKey | None:
+        now = time.monotonic()
+        for stale in [r for r, (_, t) in self._recent.items() if now - t > _RETRY_WINDOW_SECONDS]:
+            del self._recent[stale]
+        recent = self._recent.get(request_id)
+        if recent is not None:
+            return recent[0]
+        if self._db.query("SELECT 1 FROM gw_api_keys WHERE request_id = ?", (request_id,)):
+            raise RequestIdReusedError(request_id)
+        return None
+
+    def lookup(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this id, from memory when it was read recently."""
+        cached = self._cache.get(key_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self._cache_seconds:
+            return cached[0]
+        rows = self._db.query("SELECT * FROM gw_api_keys WHERE id = ?", (key_id,))
+        if not rows:
+            self._cache.pop(key_id, None)
+            return None
+        record = _record(rows[0])
+        self._cache[key_id] = (record, now)
+        return record
+
+    def list(
+        self,
+        *,
+        tenant: str = "",
+        include_inactive: bool = False,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+    ) -> list[ApiKeyRecord]:
+        """Keys newest first, after the ``(create_time, id)`` cursor ``before``."""
+        where = []
+        params: list[object] = []
+        if tenant:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if not include_inactive:
+            where.append("revoke_time IS NULL AND (expire_time IS NULL OR expire_time > ?)")
+            params.append(time.time())
+        if before is not None:
+            where.append("(create_time < ? OR (create_time = ? AND id < ?))")
+            params.extend([before[0], before[0], before[1]])
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.query(
+            f"SELECT * FROM gw_api_keys {clause} ORDER BY create_time DESC, id DESC LIMIT ?",  # noqa: S608 -- clause is built from fixed fragments
+            [*params, limit],
+        )
+        return [_record(row) for row in rows]
+
+    def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        """Revokes a key at once (a no-op if it already is); ``None`` if there is no such key."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE gw_api_keys SET revoke_time = ? WHERE id = ? AND revoke_time IS NULL",
+                (time.time(), key_id),
+            )
+        self._cache.pop(key_id, None)
+        return self.lookup(key_id)

@@ -1,0 +1,104 @@
+"""Who is calling: the API key in ``authorization: Bearer <key>`` checked against the store."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+
+import grpc
+
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.gateway.api_keys import (
+    ApiKeyRecord,
+    ApiKeyStore,
+    Scope,
+    hash_key,
+    key_id_of,
+)
+from sandbox_sdk.server.status import ServiceError
+
+AUTHORIZATION_KEY = "authorization"
+_BEARER = "Bearer "
+
+
+class AuthenticationFailedError(ServiceError):
+    """UNAUTHENTICATED with one of the API_KEY_* reasons."""
+
+    def __init__(self, reason: ErrorReason, message: str) -> None:
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+
+
+class Authenticator:
+    """Turns the presented API key into its record, or raises UNAUTHENTICATED.
+
+    Failures are reported to ``on_failure`` (for metrics) by reason; the key
+    itself never leaves this class.
+    """
+
+    def __init__(
+        self, store: ApiKeyStore, on_failure: Callable[[str], None] = lambda reason: None
+    ) -> None:
+        self._store = store
+        self._on_failure = on_failure
+
+    def authenticate(self, authorization: str) -> ApiKeyRecord:
+        """The key record for an ``authorization`` metadata value."""
+        try:
+            return self._verify(authorization)
+        except AuthenticationFailedError as error:
+            self._on_failure(error.reason)
+            raise
+
+    def verify_key(self, key: str) -> ApiKeyRecord:
+        """The record of a bare key (no ``Bearer``), or raises UNAUTHENTICATED."""
+        key_id = key_id_of(key)
+        if key_id is None:
+            raise AuthenticationFailedError(
+                ErrorReason.API_KEY_MALFORMED,
+                "the API key is not of the form sk_<id>_<secret>; copy it again in full",
+            )
+        record = self._store.lookup(key_id)
+        # Compare even when the id is unknown so both failures take the same time.
+        expected = record.key_hash if record is not None else bytes(32)
+        if not hmac.compare_digest(expected, hash_key(key)) or record is None:
+            raise AuthenticationFailedError(
+                ErrorReason.API_KEY_INVALID,
+                "the API key is not known to this gateway; check which server you target",
+            )
+        if record.revoke_time is not None:
+            raise AuthenticationFailedError(
+                ErrorReason.API_KEY_REVOKED,
+                f"API key {record.id} was revoked; ask an admin for a new key",
+            )
+        if record.is_expired(time.time()):
+            raise AuthenticationFailedError(
+                ErrorReason.API_KEY_EXPIRED,
+                f"API key {record.id} has expired; ask an admin for a new key",
+            )
+        return record
+
+    def _verify(self, authorization: str) -> ApiKeyRecord:
+        if not authorization:
+            raise AuthenticationFailedError(
+                ErrorReason.API_KEY_MISSING,
+                "send your API key as `authorization: Bearer <key>` metadata",
+            )
+        if not authorization.startswith(_BEARER):
+            raise AuthenticationFailedError(
+                ErrorReason.API_KEY_MALFORMED,
+                "the authorization metadata must be `Bearer <key>`",
+            )
+        return self.verify_key(authorization[len(_BEARER) :].strip())
+
+
+def require_scope(record: ApiKeyRecord, scope: Scope, method: str) -> None:
+    """Raises PERMISSION_DENIED SCOPE_MISSING unless the key allows ``scope``."""
+    if not record.allows(scope):
+        raise ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            ErrorReason.SCOPE_MISSING,
+            f"{method} needs an API key with the {scope} scope; key {record.id} has "
+            f"{', '.join(sorted(record.scopes)) or 'none'}",
+            metadata={"required_scope": str(scope)},
+        )

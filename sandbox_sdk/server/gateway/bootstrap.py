@@ -1,0 +1,58 @@
+"""The first admin key of a gateway, kept in a private file so local tools can find it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sandbox_sdk.server.gateway.api_keys import ApiKeyStore, Scope
+from sandbox_sdk.server.gateway.authentication import Authenticator
+from sandbox_sdk.server.status import ServiceError
+from sandbox_sdk.server.tenancy import DEFAULT_TENANT
+
+log = logging.getLogger(__name__)
+
+ADMIN_SCOPES = (Scope.READ, Scope.WRITE, Scope.ADMIN)
+
+
+def _read_key(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` readable by the owner only, replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+        os.write(descriptor, text.encode())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(partial, path)
+
+
+def ensure_admin_key(authenticator: Authenticator, keys: ApiKeyStore, path: Path) -> str:
+    """The admin key in ``path``; creates one (tenant ``default``) if it is missing or dead.
+
+    A key already in the file is reused as long as it still verifies and has
+    the admin scope, so restarting a server does not mint a new key.
+    """
+    existing = _read_key(path)
+    if existing:
+        try:
+            if authenticator.verify_key(existing).allows(Scope.ADMIN):
+                return existing
+        except ServiceError as error:
+            log.warning(
+                "the key in %s no longer works (%s); creating a new one", path, error.reason
+            )
+    created = keys.create(DEFAULT_TENANT, ADMIN_SCOPES, display_name=f"bootstrap admin ({path})")
+    _write_private(path, created.secret + "\n")
+    log.info("created admin key %s for tenant %s in %s", created.record.id, DEFAULT_TENANT, path)
+    return created.secret

@@ -1,0 +1,268 @@
+"""The orchestrators behind the gateway: one channel each, health, capacity and placement."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sandbox.v1 import orchestrator_service_pb2
+from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
+from sandbox_sdk.server.gateway.config import OrchestratorEndpoint
+from sandbox_sdk.server.status import ServiceError
+from sandbox_sdk.server.tenancy import TENANT_KEY
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Reconnect quickly to an orchestrator that comes back; the default backoff
+    # grows to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+_GET_CAPACITY = "/sandbox.v1.OrchestratorService/GetCapacity"
+_NO_CAPACITY_RETRY_SECONDS = 5.0
+_NO_ORCHESTRATOR_RETRY_SECONDS = 2.0
+
+Capacity = orchestrator_service_pb2.GetCapacityResponse
+UnaryCallable = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+StreamCallable = grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+
+
+class OrchestratorLink:
+    """One orchestrator: its channel, multicallables, last health and capacity."""
+
+    def __init__(
+        self, endpoint: OrchestratorEndpoint, internal_metadata: tuple[tuple[str, str], ...]
+    ) -> None:
+        self.id = endpoint.id
+        self.address = endpoint.address
+        self.channel = grpc.aio.insecure_channel(endpoint.address, options=CHANNEL_OPTIONS)
+        self.internal_metadata = internal_metadata
+        # None until the first health check answers.
+        self.healthy: bool | None = None
+        self.capacity: Capacity | None = None
+        self.capacity_time = 0.0
+        self._unary: dict[str, UnaryCallable] = {}
+        self._stream: dict[str, StreamCallable] = {}
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def unary(self, path: str) -> UnaryCallable:
+        """A bytes-in, bytes-out unary callable for ``path``, made once."""
+        callable_ = self._unary.get(path)
+        if callable_ is None:
+            callable_ = self._unary[path] = self.channel.unary_unary(path, None, None)
+        return callable_
+
+    def stream(self, path: str) -> StreamCallable:
+        """A bytes-in, bytes-out server-streaming callable for ``path``, made once."""
+        callable_ = self._stream.get(path)
+        if callable_ is None:
+            callable_ = self._stream[path] = self.channel.unary_stream(path, None, None)
+        return callable_
+
+    def require_available(self) -> None:
+        """Raises UNAVAILABLE ORCHESTRATOR_UNAVAILABLE when health checks say it is down."""
+        if self.healthy is False:
+            raise unavailable(self.id)
+
+    async def check_health(self, timeout: float) -> bool:
+        """Asks grpc.health.v1 whether the orchestrator serves."""
+        try:
+            response = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def fetch_capacity(self, timeout: float) -> Capacity:
+        """Calls GetCapacity."""
+        raw = await self.unary(_GET_CAPACITY)(
+            orchestrator_service_pb2.GetCapacityRequest().SerializeToString(),
+            timeout=timeout,
+            metadata=self.internal_metadata,
+        )
+        return Capacity.FromString(raw)
+
+    async def close(self) -> None:
+        """Closes the channel, cancelling calls still in flight."""
+        await self.channel.close(None)
+
+
+def unavailable(orchestrator_id: str) -> ServiceError:
+    """The error for calls about resources of an orchestrator that cannot be reached."""
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        ErrorReason.ORCHESTRATOR_UNAVAILABLE,
+        f"orchestrator {orchestrator_id}, which owns this resource, cannot be reached now;"
+        " retry later",
+        retry_after=_NO_ORCHESTRATOR_RETRY_SECONDS,
+        metadata={"orchestrator_id": orchestrator_id},
+    )
+
+
+def _free_capacity(capacity: Capacity) -> tuple[float, float, float]:
+    slots = capacity.environments_max - capacity.environments_running
+    memory = (
+        1.0 - capacity.memory_bytes_allocated / capacity.memory_bytes_total
+        if capacity.memory_bytes_total > 0
+        else 0.0
+    )
+    cpu = (
+        1.0 - capacity.cpu_cores_allocated / capacity.cpu_cores_total
+        if capacity.cpu_cores_total > 0
+        else 0.0
+    )
+    return float(slots), memory, cpu
+
+
+class OrchestratorPool:
+    """The configured orchestrators, health-checked in the background."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[OrchestratorEndpoint],
+        *,
+        internal_token: str | None,
+        health_interval: float = 1.0,
+        capacity_ttl: float = 1.0,
+        on_health_change: Callable[[str, bool], None] = lambda orchestrator_id, healthy: None,
+    ) -> None:
+        internal_metadata = (
+            (("authorization", f"Bearer {internal_token}"),) if internal_token else ()
+        )
+        self.links = [OrchestratorLink(e, internal_metadata) for e in endpoints]
+        self.by_id = {link.id: link for link in self.links}
+        self._health_interval = health_interval
+        self._capacity_ttl = capacity_ttl
+        self._on_health_change = on_health_change
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, first_check_timeout: float = 2.0) -> None:
+        """Checks every orchestrator once, then keeps checking in the background."""
+        await asyncio.gather(*(self._check(link, first_check_timeout) for link in self.links))
+        self._tasks = [asyncio.create_task(self._watch(link)) for link in self.links]
+
+    async def stop(self) -> None:
+        """Stops health checks and closes the channels."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(link.close() for link in self.links))
+
+    async def _watch(self, link: OrchestratorLink) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval)
+            await self._check(link, min(self._health_interval, 2.0))
+
+    async def _check(self, link: OrchestratorLink, timeout: float) -> None:
+        healthy = await link.check_health(timeout)
+        if healthy != link.healthy:
+            log.log(
+                logging.INFO if healthy else logging.WARNING,
+                "orchestrator=%s address=%s healthy=%s",
+                link.id,
+                link.address,
+                healthy,
+            )
+            self._on_health_change(link.id, healthy)
+        link.healthy = healthy
+        if not healthy:
+            link.capacity = None
+
+    def call_failed(self, link: OrchestratorLink) -> None:
+        """Records a call that could not reach the orchestrator.
+
+        It is taken down at once (without waiting for the next health check)
+        only when its channel has lost the connection; one failed call on a
+        working connection is left to the health checks.
+        """
+        state = link.channel.get_state(try_to_connect=False)
+        if state not in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.IDLE):
+            return
+        if link.healthy is not False:
+            log.warning("orchestrator=%s address=%s unreachable", link.id, link.address)
+            self._on_health_change(link.id, False)
+        link.healthy = False
+        link.capacity = None
+
+    def owner(self, orchestrator_id: str) -> OrchestratorLink | None:
+        """The orchestrator with this id, if the gateway fronts it."""
+        return self.by_id.get(orchestrator_id)
+
+    def available(self) -> list[OrchestratorLink]:
+        """Orchestrators not known to be down, in configuration order."""
+        return [link for link in self.links if link.healthy is not False]
+
+    async def place_environment(self, timeout: float = 2.0) -> OrchestratorLink:
+        """The available orchestrator with the most free environment slots, then memory, CPU.
+
+        The chosen orchestrator's cached count is bumped so that creates in
+        quick succession spread out before the next GetCapacity.
+        """
+        candidates = self.available()
+        if not candidates:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                ErrorReason.NO_HEALTHY_ORCHESTRATOR,
+                "no orchestrator is reachable now; retry later",
+                retry_after=_NO_ORCHESTRATOR_RETRY_SECONDS,
+            )
+        capacities = await asyncio.gather(*(self._capacity(link, timeout) for link in candidates))
+        scored = [
+            (_free_capacity(capacity), link)
+            for link, capacity in zip(candidates, capacities, strict=True)
+            if capacity is not None
+        ]
+        if not scored:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                ErrorReason.NO_HEALTHY_ORCHESTRATOR,
+                "no orchestrator answered GetCapacity; retry later",
+                retry_after=_NO_ORCHESTRATOR_RETRY_SECONDS,
+            )
+        free, best = max(scored, key=lambda item: item[0])
+        if free[0] <= 0:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ErrorReason.CAPACITY_EXHAUSTED,
+                "every orchestrator is running as many environments as it admits;"
+                " delete environments or retry later",
+                retry_after=_NO_CAPACITY_RETRY_SECONDS,
+            )
+        if best.capacity is not None:
+            best.capacity.environments_running += 1
+        return best
+
+    async def _capacity(self, link: OrchestratorLink, timeout: float) -> Capacity | None:
+        now = time.monotonic()
+        if link.capacity is not None and now - link.capacity_time < self._capacity_ttl:
+            return link.capacity
+        try:
+            capacity = await link.fetch_capacity(timeout)
+        except grpc.aio.AioRpcError as error:
+            log.warning("orchestrator=%s GetCapacity failed: %s", link.id, error.code().name)
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                self.call_failed(link)
+            return None
+        link.capacity, link.capacity_time = capacity, now
+        return capacity
+
+
+def call_metadata(
+    link: OrchestratorLink, tenant: str, request_id: str
+) -> tuple[tuple[str, str], ...]:
+    """Metadata of a forwarded call: the tenant the gateway vouches for, request id, token."""
+    return ((TENANT_KEY, tenant), (REQUEST_ID_KEY, request_id), *link.internal_metadata)

@@ -1,0 +1,163 @@
+"""Per-tenant quotas on live environments and concurrent experiments.
+
+Usage is counted on the orchestrators themselves (ListEnvironments and
+ListExperiments for the tenant) when a create arrives, so environments that
+expired or experiments that finished free their slot without the gateway
+having to hear about it. Creates still in flight through this gateway are
+counted too: a create registers itself before counting, so two racing creates
+each see the other and the limit cannot be overshot (at worst a finished
+create is counted twice for a moment, which errs on the safe side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+
+from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.gateway.config import LimitsConfig
+from sandbox_sdk.server.gateway.methods import Quota
+from sandbox_sdk.server.gateway.orchestrators import (
+    OrchestratorLink,
+    OrchestratorPool,
+    call_metadata,
+)
+from sandbox_sdk.server.status import ServiceError
+
+log = logging.getLogger(__name__)
+
+_PAGE_SIZE = 1000
+_LIST_ENVIRONMENTS = "/sandbox.v1.OrchestratorService/ListEnvironments"
+_LIST_EXPERIMENTS = "/sandbox.v1.OrchestratorService/ListExperiments"
+_ACTIVE_EXPERIMENT_STATES = (
+    experiment_pb2.EXPERIMENT_STATE_QUEUED,
+    experiment_pb2.EXPERIMENT_STATE_RUNNING,
+)
+
+
+class QuotaEnforcer:
+    """Admits a create only while the tenant is under its quota."""
+
+    def __init__(
+        self,
+        pool: OrchestratorPool,
+        limits: LimitsConfig,
+        on_refused: Callable[[str], None] = lambda tenant: None,
+    ) -> None:
+        self._pool = pool
+        self._limits = limits
+        self._on_refused = on_refused
+        self._in_flight: Counter[tuple[Quota, str]] = Counter()
+
+    @asynccontextmanager
+    async def reserve(
+        self, quota: Quota, tenant: str, request_id: str, timeout: float | None
+    ) -> AsyncIterator[None]:
+        """Holds a slot of ``quota`` for the create running inside the ``async with``."""
+        limit = self._limit(quota, tenant)
+        if limit is None:
+            yield
+            return
+        key = (quota, tenant)
+        self._in_flight[key] += 1
+        try:
+            in_flight = self._in_flight[key]
+            used = await self._count(quota, tenant, request_id, timeout)
+            if used + in_flight > limit:
+                self._on_refused(tenant)
+                raise self._exceeded(quota, tenant, limit)
+            yield
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+
+    def _limit(self, quota: Quota, tenant: str) -> int | None:
+        limits = self._limits.for_tenant(tenant)
+        if quota is Quota.ENVIRONMENTS:
+            return limits.max_environments
+        return limits.max_concurrent_experiments
+
+    def _exceeded(self, quota: Quota, tenant: str, limit: int) -> ServiceError:
+        what = (
+            "live environments" if quota is Quota.ENVIRONMENTS else "queued or running experiments"
+        )
+        action = (
+            "delete an environment"
+            if quota is Quota.ENVIRONMENTS
+            else "wait for an experiment to finish or cancel one"
+        )
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ErrorReason.QUOTA_EXCEEDED,
+            f"tenant {tenant} already has {limit} {what}, its quota; {action} and retry",
+            quota_violations=[(f"tenant:{tenant}/{quota.value}", f"at most {limit} {what}")],
+            retry_after=self._limits.quota_retry_after_seconds,
+            metadata={"tenant": tenant, "quota": quota.value, "limit": str(limit)},
+        )
+
+    async def _count(
+        self, quota: Quota, tenant: str, request_id: str, timeout: float | None
+    ) -> int:
+        counts = await asyncio.gather(
+            *(
+                self._count_on(link, quota, tenant, request_id, timeout)
+                for link in self._pool.available()
+            )
+        )
+        return sum(counts)
+
+    async def _count_on(
+        self,
+        link: OrchestratorLink,
+        quota: Quota,
+        tenant: str,
+        request_id: str,
+        timeout: float | None,
+    ) -> int:
+        metadata = call_metadata(link, tenant, request_id)
+        total = 0
+        page_token = ""
+        try:
+            while True:
+                if quota is Quota.ENVIRONMENTS:
+                    raw = await link.unary(_LIST_ENVIRONMENTS)(
+                        requests_pb2.ListEnvironmentsRequest(
+                            page_size=_PAGE_SIZE, page_token=page_token
+                        ).SerializeToString(),
+                        timeout=timeout,
+                        metadata=metadata,
+                    )
+                    environments = requests_pb2.ListEnvironmentsResponse.FromString(raw)
+                    total += len(environments.environments)
+                    page_token = environments.next_page_token
+                else:
+                    raw = await link.unary(_LIST_EXPERIMENTS)(
+                        requests_pb2.ListExperimentsRequest(
+                            page_size=_PAGE_SIZE,
+                            page_token=page_token,
+                            states=_ACTIVE_EXPERIMENT_STATES,
+                        ).SerializeToString(),
+                        timeout=timeout,
+                        metadata=metadata,
+                    )
+                    experiments = requests_pb2.ListExperimentsResponse.FromString(raw)
+                    total += len(experiments.experiments)
+                    page_token = experiments.next_page_token
+                if not page_token:
+                    return total
+        except grpc.aio.AioRpcError as error:
+            # Quotas are a guard rail: an orchestrator that cannot be counted now
+            # must not block creates on the others.
+            log.warning(
+                "orchestrator=%s quota count failed: %s; not counted",
+                link.id,
+                error.code().name,
+            )
+            return total

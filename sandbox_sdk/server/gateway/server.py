@@ -1,0 +1,141 @@
+"""Starting and stopping a gateway: key store, orchestrator pool, gRPC server, metrics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
+from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
+from sandbox_sdk.server.gateway.authentication import Authenticator
+from sandbox_sdk.server.gateway.config import GatewayConfig, TlsConfig
+from sandbox_sdk.server.gateway.methods import GATEWAY_SERVICE
+from sandbox_sdk.server.gateway.metrics import GatewayMetrics
+from sandbox_sdk.server.gateway.orchestrators import MAX_MESSAGE_BYTES, OrchestratorPool
+from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
+from sandbox_sdk.server.gateway.rate_limits import RateLimiter
+from sandbox_sdk.server.gateway.service import GatewayService
+from sandbox_sdk.server.ops import (
+    MetricsServer,
+    add_health_and_reflection,
+    mark_not_serving,
+    serve_metrics,
+)
+from sandbox_sdk.server.status import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS credentials for the public port; mutual TLS when a client CA is configured."""
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None and tls.require_client_cert,
+    )
+
+
+@dataclass
+class GatewayServer:
+    """A running gateway. Start it with :meth:`start`, stop it with :meth:`stop`."""
+
+    config: GatewayConfig
+    server: grpc.aio.Server
+    database: Database
+    keys: ApiKeyStore
+    authenticator: Authenticator
+    pool: OrchestratorPool
+    metrics: GatewayMetrics
+    port: int
+    metrics_port: int | None
+    _health: Any
+    _metrics_server: MetricsServer | None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the gateway serves on."""
+        return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    @classmethod
+    async def start(cls, config: GatewayConfig) -> GatewayServer:
+        """Opens the key store, checks the orchestrators and starts serving."""
+        database = Database(config.db_path)
+        keys = ApiKeyStore(database, cache_seconds=config.key_cache_seconds)
+        metrics = GatewayMetrics()
+        authenticator = Authenticator(keys, on_failure=metrics.auth_failed)
+        pool = OrchestratorPool(
+            config.orchestrators,
+            internal_token=config.internal_token,
+            health_interval=config.health_check_interval_seconds,
+            capacity_ttl=config.capacity_cache_seconds,
+            on_health_change=metrics.orchestrator_health,
+        )
+        await pool.start()
+        service = GatewayService(
+            pool=pool,
+            authenticator=authenticator,
+            rate_limiter=RateLimiter(config.limits),
+            quotas=QuotaEnforcer(
+                pool,
+                config.limits,
+                on_refused=lambda tenant: metrics.refused(tenant, ErrorReason.QUOTA_EXCEEDED),
+            ),
+            admin=ApiKeyAdmin(keys),
+            metrics=metrics,
+            retry=config.retry,
+        )
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((service,))
+        health = await add_health_and_reflection(server, [GATEWAY_SERVICE.full_name])
+        if config.tls is not None:
+            port = server.add_secure_port(config.listen, server_credentials(config.tls))
+        else:
+            port = server.add_insecure_port(config.listen)
+        await server.start()
+        metrics_server = (
+            serve_metrics(config.metrics_port, metrics.registry, config.metrics_host)
+            if config.metrics_port is not None
+            else None
+        )
+        metrics_port = metrics_server.port if metrics_server is not None else None
+        log.info(
+            "gateway serving on port %d (tls=%s, orchestrators=%s, metrics_port=%s)",
+            port,
+            config.tls is not None,
+            ",".join(link.id for link in pool.links),
+            metrics_port,
+        )
+        return cls(
+            config,
+            server,
+            database,
+            keys,
+            authenticator,
+            pool,
+            metrics,
+            port,
+            metrics_port,
+            health,
+            metrics_server,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets in-flight ones finish for ``grace`` seconds, shuts down."""
+        await mark_not_serving(self._health)
+        await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.pool.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self.database.close()

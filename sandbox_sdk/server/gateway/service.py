@@ -1,0 +1,434 @@
+"""GatewayService: authenticate, limit, route and forward every call.
+
+Environment, experiment and model calls are forwarded as raw bytes (no
+deserialization on the way in or out); only the resource id is read from the
+request, by scanning the serialized message. Orchestrator errors reach the
+client unchanged: code, message and the ``grpc-status-details-bin`` trailer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import Message
+
+from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
+from sandbox_sdk.server import ids
+from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
+from sandbox_sdk.server.gateway.authentication import (
+    AUTHORIZATION_KEY,
+    Authenticator,
+    require_scope,
+)
+from sandbox_sdk.server.gateway.config import RetrySettings
+from sandbox_sdk.server.gateway.listing import FanOutLister, is_transport_failure, metadata_pairs
+from sandbox_sdk.server.gateway.methods import METHODS, MethodSpec, Quota, Routing
+from sandbox_sdk.server.gateway.metrics import GatewayMetrics
+from sandbox_sdk.server.gateway.orchestrators import (
+    OrchestratorLink,
+    OrchestratorPool,
+    call_metadata,
+    unavailable,
+)
+from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
+from sandbox_sdk.server.gateway.rate_limits import RateLimiter
+from sandbox_sdk.server.gateway.wire import MalformedMessageError, string_field
+from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
+
+access_log = logging.getLogger("sandbox_sdk.server.gateway.access")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:
+    _GenericRpcHandler = grpc.GenericRpcHandler[Any, Any]
+else:  # grpc's runtime classes are not generic; only the stubs are
+    _GenericRpcHandler = grpc.GenericRpcHandler
+_RESOURCE = {
+    Routing.ENVIRONMENT: ("environment_id", ids.ENVIRONMENT, ErrorReason.ENVIRONMENT_NOT_FOUND),
+    Routing.EXPERIMENT: ("experiment_id", ids.EXPERIMENT, ErrorReason.EXPERIMENT_NOT_FOUND),
+}
+# How long CreateEnvironment remembers where a request_id was placed, so that a
+# retried create reaches the orchestrator that deduplicates it.
+_PLACEMENT_MEMORY_SECONDS = 600.0
+_PLACEMENT_MEMORY_SIZE = 10_000
+
+
+@dataclass(slots=True)
+class Caller:
+    """An authenticated call: whose it is and its request id."""
+
+    tenant: str
+    key_id: str
+    request_id: str
+
+
+def _request_id(context: Context) -> str:
+    # ErrorInterceptor has put the caller's (or a fresh) request id in the trailer.
+    for key, value in context.trailing_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            return str(value)
+    return uuid.uuid4().hex
+
+
+class GatewayService(_GenericRpcHandler):
+    """The generic handler serving every GatewayService method."""
+
+    def __init__(
+        self,
+        *,
+        pool: OrchestratorPool,
+        authenticator: Authenticator,
+        rate_limiter: RateLimiter,
+        quotas: QuotaEnforcer,
+        admin: ApiKeyAdmin,
+        metrics: GatewayMetrics,
+        retry: RetrySettings,
+    ) -> None:
+        self._pool = pool
+        self._authenticator = authenticator
+        self._rate_limiter = rate_limiter
+        self._quotas = quotas
+        self._admin = admin
+        self._metrics = metrics
+        self._retry = retry
+        self._lister = FanOutLister(pool)
+        self._placements: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._handlers = {spec.path: self._method_handler(spec) for spec in METHODS.values()}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """The handler for a method path, or ``None`` for paths of other services."""
+        return self._handlers.get(handler_call_details.method)
+
+    # -- building handlers -------------------------------------------------------------
+
+    def _method_handler(self, spec: MethodSpec) -> grpc.RpcMethodHandler[Any, Any]:
+        if spec.routing is Routing.LOCAL:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(spec, self._admin_call(spec)),
+                request_deserializer=spec.request_type.FromString,
+                response_serializer=spec.response_type.SerializeToString,
+            )
+        if spec.server_streaming:
+            return grpc.unary_stream_rpc_method_handler(self._streaming(spec))
+        return grpc.unary_unary_rpc_method_handler(self._unary(spec, self._route_unary(spec)))
+
+    def _admin_call(self, spec: MethodSpec) -> Callable[[Any, Context, Caller], Awaitable[Any]]:
+        operations: dict[str, Callable[[Any], Message]] = {
+            "CreateApiKey": self._admin.create,
+            "ListApiKeys": self._admin.list,
+            "RevokeApiKey": self._admin.revoke,
+        }
+        operation = operations[spec.name]
+
+        async def call(request: Any, context: Context, caller: Caller) -> Any:
+            return operation(request)
+
+        return call
+
+    def _unary(
+        self, spec: MethodSpec, route: Callable[[Any, Context, Caller], Awaitable[Any]]
+    ) -> Callable[[Any, Context], Awaitable[Any]]:
+        async def handle(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            caller: Caller | None = None
+            try:
+                caller = self._admit(spec, context)
+                return await route(request, context, caller)
+            except ServiceError as error:
+                code = error.code
+                raise
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                await _forward_error(context, error)
+                raise  # unreachable: abort raises
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                raise
+            finally:
+                self._finish(spec, caller, code, started)
+
+        return handle
+
+    def _streaming(self, spec: MethodSpec) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
+        active = self._metrics.active_streams.labels(spec.name)
+
+        async def handle(request: bytes, context: Context) -> AsyncIterator[bytes]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            caller: Caller | None = None
+            active.inc()
+            try:
+                caller = self._admit(spec, context)
+                link = self._owner(spec, request)
+                async for message in self._forward_stream(spec, link, request, context, caller):
+                    yield message
+            except ServiceError as error:
+                code = error.code
+                raise
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                await _forward_error(context, error)
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                raise
+            finally:
+                active.dec()
+                self._finish(spec, caller, code, started)
+
+        return handle
+
+    # -- every call ----------------------------------------------------------------------
+
+    def _admit(self, spec: MethodSpec, context: Context) -> Caller:
+        authorization = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTHORIZATION_KEY:
+                authorization = str(value)
+                break
+        record = self._authenticator.authenticate(authorization)
+        require_scope(record, spec.scope, spec.name)
+        try:
+            self._rate_limiter.admit(record.tenant)
+        except ServiceError as error:
+            self._metrics.refused(record.tenant, error.reason)
+            raise
+        return Caller(record.tenant, record.id, _request_id(context))
+
+    def _finish(
+        self, spec: MethodSpec, caller: Caller | None, code: grpc.StatusCode, started: float
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        self._metrics.observe(spec.name, code, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "method=%s code=%s tenant=%s key_id=%s request_id=%s duration_ms=%.2f",
+                spec.name,
+                code.name,
+                caller.tenant if caller else "-",
+                caller.key_id if caller else "-",
+                caller.request_id if caller else "-",
+                elapsed * 1000,
+            )
+
+    # -- routing -------------------------------------------------------------------------
+
+    def _route_unary(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
+        if spec.routing is Routing.PLACE:
+            return self._create_environment
+        if spec.routing is Routing.FAN_OUT:
+            return self._fan_out(spec)
+        if spec.routing is Routing.ANY:
+            return self._any(spec)
+
+        async def owned(request: bytes, context: Context, caller: Caller) -> bytes:
+            link = self._owner(spec, request)
+            request_id = _request_id_field(spec, request)
+            if spec.quota is None:
+                return await self._forward_unary(
+                    spec, link, request, context, caller, request_id=request_id
+                )
+            async with self._quotas.reserve(
+                spec.quota, caller.tenant, caller.request_id, context.time_remaining()
+            ):
+                return await self._forward_unary(
+                    spec, link, request, context, caller, request_id=request_id
+                )
+
+        return owned
+
+    def _owner(self, spec: MethodSpec, request: bytes) -> OrchestratorLink:
+        field, kind, reason = _RESOURCE[spec.routing]
+        try:
+            resource_id = string_field(request, 1)
+        except MalformedMessageError:
+            raise invalid_argument(
+                [("request", f"not a serialized {spec.request_type.DESCRIPTOR.name}")]
+            ) from None
+        if not resource_id:
+            raise invalid_argument([(field, "required: the id the create call returned")])
+        if not ids.is_valid(resource_id, kind):
+            raise invalid_argument(
+                [(field, f"{resource_id!r} is not a {kind} id; they look like {kind}-o1-<16 hex>")]
+            )
+        orchestrator_id = ids.owner_of(resource_id) or ""
+        link = self._pool.owner(orchestrator_id)
+        if link is None:
+            raise not_found(reason, f"{resource_id} does not exist")
+        link.require_available()
+        return link
+
+    async def _create_environment(self, request: bytes, context: Context, caller: Caller) -> bytes:
+        spec = METHODS["CreateEnvironment"]
+        request_id = _request_id_field(spec, request)
+        async with self._quotas.reserve(
+            Quota.ENVIRONMENTS, caller.tenant, caller.request_id, context.time_remaining()
+        ):
+            link = self._remembered_placement(caller.tenant, request_id)
+            if link is None:
+                remaining = context.time_remaining()
+                link = await self._pool.place_environment(
+                    min(2.0, remaining) if remaining is not None else 2.0
+                )
+                self._remember_placement(caller.tenant, request_id, link)
+            return await self._forward_unary(
+                spec, link, request, context, caller, request_id=request_id
+            )
+
+    def _remembered_placement(self, tenant: str, request_id: str) -> OrchestratorLink | None:
+        if not request_id:
+            return None
+        placed = self._placements.get(f"{tenant}/{request_id}")
+        if placed is None or time.monotonic() - placed[1] > _PLACEMENT_MEMORY_SECONDS:
+            return None
+        return self._pool.owner(placed[0])
+
+    def _remember_placement(self, tenant: str, request_id: str, link: OrchestratorLink) -> None:
+        if not request_id:
+            return
+        self._placements[f"{tenant}/{request_id}"] = (link.id, time.monotonic())
+        while len(self._placements) > _PLACEMENT_MEMORY_SIZE:
+            self._placements.popitem(last=False)
+
+    def _fan_out(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[bytes]]:
+        async def fan_out(request: bytes, context: Context, caller: Caller) -> bytes:
+            if len(self._pool.links) == 1:
+                link = self._pool.links[0]
+                link.require_available()
+                return await self._forward_unary(spec, link, request, context, caller)
+            try:
+                parsed = spec.request_type.FromString(request)
+            except Exception:  # protobuf raises DecodeError, not always a subclass we can name
+                raise invalid_argument(
+                    [("request", f"not a serialized {spec.request_type.DESCRIPTOR.name}")]
+                ) from None
+            response = await self._lister.page(
+                spec, parsed, caller.tenant, caller.request_id, context.time_remaining()
+            )
+            return response.SerializeToString()
+
+        return fan_out
+
+    def _any(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[bytes]]:
+        async def any_orchestrator(request: bytes, context: Context, caller: Caller) -> bytes:
+            for link in self._pool.available():
+                try:
+                    return await self._forward_unary(spec, link, request, context, caller)
+                except ServiceError as error:
+                    if error.reason != ErrorReason.ORCHESTRATOR_UNAVAILABLE:
+                        raise
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                ErrorReason.NO_HEALTHY_ORCHESTRATOR,
+                "no orchestrator is reachable now; retry later",
+                retry_after=2.0,
+            )
+
+        return any_orchestrator
+
+    # -- forwarding ----------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        delay = self._retry.initial_backoff_seconds * self._retry.multiplier ** (attempt - 1)
+        return float(min(delay, self._retry.max_backoff_seconds))
+
+    def _may_retry(self, error: grpc.aio.AioRpcError, attempt: int, context: Context) -> bool:
+        if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._retry.max_attempts:
+            return False
+        remaining = context.time_remaining()
+        return remaining is None or remaining > self._backoff(attempt)
+
+    async def _forward_unary(
+        self,
+        spec: MethodSpec,
+        link: OrchestratorLink,
+        request: bytes,
+        context: Context,
+        caller: Caller,
+        *,
+        request_id: str = "",
+    ) -> bytes:
+        upstream = link.unary(spec.upstream_path)
+        metadata = call_metadata(link, caller.tenant, caller.request_id)
+        attempt = 1
+        while True:
+            try:
+                response: bytes = await upstream(
+                    request, timeout=context.time_remaining(), metadata=metadata
+                )
+                return response
+            except grpc.aio.AioRpcError as error:
+                if spec.retryable(request_id) and self._may_retry(error, attempt, context):
+                    await asyncio.sleep(self._backoff(attempt))
+                    attempt += 1
+                    continue
+                if is_transport_failure(error):
+                    self._pool.call_failed(link)
+                    raise unavailable(link.id) from None
+                raise
+
+    async def _forward_stream(
+        self,
+        spec: MethodSpec,
+        link: OrchestratorLink,
+        request: bytes,
+        context: Context,
+        caller: Caller,
+    ) -> AsyncIterator[bytes]:
+        upstream = link.stream(spec.upstream_path)
+        metadata = call_metadata(link, caller.tenant, caller.request_id)
+        attempt = 1
+        while True:
+            call = upstream(request, timeout=context.time_remaining(), metadata=metadata)
+            received = False
+            try:
+                async for message in call:
+                    received = True
+                    yield message
+                return
+            except grpc.aio.AioRpcError as error:
+                # A stream is retried only before its first message: after that the
+                # client has seen output and resumes on its own terms.
+                if not received and spec.idempotent and self._may_retry(error, attempt, context):
+                    await asyncio.sleep(self._backoff(attempt))
+                    attempt += 1
+                    continue
+                if is_transport_failure(error):
+                    self._pool.call_failed(link)
+                    raise unavailable(link.id) from None
+                raise
+            finally:
+                call.cancel()
+
+
+def _request_id_field(spec: MethodSpec, request: bytes) -> str:
+    if spec.request_id_field is None:
+        return ""
+    try:
+        return string_field(request, spec.request_id_field)
+    except MalformedMessageError:
+        raise invalid_argument(
+            [("request", f"not a serialized {spec.request_type.DESCRIPTOR.name}")]
+        ) from None
+
+
+async def _forward_error(context: Context, error: grpc.aio.AioRpcError) -> None:
+    """Ends the call with the orchestrator's status, details trailer included."""
+    await context.abort(
+        error.code(), error.details() or "", metadata_pairs(error.trailing_metadata())
+    )

@@ -1,0 +1,60 @@
+"""Reading one string field out of a serialized protobuf message without parsing it all.
+
+The gateway forwards request bytes unchanged and only needs the resource id
+(or request id) to route them; scanning the top-level fields is much cheaper
+than deserializing, especially for requests that carry file contents.
+"""
+
+from __future__ import annotations
+
+_VARINT = 0
+_FIXED64 = 1
+_LENGTH_DELIMITED = 2
+_FIXED32 = 5
+
+
+class MalformedMessageError(ValueError):
+    """The bytes are not a valid serialized protobuf message."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise MalformedMessageError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def string_field(data: bytes, number: int) -> str:
+    """The value of top-level string field ``number`` (the last one wins), or ``""``."""
+    value = ""
+    pos = 0
+    end = len(data)
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire_type == _FIXED64:
+            pos += 8
+        elif wire_type == _FIXED32:
+            pos += 4
+        elif wire_type == _LENGTH_DELIMITED:
+            length, pos = _varint(data, pos)
+            if field == number:
+                try:
+                    value = data[pos : pos + length].decode()
+                except UnicodeDecodeError as error:
+                    raise MalformedMessageError(f"field {number} is not UTF-8") from error
+            pos += length
+        else:
+            raise MalformedMessageError(f"unsupported wire type {wire_type}")
+        if pos > end:
+            raise MalformedMessageError("truncated field")
+    return value
