@@ -1,0 +1,228 @@
+"""Conversions from the engine's records to the wire's protobuf messages."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from sandbox.v1 import experiment_pb2
+from sandbox_sdk.server.orchestrator.experiments.records import (
+    ExperimentRecord,
+    ExperimentState,
+    Failure,
+    LogEvent,
+    MetricEvent,
+    OutputEvent,
+    SampleRecord,
+    StateEvent,
+    StoredEvent,
+)
+from sandbox_sdk.server.orchestrator.experiments.settings import ModelConfig
+from sandbox_sdk.server.orchestrator.experiments.spec import (
+    CommandCheck,
+    Contains,
+    ExactMatch,
+    ExperimentSpec,
+    JsonValid,
+    RegexMatch,
+    ScorerSpec,
+)
+from sandbox_sdk.utils.stats import Summary
+
+_STATE_PREFIX = "EXPERIMENT_STATE_"
+_LOG_PREFIX = "LOG_LEVEL_"
+
+
+def state_to_proto(state: ExperimentState) -> experiment_pb2.ExperimentState.ValueType:
+    """The wire enum value of a state."""
+    return experiment_pb2.ExperimentState.Value(_STATE_PREFIX + state.value)
+
+
+def state_from_proto(value: int) -> ExperimentState | None:
+    """The state of a wire enum value; None for UNSPECIFIED or unknown values."""
+    try:
+        name = experiment_pb2.ExperimentState.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    try:
+        return ExperimentState(name.removeprefix(_STATE_PREFIX))
+    except ValueError:
+        return None
+
+
+def experiment_to_proto(record: ExperimentRecord, queue_position: int) -> experiment_pb2.Experiment:
+    """The Experiment message of a record, with its current queue position."""
+    message = experiment_pb2.Experiment(
+        id=record.id,
+        environment_id=record.environment_id,
+        spec=spec_to_proto(record.spec),
+        state=state_to_proto(record.state),
+        queue_position=queue_position if record.state is ExperimentState.QUEUED else 0,
+        completed_samples=record.completed_samples,
+        total_samples=record.total_samples,
+        create_time=timestamp(record.create_time),
+        last_sequence=record.last_sequence,
+    )
+    if record.failure is not None:
+        message.failure.CopyFrom(failure_to_proto(record.failure))
+    if record.start_time is not None:
+        message.start_time.CopyFrom(timestamp(record.start_time))
+    if record.end_time is not None:
+        message.end_time.CopyFrom(timestamp(record.end_time))
+    return message
+
+
+def spec_to_proto(spec: ExperimentSpec) -> experiment_pb2.ExperimentSpec:
+    """The ExperimentSpec message of an accepted spec."""
+    message = experiment_pb2.ExperimentSpec(
+        model=spec.model,
+        inputs=[
+            experiment_pb2.ExperimentInput(prompt=i.prompt, expected=i.expected)
+            for i in spec.inputs
+        ],
+        dataset_path=spec.dataset_path,
+        system_prompt=spec.system_prompt,
+        scorers=[scorer_to_proto(s) for s in spec.scorers],
+        repeats=spec.repeats,
+        timeout=duration(spec.timeout_seconds),
+        priority=spec.priority,
+        labels=spec.labels,
+    )
+    parameters = spec.parameters
+    target = message.parameters
+    if parameters.temperature is not None:
+        target.temperature = parameters.temperature
+    if parameters.top_p is not None:
+        target.top_p = parameters.top_p
+    if parameters.max_tokens is not None:
+        target.max_tokens = parameters.max_tokens
+    if parameters.seed is not None:
+        target.seed = parameters.seed
+    target.stop.extend(parameters.stop)
+    for key, value in parameters.extra.items():
+        target.extra[key].CopyFrom(_value(value))
+    return message
+
+
+def scorer_to_proto(scorer: ScorerSpec) -> experiment_pb2.Scorer:
+    """The Scorer message of an accepted scorer."""
+    message = experiment_pb2.Scorer(name=scorer.name)
+    check = scorer.check
+    if isinstance(check, ExactMatch):
+        message.exact_match.ignore_case = check.ignore_case
+    elif isinstance(check, Contains):
+        message.contains.ignore_case = check.ignore_case
+    elif isinstance(check, RegexMatch):
+        message.regex.pattern = check.pattern
+    elif isinstance(check, JsonValid):
+        message.json_valid.SetInParent()
+    elif isinstance(check, CommandCheck):
+        message.command.argv.extend(check.argv)
+        message.command.timeout.CopyFrom(duration(check.timeout_seconds))
+    return message
+
+
+def event_to_proto(event: StoredEvent) -> experiment_pb2.ExperimentEvent:
+    """The ExperimentEvent message of a committed event."""
+    message = experiment_pb2.ExperimentEvent(
+        sequence=event.sequence, time=timestamp(event.time), experiment_id=event.experiment_id
+    )
+    payload = event.payload
+    if isinstance(payload, LogEvent):
+        message.log.level = experiment_pb2.LogLevel.Value(_LOG_PREFIX + payload.level.value)
+        message.log.message = payload.message
+    elif isinstance(payload, MetricEvent):
+        message.metric.CopyFrom(
+            experiment_pb2.MetricSample(
+                name=payload.name,
+                value=payload.value,
+                unit=payload.unit,
+                input_index=payload.input_index,
+                repeat=payload.repeat,
+            )
+        )
+    elif isinstance(payload, StateEvent):
+        message.state_change.state = state_to_proto(payload.state)
+        message.state_change.queue_position = payload.queue_position
+        if payload.failure is not None:
+            message.state_change.failure.CopyFrom(failure_to_proto(payload.failure))
+    elif isinstance(payload, OutputEvent):
+        message.output.CopyFrom(
+            experiment_pb2.OutputDelta(
+                input_index=payload.input_index, repeat=payload.repeat, text=payload.text
+            )
+        )
+    return message
+
+
+def sample_to_proto(sample: SampleRecord) -> experiment_pb2.SampleResult:
+    """The SampleResult message of a sample."""
+    message = experiment_pb2.SampleResult(
+        input_index=sample.input_index,
+        repeat=sample.repeat,
+        prompt=sample.prompt,
+        expected=sample.expected,
+        output=sample.output,
+        scores=sample.scores,
+        score_errors=sample.score_errors,
+        usage=experiment_pb2.TokenUsage(
+            prompt_tokens=sample.prompt_tokens, completion_tokens=sample.completion_tokens
+        ),
+        latency=duration(sample.latency_seconds),
+        time_to_first_token=duration(sample.time_to_first_token_seconds),
+        tokens_per_second=sample.tokens_per_second,
+        finish_reason=sample.finish_reason,
+        error=sample.error,
+    )
+    if sample.seed is not None:
+        message.seed = sample.seed
+    return message
+
+
+def aggregate_to_proto(name: str, summary: Summary) -> experiment_pb2.AggregateMetric:
+    """The AggregateMetric message of a summarised metric."""
+    return experiment_pb2.AggregateMetric(
+        name=name,
+        count=summary.count,
+        mean=summary.mean,
+        stddev=summary.stddev,
+        ci_low=summary.ci_low,
+        ci_high=summary.ci_high,
+    )
+
+
+def model_to_proto(config: ModelConfig) -> experiment_pb2.Model:
+    """The Model message of a configured model."""
+    return experiment_pb2.Model(
+        name=config.name,
+        aliases=config.aliases,
+        provider=config.provider,
+        context_length=config.context_length,
+        description=config.description,
+    )
+
+
+def failure_to_proto(failure: Failure) -> experiment_pb2.ExperimentFailure:
+    """The ExperimentFailure message of a failure."""
+    return experiment_pb2.ExperimentFailure(reason=failure.reason, message=failure.message)
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """A Timestamp of a UNIX time in seconds."""
+    message = timestamp_pb2.Timestamp()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A Duration of a number of seconds."""
+    message = duration_pb2.Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def _value(value: float | int | bool | str) -> struct_pb2.Value:
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, str):
+        return struct_pb2.Value(string_value=value)
+    return struct_pb2.Value(number_value=float(value))

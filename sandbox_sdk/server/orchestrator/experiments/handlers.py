@@ -1,0 +1,183 @@
+"""The experiment RPCs of OrchestratorService, over the ExperimentEngine.
+
+Each method has the RPC's name and the grpc.aio signature ``(request, context)``;
+the orchestrator's servicer delegates to them. The tenant comes from the
+gateway's metadata; another tenant's experiment is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.server import ids
+from sandbox_sdk.server.orchestrator.experiments import convert
+from sandbox_sdk.server.orchestrator.experiments.engine import ExperimentEngine
+from sandbox_sdk.server.orchestrator.experiments.paging import (
+    decode_token,
+    encode_token,
+    page_size,
+    query_digest,
+)
+from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord, ExperimentState
+from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
+from sandbox_sdk.server.orchestrator.experiments.validation import validate_create
+from sandbox_sdk.server.status import invalid_argument
+from sandbox_sdk.server.tenancy import tenant_of
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ExperimentHandlers:
+    """CreateExperiment, GetExperiment, ListExperiments, CancelExperiment,
+    GetExperimentResults, StreamExperimentEvents and ListModels."""
+
+    def __init__(self, engine: ExperimentEngine) -> None:
+        self.engine = engine
+
+    async def CreateExperiment(
+        self, request: requests_pb2.CreateExperimentRequest, context: Context
+    ) -> requests_pb2.CreateExperimentResponse:
+        """Validates and queues an experiment; a retried request id returns the first result."""
+        tenant = tenant_of(context)
+        validated = validate_create(request, self.engine.models, self.engine.settings.scheduler)
+        existing = (
+            self.engine.store.find_request(tenant, validated.request_id)
+            if validated.request_id
+            else None
+        )
+        if existing is None:
+            self.engine.sandbox.require_running(tenant, validated.environment_id)
+            existing = self.engine.create(tenant, validated)
+        return requests_pb2.CreateExperimentResponse(experiment=self._message(existing))
+
+    async def GetExperiment(
+        self, request: requests_pb2.GetExperimentRequest, context: Context
+    ) -> requests_pb2.GetExperimentResponse:
+        """One experiment of the tenant."""
+        record = self.engine.get(tenant_of(context), _experiment_id(request.experiment_id))
+        return requests_pb2.GetExperimentResponse(experiment=self._message(record))
+
+    async def ListExperiments(
+        self, request: requests_pb2.ListExperimentsRequest, context: Context
+    ) -> requests_pb2.ListExperimentsResponse:
+        """The tenant's experiments, newest first, filtered and paginated."""
+        limit = page_size(request.page_size, 50, 1000)
+        filters = ListFilter(
+            environment_id=request.environment_id,
+            states=_states(request.states),
+            labels=dict(request.label_selector),
+        )
+        query = query_digest(filters.environment_id, filters.states, sorted(filters.labels.items()))
+        after = decode_token(request.page_token, "experiments", query)
+        before = _listing_key(after)
+        records = self.engine.list(tenant_of(context), filters, limit + 1, before)
+        token = ""
+        if len(records) > limit:
+            records = records[:limit]
+            token = encode_token("experiments", query, [records[-1].create_time, records[-1].id])
+        return requests_pb2.ListExperimentsResponse(
+            experiments=[self._message(r) for r in records], next_page_token=token
+        )
+
+    async def CancelExperiment(
+        self, request: requests_pb2.CancelExperimentRequest, context: Context
+    ) -> requests_pb2.CancelExperimentResponse:
+        """Cancels a queued or running experiment; a finished one comes back unchanged."""
+        record = await self.engine.cancel(tenant_of(context), _experiment_id(request.experiment_id))
+        return requests_pb2.CancelExperimentResponse(experiment=self._message(record))
+
+    async def GetExperimentResults(
+        self, request: requests_pb2.GetExperimentResultsRequest, context: Context
+    ) -> requests_pb2.GetExperimentResultsResponse:
+        """A page of samples, and aggregates and token totals over all samples."""
+        experiment_id = _experiment_id(request.experiment_id)
+        limit = page_size(request.page_size, 100, 1000)
+        after = decode_token(request.page_token, "samples", experiment_id)
+        key = _sample_key(after)
+        page = self.engine.results(tenant_of(context), experiment_id, limit, key)
+        token = ""
+        if page.has_more and page.samples:
+            last = page.samples[-1]
+            token = encode_token("samples", experiment_id, [last.input_index, last.repeat])
+        return requests_pb2.GetExperimentResultsResponse(
+            experiment=self._message(page.experiment),
+            samples=[convert.sample_to_proto(s) for s in page.samples],
+            metrics=[convert.aggregate_to_proto(n, s) for n, s in page.aggregates.metrics],
+            total_usage=experiment_pb2.TokenUsage(
+                prompt_tokens=page.aggregates.prompt_tokens,
+                completion_tokens=page.aggregates.completion_tokens,
+            ),
+            next_page_token=token,
+        )
+
+    async def StreamExperimentEvents(
+        self, request: requests_pb2.StreamExperimentEventsRequest, context: Context
+    ) -> AsyncIterator[requests_pb2.StreamExperimentEventsResponse]:
+        """The experiment's events after ``after_sequence``; with ``follow``, until it ends."""
+        if request.after_sequence < 0:
+            raise invalid_argument(
+                [("after_sequence", "use 0 for all events, or the last sequence you received")]
+            )
+        events = self.engine.stream(
+            tenant_of(context),
+            _experiment_id(request.experiment_id),
+            request.after_sequence,
+            follow=request.follow,
+        )
+        async for event in events:
+            yield requests_pb2.StreamExperimentEventsResponse(event=convert.event_to_proto(event))
+
+    async def ListModels(
+        self, request: requests_pb2.ListModelsRequest, context: Context
+    ) -> requests_pb2.ListModelsResponse:
+        """The models served, sorted by name."""
+        models = self.engine.models.models()
+        limit = page_size(request.page_size, len(models) or 1, max(len(models), 1))
+        after = decode_token(request.page_token, "models", "")
+        start = int(after[0]) if after and isinstance(after[0], int) else 0
+        page = models[start : start + limit]
+        token = encode_token("models", "", [start + limit]) if start + limit < len(models) else ""
+        return requests_pb2.ListModelsResponse(
+            models=[convert.model_to_proto(m.config) for m in page], next_page_token=token
+        )
+
+    def _message(self, record: ExperimentRecord) -> experiment_pb2.Experiment:
+        return convert.experiment_to_proto(record, self.engine.queue_position(record.id))
+
+
+def _experiment_id(experiment_id: str) -> str:
+    if not ids.is_valid(experiment_id, ids.EXPERIMENT):
+        raise invalid_argument(
+            [("experiment_id", "give an experiment id like exp-<orchestrator>-<16 hex>")]
+        )
+    return experiment_id
+
+
+def _states(values: Any) -> tuple[ExperimentState, ...]:
+    states = []
+    for index, value in enumerate(values):
+        state = convert.state_from_proto(value)
+        if state is None:
+            raise invalid_argument([(f"states[{index}]", "use a defined ExperimentState")])
+        states.append(state)
+    return tuple(states)
+
+
+def _listing_key(after: list[Any] | None) -> tuple[float, str] | None:
+    if after is None:
+        return None
+    if len(after) != 2 or not isinstance(after[0], int | float) or not isinstance(after[1], str):
+        raise invalid_argument([("page_token", "pass the previous next_page_token unchanged")])
+    return float(after[0]), after[1]
+
+
+def _sample_key(after: list[Any] | None) -> tuple[int, int] | None:
+    if after is None:
+        return None
+    if len(after) != 2 or not all(isinstance(v, int) for v in after):
+        raise invalid_argument([("page_token", "pass the previous next_page_token unchanged")])
+    return int(after[0]), int(after[1])

@@ -1,0 +1,121 @@
+"""The ``scripted`` provider: deterministic answers, and injected faults.
+
+It answers from a table keyed by prompt, a template, or by echoing the
+prompt, streamed in word-sized chunks. Its faults (latency, rate limits,
+timeouts, dropped streams, hard errors) exercise the engine's retry,
+timeout and cancellation paths with no network involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.orchestrator.experiments.providers.base import (
+    GenerationEnd,
+    GenerationRequest,
+    ModelProvider,
+    ProviderError,
+    StreamItem,
+    TextDelta,
+    TokenUsage,
+)
+from sandbox_sdk.server.orchestrator.experiments.settings import (
+    ModelConfig,
+    ScriptedFault,
+    ScriptedOptions,
+)
+
+_CHUNK = re.compile(r"\s*\S+|\s+")
+
+
+class ScriptedProvider(ModelProvider):
+    """Answers deterministically and injects the configured faults in order."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.options = config.options_of(ScriptedOptions)
+        self._faults_left = [fault.calls for fault in self.options.faults]
+        self.calls = 0
+
+    def answer(self, request: GenerationRequest) -> str:
+        """The full answer to ``request``, before max_tokens and stop strings apply."""
+        prompt = _last(request, "user")
+        if prompt in self.options.responses:
+            return self.options.responses[prompt]
+        if not self.options.template:
+            return prompt
+        try:
+            return self.options.template.format(
+                prompt=prompt, system=_last(request, "system"), seed=request.seed
+            )
+        except (KeyError, IndexError, ValueError) as error:
+            raise ProviderError(f"the scripted template is invalid: {error!r}") from error
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamItem, None]:
+        """Streams the scripted answer, applying the next matching fault first."""
+        self.calls += 1
+        fault = self._take_fault(_last(request, "user"))
+        if fault is not None:
+            await _raise_or_delay(fault)
+        chunks, finish_reason = self._chunks(request)
+        for index, chunk in enumerate(chunks):
+            if fault is not None and fault.kind == "mid_stream" and index == fault.after_chunks:
+                raise ProviderError(
+                    f"scripted fault: the stream dropped after {index} chunks", retryable=True
+                )
+            if self.options.chunk_delay_seconds:
+                await asyncio.sleep(self.options.chunk_delay_seconds)
+            yield TextDelta(chunk)
+        prompt_tokens = sum(len(_CHUNK.findall(m.content)) for m in request.messages)
+        yield GenerationEnd(
+            finish_reason=finish_reason,
+            usage=TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(chunks)),
+        )
+
+    def _chunks(self, request: GenerationRequest) -> tuple[list[str], str]:
+        text = self.answer(request)
+        finish_reason = "stop"
+        stops = [text.find(s) for s in request.stop if s in text]
+        if stops:
+            text = text[: min(stops)]
+        chunks = _CHUNK.findall(text)
+        limit = request.max_tokens or self.config.default_max_tokens
+        if len(chunks) > limit:
+            chunks, finish_reason = chunks[:limit], "length"
+        return chunks, finish_reason
+
+    def _take_fault(self, prompt: str) -> ScriptedFault | None:
+        for index, fault in enumerate(self.options.faults):
+            if self._faults_left[index] > 0 and fault.prompt in (None, prompt):
+                self._faults_left[index] -= 1
+                return fault
+        return None
+
+
+async def _raise_or_delay(fault: ScriptedFault) -> None:
+    if fault.kind == "latency":
+        await asyncio.sleep(fault.seconds)
+    elif fault.kind == "rate_limit":
+        raise ProviderError(
+            "scripted fault: rate limited",
+            reason=ErrorReason.RATE_LIMITED,
+            retryable=True,
+            retry_after=fault.seconds,
+        )
+    elif fault.kind == "timeout":
+        await asyncio.sleep(fault.seconds)
+        raise ProviderError(
+            "scripted fault: the request timed out", reason=ErrorReason.TIMEOUT, retryable=True
+        )
+    elif fault.kind == "error":
+        raise ProviderError("scripted fault: the model failed")
+
+
+def _last(request: GenerationRequest, role: str) -> str:
+    for message in reversed(request.messages):
+        if message.role == role:
+            return message.content
+    return ""

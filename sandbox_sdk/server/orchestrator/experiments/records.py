@@ -1,0 +1,146 @@
+"""The engine's records: experiments, their events and their per-sample results."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
+
+
+class ExperimentState(enum.StrEnum):
+    """Lifecycle of an experiment (the wire enum without its prefix)."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the experiment can change no more."""
+        return self not in (ExperimentState.QUEUED, ExperimentState.RUNNING)
+
+
+class LogLevel(enum.StrEnum):
+    """Severity of a log event."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an experiment did not succeed: an UPPER_SNAKE reason and a message."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment as stored."""
+
+    id: str
+    tenant: str
+    environment_id: str
+    spec: ExperimentSpec
+    model_name: str
+    state: ExperimentState
+    failure: Failure | None
+    completed_samples: int
+    total_samples: int
+    create_time: float
+    start_time: float | None
+    end_time: float | None
+    last_sequence: int
+    request_id: str
+    queue_order: int
+    has_output: bool
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A log line."""
+
+    level: LogLevel
+    message: str
+
+
+@dataclass(frozen=True)
+class MetricEvent:
+    """One metric sample; ``input_index`` -1 means the whole experiment."""
+
+    name: str
+    value: float
+    unit: str
+    input_index: int = -1
+    repeat: int = 0
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    """A state change."""
+
+    state: ExperimentState
+    failure: Failure | None = None
+    queue_position: int = 0
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """Text streamed by the model."""
+
+    input_index: int
+    repeat: int
+    text: str
+
+
+EventPayload = LogEvent | MetricEvent | StateEvent | OutputEvent
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A committed event with its per-experiment sequence number."""
+
+    experiment_id: str
+    sequence: int
+    time: float
+    payload: EventPayload
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """The outcome of one input and repeat."""
+
+    input_index: int
+    repeat: int
+    seed: int | None
+    prompt: str
+    expected: str
+    output: str
+    scores: dict[str, float] = field(default_factory=dict)
+    score_errors: dict[str, str] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_seconds: float = 0.0
+    time_to_first_token_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    finish_reason: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentChanges:
+    """Column updates committed together with events; None leaves a column as it is."""
+
+    state: ExperimentState | None = None
+    failure: Failure | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    total_samples: int | None = None
+    clear_start_time: bool = False

@@ -1,0 +1,322 @@
+"""Runs one experiment: every input and repeat through the model, then the scorers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.orchestrator.experiments.events import ExperimentWriter
+from sandbox_sdk.server.orchestrator.experiments.limits import MAX_INPUTS, MAX_PROMPT_CHARS
+from sandbox_sdk.server.orchestrator.experiments.metrics import EngineMetrics
+from sandbox_sdk.server.orchestrator.experiments.providers.base import (
+    ChatMessage,
+    GenerationEnd,
+    GenerationRequest,
+    ProviderError,
+    TextDelta,
+    TokenUsage,
+)
+from sandbox_sdk.server.orchestrator.experiments.providers.registry import ServedModel
+from sandbox_sdk.server.orchestrator.experiments.providers.retry import RetryPolicy
+from sandbox_sdk.server.orchestrator.experiments.records import (
+    EventPayload,
+    ExperimentChanges,
+    ExperimentRecord,
+    ExperimentState,
+    Failure,
+    LogEvent,
+    LogLevel,
+    MetricEvent,
+    OutputEvent,
+    SampleRecord,
+)
+from sandbox_sdk.server.orchestrator.experiments.scoring import Scorer, Scores
+from sandbox_sdk.server.orchestrator.experiments.spec import InputSpec
+from sandbox_sdk.server.orchestrator.ports import SandboxPort
+from sandbox_sdk.server.status import ServiceError
+
+
+class ExperimentFailedError(Exception):
+    """The experiment cannot go on; it ends in ``state`` and ``failure`` says why."""
+
+    state = ExperimentState.FAILED
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class EnvironmentEndedError(ExperimentFailedError):
+    """The experiment's environment ended while it ran, which cancels the experiment."""
+
+    state = ExperimentState.CANCELLED
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One model call's outcome, after retries."""
+
+    output: str
+    usage: TokenUsage
+    finish_reason: str
+    latency_seconds: float
+    time_to_first_token_seconds: float
+    error: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Completion tokens per second from request to last token."""
+        if self.latency_seconds <= 0:
+            return 0.0
+        return self.usage.completion_tokens / self.latency_seconds
+
+
+class ExperimentRunner:
+    """Runs a RUNNING experiment's samples, committing events and results as it goes."""
+
+    def __init__(
+        self,
+        record: ExperimentRecord,
+        model: ServedModel,
+        sandbox: SandboxPort,
+        writer: ExperimentWriter,
+        metrics: EngineMetrics,
+    ) -> None:
+        self.record = record
+        self.spec = record.spec
+        self.model = model
+        self.sandbox = sandbox
+        self.writer = writer
+        self.metrics = metrics
+        self.retry = RetryPolicy(model.config.retry)
+        self.scorer = Scorer(self.spec.scorers, sandbox, record.environment_id)
+
+    async def run(self) -> None:
+        """Runs every sample; raises ExperimentFailedError when the experiment fails as a whole."""
+        inputs = self._inputs()
+        total = len(inputs) * self.spec.repeats
+        self.writer.emit(
+            [LogEvent(LogLevel.INFO, f"running {total} samples on model {self.model.config.name}")],
+            ExperimentChanges(total_samples=total),
+        )
+        failed: list[str] = []
+        for index, item in enumerate(inputs):
+            for repeat in range(self.spec.repeats):
+                self._check_environment()
+                sample = await self._run_sample(index, repeat, item)
+                if sample.error:
+                    failed.append(sample.error)
+        # Scorers that failed because the environment went away do not make a success.
+        self._check_environment()
+        if failed and len(failed) == total:
+            raise ExperimentFailedError(
+                Failure(
+                    ErrorReason.MODEL_ERROR,
+                    f"every model call failed; the last error: {failed[-1]}",
+                )
+            )
+
+    def _check_environment(self) -> None:
+        try:
+            self.sandbox.require_running(self.record.tenant, self.record.environment_id)
+        except ServiceError as error:
+            raise EnvironmentEndedError(
+                Failure(
+                    ErrorReason.ENVIRONMENT_NOT_RUNNING,
+                    f"environment {self.record.environment_id} ended: {error.message}",
+                )
+            ) from error
+
+    def _inputs(self) -> list[InputSpec]:
+        if self.spec.inputs:
+            return list(self.spec.inputs)
+        path = self.spec.dataset_path
+        try:
+            content = self.sandbox.read_file(self.record.environment_id, path)
+        except ServiceError as error:
+            raise ExperimentFailedError(
+                Failure(error.reason, f"cannot read the dataset {path}: {error.message}")
+            ) from error
+        inputs = parse_dataset(content, path)
+        self.writer.emit([LogEvent(LogLevel.INFO, f"read {len(inputs)} inputs from {path}")])
+        return inputs
+
+    async def _run_sample(self, index: int, repeat: int, item: InputSpec) -> SampleRecord:
+        parameters = self.spec.parameters
+        seed = parameters.seed + repeat if parameters.seed is not None else None
+        request = GenerationRequest(
+            messages=self._messages(item.prompt),
+            temperature=parameters.temperature,
+            top_p=parameters.top_p,
+            max_tokens=parameters.max_tokens,
+            seed=seed,
+            stop=parameters.stop,
+            extra=parameters.extra,
+        )
+        generation = await self._generate(index, repeat, request)
+        scores = Scores()
+        if not generation.error:
+            scores = await self.scorer.score(generation.output, item.expected)
+        sample = SampleRecord(
+            input_index=index,
+            repeat=repeat,
+            seed=seed,
+            prompt=item.prompt,
+            expected=item.expected,
+            output=generation.output,
+            scores=scores.values,
+            score_errors=scores.errors,
+            prompt_tokens=generation.usage.prompt_tokens,
+            completion_tokens=generation.usage.completion_tokens,
+            latency_seconds=generation.latency_seconds,
+            time_to_first_token_seconds=generation.time_to_first_token_seconds,
+            tokens_per_second=generation.tokens_per_second,
+            finish_reason=generation.finish_reason,
+            error=generation.error,
+        )
+        events = self._sample_events(sample, scores)
+        self.writer.emit(events, sample=sample)
+        self._count(sample)
+        with contextlib.suppress(ServiceError, KeyError):
+            self.sandbox.touch(self.record.environment_id)
+        return sample
+
+    def _messages(self, prompt: str) -> tuple[ChatMessage, ...]:
+        system = self.spec.system_prompt or self.model.config.default_system_prompt
+        user = ChatMessage("user", prompt)
+        return (ChatMessage("system", system), user) if system else (user,)
+
+    async def _generate(self, index: int, repeat: int, request: GenerationRequest) -> Generation:
+        attempt = 1
+        while True:
+            started = time.monotonic()
+            first_token: float | None = None
+            parts: list[str] = []
+            end = GenerationEnd("stop", TokenUsage(0, 0))
+            try:
+                async with contextlib.aclosing(self.model.provider.generate(request)) as stream:
+                    async for item in stream:
+                        if isinstance(item, TextDelta):
+                            first_token = first_token or time.monotonic()
+                            parts.append(item.text)
+                            self.writer.output(OutputEvent(index, repeat, item.text))
+                        else:
+                            end = item
+            except ProviderError as error:
+                delay = self.retry.delay_before_retry(attempt, error)
+                if delay is None:
+                    message = f"model call failed after {attempt} attempt(s): {error.message}"
+                    self.writer.emit([_log(LogLevel.ERROR, index, repeat, message)])
+                    return Generation("", TokenUsage(0, 0), "error", 0.0, 0.0, error=message)
+                self._log_retry(index, repeat, attempt, error, delay, streamed=bool(parts))
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            finished = time.monotonic()
+            return Generation(
+                output="".join(parts),
+                usage=end.usage,
+                finish_reason=end.finish_reason,
+                latency_seconds=finished - started,
+                time_to_first_token_seconds=(first_token or finished) - started,
+            )
+
+    def _log_retry(
+        self,
+        index: int,
+        repeat: int,
+        attempt: int,
+        error: ProviderError,
+        delay: float,
+        *,
+        streamed: bool,
+    ) -> None:
+        self.metrics.retries.labels(self.model.config.name).inc()
+        message = f"attempt {attempt} failed ({error.message}); retrying in {delay:.2f}s"
+        if streamed:
+            message += "; the retry's output replaces the text streamed so far"
+        self.writer.emit([_log(LogLevel.WARNING, index, repeat, message)])
+
+    def _sample_events(self, sample: SampleRecord, scores: Scores) -> list[EventPayload]:
+        at = {"input_index": sample.input_index, "repeat": sample.repeat}
+        events: list[EventPayload] = []
+        if not sample.error:
+            events += [
+                MetricEvent("latency_seconds", sample.latency_seconds, "s", **at),
+                MetricEvent(
+                    "time_to_first_token_seconds", sample.time_to_first_token_seconds, "s", **at
+                ),
+                MetricEvent("tokens_per_second", sample.tokens_per_second, "tokens/s", **at),
+                MetricEvent("prompt_tokens", sample.prompt_tokens, "tokens", **at),
+                MetricEvent("completion_tokens", sample.completion_tokens, "tokens", **at),
+            ]
+        events += self._environment_usage(sample.input_index, sample.repeat)
+        for name, reason in scores.errors.items():
+            events.append(
+                _log(
+                    LogLevel.WARNING, sample.input_index, sample.repeat, f"scorer {name}: {reason}"
+                )
+            )
+        return events
+
+    def _environment_usage(self, index: int, repeat: int) -> list[EventPayload]:
+        try:
+            usage = self.sandbox.usage(self.record.environment_id)
+        except (ServiceError, KeyError, OSError):
+            return []
+        return [
+            MetricEvent("env_cpu_percent", usage.cpu_percent, "%", index, repeat),
+            MetricEvent("env_memory_bytes", float(usage.memory_bytes), "bytes", index, repeat),
+        ]
+
+    def _count(self, sample: SampleRecord) -> None:
+        name = self.model.config.name
+        self.metrics.samples.labels(name, "model_error" if sample.error else "ok").inc()
+        if not sample.error:
+            self.metrics.completion_tokens.labels(name).inc(sample.completion_tokens)
+            self.metrics.sample_latency.labels(name).observe(sample.latency_seconds)
+
+
+def parse_dataset(content: bytes, path: str) -> list[InputSpec]:
+    """Inputs from a JSONL file: one ``{"prompt": ..., "expected": ...}`` object per line."""
+    inputs: list[InputSpec] = []
+    try:
+        lines = content.decode().splitlines()
+    except UnicodeDecodeError as error:
+        raise _dataset_error(f"{path} is not UTF-8 text: {error}") from error
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as error:
+            raise _dataset_error(f"line {number} of {path} is not JSON: {error}") from error
+        prompt = item.get("prompt") if isinstance(item, dict) else None
+        expected = item.get("expected", "") if isinstance(item, dict) else None
+        if not isinstance(prompt, str) or not prompt or not isinstance(expected, str):
+            raise _dataset_error(
+                f'line {number} of {path} must be an object with a non-empty "prompt" string'
+                ' and an optional "expected" string'
+            )
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise _dataset_error(
+                f"line {number} of {path}: the prompt exceeds {MAX_PROMPT_CHARS} characters"
+            )
+        inputs.append(InputSpec(prompt=prompt, expected=expected))
+        if len(inputs) > MAX_INPUTS:
+            raise _dataset_error(f"{path} has more than {MAX_INPUTS} inputs")
+    if not inputs:
+        raise _dataset_error(f"{path} holds no inputs")
+    return inputs
+
+
+def _dataset_error(message: str) -> ExperimentFailedError:
+    return ExperimentFailedError(Failure(ErrorReason.INVALID_ARGUMENT, message))
+
+
+def _log(level: LogLevel, index: int, repeat: int, message: str) -> LogEvent:
+    return LogEvent(level, f"input {index} repeat {repeat}: {message}")

@@ -1,0 +1,144 @@
+"""Scorers: built-in checks of an output, and user commands run inside the sandbox.
+
+A scorer that fails (a command that crashes, times out, prints too much or
+prints no number) yields an error message for that metric instead of a
+score; it never fails the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sandbox_sdk.server.orchestrator.experiments.spec import (
+    CommandCheck,
+    Contains,
+    ExactMatch,
+    JsonValid,
+    RegexMatch,
+    ScorerSpec,
+)
+from sandbox_sdk.server.orchestrator.ports import CommandResult, SandboxPort
+from sandbox_sdk.server.status import ServiceError
+
+# The score is one number; more output than this is garbage, not a score.
+COMMAND_OUTPUT_LIMIT_BYTES = 4096
+_DETAIL_CHARS = 200
+
+
+@dataclass
+class Scores:
+    """The scores of one output, and the scorers that failed with their reasons."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Scorer:
+    """Applies an experiment's scorers to outputs, in the experiment's environment."""
+
+    def __init__(
+        self, scorers: Sequence[ScorerSpec], sandbox: SandboxPort, environment_id: str
+    ) -> None:
+        self.scorers = scorers
+        self.sandbox = sandbox
+        self.environment_id = environment_id
+        self._patterns = {
+            s.name: re.compile(s.check.pattern) for s in scorers if isinstance(s.check, RegexMatch)
+        }
+
+    async def score(self, output: str, expected: str) -> Scores:
+        """Every scorer's result for one output."""
+        scores = Scores()
+        for scorer in self.scorers:
+            check = scorer.check
+            if isinstance(check, CommandCheck):
+                value, error = await self._run_command(check, output, expected)
+                if error is not None:
+                    scores.errors[scorer.name] = error
+                else:
+                    scores.values[scorer.name] = value
+            else:
+                scores.values[scorer.name] = self._builtin(scorer, output, expected)
+        return scores
+
+    def _builtin(self, scorer: ScorerSpec, output: str, expected: str) -> float:
+        check = scorer.check
+        if isinstance(check, ExactMatch):
+            a, b = output.strip(), expected.strip()
+            if check.ignore_case:
+                a, b = a.casefold(), b.casefold()
+            return float(a == b)
+        if isinstance(check, Contains):
+            if check.ignore_case:
+                return float(expected.casefold() in output.casefold())
+            return float(expected in output)
+        if isinstance(check, RegexMatch):
+            return float(self._patterns[scorer.name].search(output) is not None)
+        if isinstance(check, JsonValid):
+            return float(_is_json(output))
+        raise TypeError(f"unknown scorer kind {check!r}")
+
+    async def _run_command(
+        self, check: CommandCheck, output: str, expected: str
+    ) -> tuple[float, str | None]:
+        try:
+            result = await self.sandbox.run_command(
+                self.environment_id,
+                check.argv,
+                stdin=output.encode(),
+                timeout=check.timeout_seconds,
+                env_vars={"EXPECTED": expected},
+                output_limit_bytes=COMMAND_OUTPUT_LIMIT_BYTES,
+            )
+        except ServiceError as error:
+            return 0.0, f"the scorer command could not run: {error.message}"
+        except OSError as error:
+            return 0.0, f"the scorer command could not run: {error}"
+        return parse_command_score(result, check.timeout_seconds)
+
+
+def parse_command_score(result: CommandResult, timeout_seconds: float) -> tuple[float, str | None]:
+    """The score a finished scorer command printed, or why there is none."""
+    problem = _run_problem(result, timeout_seconds)
+    if problem is not None:
+        return 0.0, problem
+    text = result.stdout.decode(errors="replace").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return 0.0, f"the scorer command printed {text[:_DETAIL_CHARS]!r}, not a number"
+    if not math.isfinite(value):
+        return 0.0, f"the scorer command printed {text!r}, not a finite number"
+    return value, None
+
+
+def _run_problem(result: CommandResult, timeout_seconds: float) -> str | None:
+    if result.reason == "timeout":
+        return f"the scorer command timed out after {timeout_seconds:g}s"
+    if result.reason != "exited":
+        return f"the scorer command ended abnormally ({result.reason}){_stderr(result)}"
+    if result.exit_code != 0:
+        return f"the scorer command exited with code {result.exit_code}{_stderr(result)}"
+    if result.stdout_truncated:
+        return (
+            f"the scorer command printed more than {COMMAND_OUTPUT_LIMIT_BYTES} bytes;"
+            " it must print only the score"
+        )
+    return None
+
+
+def _stderr(result: CommandResult) -> str:
+    text = result.stderr.decode(errors="replace").strip()
+    return f": {text[-_DETAIL_CHARS:]}" if text else ""
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
