@@ -259,10 +259,12 @@ class AsyncSandboxClient:
             for key in page.api_keys:
                 yield ApiKeyInfo.from_proto(key)
 
-    async def revoke_api_key(self, api_key_id: str, *, timeout: float | None = None) -> ApiKeyInfo:
-        """Revokes a key at once (admin scope)."""
+    async def revoke_api_key(
+        self, api_key_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> ApiKeyInfo:
+        """Revokes a key at once (admin scope); revoking a revoked key returns it unchanged."""
         request = gateway_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
-        response = await self._call("RevokeApiKey", request, timeout=timeout)
+        response = await self._call("RevokeApiKey", request, timeout=timeout, retry=retry)
         return ApiKeyInfo.from_proto(response.api_key)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -65,12 +65,15 @@ class AsyncExperiment:
         self.info = ExperimentInfo.from_proto(response.experiment)
         return self.info
 
-    async def cancel(self, *, timeout: float | None = None) -> ExperimentInfo:
+    async def cancel(
+        self, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> ExperimentInfo:
         """Cancels the experiment if it has not finished; returns the new snapshot."""
         response = await self._client._call(
             "CancelExperiment",
             requests_pb2.CancelExperimentRequest(experiment_id=self.id),
             timeout=timeout,
+            retry=retry,
         )
         self.info = ExperimentInfo.from_proto(response.experiment)
         return self.info

@@ -81,21 +81,27 @@ class AsyncSandbox:
         ttl: DurationLike | None = None,
         idle_timeout: DurationLike | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> EnvironmentInfo:
         """Replaces the labels and/or changes the ttl or idle timeout."""
         request = build.update_environment_request(
             self.id, labels=labels, ttl=ttl, idle_timeout=idle_timeout
         )
-        response = await self._client._call("UpdateEnvironment", request, timeout=timeout)
+        response = await self._client._call(
+            "UpdateEnvironment", request, timeout=timeout, retry=retry
+        )
         self._set(response.environment)
         return self.info
 
-    async def delete(self, *, timeout: float | None = None) -> EnvironmentInfo:
+    async def delete(
+        self, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> EnvironmentInfo:
         """Kills the environment's processes and removes its workspace (idempotent)."""
         response = await self._client._call(
             "DeleteEnvironment",
             requests_pb2.DeleteEnvironmentRequest(environment_id=self.id),
             timeout=timeout,
+            retry=retry,
         )
         self._set(response.environment)
         return self.info
@@ -139,15 +145,25 @@ class AsyncSandbox:
         return AsyncExecStream(self._client._transport, request, timeout=deadline)
 
     async def write_file(
-        self, path: str, content: bytes | str, *, mode: int = 0o644, timeout: float | None = None
+        self,
+        path: str,
+        content: bytes | str,
+        *,
+        mode: int = 0o644,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> FileInfo:
-        """Writes ``content`` to ``path`` (relative to the workspace)."""
+        """Writes ``content`` to ``path`` (relative to the workspace), replacing the file.
+
+        Retried like other calls safe to repeat; pass ``retry=RetryPolicy.disabled()``
+        to write at most once (see :mod:`sandbox_sdk.client.retry`).
+        """
         data = content.encode() if isinstance(content, str) else content
         request = requests_pb2.WriteFileRequest(
             environment_id=self.id,
             file=environment_pb2.FileContent(path=path, content=data, mode=mode),
         )
-        response = await self._client._call("WriteFile", request, timeout=timeout)
+        response = await self._client._call("WriteFile", request, timeout=timeout, retry=retry)
         return FileInfo.from_proto(response.file)
 
     async def read_file(self, path: str, *, timeout: float | None = None) -> bytes:

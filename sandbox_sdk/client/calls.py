@@ -8,26 +8,33 @@ import grpc
 
 from sandbox_sdk.errors import SandboxError, from_rpc_error
 
-# Methods safe to repeat: reads, lists and streams. Creates are safe too because
-# the SDK sends a request_id with each; see ``RETRY_SAFE_CREATES``.
+# Methods whose repetition changes nothing the first attempt did not: reads,
+# lists, streams, and mutations that set a state or a value. The retry module's
+# docstring says why each mutation is here and why ExecCommand is not.
 IDEMPOTENT_METHODS = frozenset(
     {
         "GetEnvironment",
         "ListEnvironments",
+        "UpdateEnvironment",
+        "DeleteEnvironment",
+        "WriteFile",
         "ReadFile",
         "ListFiles",
         "GetEnvironmentUsage",
         "StreamEnvironmentUsage",
         "GetExperiment",
         "ListExperiments",
+        "CancelExperiment",
         "GetExperimentResults",
         "StreamExperimentEvents",
         "ListModels",
         "ListApiKeys",
+        "RevokeApiKey",
     }
 )
 RETRY_SAFE_CREATES = frozenset({"CreateEnvironment", "CreateExperiment", "CreateApiKey"})
-STREAMING_METHODS = frozenset({"ExecCommand", "StreamEnvironmentUsage", "StreamExperimentEvents"})
+# Running a command again may do its work twice.
+NOT_RETRY_SAFE = frozenset({"ExecCommand"})
 
 
 class Rpc(NamedTuple):
@@ -38,11 +45,8 @@ class Rpc(NamedTuple):
     retry_safe: bool
 
 
-_OTHER_METHODS = frozenset(
-    {"UpdateEnvironment", "DeleteEnvironment", "WriteFile", "CancelExperiment", "RevokeApiKey"}
-)
 RETRY_SAFE_METHODS = IDEMPOTENT_METHODS | RETRY_SAFE_CREATES
-ALL_METHODS = RETRY_SAFE_METHODS | STREAMING_METHODS | _OTHER_METHODS
+ALL_METHODS = RETRY_SAFE_METHODS | NOT_RETRY_SAFE
 
 
 def method_table(stub: object) -> dict[str, Rpc]:

@@ -64,12 +64,15 @@ class Experiment:
         self.info = ExperimentInfo.from_proto(response.experiment)
         return self.info
 
-    def cancel(self, *, timeout: float | None = None) -> ExperimentInfo:
+    def cancel(
+        self, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> ExperimentInfo:
         """Cancels the experiment if it has not finished; returns the new snapshot."""
         response = self._client._call(
             "CancelExperiment",
             requests_pb2.CancelExperimentRequest(experiment_id=self.id),
             timeout=timeout,
+            retry=retry,
         )
         self.info = ExperimentInfo.from_proto(response.experiment)
         return self.info

@@ -1,11 +1,36 @@
-"""When and how long to wait before retrying a failed call.
+"""When and how long to wait before retrying a failed call, and which calls are retried.
 
-A :class:`RetryPolicy` is a frozen value object. Retries apply only to calls
-that are safe to repeat: reads, lists, streams, and creates that carry a
-client-generated ``request_id`` (the server returns the first result for a
-repeated id). Each attempt's timeout is cut to what is left of the overall
-``deadline``; the wait between attempts is full-jitter exponential backoff, or
-the server's ``RetryInfo.retry_delay`` when it sent one.
+A :class:`RetryPolicy` is a frozen value object. Each attempt's timeout is cut
+to what is left of the overall ``deadline``; the wait between attempts is
+full-jitter exponential backoff, or the server's ``RetryInfo.retry_delay``
+when it sent one.
+
+A failed attempt (UNAVAILABLE, say) may still have been carried out, so only
+calls whose repetition cannot change the outcome are retried (the lists are in
+:mod:`sandbox_sdk.client.calls`):
+
+- Reads, lists and streams; an event stream resumes after the last event seen.
+- Creates: each carries a client-generated ``request_id``, and the server
+  returns the first result for a repeated id.
+- DeleteEnvironment and CancelExperiment, idempotent by contract: deleting a
+  deleted environment succeeds, cancelling a finished experiment returns it
+  unchanged.
+- UpdateEnvironment: it sets the fields named in ``update_mask`` to the
+  request's values (labels are replaced as a whole, ttl counts from creation),
+  and a retry sends the same request.
+- WriteFile: it replaces the whole file with the request's content and mode,
+  so a repeat leaves the same file. Last writer wins: should something else,
+  such as a command in the sandbox, change that file between an attempt whose
+  answer was lost and the retry, the retry overwrites that change, as if the
+  write had happened then. Pass ``retry=RetryPolicy.disabled()`` to write at
+  most once.
+- RevokeApiKey: revoked is a final state; revoking a revoked key changes
+  nothing and returns it with its first ``revoke_time``. A revocation should
+  not fail for a passing outage.
+
+ExecCommand is never retried: running a command again may do its work twice.
+Any call rejected as UNAUTHENTICATED is sent once more with a fresh token when
+the token comes from a provider; the server did not act on the rejected call.
 """
 
 from __future__ import annotations

@@ -33,9 +33,10 @@ class EventCursor:
     ) -> ExperimentEvent | None:
         """The event, or ``None`` if it was seen already."""
         event = message.event
-        if event.sequence <= self.last_sequence:
+        sequence = event.sequence
+        if sequence <= self.last_sequence:
             return None
-        self.last_sequence = event.sequence
+        self.last_sequence = sequence
         return ExperimentEvent.from_proto(event)
 
 

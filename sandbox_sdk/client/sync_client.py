@@ -249,10 +249,12 @@ class SandboxClient:
         for page in self._pages("ListApiKeys", request, timeout=timeout):
             yield from (ApiKeyInfo.from_proto(key) for key in page.api_keys)
 
-    def revoke_api_key(self, api_key_id: str, *, timeout: float | None = None) -> ApiKeyInfo:
-        """Revokes a key at once (admin scope)."""
+    def revoke_api_key(
+        self, api_key_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> ApiKeyInfo:
+        """Revokes a key at once (admin scope); revoking a revoked key returns it unchanged."""
         request = gateway_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
-        response = self._call("RevokeApiKey", request, timeout=timeout)
+        response = self._call("RevokeApiKey", request, timeout=timeout, retry=retry)
         return ApiKeyInfo.from_proto(response.api_key)
 
     # -- lifecycle -------------------------------------------------------------------------

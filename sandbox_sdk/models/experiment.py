@@ -151,47 +151,122 @@ class OutputDelta:
 EventPayload = LogLine | MetricSample | StateChange | OutputDelta
 
 
-@dataclass(slots=True)
+class _Pending(enum.Enum):
+    """Marks a field of :class:`ExperimentEvent` not read from the wire yet."""
+
+    FIELD = enum.auto()
+
+
+_PENDING = _Pending.FIELD
+_NO_MESSAGE = experiment_pb2.ExperimentEvent()
+
+
 class ExperimentEvent:
     """One persisted event; ``sequence`` increases by one per event, from 1.
 
     ``kind`` is ``"log"``, ``"metric"``, ``"state_change"`` or ``"output"`` and
     ``payload`` the matching dataclass (``None`` for kinds this SDK predates).
+    ``time`` is when the service recorded the event, in UTC.
+
+    Events are read-only values. One that came over the wire keeps its message
+    and converts ``kind``, ``payload`` and ``time`` on first access: fields nobody
+    reads cost nothing, so iterating a stream costs about what iterating the raw
+    messages does.
     """
 
-    sequence: int
-    experiment_id: str
-    kind: str
-    payload: EventPayload | None
-    time: datetime | None = None
+    __slots__ = ("_experiment_id", "_kind", "_message", "_payload", "_sequence", "_time")
+    __match_args__ = ("sequence", "experiment_id", "kind", "payload", "time")
+
+    def __init__(
+        self,
+        sequence: int,
+        experiment_id: str,
+        kind: str,
+        payload: EventPayload | None,
+        time: datetime | None = None,
+    ) -> None:
+        self._message = _NO_MESSAGE
+        self._sequence = sequence
+        self._experiment_id = experiment_id
+        self._kind: str | _Pending = kind
+        self._payload: EventPayload | _Pending | None = payload
+        self._time: datetime | _Pending | None = time
 
     @classmethod
     def from_proto(cls, message: experiment_pb2.ExperimentEvent) -> ExperimentEvent:
-        """Converts the wire form."""
-        kind = message.WhichOneof("payload") or ""
-        payload: EventPayload | None = None
-        if kind == "output":
-            delta = message.output
-            payload = OutputDelta(delta.input_index, delta.repeat, delta.text)
-        elif kind == "metric":
-            metric = message.metric
-            payload = MetricSample(
-                metric.name, metric.value, metric.unit, metric.input_index, metric.repeat
-            )
-        elif kind == "log":
-            log = message.log
-            payload = LogLine(_LEVELS.get(log.level, LogLevel.UNSPECIFIED), log.message)
-        elif kind == "state_change":
-            change = message.state_change
-            payload = StateChange(
-                state_from_number(change.state),
-                ExperimentFailure.from_proto(change.failure),
-                change.queue_position,
-            )
-        return cls(
-            sequence=message.sequence,
-            experiment_id=message.experiment_id,
-            kind=kind,
-            payload=payload,
-            time=from_timestamp_pb(message.time),
+        """Wraps the wire form; fields are converted when first read."""
+        event = cls.__new__(cls)
+        event._message = message
+        event._sequence = message.sequence
+        event._experiment_id = message.experiment_id
+        event._kind = event._payload = event._time = _PENDING
+        return event
+
+    @property
+    def sequence(self) -> int:
+        """The event's position in the experiment's event log, from 1."""
+        return self._sequence
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment the event belongs to."""
+        return self._experiment_id
+
+    @property
+    def kind(self) -> str:
+        """``"log"``, ``"metric"``, ``"state_change"``, ``"output"``, or ``""`` if unknown."""
+        if self._kind is _PENDING:
+            self._kind = self._message.WhichOneof("payload") or ""
+        return self._kind
+
+    @property
+    def payload(self) -> EventPayload | None:
+        """The dataclass matching ``kind``; ``None`` for kinds this SDK predates."""
+        if self._payload is _PENDING:
+            self._payload = _payload_from_proto(self.kind, self._message)
+        return self._payload
+
+    @property
+    def time(self) -> datetime | None:
+        """When the service recorded the event (timezone-aware, UTC)."""
+        if self._time is _PENDING:
+            self._time = from_timestamp_pb(self._message.time)
+        return self._time
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.sequence, self.experiment_id, self.kind, self.payload, self.time)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExperimentEvent):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # payloads are mutable dataclasses
+
+    def __repr__(self) -> str:
+        return (
+            f"ExperimentEvent(sequence={self.sequence!r}, experiment_id={self.experiment_id!r}, "
+            f"kind={self.kind!r}, payload={self.payload!r}, time={self.time!r})"
         )
+
+
+def _payload_from_proto(kind: str, message: experiment_pb2.ExperimentEvent) -> EventPayload | None:
+    if kind == "output":
+        delta = message.output
+        return OutputDelta(delta.input_index, delta.repeat, delta.text)
+    if kind == "metric":
+        metric = message.metric
+        return MetricSample(
+            metric.name, metric.value, metric.unit, metric.input_index, metric.repeat
+        )
+    if kind == "log":
+        log = message.log
+        return LogLine(_LEVELS.get(log.level, LogLevel.UNSPECIFIED), log.message)
+    if kind == "state_change":
+        change = message.state_change
+        return StateChange(
+            state_from_number(change.state),
+            ExperimentFailure.from_proto(change.failure),
+            change.queue_position,
+        )
+    return None

@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from sandbox_sdk import AsyncSandboxClient, SandboxClient
-from sandbox_sdk.models import EnvironmentInfo, ExecResult, ExperimentEvent, ExperimentInfo
+from sandbox_sdk.models import (
+    ApiKeyInfo,
+    CreatedApiKey,
+    EnvironmentInfo,
+    ExecResult,
+    ExperimentEvent,
+    ExperimentInfo,
+    FileInfo,
+)
 from sandbox_sdk.models.results import ExperimentResults
 
 T = TypeVar("T")
@@ -29,6 +37,12 @@ class SyncDriver:
     def update_environment(self, environment_id: str, **kw: Any) -> EnvironmentInfo:
         return self.client.get_environment(environment_id).update(**kw)
 
+    def delete_environment(self, environment_id: str, **kw: Any) -> EnvironmentInfo:
+        return self.client.get_environment(environment_id).delete(**kw)
+
+    def write_file(self, environment_id: str, path: str, content: bytes, **kw: Any) -> FileInfo:
+        return self.client.get_environment(environment_id).write_file(path, content, **kw)
+
     def list_environment_ids(self, **kw: Any) -> list[str]:
         return [sandbox.id for sandbox in self.client.list_environments(**kw)]
 
@@ -41,6 +55,15 @@ class SyncDriver:
     def events(self, experiment_id: str, **kw: Any) -> list[ExperimentEvent]:
         with self.client.get_experiment(experiment_id).events(**kw) as stream:
             return list(stream)
+
+    def cancel_experiment(self, experiment_id: str, **kw: Any) -> ExperimentInfo:
+        return self.client.get_experiment(experiment_id).cancel(**kw)
+
+    def create_api_key(self, **kw: Any) -> CreatedApiKey:
+        return self.client.create_api_key(**kw)
+
+    def revoke_api_key(self, api_key_id: str, **kw: Any) -> ApiKeyInfo:
+        return self.client.revoke_api_key(api_key_id, **kw)
 
     def results(self, experiment_id: str, **kw: Any) -> ExperimentResults:
         return self.client.get_experiment(experiment_id).get_results(**kw)
@@ -77,6 +100,14 @@ class AsyncDriver:
         sandbox = self.run(self.client.get_environment(environment_id))
         return self.run(sandbox.update(**kw))
 
+    def delete_environment(self, environment_id: str, **kw: Any) -> EnvironmentInfo:
+        sandbox = self.run(self.client.get_environment(environment_id))
+        return self.run(sandbox.delete(**kw))
+
+    def write_file(self, environment_id: str, path: str, content: bytes, **kw: Any) -> FileInfo:
+        sandbox = self.run(self.client.get_environment(environment_id))
+        return self.run(sandbox.write_file(path, content, **kw))
+
     def list_environment_ids(self, **kw: Any) -> list[str]:
         return [s.id for s in self.run(_collect(self.client.list_environments(**kw)))]
 
@@ -91,6 +122,16 @@ class AsyncDriver:
     def events(self, experiment_id: str, **kw: Any) -> list[ExperimentEvent]:
         experiment = self.run(self.client.get_experiment(experiment_id))
         return self.run(_collect(experiment.events(**kw)))
+
+    def cancel_experiment(self, experiment_id: str, **kw: Any) -> ExperimentInfo:
+        experiment = self.run(self.client.get_experiment(experiment_id))
+        return self.run(experiment.cancel(**kw))
+
+    def create_api_key(self, **kw: Any) -> CreatedApiKey:
+        return self.run(self.client.create_api_key(**kw))
+
+    def revoke_api_key(self, api_key_id: str, **kw: Any) -> ApiKeyInfo:
+        return self.run(self.client.revoke_api_key(api_key_id, **kw))
 
     def results(self, experiment_id: str, **kw: Any) -> ExperimentResults:
         experiment = self.run(self.client.get_experiment(experiment_id))

@@ -582,7 +582,8 @@ class FakeGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
                     grpc.StatusCode.NOT_FOUND, ErrorReason.API_KEY_NOT_FOUND, "no such key"
                 ),
             )
-        key.revoke_time.CopyFrom(_now())
+        if not key.HasField("revoke_time"):  # revoking a revoked key changes nothing
+            key.revoke_time.CopyFrom(_now())
         return gateway_service_pb2.RevokeApiKeyResponse(api_key=key)
 
 

@@ -9,13 +9,17 @@ from conftest import FakeClock
 from sdk_drivers import Driver
 from sdk_fake_gateway import Failure, FakeGateway
 
+from sandbox.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sandbox_sdk import (
     AuthenticationError,
+    EnvironmentState,
+    ExperimentState,
     QuotaExceededError,
     ResourceExhaustedError,
     RetryPolicy,
     UnavailableError,
 )
+from sandbox_sdk.client.calls import method_table
 from sandbox_sdk.errors import ConfigError, ErrorReason, SandboxError
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -96,16 +100,86 @@ def test_overall_deadline_stops_retries_and_shrinks_attempt_timeouts(
         assert seen.time_remaining <= budget + 0.5
 
 
-@pytest.mark.parametrize("method", ["UpdateEnvironment"])
-def test_non_idempotent_calls_are_not_retried(
+def _update(gateway: FakeGateway, driver: Driver) -> object:
+    environment_id = _env(gateway, driver)
+    gateway.fail("UpdateEnvironment", Failure(2, UNAVAILABLE))
+    return driver.update_environment(environment_id, labels={"team": "a"}, ttl="1h").labels
+
+
+def _delete(gateway: FakeGateway, driver: Driver) -> object:
+    environment_id = _env(gateway, driver)
+    gateway.fail("DeleteEnvironment", Failure(2, UNAVAILABLE))
+    return driver.delete_environment(environment_id).state
+
+
+def _write(gateway: FakeGateway, driver: Driver) -> object:
+    environment_id = _env(gateway, driver)
+    gateway.fail("WriteFile", Failure(2, UNAVAILABLE))
+    driver.write_file(environment_id, "data/in.txt", b"same bytes")
+    return gateway.files[environment_id]
+
+
+def _cancel(gateway: FakeGateway, driver: Driver) -> object:
+    gateway.auto_complete = False
+    experiment_id = driver.run_experiment(_env(gateway, driver), model="gpt-3", prompt="hi").id
+    gateway.fail("CancelExperiment", Failure(2, UNAVAILABLE))
+    return driver.cancel_experiment(experiment_id).state
+
+
+def _revoke(gateway: FakeGateway, driver: Driver) -> object:
+    key_id = driver.create_api_key(tenant="team-a", scopes=["read"]).key.id
+    gateway.fail("RevokeApiKey", Failure(2, UNAVAILABLE))
+    return driver.revoke_api_key(key_id).active
+
+
+IDEMPOTENT_MUTATIONS = {
+    "UpdateEnvironment": (_update, {"team": "a"}),
+    "DeleteEnvironment": (_delete, EnvironmentState.TERMINATED),
+    "WriteFile": (_write, {"data/in.txt": b"same bytes"}),
+    "CancelExperiment": (_cancel, ExperimentState.CANCELLED),
+    "RevokeApiKey": (_revoke, False),
+}
+
+
+@pytest.mark.parametrize("method", sorted(IDEMPOTENT_MUTATIONS))
+def test_idempotent_mutations_are_retried_with_the_same_request(
     gateway: FakeGateway, driver: Driver, clock: FakeClock, method: str
 ) -> None:
+    """The handler fails twice with UNAVAILABLE; the third attempt succeeds."""
+    act, expected = IDEMPOTENT_MUTATIONS[method]
+    assert act(gateway, driver) == expected
+    calls = gateway.calls(method)
+    assert len(calls) == 3
+    assert all(seen.request == calls[0].request for seen in calls)
+    assert clock.sleeps == [0.5, 1.0]
+
+
+def test_idempotent_mutation_gives_up_after_max_attempts(
+    gateway: FakeGateway, driver: Driver, clock: FakeClock
+) -> None:
     environment_id = _env(gateway, driver)
-    gateway.fail(method, Failure(1, UNAVAILABLE))
+    gateway.fail("DeleteEnvironment", Failure(10, UNAVAILABLE))
+    with pytest.raises(UnavailableError) as caught:
+        driver.delete_environment(environment_id)
+    assert len(gateway.calls("DeleteEnvironment")) == 4
+    assert "gave up after 4 attempts" in caught.value.__notes__
+
+
+def test_exec_is_not_retried(gateway: FakeGateway, driver: Driver, clock: FakeClock) -> None:
+    environment_id = _env(gateway, driver)
+    gateway.fail("ExecCommand", Failure(1, UNAVAILABLE))
     with pytest.raises(UnavailableError):
-        driver.update_environment(environment_id, labels={"a": "b"})
-    assert len(gateway.calls(method)) == 1
+        driver.exec(environment_id, ["echo", "once"])
+    assert len(gateway.calls("ExecCommand")) == 1
     assert clock.sleeps == []
+
+
+def test_every_gateway_method_has_a_retry_decision() -> None:
+    service = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+    with grpc.insecure_channel("127.0.0.1:1") as channel:
+        table = method_table(gateway_service_pb2_grpc.GatewayServiceStub(channel))
+    assert set(table) == set(service.methods_by_name)
+    assert {name for name, rpc in table.items() if not rpc.retry_safe} == {"ExecCommand"}
 
 
 def test_retry_info_delay_is_honoured_for_resource_exhausted(

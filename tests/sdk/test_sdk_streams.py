@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from sdk_drivers import DRIVERS, Driver
@@ -12,7 +13,16 @@ from sdk_fake_gateway import API_KEY, FakeGateway, FakeServer
 
 from sandbox.v1 import experiment_pb2
 from sandbox_sdk import RetryPolicy, SandboxClient, UnavailableError
-from sandbox_sdk.models import LogLine, StateChange
+from sandbox_sdk.models import (
+    ExperimentEvent,
+    ExperimentFailure,
+    ExperimentState,
+    LogLevel,
+    LogLine,
+    MetricSample,
+    OutputDelta,
+    StateChange,
+)
 
 REAL_TIME = RetryPolicy(max_attempts=5, initial_backoff=0.05, max_backoff=0.5, deadline=20.0)
 
@@ -154,3 +164,43 @@ async def test_async_stream_aclose_cancels_the_call(gateway, aclient) -> None:  
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
     _wait_until(lambda: gateway.active_streams == 0)
+
+
+STAMP = datetime(2025, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)
+FAILURE = experiment_pb2.ExperimentFailure(reason="MODEL_FAILED", message="out of memory")
+WIRE_PAYLOADS = {
+    "log": (
+        {"log": experiment_pb2.LogLine(level=3, message="hot")},
+        LogLine(LogLevel.WARNING, "hot"),
+    ),
+    "metric": (
+        {"metric": experiment_pb2.MetricSample(name="tps", value=2.5, unit="1/s", repeat=1)},
+        MetricSample("tps", 2.5, "1/s", 0, 1),
+    ),
+    "output": (
+        {"output": experiment_pb2.OutputDelta(input_index=2, repeat=1, text="ok")},
+        OutputDelta(2, 1, "ok"),
+    ),
+    "state_change": (
+        {"state_change": experiment_pb2.StateChange(state=4, failure=FAILURE)},
+        StateChange(ExperimentState.FAILED, ExperimentFailure("MODEL_FAILED", "out of memory")),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WIRE_PAYLOADS))
+def test_event_read_from_the_wire_equals_the_event_built_from_values(kind: str) -> None:
+    wire, payload = WIRE_PAYLOADS[kind]
+    message = experiment_pb2.ExperimentEvent(sequence=7, experiment_id="exp-o1-1", **wire)
+    message.time.FromDatetime(STAMP)
+    event = ExperimentEvent.from_proto(message)
+    assert event == ExperimentEvent(7, "exp-o1-1", kind, payload, STAMP)
+    assert (event.sequence, event.kind, event.payload, event.time) == (7, kind, payload, STAMP)
+    assert event.time is event.time  # converted once
+    assert repr(event) == repr(ExperimentEvent(7, "exp-o1-1", kind, payload, STAMP))
+
+
+def test_event_of_an_unknown_kind_has_no_payload_and_an_unset_time_is_none() -> None:
+    event = ExperimentEvent.from_proto(experiment_pb2.ExperimentEvent(sequence=1))
+    assert (event.kind, event.payload, event.time) == ("", None, None)
+    assert event != ExperimentEvent(2, "", "", None)
