@@ -237,7 +237,7 @@ Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
 
 @_typing.final
 class RevokeApiKeyRequest(_message.Message):
-    """Request for RevokeApiKey."""
+    """Request for RevokeApiKey. Revoking a revoked key succeeds and returns it unchanged."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
