@@ -1,0 +1,171 @@
+"""What isolation costs: environment create and command round trip vs plain processes.
+
+* create: ``SandboxManager.create_environment`` until RUNNING (workspace file
+  system, cgroups, database row) vs making a temp directory and running
+  ``true`` in it.
+* exec: ``true`` through ``SandboxManager.run_command`` (start gate, setpriv,
+  bubblewrap namespaces, per-command cgroup, output streaming) vs
+  ``subprocess.run(["true"])``.
+
+Samples alternate between the measured path and its baseline so both see the
+same machine load. The isolation layers in force are named in each row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
+from sandbox_sdk.server.orchestrator.sandbox.model import (
+    EnvironmentSpec,
+    Limits,
+    NetworkPolicy,
+    NewEnvironment,
+)
+
+CREATES = 60
+EXECS = 200
+WARMUP = 5
+TENANT = "bench"
+SPEC = EnvironmentSpec(
+    limits=Limits(
+        cpu_cores=1.0,
+        memory_bytes=256 << 20,
+        disk_bytes=256 << 20,
+        max_pids=64,
+        exec_timeout_seconds=30.0,
+    ),
+    env_vars={},
+    labels={},
+    ttl_seconds=600.0,
+    idle_timeout_seconds=600.0,
+    network=NetworkPolicy.NONE,
+)
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _plain_create(scratch: Path) -> float:
+    started = time.perf_counter()
+    directory = Path(tempfile.mkdtemp(dir=scratch))
+    subprocess.run(["true"], cwd=directory, check=True)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(directory)
+    return elapsed
+
+
+def _plain_exec() -> float:
+    started = time.perf_counter()
+    subprocess.run(["true"], check=True)
+    return time.perf_counter() - started
+
+
+async def _measure(root: Path) -> dict[str, Any]:
+    manager = SandboxManager(
+        Database(root / "bench.db"), SandboxSettings(), "bench", root / "workspaces"
+    )
+    await manager.start()
+    try:
+        creates, plain_creates = [], []
+        for index in range(CREATES + WARMUP):
+            started = time.perf_counter()
+            environment = await manager.create_environment(TENANT, NewEnvironment(SPEC))
+            elapsed = time.perf_counter() - started
+            await manager.delete_environment(TENANT, environment.id)
+            plain = _plain_create(root)
+            if index >= WARMUP:
+                creates.append(elapsed)
+                plain_creates.append(plain)
+
+        environment = await manager.create_environment(TENANT, NewEnvironment(SPEC))
+        execs, plain_execs = [], []
+        for index in range(EXECS + WARMUP):
+            started = time.perf_counter()
+            result = await manager.run_command(environment.id, ["true"])
+            elapsed = time.perf_counter() - started
+            if result.exit_code != 0:
+                raise RuntimeError(f"`true` failed in the sandbox: {result}")
+            plain = _plain_exec()
+            if index >= WARMUP:
+                execs.append(elapsed)
+                plain_execs.append(plain)
+        return {
+            "isolation": manager.isolation.level,
+            "creates": creates,
+            "plain_creates": plain_creates,
+            "execs": execs,
+            "plain_execs": plain_execs,
+        }
+    finally:
+        await manager.stop()
+
+
+def _row(metric: str, value: float, baseline: float, goal: str, isolation: str) -> dict[str, Any]:
+    return {
+        "benchmark": f"sandbox ({isolation})",
+        "metric": metric,
+        "value": value * 1000,
+        "baseline": baseline * 1000,
+        "ratio": value / baseline,
+        "unit": "ms",
+        "goal": goal,
+    }
+
+
+def run() -> list[dict[str, Any]]:
+    """Measures and returns the benchmark rows."""
+    with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as scratch:
+        measured = asyncio.run(_measure(Path(scratch)))
+    isolation = measured["isolation"]
+    creates, plain_creates = measured["creates"], measured["plain_creates"]
+    execs, plain_execs = measured["execs"], measured["plain_execs"]
+    return [
+        _row(
+            "environment create p50",
+            statistics.median(creates),
+            statistics.median(plain_creates),
+            "value < 50 ms",
+            isolation,
+        ),
+        _row(
+            "environment create p99",
+            _percentile(creates, 0.99),
+            _percentile(plain_creates, 0.99),
+            "report",
+            isolation,
+        ),
+        _row(
+            "exec `true` round trip p50",
+            statistics.median(execs),
+            statistics.median(plain_execs),
+            "ratio < 2",
+            isolation,
+        ),
+        _row(
+            "exec `true` round trip p99",
+            _percentile(execs, 0.99),
+            _percentile(plain_execs, 0.99),
+            "report",
+            isolation,
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_all import print_table
+
+    print_table(run())

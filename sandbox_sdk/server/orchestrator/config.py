@@ -1,0 +1,49 @@
+"""The Orchestrator's configuration, from YAML or code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sandbox_sdk.server.ids import ORCHESTRATOR_ID_PATTERN
+from sandbox_sdk.server.orchestrator.experiments import ExperimentSettings
+from sandbox_sdk.server.orchestrator.sandbox import SandboxSettings
+
+
+class OrchestratorConfig(BaseModel):
+    """Everything an orchestrator process needs to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    orchestrator_id: str = Field(
+        default="o1", description="Prefix of every id this orchestrator assigns; [a-z0-9]{1,16}."
+    )
+    data_dir: Path = Field(description="SQLite database and environment workspaces live here.")
+    listen: str = Field(default="127.0.0.1:50061", description="host:port to serve gRPC on.")
+    internal_token: str | None = Field(
+        default=None,
+        description="When set, callers must send `authorization: Bearer <token>` (the gateway).",
+    )
+    metrics_port: int | None = Field(
+        default=None, description="Serve Prometheus metrics on this port; 0 picks a free one."
+    )
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+
+    @field_validator("orchestrator_id")
+    @classmethod
+    def _id_is_short_and_plain(cls, value: str) -> str:
+        if not ORCHESTRATOR_ID_PATTERN.match(value):
+            raise ValueError("use 1 to 16 lower-case letters or digits, for example 'o1'")
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        """The orchestrator's SQLite file."""
+        return self.data_dir / "orchestrator.db"
+
+    @property
+    def workspace_root(self) -> Path:
+        """Where environment workspaces are created."""
+        return self.data_dir / "workspaces"

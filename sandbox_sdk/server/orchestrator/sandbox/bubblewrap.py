@@ -1,0 +1,69 @@
+"""The bubblewrap command line that puts one command into its own namespaces.
+
+Every command gets new user, pid, network, ipc, uts, cgroup and mount
+namespaces; the system directories read-only; the environment's workspace at
+``/workspace`` (the working directory) and its private ``/tmp``, both on the
+environment's own file system; everything else read-only, and no network
+unless the policy says host.
+bubblewrap runs as the unprivileged sandbox uid, so the command has no
+capabilities on the host and cannot create nested user namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from sandbox_sdk.server.orchestrator.sandbox.model import NetworkPolicy
+
+WORKSPACE_MOUNT = PurePosixPath("/workspace")
+TMP_MOUNT = PurePosixPath("/tmp")  # noqa: S108  (the sandbox's own /tmp, not the host's)
+HOSTNAME = "sandbox"
+
+
+def system_mounts(read_only_paths: Sequence[str]) -> list[str]:
+    """bwrap arguments recreating the host's system paths read-only.
+
+    A path that is a symlink on the host (``/bin -> usr/bin`` on merged-/usr
+    systems) becomes the same symlink; a missing path is skipped.
+    """
+    args: list[str] = []
+    for path in read_only_paths:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def bwrap_command(
+    bwrap_path: str,
+    *,
+    system: Sequence[str],
+    workspace_dir: Path,
+    tmp_dir: Path,
+    cwd: str,
+    network: NetworkPolicy,
+    command: Sequence[str],
+) -> list[str]:
+    """The full argv: bwrap, its options, then ``command``.
+
+    ``system`` is the output of :func:`system_mounts`; ``cwd`` is relative to
+    the workspace.
+    """
+    args = [bwrap_path, "--unshare-all", "--unshare-user", "--disable-userns"]
+    if network is NetworkPolicy.HOST:
+        args.append("--share-net")
+    # The command is the namespace's pid 1: bubblewrap's own reaper process
+    # leaks a pids-cgroup charge per command on some kernels, and the kernel
+    # kills the whole namespace when pid 1 exits either way.
+    args += ["--as-pid-1", "--die-with-parent", "--new-session", "--hostname", HOSTNAME]
+    args += list(system)
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--bind", str(workspace_dir), str(WORKSPACE_MOUNT)]
+    args += ["--bind", str(tmp_dir), str(TMP_MOUNT)]
+    args += ["--remount-ro", "/"]
+    args += ["--chdir", str(WORKSPACE_MOUNT / cwd) if cwd else str(WORKSPACE_MOUNT)]
+    args += ["--", *command]
+    return args

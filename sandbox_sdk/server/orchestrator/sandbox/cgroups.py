@@ -1,0 +1,474 @@
+"""Per-environment control groups: limits, accounting and whole-tree kill.
+
+Two drivers share one interface. :class:`CgroupV1Driver` uses one hierarchy
+per controller (``/sys/fs/cgroup/<controller>/<parent>/<env-id>``);
+:class:`CgroupV2Driver` uses the unified hierarchy. Each environment gets a
+cgroup that carries its limits, and each command a child cgroup of it, so a
+command's own CPU time, peak memory and OOM kills can be read without
+confusing it with concurrent commands.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import errno
+import os
+import select
+import signal
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+V2_CONTROLLERS = ("memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+_MIN_CPU_QUOTA_US = 1_000
+
+
+@dataclass(frozen=True)
+class CgroupMounts:
+    """Where the cgroup hierarchies are mounted: v1 per controller, and the v2 root."""
+
+    v1: Mapping[str, Path]
+    v2: Path | None
+
+
+def read_cgroup_mounts(mounts_file: Path = Path("/proc/self/mounts")) -> CgroupMounts:
+    """Parses a mounts table (``/proc/self/mounts`` format) for cgroup file systems."""
+    v1: dict[str, Path] = {}
+    v2: Path | None = None
+    try:
+        lines = mounts_file.read_text().splitlines()
+    except OSError:
+        return CgroupMounts({}, None)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        mount_point, fs_type, options = Path(fields[1]), fields[2], fields[3].split(",")
+        if fs_type == "cgroup2" and v2 is None:
+            v2 = mount_point
+        elif fs_type == "cgroup":
+            for option in options:
+                if option in V1_CONTROLLERS and option not in v1:
+                    v1[option] = mount_point
+    return CgroupMounts(v1, v2)
+
+
+@dataclass(frozen=True)
+class CgroupCounters:
+    """Accounting of one cgroup (and its descendants)."""
+
+    cpu_seconds: float
+    memory_bytes: int
+    memory_peak_bytes: int
+    pids: int
+    oom_kills: int
+
+
+def _write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: Path, default: int = 0) -> int:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return default
+    return int(text) if text.lstrip("-").isdigit() else default
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    """Reads a flat keyed file such as ``memory.events`` or ``cpu.stat``."""
+    values: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                values[key] = int(value)
+    return values
+
+
+def _walk_dirs(root: Path) -> Iterator[Path]:
+    """``root`` and every cgroup below it, deepest first."""
+    try:
+        with os.scandir(root) as entries:
+            children = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for child in children:
+        yield from _walk_dirs(child)
+    yield root
+
+
+def _procs(directory: Path) -> set[int]:
+    pids: set[int] = set()
+    for cgroup in _walk_dirs(directory):
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in (cgroup / "cgroup.procs").read_text().split())
+    return pids
+
+
+def _remove_tree(directory: Path) -> bool:
+    """Removes a cgroup and its descendants; False if one is still busy."""
+    removed = True
+    for cgroup in _walk_dirs(directory):
+        try:
+            cgroup.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            removed = False
+    return removed
+
+
+def _names(cgroup_line: str, marker: str) -> bool:
+    """Whether a /proc/<pid>/cgroup line places the process in ``marker`` or below it."""
+    return cgroup_line.endswith(marker) or f"{marker}/" in cgroup_line
+
+
+def _kill_members(pids: Iterable[int], member_marker: str) -> list[int]:
+    """SIGKILLs each pid whose /proc cgroup line still names ``member_marker``.
+
+    Returns a pidfd per signalled process (the caller closes them): the pidfd
+    pins the process, so a pid reused after ``cgroup.procs`` was read is never
+    signalled, and it becomes readable once the process has really exited.
+    """
+    signalled = []
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            membership = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            if any(_names(line, member_marker) for line in membership):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                signalled.append(pidfd)
+                continue
+        except OSError:
+            pass
+        os.close(pidfd)
+    return signalled
+
+
+def _exited(pidfds: list[int]) -> list[int]:
+    """The pidfds whose process has exited (a pidfd polls readable then)."""
+    readable, _, _ = select.select(pidfds, [], [], 0)
+    return readable
+
+
+class Cgroup(abc.ABC):
+    """A cgroup node of an environment or of one command."""
+
+    def __init__(self, dirs: Iterable[Path], marker: str) -> None:
+        self.dirs = tuple(dict.fromkeys(dirs))
+        self._marker = marker
+
+    def pids(self) -> set[int]:
+        """Every process in this cgroup and below."""
+        pids: set[int] = set()
+        for directory in self.dirs:
+            pids |= _procs(directory)
+        return pids
+
+    def signal_all(self) -> None:
+        """Sends SIGKILL to every process in this cgroup and below, once."""
+        for pidfd in self._signal():
+            os.close(pidfd)
+
+    def _signal(self) -> list[int]:
+        return _kill_members(self.pids(), self._marker)
+
+    async def kill_all(self, timeout: float = 5.0) -> bool:
+        """Kills every process until none is left and each has exited; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pidfds: list[int] = []
+        try:
+            while self.pids() or pidfds:
+                if loop.time() > deadline:
+                    return False
+                pidfds += self._signal()
+                for pidfd in _exited(pidfds):
+                    pidfds.remove(pidfd)
+                    os.close(pidfd)
+                await asyncio.sleep(0.002)
+            return True
+        finally:
+            for pidfd in pidfds:
+                os.close(pidfd)
+
+    def remove(self) -> bool:
+        """Deletes the cgroup directories; False if a process is still inside."""
+        removed = [_remove_tree(directory) for directory in self.dirs]  # try every one
+        return all(removed)
+
+    @abc.abstractmethod
+    def counters(self) -> CgroupCounters:
+        """Current accounting."""
+
+
+class ExecCgroup(Cgroup):
+    """The cgroup of one command: where its processes are placed before they run."""
+
+    def __init__(self, dirs: Iterable[Path], join: Iterable[Path], marker: str) -> None:
+        super().__init__(dirs, marker)
+        self._join = tuple(dict.fromkeys(join))
+
+    def attach(self, pid: int) -> None:
+        """Moves ``pid`` into the command's cgroup in every hierarchy."""
+        for directory in self._join:
+            _write(directory / "cgroup.procs", str(pid))
+
+    def counters(self) -> CgroupCounters:
+        """Accounting of the command's process tree."""
+        return self._counters()
+
+    @abc.abstractmethod
+    def _counters(self) -> CgroupCounters: ...
+
+
+class EnvironmentCgroup(Cgroup):
+    """The cgroup of one environment, which carries its limits."""
+
+    @abc.abstractmethod
+    def create(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
+        """Makes the directories and writes the limits."""
+
+    @abc.abstractmethod
+    def exec_cgroup(self, name: str) -> ExecCgroup:
+        """Creates the child cgroup of one command."""
+
+
+class CgroupDriver(abc.ABC):
+    """Creates environment cgroups under ``<hierarchy>/<parent>/``."""
+
+    version: int
+
+    def __init__(self, parent: str) -> None:
+        self.parent = parent
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Creates the parent cgroups and enables controllers; raises OSError if it cannot."""
+
+    @abc.abstractmethod
+    def environment(self, environment_id: str) -> EnvironmentCgroup:
+        """A handle on an environment's cgroup, existing or not."""
+
+    @abc.abstractmethod
+    def _parent_dir(self) -> Path:
+        """The parent cgroup in one hierarchy that holds every environment's cgroup."""
+
+    def environment_ids(self) -> list[str]:
+        """The names of the environment cgroups that exist under the parent."""
+        try:
+            with os.scandir(self._parent_dir()) as entries:
+                return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+
+    def marker(self, environment_id: str) -> str:
+        """The cgroup path that /proc/<pid>/cgroup of the environment's processes names."""
+        return f"/{self.parent}/{environment_id}"
+
+
+def _quota_us(cpu_cores: float) -> int:
+    return max(_MIN_CPU_QUOTA_US, round(cpu_cores * CPU_PERIOD_US))
+
+
+# --- cgroup v1 ---------------------------------------------------------------------------
+
+
+class _V1ExecCgroup(ExecCgroup):
+    def __init__(self, memory: Path, cpuacct: Path, join: Iterable[Path], marker: str) -> None:
+        super().__init__([memory, cpuacct], join, marker)
+        self._memory = memory
+        self._cpuacct = cpuacct
+
+    def _counters(self) -> CgroupCounters:
+        oom = _read_keyed(self._memory / "memory.oom_control").get("oom_kill", 0)
+        return CgroupCounters(
+            cpu_seconds=_read_int(self._cpuacct / "cpuacct.usage") / 1e9,
+            memory_bytes=_read_int(self._memory / "memory.usage_in_bytes"),
+            memory_peak_bytes=_read_int(self._memory / "memory.max_usage_in_bytes"),
+            pids=len(_procs(self._memory)),
+            oom_kills=oom,
+        )
+
+
+class _V1EnvironmentCgroup(EnvironmentCgroup):
+    def __init__(self, dirs: Mapping[str, Path], marker: str) -> None:
+        super().__init__(dirs.values(), marker)
+        self._by_controller = dict(dirs)
+
+    def create(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
+        for directory in self.dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+        memory = self._by_controller["memory"]
+        _write(memory / "memory.limit_in_bytes", str(memory_bytes))
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            _write(memory / "memory.memsw.limit_in_bytes", str(memory_bytes))
+        cpu = self._by_controller["cpu"]
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(_quota_us(cpu_cores)))
+        _write(self._by_controller["pids"] / "pids.max", str(max_pids))
+
+    def exec_cgroup(self, name: str) -> ExecCgroup:
+        # A command gets its own memory and cpuacct cgroups for accounting; its
+        # processes join the environment's cpu and pids cgroups directly.
+        memory = self._by_controller["memory"] / name
+        cpuacct = self._by_controller["cpuacct"] / name
+        per_command = {memory, cpuacct}
+        for directory in per_command:
+            directory.mkdir(exist_ok=True)
+        join = [
+            directory / name if directory / name in per_command else directory
+            for directory in self.dirs
+        ]
+        return _V1ExecCgroup(memory, cpuacct, join, self._marker)
+
+    def counters(self) -> CgroupCounters:
+        memory = self._by_controller["memory"]
+        return CgroupCounters(
+            cpu_seconds=_read_int(self._by_controller["cpuacct"] / "cpuacct.usage") / 1e9,
+            memory_bytes=_read_int(memory / "memory.usage_in_bytes"),
+            memory_peak_bytes=_read_int(memory / "memory.max_usage_in_bytes"),
+            pids=_read_int(self._by_controller["pids"] / "pids.current"),
+            oom_kills=sum(
+                _read_keyed(d / "memory.oom_control").get("oom_kill", 0) for d in _walk_dirs(memory)
+            ),
+        )
+
+
+class CgroupV1Driver(CgroupDriver):
+    """cgroup v1: memory, cpu, cpuacct and pids, each in its own (or a shared) hierarchy."""
+
+    version = 1
+
+    def __init__(self, mounts: Mapping[str, Path], parent: str) -> None:
+        super().__init__(parent)
+        missing = [c for c in V1_CONTROLLERS if c not in mounts]
+        if missing:
+            raise ValueError(f"cgroup v1 controllers not mounted: {', '.join(missing)}")
+        self.mounts = dict(mounts)
+
+    def prepare(self) -> None:
+        for mount in set(self.mounts.values()):
+            (mount / self.parent).mkdir(exist_ok=True)
+
+    def _parent_dir(self) -> Path:
+        return self.mounts["memory"] / self.parent
+
+    def environment(self, environment_id: str) -> EnvironmentCgroup:
+        dirs = {c: self.mounts[c] / self.parent / environment_id for c in V1_CONTROLLERS}
+        return _V1EnvironmentCgroup(dirs, self.marker(environment_id))
+
+
+# --- cgroup v2 ---------------------------------------------------------------------------
+
+
+def _enable_controllers(directory: Path, controllers: Iterable[str]) -> None:
+    enabled = set((directory / "cgroup.subtree_control").read_text().split())
+    missing = [c for c in controllers if c not in enabled]
+    if missing:
+        _write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+
+
+def _v2_counters(directory: Path, *, pids_from_procs: bool) -> CgroupCounters:
+    current = _read_int(directory / "memory.current")
+    events = _read_keyed(directory / "memory.events")
+    pids = len(_procs(directory)) if pids_from_procs else _read_int(directory / "pids.current")
+    return CgroupCounters(
+        cpu_seconds=_read_keyed(directory / "cpu.stat").get("usage_usec", 0) / 1e6,
+        memory_bytes=current,
+        memory_peak_bytes=_read_int(directory / "memory.peak", current),
+        pids=pids,
+        oom_kills=events.get("oom_kill", 0),
+    )
+
+
+class _V2ExecCgroup(ExecCgroup):
+    def __init__(self, directory: Path, marker: str) -> None:
+        super().__init__([directory], [directory], marker)
+        self._directory = directory
+
+    def _signal(self) -> list[int]:
+        if (self._directory / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                _write(self._directory / "cgroup.kill", "1")
+        return super()._signal()
+
+    def _counters(self) -> CgroupCounters:
+        return _v2_counters(self._directory, pids_from_procs=True)
+
+
+class _V2EnvironmentCgroup(EnvironmentCgroup):
+    def __init__(self, directory: Path, marker: str) -> None:
+        super().__init__([directory], marker)
+        self._directory = directory
+
+    def create(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
+        directory = self._directory
+        directory.mkdir(exist_ok=True)
+        _write(directory / "memory.max", str(memory_bytes))
+        if (directory / "memory.swap.max").exists():
+            _write(directory / "memory.swap.max", "0")
+        _write(directory / "cpu.max", f"{_quota_us(cpu_cores)} {CPU_PERIOD_US}")
+        _write(directory / "pids.max", str(max_pids))
+        # Commands live in child cgroups ("no internal processes"), which need
+        # the memory controller for their own peak and OOM counters.
+        _enable_controllers(directory, ("memory", "pids"))
+
+    def exec_cgroup(self, name: str) -> ExecCgroup:
+        child = self._directory / name
+        child.mkdir(exist_ok=True)
+        return _V2ExecCgroup(child, self._marker)
+
+    def _signal(self) -> list[int]:
+        if (self._directory / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                _write(self._directory / "cgroup.kill", "1")
+        return super()._signal()
+
+    def counters(self) -> CgroupCounters:
+        return _v2_counters(self._directory, pids_from_procs=False)
+
+
+class CgroupV2Driver(CgroupDriver):
+    """cgroup v2: one unified hierarchy with memory, cpu and pids enabled for our subtree."""
+
+    version = 2
+
+    def __init__(self, root: Path, parent: str) -> None:
+        super().__init__(parent)
+        self.root = root
+
+    def prepare(self) -> None:
+        _enable_controllers(self.root, V2_CONTROLLERS)
+        (self.root / self.parent).mkdir(exist_ok=True)
+        _enable_controllers(self.root / self.parent, V2_CONTROLLERS)
+
+    def _parent_dir(self) -> Path:
+        return self.root / self.parent
+
+    def environment(self, environment_id: str) -> EnvironmentCgroup:
+        directory = self.root / self.parent / environment_id
+        return _V2EnvironmentCgroup(directory, self.marker(environment_id))
+
+
+def v2_controllers_available(root: Path) -> set[str]:
+    """The controllers a cgroup2 mount offers at its root (``cgroup.controllers``)."""
+    try:
+        return set((root / "cgroup.controllers").read_text().split())
+    except OSError:
+        return set()

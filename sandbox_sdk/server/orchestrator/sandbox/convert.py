@@ -1,0 +1,151 @@
+"""The layer's dataclasses as ``sandbox.v1`` protobuf messages."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from sandbox.v1 import (
+    common_pb2,
+    environment_pb2,
+    orchestrator_service_pb2,
+    requests_pb2,
+)
+from sandbox_sdk.server.orchestrator.sandbox.model import (
+    Capacity,
+    Environment,
+    EnvironmentSpec,
+    ExecEvent,
+    ExecExited,
+    ExecOutput,
+    ExecStarted,
+    FileEntry,
+    Limits,
+    NetworkPolicy,
+    Usage,
+)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A Duration of ``seconds``."""
+    message = duration_pb2.Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def timestamp(unix_seconds: float) -> timestamp_pb2.Timestamp:
+    """A Timestamp at ``unix_seconds``."""
+    message = timestamp_pb2.Timestamp()
+    message.FromNanoseconds(round(unix_seconds * 1e9))
+    return message
+
+
+def limits(value: Limits) -> common_pb2.ResourceLimits:
+    """ResourceLimits."""
+    return common_pb2.ResourceLimits(
+        cpu_cores=value.cpu_cores,
+        memory_bytes=value.memory_bytes,
+        disk_bytes=value.disk_bytes,
+        max_pids=value.max_pids,
+        exec_timeout=duration(value.exec_timeout_seconds),
+    )
+
+
+def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
+    """EnvironmentSpec."""
+    network = (
+        common_pb2.NETWORK_POLICY_HOST
+        if value.network is NetworkPolicy.HOST
+        else common_pb2.NETWORK_POLICY_NONE
+    )
+    return environment_pb2.EnvironmentSpec(
+        limits=limits(value.limits),
+        env_vars=dict(value.env_vars),
+        labels=dict(value.labels),
+        ttl=duration(value.ttl_seconds),
+        idle_timeout=duration(value.idle_timeout_seconds),
+        network_policy=network,
+    )
+
+
+def environment(value: Environment) -> environment_pb2.Environment:
+    """Environment."""
+    message = environment_pb2.Environment(
+        id=value.id,
+        spec=spec(value.spec),
+        state=environment_pb2.EnvironmentState.Value(f"ENVIRONMENT_STATE_{value.state.value}"),
+        termination_reason=environment_pb2.TerminationReason.Value(
+            f"TERMINATION_REASON_{value.termination_reason.value}"
+        ),
+        termination_message=value.termination_message,
+        isolation=value.isolation,
+        orchestrator_id=value.orchestrator_id,
+        create_time=timestamp(value.create_time),
+        expire_time=timestamp(value.expire_time),
+        last_activity_time=timestamp(value.last_activity_time),
+    )
+    if value.terminate_time is not None:
+        message.terminate_time.CopyFrom(timestamp(value.terminate_time))
+    return message
+
+
+def usage(value: Usage) -> common_pb2.ResourceUsage:
+    """ResourceUsage."""
+    return common_pb2.ResourceUsage(
+        cpu_seconds=value.cpu_seconds,
+        cpu_percent=value.cpu_percent,
+        memory_bytes=value.memory_bytes,
+        memory_peak_bytes=value.memory_peak_bytes,
+        pids=value.pids,
+        disk_bytes=value.disk_bytes,
+        sample_time=timestamp(value.sample_time),
+    )
+
+
+def file_info(value: FileEntry) -> environment_pb2.FileInfo:
+    """FileInfo."""
+    return environment_pb2.FileInfo(
+        path=value.path,
+        size_bytes=value.size_bytes,
+        is_dir=value.is_dir,
+        mode=value.mode,
+        modify_time=timestamp(value.modify_time),
+    )
+
+
+def _exited(value: ExecExited) -> environment_pb2.ExecExited:
+    return environment_pb2.ExecExited(
+        exit_code=value.exit_code,
+        signal=value.signal,
+        reason=environment_pb2.ExitReason.Value(f"EXIT_REASON_{value.reason.value.upper()}"),
+        usage=common_pb2.ResourceUsage(
+            cpu_seconds=value.cpu_seconds, memory_peak_bytes=value.memory_peak_bytes
+        ),
+        duration=duration(value.duration_seconds),
+        stdout_truncated=value.stdout_truncated,
+        stderr_truncated=value.stderr_truncated,
+    )
+
+
+def exec_event(value: ExecEvent) -> requests_pb2.ExecCommandResponse:
+    """ExecCommandResponse carrying one event."""
+    if isinstance(value, ExecStarted):
+        return requests_pb2.ExecCommandResponse(started=environment_pb2.ExecStarted(pid=value.pid))
+    if isinstance(value, ExecOutput):
+        if value.stream == "stdout":
+            return requests_pb2.ExecCommandResponse(stdout=value.data)
+        return requests_pb2.ExecCommandResponse(stderr=value.data)
+    return requests_pb2.ExecCommandResponse(exited=_exited(value))
+
+
+def capacity(value: Capacity) -> orchestrator_service_pb2.GetCapacityResponse:
+    """GetCapacityResponse; the experiment counts are the experiments engine's to fill."""
+    return orchestrator_service_pb2.GetCapacityResponse(
+        orchestrator_id=value.orchestrator_id,
+        environments_running=value.environments_running,
+        environments_max=value.environments_max,
+        cpu_cores_allocated=value.cpu_cores_allocated,
+        cpu_cores_total=value.cpu_cores_total,
+        memory_bytes_allocated=value.memory_bytes_allocated,
+        memory_bytes_total=value.memory_bytes_total,
+        isolation=value.isolation,
+    )

@@ -1,0 +1,143 @@
+"""The environment RPCs of OrchestratorService, on top of :class:`SandboxManager`.
+
+Each method has the RPC's name and a grpc.aio servicer's signature, so the
+orchestrator's servicer can delegate to it. Requests are validated and
+converted here; protobuf goes no deeper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+
+from sandbox.v1 import orchestrator_service_pb2, requests_pb2
+from sandbox_sdk.server.orchestrator.sandbox import convert, validation
+from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
+from sandbox_sdk.server.orchestrator.sandbox.model import FileWrite
+from sandbox_sdk.server.tenancy import tenant_of
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EnvironmentHandlers:
+    """Environment, command, file, usage and capacity RPCs."""
+
+    def __init__(self, manager: SandboxManager) -> None:
+        self._manager = manager
+
+    async def CreateEnvironment(
+        self, request: requests_pb2.CreateEnvironmentRequest, context: Context
+    ) -> requests_pb2.CreateEnvironmentResponse:
+        """Creates an environment; RUNNING when it returns."""
+        new = validation.new_environment(request, self._manager.settings)
+        environment = await self._manager.create_environment(tenant_of(context), new)
+        return requests_pb2.CreateEnvironmentResponse(environment=convert.environment(environment))
+
+    async def GetEnvironment(
+        self, request: requests_pb2.GetEnvironmentRequest, context: Context
+    ) -> requests_pb2.GetEnvironmentResponse:
+        """One environment, in any state."""
+        environment = self._manager.get_environment(
+            tenant_of(context), validation.environment_id(request.environment_id)
+        )
+        return requests_pb2.GetEnvironmentResponse(environment=convert.environment(environment))
+
+    async def ListEnvironments(
+        self, request: requests_pb2.ListEnvironmentsRequest, context: Context
+    ) -> requests_pb2.ListEnvironmentsResponse:
+        """A page of the tenant's environments, newest first."""
+        query = validation.list_query(request)
+        environments, token = self._manager.list_environments(tenant_of(context), query)
+        return requests_pb2.ListEnvironmentsResponse(
+            environments=[convert.environment(e) for e in environments], next_page_token=token
+        )
+
+    async def UpdateEnvironment(
+        self, request: requests_pb2.UpdateEnvironmentRequest, context: Context
+    ) -> requests_pb2.UpdateEnvironmentResponse:
+        """Changes labels, ttl or idle timeout."""
+        environment_id = validation.environment_id(request.environment_id)
+        update = validation.environment_update(request, self._manager.settings)
+        environment = self._manager.update_environment(tenant_of(context), environment_id, update)
+        return requests_pb2.UpdateEnvironmentResponse(environment=convert.environment(environment))
+
+    async def DeleteEnvironment(
+        self, request: requests_pb2.DeleteEnvironmentRequest, context: Context
+    ) -> requests_pb2.DeleteEnvironmentResponse:
+        """Terminates an environment; deleting a deleted one returns it again."""
+        environment = await self._manager.delete_environment(
+            tenant_of(context), validation.environment_id(request.environment_id)
+        )
+        return requests_pb2.DeleteEnvironmentResponse(environment=convert.environment(environment))
+
+    async def ExecCommand(
+        self, request: requests_pb2.ExecCommandRequest, context: Context
+    ) -> AsyncGenerator[requests_pb2.ExecCommandResponse, None]:
+        """Runs a command, streaming its output as it is produced."""
+        environment_id = validation.environment_id(request.environment_id)
+        command = validation.command(request, self._manager.settings)
+        events = self._manager.exec_command(tenant_of(context), environment_id, command)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield convert.exec_event(event)
+
+    async def WriteFile(
+        self, request: requests_pb2.WriteFileRequest, context: Context
+    ) -> requests_pb2.WriteFileResponse:
+        """Writes a workspace file."""
+        environment_id = validation.environment_id(request.environment_id)
+        file: FileWrite = validation.file_write(request)
+        entry = self._manager.write_file(tenant_of(context), environment_id, file)
+        return requests_pb2.WriteFileResponse(file=convert.file_info(entry))
+
+    async def ReadFile(
+        self, request: requests_pb2.ReadFileRequest, context: Context
+    ) -> requests_pb2.ReadFileResponse:
+        """Reads a workspace file."""
+        environment_id = validation.environment_id(request.environment_id)
+        path = validation.file_path(request.path)
+        entry, content = self._manager.read_workspace_file(tenant_of(context), environment_id, path)
+        return requests_pb2.ReadFileResponse(file=convert.file_info(entry), content=content)
+
+    async def ListFiles(
+        self, request: requests_pb2.ListFilesRequest, context: Context
+    ) -> requests_pb2.ListFilesResponse:
+        """A page of a workspace directory."""
+        environment_id = validation.environment_id(request.environment_id)
+        path, page_size = validation.directory_listing(request)
+        entries, token = self._manager.list_files(
+            tenant_of(context), environment_id, path, page_size, request.page_token
+        )
+        return requests_pb2.ListFilesResponse(
+            files=[convert.file_info(e) for e in entries], next_page_token=token
+        )
+
+    async def GetEnvironmentUsage(
+        self, request: requests_pb2.GetEnvironmentUsageRequest, context: Context
+    ) -> requests_pb2.GetEnvironmentUsageResponse:
+        """A fresh usage sample and the limits to compare it with."""
+        environment_id = validation.environment_id(request.environment_id)
+        usage, spec = self._manager.environment_usage(tenant_of(context), environment_id)
+        return requests_pb2.GetEnvironmentUsageResponse(
+            usage=convert.usage(usage), limits=convert.limits(spec.limits)
+        )
+
+    async def StreamEnvironmentUsage(
+        self, request: requests_pb2.StreamEnvironmentUsageRequest, context: Context
+    ) -> AsyncGenerator[requests_pb2.StreamEnvironmentUsageResponse, None]:
+        """Usage samples at an interval until the environment terminates."""
+        environment_id = validation.environment_id(request.environment_id)
+        interval = validation.usage_interval(request)
+        samples = self._manager.stream_usage(tenant_of(context), environment_id, interval)
+        async with contextlib.aclosing(samples):
+            async for usage in samples:
+                yield requests_pb2.StreamEnvironmentUsageResponse(usage=convert.usage(usage))
+
+    async def GetCapacity(
+        self, request: orchestrator_service_pb2.GetCapacityRequest, context: Context
+    ) -> orchestrator_service_pb2.GetCapacityResponse:
+        """Environments and resources promised, and the totals (experiment counts left 0)."""
+        return convert.capacity(self._manager.capacity())

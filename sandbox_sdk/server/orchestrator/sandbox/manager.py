@@ -1,0 +1,832 @@
+"""The sandbox layer: environments' lifecycle, commands, files, usage and expiry.
+
+State lives in SQLite; what only a live orchestrator can hold (workspace
+mounts, cgroups, running commands) lives in per-environment runtimes. An
+environment's processes never outlive the orchestrator (bubblewrap's
+``--die-with-parent``), so a graceful :meth:`SandboxManager.stop` terminates
+every environment, and :meth:`SandboxManager.start` after a crash marks the
+ones left over ORCHESTRATOR_RESTARTED and removes what remains of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server import ids
+from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.orchestrator.ports import CommandResult, UsageSample
+from sandbox_sdk.server.orchestrator.sandbox import page_tokens, validation
+from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
+from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup, ExecCgroup
+from sandbox_sdk.server.orchestrator.sandbox.commands import (
+    RunningCommand,
+    exit_event,
+    kill_marked_processes,
+    launch,
+)
+from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
+from sandbox_sdk.server.orchestrator.sandbox.metrics import SandboxMetrics
+from sandbox_sdk.server.orchestrator.sandbox.model import (
+    Capacity,
+    Command,
+    Environment,
+    EnvironmentSpec,
+    EnvironmentState,
+    EnvironmentUpdate,
+    ExecEvent,
+    ExecExited,
+    ExecOutput,
+    FileEntry,
+    FileWrite,
+    ListQuery,
+    NewEnvironment,
+    TerminationReason,
+    Usage,
+)
+from sandbox_sdk.server.orchestrator.sandbox.monitor import UsageTracker
+from sandbox_sdk.server.orchestrator.sandbox.process import ProcessExit, run_process
+from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
+from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
+from sandbox_sdk.server.orchestrator.sandbox.statuses import (
+    environment_not_found,
+    file_errors,
+    not_running,
+)
+from sandbox_sdk.server.orchestrator.sandbox.store import DuplicateRequest, EnvironmentStore
+from sandbox_sdk.server.orchestrator.sandbox.workspace import (
+    Workspace,
+    WorkspaceLayout,
+    destroy_layout,
+    split_path,
+)
+from sandbox_sdk.server.status import ServiceError, invalid_argument
+
+log = logging.getLogger(__name__)
+
+_CGROUP_REMOVE_ATTEMPTS = 50
+
+
+@dataclass
+class _Runtime:
+    """What only a live orchestrator holds for one environment."""
+
+    spec: EnvironmentSpec
+    expire_time: float
+    last_activity: float
+    workspace: Workspace | None = None
+    cgroup: EnvironmentCgroup | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    terminated: asyncio.Event = field(default_factory=asyncio.Event)
+    execs: dict[int, RunningCommand] = field(default_factory=dict)
+    usage: UsageTracker = field(default_factory=UsageTracker)
+    exec_count: int = 0
+    releasing: bool = False
+
+    def files(self) -> Workspace:
+        """The workspace, which every RUNNING environment has."""
+        if self.workspace is None:
+            raise RuntimeError("the environment's workspace is not set up")
+        return self.workspace
+
+    def live_pids(self) -> list[int]:
+        return [e.pid for e in self.execs.values() if e.pid is not None]
+
+
+class SandboxManager:
+    """Creates, runs, monitors and expires environments; implements ``ports.SandboxPort``.
+
+    ``isolation`` overrides detection (tests force the fallbacks with it).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: SandboxSettings,
+        orchestrator_id: str,
+        workspace_root: Path,
+        registry: CollectorRegistry | None = None,
+        *,
+        isolation: Isolation | None = None,
+    ) -> None:
+        if not ids.ORCHESTRATOR_ID_PATTERN.match(orchestrator_id):
+            raise ValueError(f"orchestrator id {orchestrator_id!r} must match [a-z0-9]{{1,16}}")
+        self.settings = settings
+        self.orchestrator_id = orchestrator_id
+        self.workspace_root = Path(workspace_root)
+        self._store = EnvironmentStore(db)
+        self._metrics = SandboxMetrics(registry)
+        self._isolation = isolation
+        self._system_mounts = system_mounts(settings.read_only_paths)
+        self._runtimes: dict[str, _Runtime] = {}
+        self._terminations: dict[str, asyncio.Task[Environment]] = {}
+        self._callbacks: list[Callable[[str], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- start and stop ----------------------------------------------------------------
+
+    @property
+    def isolation(self) -> Isolation:
+        """The isolation layers in force; known once started."""
+        if self._isolation is None:
+            raise RuntimeError("SandboxManager.start() has not run yet")
+        return self._isolation
+
+    async def start(self) -> None:
+        """Detects isolation, cleans up after a previous run, starts the reaper and monitor."""
+        self.workspace_root.mkdir(parents=True, exist_ok=True)
+        if self._isolation is None:
+            self._isolation = await asyncio.to_thread(
+                detect_isolation, self.settings, probe_dir=self.workspace_root
+            )
+        if self.isolation.sandbox_user is not None:
+            self.settings.mount_root.mkdir(parents=True, exist_ok=True)
+            self.settings.mount_root.chmod(0o711)
+        await self._recover()
+        await self._sweep_orphans()
+        self._tasks = [
+            asyncio.create_task(self._reap_forever(), name="sandbox-reaper"),
+            asyncio.create_task(self._monitor_forever(), name="sandbox-monitor"),
+        ]
+
+    async def stop(self) -> None:
+        """Stops the background tasks and terminates every environment.
+
+        Processes cannot outlive the orchestrator, so environments do not
+        either: each ends ORCHESTRATOR_RESTARTED, saying the orchestrator shut down.
+        """
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await asyncio.gather(
+            *(
+                self._terminate(
+                    environment_id,
+                    TerminationReason.ORCHESTRATOR_RESTARTED,
+                    "the orchestrator shut down; environments do not outlive it",
+                )
+                for environment_id in list(self._runtimes)
+            )
+        )
+
+    async def _recover(self) -> None:
+        for environment in self._store.unfinished(self.orchestrator_id):
+            log.warning(
+                "environment %s was %s when the orchestrator last stopped; terminating it",
+                environment.id,
+                environment.state.value,
+            )
+            await self._remove_leftovers(environment.id)
+            self._store.update(
+                environment,
+                state=EnvironmentState.TERMINATED,
+                termination_reason=TerminationReason.ORCHESTRATOR_RESTARTED,
+                termination_message="the orchestrator restarted and the environment's "
+                "processes were gone",
+                terminate_time=time.time(),
+            )
+            self._metrics.environments_terminated.labels(
+                TerminationReason.ORCHESTRATOR_RESTARTED.value
+            ).inc()
+            self._notify_terminated(environment.id)
+
+    async def _sweep_orphans(self) -> None:
+        """Removes cgroups and workspaces left behind by TERMINATED environments."""
+        names = {path.name.removesuffix(".img") for path in self._workspace_entries()}
+        if self.isolation.cgroups is not None:
+            names.update(self.isolation.cgroups.environment_ids())
+        ours = {n for n in names if ids.is_valid(n, ids.ENVIRONMENT)}
+        for name in sorted(n for n in ours if ids.owner_of(n) == self.orchestrator_id):
+            environment = self._store.get(name)
+            if environment is not None and environment.state is EnvironmentState.TERMINATED:
+                log.warning("removing what is left of terminated environment %s", name)
+                await self._remove_leftovers(name)
+
+    def _workspace_entries(self) -> list[Path]:
+        roots = [self.workspace_root]
+        if self.isolation.sandbox_user is not None:
+            roots.append(self.settings.mount_root)
+        return [entry for root in roots if root.is_dir() for entry in root.iterdir()]
+
+    async def _remove_leftovers(self, environment_id: str) -> None:
+        driver = self.isolation.cgroups
+        if driver is not None:
+            cgroup = driver.environment(environment_id)
+            await cgroup.kill_all()
+            await self._remove_cgroup(cgroup)
+        else:
+            kill_marked_processes(environment_id)
+        await destroy_layout(self._layout(environment_id))
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def create_environment(self, tenant: str, new: NewEnvironment) -> Environment:
+        """Creates an environment and returns it RUNNING.
+
+        A repeated ``request_id`` of the tenant returns the first environment.
+        Raises RESOURCE_EXHAUSTED (CAPACITY_EXHAUSTED) when the orchestrator is full.
+        """
+        if new.request_id:
+            existing = self._store.find_by_request(tenant, new.request_id)
+            if existing is not None:
+                return await self._settled(existing)
+        self._admit(new.spec)
+        now = time.time()
+        environment = Environment(
+            id=ids.new_id(ids.ENVIRONMENT, self.orchestrator_id),
+            tenant=tenant,
+            spec=new.spec,
+            state=EnvironmentState.CREATING,
+            termination_reason=TerminationReason.UNSPECIFIED,
+            termination_message="",
+            isolation=self.isolation.level,
+            orchestrator_id=self.orchestrator_id,
+            create_time=now,
+            expire_time=now + new.spec.ttl_seconds,
+            last_activity_time=now,
+            terminate_time=None,
+            request_id=new.request_id,
+        )
+        try:
+            self._store.insert(environment)
+        except DuplicateRequest:
+            existing = self._store.find_by_request(tenant, new.request_id)
+            if existing is None:
+                raise
+            return await self._settled(existing)
+        runtime = _Runtime(new.spec, environment.expire_time, now)
+        self._runtimes[environment.id] = runtime
+        self._publish_allocation()
+        started = time.monotonic()
+        try:
+            await self._set_up(environment.id, runtime, new.files)
+        except BaseException as error:
+            await asyncio.shield(self._fail_setup(environment, runtime, error))
+            if isinstance(error, ServiceError | asyncio.CancelledError):
+                raise
+            log.exception("setting up environment %s failed", environment.id)
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                ErrorReason.INTERNAL,
+                f"could not set up environment {environment.id} ({error}); try again",
+            ) from error
+        environment = self._store.update(environment, state=EnvironmentState.RUNNING)
+        runtime.ready.set()
+        self._metrics.create_seconds.observe(time.monotonic() - started)
+        return environment
+
+    async def _settled(self, environment: Environment) -> Environment:
+        runtime = self._runtimes.get(environment.id)
+        if environment.state is EnvironmentState.CREATING and runtime is not None:
+            await runtime.ready.wait()
+        return self._store.get(environment.id) or environment
+
+    def _admit(self, spec: EnvironmentSpec) -> None:
+        settings = self.settings
+        count, cpu, memory = self._allocation()
+        violations = []
+        if count + 1 > settings.max_environments:
+            violations.append(
+                ("environments", f"{count} of at most {settings.max_environments} are running")
+            )
+        if cpu + spec.limits.cpu_cores > settings.cpu_cores_total + 1e-9:
+            violations.append(
+                ("cpu_cores", f"{cpu:g} of {settings.cpu_cores_total:g} cores are promised")
+            )
+        if memory + spec.limits.memory_bytes > settings.memory_bytes_total:
+            violations.append(
+                ("memory_bytes", f"{memory} of {settings.memory_bytes_total} bytes are promised")
+            )
+        if violations:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ErrorReason.CAPACITY_EXHAUSTED,
+                "this orchestrator has no room for the environment; retry later, ask for "
+                "smaller limits, or delete environments you no longer need",
+                quota_violations=violations,
+                retry_after=self._retry_after(),
+            )
+
+    def _retry_after(self) -> float:
+        """Seconds until the next environment expires by ttl, between 1 and 60."""
+        now = time.time()
+        soonest = min((r.expire_time - now for r in self._runtimes.values()), default=60.0)
+        return min(60.0, max(1.0, soonest))
+
+    def _allocation(self) -> tuple[int, float, int]:
+        runtimes = self._runtimes.values()
+        return (
+            len(runtimes),
+            sum(r.spec.limits.cpu_cores for r in runtimes),
+            sum(r.spec.limits.memory_bytes for r in runtimes),
+        )
+
+    def _publish_allocation(self) -> None:
+        self._metrics.set_allocation(*self._allocation())
+
+    def _layout(self, environment_id: str) -> WorkspaceLayout:
+        mount_root = self.settings.mount_root if self.isolation.sandbox_user else None
+        return WorkspaceLayout.for_environment(self.workspace_root, mount_root, environment_id)
+
+    async def _set_up(
+        self, environment_id: str, runtime: _Runtime, files: Sequence[FileWrite]
+    ) -> None:
+        isolation = self.isolation
+        limits = runtime.spec.limits
+        runtime.workspace = await Workspace.create(
+            self._layout(environment_id),
+            quota_bytes=limits.disk_bytes,
+            loop_quota=isolation.loop_quota,
+            owner=isolation.sandbox_user,
+        )
+        if isolation.cgroups is not None:
+            runtime.cgroup = isolation.cgroups.environment(environment_id)
+            runtime.cgroup.create(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
+        for index, file in enumerate(files):
+            field_path = f"files[{index}].path"
+            with file_errors(field_path, file.path, limits.disk_bytes):
+                runtime.workspace.write_file(split_path(file.path), file.content, file.mode)
+
+    async def _fail_setup(
+        self, environment: Environment, runtime: _Runtime, error: BaseException
+    ) -> None:
+        try:
+            await self._release(environment.id, runtime)
+        finally:
+            self._runtimes.pop(environment.id, None)
+            self._store.update(
+                environment,
+                state=EnvironmentState.TERMINATED,
+                termination_reason=TerminationReason.SETUP_FAILED,
+                termination_message=f"setting up failed: {error}"[:1000],
+                terminate_time=time.time(),
+            )
+            runtime.ready.set()
+            runtime.terminated.set()
+            self._publish_allocation()
+            self._metrics.environments_terminated.labels(TerminationReason.SETUP_FAILED.value).inc()
+
+    def get_environment(self, tenant: str, environment_id: str) -> Environment:
+        """The tenant's environment; NOT_FOUND for unknown ids and other tenants' ones."""
+        environment = self._store.get(environment_id)
+        if environment is None or environment.tenant != tenant:
+            raise environment_not_found(environment_id)
+        return environment
+
+    def list_environments(self, tenant: str, query: ListQuery) -> tuple[list[Environment], str]:
+        """One page of the tenant's environments, newest first, and the next page token."""
+        query_fingerprint = page_tokens.fingerprint(
+            "environments",
+            {"labels": dict(query.label_selector), "terminated": query.show_terminated},
+        )
+        before: int | None = None
+        if query.page_token:
+            try:
+                position = page_tokens.decode(query.page_token, query_fingerprint)
+            except page_tokens.PageTokenError as error:
+                raise invalid_argument([("page_token", str(error))]) from error
+            if not isinstance(position, int):
+                raise invalid_argument([("page_token", "is not a page token of this listing")])
+            before = position
+        environments, next_seq = self._store.page(
+            tenant,
+            before_seq=before,
+            limit=query.page_size,
+            label_selector=query.label_selector,
+            show_terminated=query.show_terminated,
+        )
+        token = page_tokens.encode(next_seq, query_fingerprint) if next_seq is not None else ""
+        return environments, token
+
+    def update_environment(
+        self, tenant: str, environment_id: str, update: EnvironmentUpdate
+    ) -> Environment:
+        """Changes labels, ttl (counted from creation) or idle timeout of a running environment."""
+        environment, runtime = self._running(tenant, environment_id)
+        spec = environment.spec
+        if update.labels is not None:
+            spec = replace(spec, labels=dict(update.labels))
+        if update.ttl_seconds is not None:
+            spec = replace(spec, ttl_seconds=update.ttl_seconds)
+        if update.idle_timeout_seconds is not None:
+            spec = replace(spec, idle_timeout_seconds=update.idle_timeout_seconds)
+        runtime.spec = spec
+        runtime.expire_time = environment.create_time + spec.ttl_seconds
+        return self._store.update(environment, spec=spec, expire_time=runtime.expire_time)
+
+    async def delete_environment(self, tenant: str, environment_id: str) -> Environment:
+        """Kills every process, removes the workspace; returns the TERMINATED environment."""
+        environment = self.get_environment(tenant, environment_id)
+        return await self._terminate(
+            environment.id, TerminationReason.USER_DELETED, "deleted by DeleteEnvironment"
+        )
+
+    async def _terminate(
+        self, environment_id: str, reason: TerminationReason, message: str
+    ) -> Environment:
+        task = self._terminations.get(environment_id)
+        if task is None:
+            environment = self._store.get(environment_id)
+            if environment is None:
+                raise environment_not_found(environment_id)
+            if environment.state is EnvironmentState.TERMINATED:
+                return environment
+            task = asyncio.create_task(self._run_termination(environment_id, reason, message))
+            self._terminations[environment_id] = task
+            task.add_done_callback(lambda _: self._terminations.pop(environment_id, None))
+        return await asyncio.shield(task)
+
+    async def _run_termination(
+        self, environment_id: str, reason: TerminationReason, message: str
+    ) -> Environment:
+        runtime = self._runtimes.get(environment_id)
+        if runtime is not None:
+            await runtime.ready.wait()
+        environment = self._store.get(environment_id)
+        if environment is None:
+            raise environment_not_found(environment_id)
+        if environment.state is EnvironmentState.TERMINATED:
+            return environment
+        environment = self._store.update(environment, state=EnvironmentState.TERMINATING)
+        try:
+            if runtime is not None:
+                await self._release(environment_id, runtime)
+            else:
+                await self._remove_leftovers(environment_id)
+        except Exception:
+            # The environment is over either way; the next start sweeps what is left.
+            log.exception("cleaning up environment %s failed", environment_id)
+        finally:
+            self._runtimes.pop(environment_id, None)
+            environment = self._store.update(
+                environment,
+                state=EnvironmentState.TERMINATED,
+                termination_reason=reason,
+                termination_message=message,
+                terminate_time=time.time(),
+            )
+            self._publish_allocation()
+            self._metrics.environments_terminated.labels(reason.value).inc()
+            if runtime is not None:
+                runtime.terminated.set()
+            self._notify_terminated(environment_id)
+        log.info("environment %s terminated: %s (%s)", environment_id, reason.value, message)
+        return environment
+
+    async def _release(self, environment_id: str, runtime: _Runtime) -> None:
+        """Kills the environment's processes and removes its cgroups and workspace."""
+        runtime.releasing = True
+        for running in runtime.execs.values():
+            running.cancel.set()
+        # Running commands see their cancel event and end CANCELLED as soon as
+        # their callers read on; their processes die here, whoever is reading.
+        if runtime.cgroup is None:
+            kill_marked_processes(environment_id)
+        elif not await runtime.cgroup.kill_all():
+            log.error("processes of cgroup %s survive SIGKILL", runtime.cgroup.dirs)
+        if runtime.cgroup is not None:
+            await self._remove_cgroup(runtime.cgroup)
+        if runtime.workspace is not None:
+            await runtime.workspace.destroy()
+
+    async def _remove_cgroup(self, cgroup: EnvironmentCgroup | ExecCgroup) -> None:
+        for _ in range(_CGROUP_REMOVE_ATTEMPTS):
+            if cgroup.remove():
+                return
+            cgroup.signal_all()
+            await asyncio.sleep(0.01)
+        log.error("cgroup %s could not be removed: processes are still inside", cgroup.dirs)
+
+    def _notify_terminated(self, environment_id: str) -> None:
+        for callback in self._callbacks:
+            try:
+                callback(environment_id)
+            except Exception:
+                log.exception("on_terminated callback failed for %s", environment_id)
+
+    # --- checks ------------------------------------------------------------------------
+
+    def _running(self, tenant: str, environment_id: str) -> tuple[Environment, _Runtime]:
+        environment = self.get_environment(tenant, environment_id)
+        return self._running_environment(environment)
+
+    def _running_environment(self, environment: Environment) -> tuple[Environment, _Runtime]:
+        runtime = self._runtimes.get(environment.id)
+        if not environment.running or runtime is None or runtime.workspace is None:
+            raise not_running(environment)
+        return environment, runtime
+
+    def _running_by_id(self, environment_id: str) -> tuple[Environment, _Runtime]:
+        environment = self._store.get(environment_id)
+        if environment is None:
+            raise environment_not_found(environment_id)
+        return self._running_environment(environment)
+
+    # --- commands ----------------------------------------------------------------------
+
+    async def exec_command(
+        self, tenant: str, environment_id: str, command: Command
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """Runs a command; yields started, output chunks as produced, then exited."""
+        environment, runtime = self._running(tenant, environment_id)
+        async with contextlib.aclosing(self._exec(environment, runtime, command)) as events:
+            async for event in events:
+                yield event
+
+    async def _exec(
+        self, environment: Environment, runtime: _Runtime, command: Command
+    ) -> AsyncGenerator[ExecEvent, None]:
+        workspace = runtime.files()
+        cwd = split_path(command.cwd, allow_root=True) if command.cwd else ()
+        with file_errors("cwd", command.cwd, workspace.quota_bytes):
+            workspace.require_directory(cwd)
+        self.touch(environment.id)
+        limits = self._process_limits(runtime)
+        runtime.exec_count += 1
+        number = runtime.exec_count
+        cgroup = runtime.cgroup.exec_cgroup(f"x{number}") if runtime.cgroup else None
+        running = RunningCommand(environment.id, cgroup)
+        runtime.execs[number] = running
+
+        def prepare(pid: int) -> None:
+            try:
+                running.contain(pid)
+            except FileNotFoundError as error:  # the cgroup went with the environment
+                raise not_running(self._store.get(environment.id) or environment) from error
+
+        try:
+            how = launch(
+                self.isolation,
+                command,
+                environment_id=environment.id,
+                spec=runtime.spec,
+                layout=self._layout(environment.id),
+                system_mounts=self._system_mounts,
+                cwd=cwd,
+                limits=limits,
+                chunk_bytes=self.settings.output_chunk_bytes,
+            )
+            process = run_process(
+                how, prepare=prepare, kill_tree=running.kill_tree, cancel=running.cancel
+            )
+            try:
+                async for event in process:
+                    if isinstance(event, ProcessExit):
+                        yield await self._command_exited(event, runtime, running, limits)
+                    else:
+                        yield event
+            finally:
+                # Kill through the cgroup first, while every process is still
+                # listed there, so that all of them have exited when this returns.
+                await running.close()
+                await process.aclose()
+        finally:
+            runtime.execs.pop(number, None)
+            if cgroup is not None:
+                await self._remove_cgroup(cgroup)
+            self.touch(environment.id)
+
+    def _process_limits(self, runtime: _Runtime) -> ProcessLimits:
+        isolation = self.isolation
+        return ProcessLimits.for_environment(
+            runtime.spec.limits,
+            address_space_headroom_bytes=self.settings.address_space_headroom_bytes,
+            open_files=self.settings.max_open_files,
+            limit_processes_per_uid=isolation.cgroups is None and bool(isolation.sandbox_user),
+        )
+
+    async def _command_exited(
+        self,
+        event: ProcessExit,
+        runtime: _Runtime,
+        running: RunningCommand,
+        limits: ProcessLimits,
+    ) -> ExecExited:
+        exited = exit_event(event, await running.usage(), limits, bool(self.isolation.bwrap_path))
+        if running.cgroup is None:
+            runtime.usage.record_finished_command(exited.cpu_seconds, exited.memory_peak_bytes)
+        self._metrics.execs.labels(exited.reason.value).inc()
+        return exited
+
+    # --- files -------------------------------------------------------------------------
+
+    def write_file(
+        self, tenant: str, environment_id: str, file: FileWrite, *, field_path: str = "file.path"
+    ) -> FileEntry:
+        """Writes a workspace file, creating its directories."""
+        _, runtime = self._running(tenant, environment_id)
+        workspace = runtime.files()
+        self.touch(environment_id)
+        with file_errors(field_path, file.path, workspace.quota_bytes):
+            return workspace.write_file(split_path(file.path), file.content, file.mode)
+
+    def read_workspace_file(
+        self, tenant: str, environment_id: str, path: str
+    ) -> tuple[FileEntry, bytes]:
+        """A workspace file's metadata and bytes."""
+        _, runtime = self._running(tenant, environment_id)
+        return self._read(environment_id, runtime, path)
+
+    def _read(self, environment_id: str, runtime: _Runtime, path: str) -> tuple[FileEntry, bytes]:
+        workspace = runtime.files()
+        self.touch(environment_id)
+        with file_errors("path", path, workspace.quota_bytes):
+            return workspace.read_file(split_path(path), self.settings.max_read_file_bytes)
+
+    def list_files(
+        self, tenant: str, environment_id: str, path: str, page_size: int, page_token: str
+    ) -> tuple[list[FileEntry], str]:
+        """One page of a workspace directory's entries, sorted by path."""
+        _, runtime = self._running(tenant, environment_id)
+        workspace = runtime.files()
+        self.touch(environment_id)
+        query_fingerprint = page_tokens.fingerprint("files", {"path": path})
+        after = ""
+        if page_token:
+            try:
+                after = str(page_tokens.decode(page_token, query_fingerprint))
+            except page_tokens.PageTokenError as error:
+                raise invalid_argument([("page_token", str(error))]) from error
+        with file_errors("path", path, workspace.quota_bytes):
+            entries = workspace.list_dir(split_path(path, allow_root=True))
+        remaining = [entry for entry in entries if entry.path > after]
+        page = remaining[:page_size]
+        more = len(remaining) > page_size
+        return page, page_tokens.encode(page[-1].path, query_fingerprint) if more else ""
+
+    # --- usage and capacity ------------------------------------------------------------
+
+    def environment_usage(self, tenant: str, environment_id: str) -> tuple[Usage, EnvironmentSpec]:
+        """A fresh usage sample and the spec (for its limits)."""
+        environment, runtime = self._running(tenant, environment_id)
+        return self._sample(runtime), environment.spec
+
+    async def stream_usage(
+        self, tenant: str, environment_id: str, interval_seconds: float
+    ) -> AsyncGenerator[Usage, None]:
+        """A sample every ``interval_seconds`` until the environment terminates."""
+        _, runtime = self._running(tenant, environment_id)
+        while not runtime.releasing:
+            yield self._sample(runtime)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.terminated.wait(), interval_seconds)
+
+    def _sample(self, runtime: _Runtime) -> Usage:
+        return runtime.usage.sample(runtime.cgroup, runtime.files(), runtime.live_pids())
+
+    def capacity(self) -> Capacity:
+        """What is promised to running environments, and the totals."""
+        count, cpu, memory = self._allocation()
+        return Capacity(
+            orchestrator_id=self.orchestrator_id,
+            environments_running=count,
+            environments_max=self.settings.max_environments,
+            cpu_cores_allocated=cpu,
+            cpu_cores_total=self.settings.cpu_cores_total,
+            memory_bytes_allocated=memory,
+            memory_bytes_total=self.settings.memory_bytes_total,
+            isolation=self.isolation.level,
+        )
+
+    # --- background tasks --------------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval_seconds)
+            try:
+                await self._reap()
+            except Exception:
+                log.exception("reaping expired environments failed")
+
+    async def _reap(self) -> None:
+        """Terminates environments whose ttl ran out or that sat idle too long."""
+        now = time.time()
+        due: list[tuple[str, TerminationReason, str]] = []
+        for environment_id, runtime in list(self._runtimes.items()):
+            if not runtime.ready.is_set() or environment_id in self._terminations:
+                continue
+            spec = runtime.spec
+            if now >= runtime.expire_time:
+                message = f"its ttl of {spec.ttl_seconds:g}s ran out"
+                due.append((environment_id, TerminationReason.TTL_EXPIRED, message))
+            elif not runtime.execs and now - runtime.last_activity >= spec.idle_timeout_seconds:
+                message = f"no command or file call for {spec.idle_timeout_seconds:g}s"
+                due.append((environment_id, TerminationReason.IDLE_TIMEOUT, message))
+        results = await asyncio.gather(
+            *(self._terminate(*item) for item in due), return_exceptions=True
+        )
+        for (environment_id, _, _), result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("terminating %s failed: %r", environment_id, result)
+
+    async def _monitor_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.monitor_interval_seconds)
+            try:
+                self._monitor()
+            except Exception:
+                log.exception("sampling environment usage failed")
+
+    def _monitor(self) -> None:
+        """Samples every running environment; enforces disk quotas the kernel does not."""
+        for environment_id, runtime in list(self._runtimes.items()):
+            if not runtime.ready.is_set() or runtime.releasing or runtime.workspace is None:
+                continue
+            usage = self._sample(runtime)
+            quota = runtime.workspace.quota_bytes
+            if not runtime.workspace.quota_enforced_by_kernel and usage.disk_bytes > quota:
+                log.warning(
+                    "environment %s uses %d bytes of disk, over its %d quota: killing its commands",
+                    environment_id,
+                    usage.disk_bytes,
+                    quota,
+                )
+                for running in runtime.execs.values():
+                    running.cancel.set()
+
+    # --- ports.SandboxPort -------------------------------------------------------------
+
+    def require_running(self, tenant: str, environment_id: str) -> None:
+        """Raises NOT_FOUND (unknown, another tenant's) or FAILED_PRECONDITION (not RUNNING)."""
+        self._running(tenant, environment_id)
+
+    async def run_command(
+        self,
+        environment_id: str,
+        argv: Sequence[str],
+        *,
+        stdin: bytes = b"",
+        timeout: float = 10.0,
+        env_vars: Mapping[str, str] | None = None,
+        output_limit_bytes: int = 1 << 20,
+    ) -> CommandResult:
+        """Runs a command in the environment's sandbox and waits for it."""
+        environment, runtime = self._running_by_id(environment_id)
+        command = validation.internal_command(
+            argv,
+            env_vars=env_vars or {},
+            stdin=stdin,
+            timeout_seconds=timeout,
+            output_cap_bytes=output_limit_bytes,
+        )
+        output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        exited: ExecExited | None = None
+        async with contextlib.aclosing(self._exec(environment, runtime, command)) as events:
+            async for event in events:
+                if isinstance(event, ExecOutput):
+                    output[event.stream] += event.data
+                elif isinstance(event, ExecExited):
+                    exited = event
+        if exited is None:
+            raise RuntimeError(f"command {argv[0]!r} ended without an exit event")
+        return CommandResult(
+            exit_code=exited.exit_code,
+            reason=exited.reason.value,
+            stdout=bytes(output["stdout"]),
+            stderr=bytes(output["stderr"]),
+            stdout_truncated=exited.stdout_truncated,
+            stderr_truncated=exited.stderr_truncated,
+            cpu_seconds=exited.cpu_seconds,
+            memory_peak_bytes=exited.memory_peak_bytes,
+            duration_seconds=exited.duration_seconds,
+        )
+
+    def read_file(self, environment_id: str, path: str) -> bytes:
+        """Reads a workspace file; INVALID_ARGUMENT or NOT_FOUND on bad paths."""
+        _, runtime = self._running_by_id(environment_id)
+        return self._read(environment_id, runtime, path)[1]
+
+    def usage(self, environment_id: str) -> UsageSample:
+        """A fresh usage sample of the environment."""
+        _, runtime = self._running_by_id(environment_id)
+        sample = self._sample(runtime)
+        return UsageSample(
+            cpu_seconds=sample.cpu_seconds,
+            cpu_percent=sample.cpu_percent,
+            memory_bytes=sample.memory_bytes,
+            memory_peak_bytes=sample.memory_peak_bytes,
+            pids=sample.pids,
+            disk_bytes=sample.disk_bytes,
+        )
+
+    def touch(self, environment_id: str) -> None:
+        """Records activity, which postpones idle expiry."""
+        now = time.time()
+        runtime = self._runtimes.get(environment_id)
+        if runtime is not None:
+            runtime.last_activity = max(runtime.last_activity, now)
+        self._store.record_activity(environment_id, now)
+
+    def on_terminated(self, callback: Callable[[str], None]) -> None:
+        """Calls ``callback(environment_id)`` when an environment ends for any reason."""
+        self._callbacks.append(callback)

@@ -1,0 +1,84 @@
+"""Per-process resource limits, the innermost isolation layer.
+
+The command's first process, a shell already running as the sandbox uid,
+lowers them with its ``ulimit`` builtin before it ``exec``s anything, so every
+process of the command inherits them. (Lowering needs no privilege; setting
+another uid's limits with ``prlimit(2)`` would need CAP_SYS_RESOURCE, which
+containers often drop.)
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from dataclasses import dataclass
+
+from sandbox_sdk.server.orchestrator.sandbox.model import Limits
+
+
+@dataclass(frozen=True)
+class ProcessLimits:
+    """The rlimits one command runs under.
+
+    ``cpu_seconds`` is the soft RLIMIT_CPU: the kernel sends SIGXCPU there and
+    SIGKILL one second later (the hard limit).
+    """
+
+    address_space_bytes: int
+    cpu_seconds: int
+    file_size_bytes: int
+    open_files: int
+    processes: int | None = None
+
+    @classmethod
+    def for_environment(
+        cls,
+        limits: Limits,
+        *,
+        address_space_headroom_bytes: int,
+        open_files: int,
+        limit_processes_per_uid: bool,
+    ) -> ProcessLimits:
+        """The rlimits of a command in an environment with ``limits``.
+
+        CPU time is bounded by what the environment's quota allows over its
+        default exec timeout (cores x seconds): a caller that extends one
+        command's wall-clock timeout waits longer, but gets no more CPU.
+        The address space gets headroom over the memory limit because virtual
+        memory is not resident memory; the cgroup enforces the real limit.
+        ``limit_processes_per_uid`` adds RLIMIT_NPROC, a weak stand-in for the
+        pids cgroup when there is none (it counts every process of the uid).
+        """
+        return cls(
+            address_space_bytes=limits.memory_bytes + address_space_headroom_bytes,
+            cpu_seconds=max(1, math.ceil(limits.cpu_cores * limits.exec_timeout_seconds)),
+            file_size_bytes=limits.disk_bytes,
+            open_files=open_files,
+            processes=limits.max_pids if limit_processes_per_uid else None,
+        )
+
+    def shell_commands(self) -> str:
+        """dash ``ulimit`` commands setting soft and hard limits, joined by ``&&``.
+
+        Values above what the orchestrator itself may use are clamped to that,
+        since an unprivileged process can only lower its limits. dash counts
+        address space in KiB and file size in 512-byte blocks.
+        """
+        cpu = _clamp(resource.RLIMIT_CPU, self.cpu_seconds + 1)
+        commands = [
+            f"ulimit -S -t {min(self.cpu_seconds, cpu)}",
+            f"ulimit -H -t {cpu}",
+            f"ulimit -v {_clamp(resource.RLIMIT_AS, self.address_space_bytes) // 1024}",
+            f"ulimit -f {_clamp(resource.RLIMIT_FSIZE, self.file_size_bytes) // 512}",
+            f"ulimit -n {_clamp(resource.RLIMIT_NOFILE, self.open_files)}",
+            "ulimit -c 0",
+        ]
+        if self.processes is not None:
+            commands.append(f"ulimit -p {_clamp(resource.RLIMIT_NPROC, self.processes)}")
+        return " && ".join(commands)
+
+
+def _clamp(limit: int, value: int) -> int:
+    """``value``, or the orchestrator's own hard limit if that is lower."""
+    _, hard = resource.getrlimit(limit)
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)

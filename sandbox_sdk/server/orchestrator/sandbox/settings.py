@@ -1,0 +1,109 @@
+"""Configuration of the sandbox layer: default and maximum limits, capacity, timings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class LimitValues(BaseModel):
+    """One value per resource limit of an environment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_cores: float = Field(gt=0)
+    memory_bytes: int = Field(gt=0)
+    disk_bytes: int = Field(gt=0)
+    max_pids: int = Field(gt=0)
+    exec_timeout_seconds: float = Field(gt=0)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+class SandboxSettings(BaseModel):
+    """How the orchestrator isolates, limits and expires environments.
+
+    Attributes:
+        default_limits: fill the zero fields of a requested spec.
+        max_limits: what one environment may ask for at most.
+        max_environments, cpu_cores_total, memory_bytes_total: what the
+            orchestrator may promise all running environments together
+            (admission control); CPU is overcommitted 4x by default.
+        output_cap_bytes: per stream and command; the rest is dropped and flagged.
+        max_read_file_bytes: the largest file ReadFile returns (gRPC's default
+            4 MiB message limit, less headroom).
+        sandbox_uid, sandbox_gid: who commands run as when the orchestrator is root.
+        cgroup_parent: the cgroup (in each hierarchy) holding environments' cgroups.
+        read_only_paths: host paths visible read-only inside bubblewrap.
+        loop_disk_quota: give each workspace its own loop-mounted ext4 (root only).
+        mount_root: where workspaces are mounted when privileges are dropped;
+            every directory on the way must be searchable by the sandbox uid,
+            because bubblewrap resolves its bind sources as that uid.
+        address_space_headroom_bytes: RLIMIT_AS is the memory limit plus this,
+            since virtual memory is not resident memory.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_limits: LimitValues = LimitValues(
+        cpu_cores=1.0,
+        memory_bytes=512 * MiB,
+        disk_bytes=1 * GiB,
+        max_pids=256,
+        exec_timeout_seconds=60.0,
+    )
+    max_limits: LimitValues = Field(
+        default_factory=lambda: LimitValues(
+            cpu_cores=float(_cpu_count()),
+            memory_bytes=16 * GiB,
+            disk_bytes=64 * GiB,
+            max_pids=16384,
+            exec_timeout_seconds=24 * 3600.0,
+        )
+    )
+    default_ttl_seconds: float = Field(default=3600.0, gt=0)
+    max_ttl_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    default_idle_timeout_seconds: float = Field(default=1800.0, gt=0)
+    max_idle_timeout_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+    max_environments: int = Field(default=64, gt=0)
+    cpu_cores_total: float = Field(default_factory=lambda: float(_cpu_count() * 4), gt=0)
+    memory_bytes_total: int = Field(
+        default_factory=lambda: int(psutil.virtual_memory().total), gt=0
+    )
+
+    output_cap_bytes: int = Field(default=64 * MiB, gt=0)
+    output_chunk_bytes: int = Field(default=64 * 1024, gt=0)
+    max_read_file_bytes: int = Field(default=4 * MiB - 64 * 1024, gt=0)
+
+    reaper_interval_seconds: float = Field(default=1.0, gt=0)
+    monitor_interval_seconds: float = Field(default=1.0, gt=0)
+
+    sandbox_uid: int = Field(default=65534, ge=1)
+    sandbox_gid: int = Field(default=65534, ge=1)
+    bwrap_path: str = "/usr/bin/bwrap"
+    cgroup_parent: str = Field(default="sandbox-sdk", pattern=r"^[A-Za-z0-9_.-]+$")
+    read_only_paths: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+    loop_disk_quota: bool = True
+    mount_root: Path = Path("/run/sandbox-sdk")
+    address_space_headroom_bytes: int = Field(default=1 * GiB, ge=0)
+    max_open_files: int = Field(default=1024, gt=0)
+
+    @model_validator(mode="after")
+    def _defaults_within_maximums(self) -> SandboxSettings:
+        for name in LimitValues.model_fields:
+            if getattr(self.default_limits, name) > getattr(self.max_limits, name):
+                raise ValueError(f"default_limits.{name} is above max_limits.{name}")
+        if self.default_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("default_ttl_seconds is above max_ttl_seconds")
+        if self.default_idle_timeout_seconds > self.max_idle_timeout_seconds:
+            raise ValueError("default_idle_timeout_seconds is above max_idle_timeout_seconds")
+        return self

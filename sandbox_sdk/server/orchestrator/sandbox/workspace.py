@@ -1,0 +1,404 @@
+"""An environment's files on the host, and safe file operations inside them.
+
+With a disk quota (root, loop devices, ``mkfs.ext4``) each environment gets
+its own ext4 file system in a sparse image file, loop-mounted: the kernel
+enforces the quota (ENOSPC), the orchestrator sees the files for the file
+calls, and ``statvfs`` reports the usage without walking the tree. Without
+it the workspace is a plain directory, RLIMIT_FSIZE bounds single files and
+the monitor checks the total.
+
+The file system holds ``workspace/`` (``/workspace`` in the sandbox) and
+``tmp/`` (``/tmp``); its root stays root-owned, so the sandbox cannot swap
+either for a symlink. Every file call walks the path one component at a time
+with ``O_NOFOLLOW`` relative to the previous directory's descriptor, so
+symlinks (and ``..``) never lead out of the workspace, whatever the sandbox
+does to it concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox_sdk.server.orchestrator.sandbox.model import FileEntry
+
+_MAX_PATH_BYTES = 4096
+_MAX_NAME_BYTES = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class WorkspacePathError(ValueError):
+    """A path the file calls refuse; the message says why and what to do."""
+
+
+class WorkspaceFileTooLarge(ValueError):
+    """A file larger than a single read may return."""
+
+
+class WorkspaceQuotaExceeded(OSError):
+    """A write that would take the workspace past its disk quota."""
+
+
+def split_path(path: str, *, allow_root: bool = False) -> tuple[str, ...]:
+    """Checks a workspace-relative path and returns its components.
+
+    Raises :class:`WorkspacePathError` for NUL bytes, absolute paths, ``..``
+    components, over-long names, and (unless ``allow_root``) the empty path.
+    """
+    if "\x00" in path:
+        raise WorkspacePathError("contains a NUL byte; remove it")
+    if path.startswith("/"):
+        raise WorkspacePathError(
+            "is absolute; give a path relative to the workspace root, such as 'src/main.py'"
+        )
+    if len(path.encode()) > _MAX_PATH_BYTES:
+        raise WorkspacePathError(f"is longer than {_MAX_PATH_BYTES} bytes; shorten it")
+    parts = tuple(part for part in path.split("/") if part not in ("", "."))
+    if ".." in parts:
+        raise WorkspacePathError("contains '..'; paths must stay inside the workspace")
+    for part in parts:
+        if len(part.encode()) > _MAX_NAME_BYTES:
+            raise WorkspacePathError(f"has a name longer than {_MAX_NAME_BYTES} bytes")
+    if not parts and not allow_root:
+        raise WorkspacePathError("is empty; name a file such as 'data/input.txt'")
+    return parts
+
+
+@dataclass(frozen=True)
+class WorkspaceLayout:
+    """Where one environment's files live on the host.
+
+    ``mount_point`` is what the sandboxes bind; with privilege dropping it sits
+    under a root-owned directory every sandbox uid may traverse, because
+    bubblewrap resolves bind sources as that uid.
+    """
+
+    storage: Path
+    image: Path
+    mount_point: Path
+
+    @classmethod
+    def for_environment(
+        cls, workspace_root: Path, mount_root: Path | None, environment_id: str
+    ) -> WorkspaceLayout:
+        """The layout of ``environment_id``; ``mount_root`` None mounts in place."""
+        storage = workspace_root / environment_id
+        mount_point = mount_root / environment_id if mount_root is not None else storage
+        return cls(storage, workspace_root / f"{environment_id}.img", mount_point)
+
+    @property
+    def files_dir(self) -> Path:
+        """The host directory that is ``/workspace`` in the sandbox."""
+        return self.mount_point / "workspace"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The host directory that is ``/tmp`` in the sandbox."""
+        return self.mount_point / "tmp"
+
+
+async def _run(*argv: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        message = stderr.decode(errors="replace").strip()
+        raise OSError(f"{' '.join(argv)} failed ({process.returncode}): {message}")
+
+
+def _mounted(path: Path) -> bool:
+    """Whether something is mounted at ``path``, per /proc/self/mountinfo.
+
+    ``os.path.ismount`` compares device numbers and so misses a bind mount of
+    a directory from the same file system.
+    """
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            return any(_unescape(line.split()[4]) == target for line in mountinfo)
+    except OSError:
+        return path.is_mount()
+
+
+def _unescape(field: str) -> str:
+    """Undoes mountinfo's octal escapes (``\\040`` for a space, and so on)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+async def _unmount(mount_point: Path) -> None:
+    if not _mounted(mount_point):
+        return
+    try:
+        await _run("umount", str(mount_point))
+    except OSError:
+        # Busy: detach it now; the kernel frees it when the last user goes.
+        await _run("umount", "--lazy", str(mount_point))
+
+
+async def destroy_layout(layout: WorkspaceLayout) -> None:
+    """Unmounts and deletes everything of a workspace, whichever way it was made."""
+    await _unmount(layout.mount_point)
+    if layout.storage != layout.mount_point:
+        await _unmount(layout.storage)
+    with contextlib.suppress(FileNotFoundError):
+        layout.image.unlink()
+    for directory in dict.fromkeys((layout.mount_point, layout.storage)):
+        if directory.exists() and not _mounted(directory):
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+
+class Workspace:
+    """One environment's workspace: its layout, quota and file operations."""
+
+    def __init__(
+        self,
+        layout: WorkspaceLayout,
+        *,
+        quota_bytes: int,
+        quota_enforced_by_kernel: bool,
+        owner: tuple[int, int] | None,
+    ) -> None:
+        self.layout = layout
+        self.quota_bytes = quota_bytes
+        self.quota_enforced_by_kernel = quota_enforced_by_kernel
+        self._owner = owner
+        self._baseline_bytes = 0
+
+    @classmethod
+    async def create(
+        cls,
+        layout: WorkspaceLayout,
+        *,
+        quota_bytes: int,
+        loop_quota: bool,
+        owner: tuple[int, int] | None,
+    ) -> Workspace:
+        """Makes the file system (or directory), mounts it and lays out its directories."""
+        workspace = cls(
+            layout, quota_bytes=quota_bytes, quota_enforced_by_kernel=loop_quota, owner=owner
+        )
+        try:
+            if loop_quota:
+                await workspace._make_loop_filesystem()
+            else:
+                await workspace._make_directory()
+            workspace._lay_out()
+        except BaseException:
+            await destroy_layout(layout)
+            raise
+        workspace._baseline_bytes = workspace._filesystem_used() if loop_quota else 0
+        return workspace
+
+    async def _make_loop_filesystem(self) -> None:
+        layout = self.layout
+        _make_sparse_file(layout.image, self.quota_bytes)
+        await _run(
+            "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+            "-E", "lazy_itable_init=1,nodiscard", str(layout.image),
+        )  # fmt: skip
+        layout.mount_point.mkdir(mode=0o755)
+        await _run(
+            "mount", "-o", "loop,nosuid,nodev,noatime,noinit_itable",
+            str(layout.image), str(layout.mount_point),
+        )  # fmt: skip
+        with contextlib.suppress(OSError):
+            (layout.mount_point / "lost+found").rmdir()
+
+    async def _make_directory(self) -> None:
+        layout = self.layout
+        layout.storage.mkdir(mode=0o755)
+        if layout.mount_point != layout.storage:
+            layout.mount_point.mkdir(mode=0o755)
+            await _run("mount", "--bind", str(layout.storage), str(layout.mount_point))
+            await _run("mount", "-o", "remount,bind,nosuid,nodev", str(layout.mount_point))
+
+    def _lay_out(self) -> None:
+        self.layout.files_dir.mkdir(mode=0o755)
+        self.layout.tmp_dir.mkdir()
+        self.layout.tmp_dir.chmod(0o1777)
+        if self._owner is not None:
+            os.chown(self.layout.files_dir, *self._owner)
+            os.chown(self.layout.tmp_dir, *self._owner)
+
+    async def destroy(self) -> None:
+        """Unmounts and deletes the workspace."""
+        await destroy_layout(self.layout)
+
+    # --- usage -------------------------------------------------------------------------
+
+    def _filesystem_used(self) -> int:
+        info = os.statvfs(self.layout.mount_point)
+        return (info.f_blocks - info.f_bfree) * info.f_frsize
+
+    def disk_used(self) -> int:
+        """Bytes the environment's files take, ``/tmp`` included."""
+        if self.quota_enforced_by_kernel:
+            return max(0, self._filesystem_used() - self._baseline_bytes)
+        return sum(_allocated_bytes(self.layout.mount_point))
+
+    def over_quota(self) -> bool:
+        """Whether the files take more than the disk quota."""
+        return self.disk_used() > self.quota_bytes
+
+    # --- file operations ---------------------------------------------------------------
+
+    def write_file(self, parts: Sequence[str], content: bytes, mode: int) -> FileEntry:
+        """Writes a file, creating parent directories; returns its metadata."""
+        if not self.quota_enforced_by_kernel and self.disk_used() + len(content) > self.quota_bytes:
+            raise WorkspaceQuotaExceeded(errno.EDQUOT, "the workspace's disk quota is used up")
+        parent = self._open_dir(parts[:-1], create=True)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = _open_at(parts, parent, flags | os.O_CLOEXEC, 0o600)
+        finally:
+            os.close(parent)
+        try:
+            _require_regular(parts, os.fstat(fd))
+            if self._owner is not None:
+                os.fchown(fd, *self._owner)
+            os.fchmod(fd, mode)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            return _entry(parts, os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    def read_file(self, parts: Sequence[str], max_bytes: int) -> tuple[FileEntry, bytes]:
+        """Reads a whole regular file of at most ``max_bytes``."""
+        parent = self._open_dir(parts[:-1], create=False)
+        try:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = _open_at(parts, parent, flags, 0)
+        finally:
+            os.close(parent)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise WorkspacePathError("is a directory; use ListFiles for directories")
+            _require_regular(parts, info)
+            if info.st_size > max_bytes:
+                raise WorkspaceFileTooLarge(
+                    f"is {info.st_size} bytes; a read returns at most {max_bytes} bytes, "
+                    "so read it in pieces with a command such as `split` or `tail -c`"
+                )
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+                if sum(map(len, chunks)) > max_bytes:
+                    raise WorkspaceFileTooLarge(f"grew past {max_bytes} bytes while being read")
+            return _entry(parts, info), b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def list_dir(self, parts: Sequence[str]) -> list[FileEntry]:
+        """The entries of a directory, sorted by path, symlinks not followed."""
+        fd = self._open_dir(parts, create=False)
+        try:
+            with os.scandir(fd) as entries:
+                listed = [
+                    _entry((*parts, entry.name), entry.stat(follow_symlinks=False))
+                    for entry in entries
+                ]
+        finally:
+            os.close(fd)
+        return sorted(listed, key=lambda e: e.path)
+
+    def require_directory(self, parts: Sequence[str]) -> None:
+        """Raises unless ``parts`` names an existing directory (no symlinks on the way)."""
+        os.close(self._open_dir(parts, create=False))
+
+    def _open_dir(self, parts: Sequence[str], *, create: bool) -> int:
+        fd = os.open(self.layout.files_dir, _DIR_FLAGS)
+        try:
+            for index, part in enumerate(parts):
+                if create:
+                    self._make_subdir(fd, part)
+                next_fd = _open_at(parts[: index + 1], fd, _DIR_FLAGS, 0)
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _make_subdir(self, dir_fd: int, name: str) -> None:
+        try:
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+        except FileExistsError:
+            return
+        if self._owner is not None:
+            os.chown(name, *self._owner, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _make_sparse_file(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _open_at(parts: Sequence[str], dir_fd: int, flags: int, mode: int) -> int:
+    """Opens the last of ``parts`` relative to ``dir_fd``, explaining refusals."""
+    shown = "/".join(parts)
+    try:
+        return os.open(parts[-1], flags, mode, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            if _is_symlink(parts[-1], dir_fd):
+                raise WorkspacePathError(
+                    f"goes through the symlink '{shown}'; file calls do not follow symlinks"
+                ) from error
+            raise WorkspacePathError(f"goes through '{shown}', which is not a directory") from error
+        if error.errno == errno.EISDIR:
+            raise WorkspacePathError(f"names the directory '{shown}'") from error
+        if error.errno == errno.ENXIO:
+            raise WorkspacePathError(f"names '{shown}', which is not a regular file") from error
+        raise
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def _require_regular(parts: Sequence[str], info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise WorkspacePathError(f"names '{'/'.join(parts)}', which is not a regular file")
+
+
+def _entry(parts: Sequence[str], info: os.stat_result) -> FileEntry:
+    is_dir = stat.S_ISDIR(info.st_mode)
+    return FileEntry(
+        path="/".join(parts),
+        size_bytes=0 if is_dir else info.st_size,
+        is_dir=is_dir,
+        mode=stat.S_IMODE(info.st_mode),
+        modify_time=info.st_mtime,
+    )
+
+
+def _allocated_bytes(root: Path) -> Iterator[int]:
+    """Disk blocks of every file under ``root``, not following symlinks."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            yield info.st_blocks * 512
+            if stat.S_ISDIR(info.st_mode):
+                yield from _allocated_bytes(Path(entry.path))
