@@ -3,8 +3,11 @@
 * create: ``SandboxManager.create_environment`` until RUNNING (workspace file
   system, cgroups, database row) vs making a temp directory and running
   ``true`` in it.
-* exec: ``true`` through ``SandboxManager.run_command`` (start gate, setpriv,
-  bubblewrap namespaces, per-command cgroup, output streaming) vs
+* create: also starts the environment's agent (gate, setpriv, bubblewrap,
+  ``python3 -I -S``) and waits for its ready message.
+* exec: ``true`` through ``SandboxManager.run_command`` (a spawn request to
+  the environment's agent with the pipes' fds, fork and exec inside the
+  sandbox, output streaming, the exit report with ``wait4`` usage) vs
   ``subprocess.run(["true"])``.
 
 Samples alternate between the measured path and its baseline so both see the

@@ -214,6 +214,26 @@ def cgroup_pids(environment_id: str) -> set[int]:
     return pids
 
 
+def _is_agent(pid: int) -> bool:
+    """Whether ``pid`` is an environment's agent (or the bubblewrap process around it)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return len(args) >= 3 and args[-3] == b"sandbox-agent"  # [..., name, fd, ""]
+
+
+def agent_pids(environment_id: str) -> set[int]:
+    """The environment's agent processes (they live as long as the environment)."""
+    return {pid for pid in cgroup_pids(environment_id) if _is_agent(pid)}
+
+
+def command_pids(environment_id: str) -> set[int]:
+    """Every process of the environment's commands: its cgroups' processes but the agent's."""
+    return {pid for pid in cgroup_pids(environment_id) if not _is_agent(pid)}
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) process."""
     try:

@@ -10,6 +10,7 @@ from sandbox_support import (
     TENANT,
     cgroup_dirs,
     cgroup_pids,
+    command_pids,
     create,
     eventually,
     make_spec,
@@ -59,7 +60,7 @@ async def test_fork_bomb_is_stopped_by_the_pids_limit(tmp_path: Path) -> None:
         assert "fork refused after" in result.out, result.err
         children = int(result.out.split("after ")[1].split()[0])
         assert children < 16
-        await eventually(lambda: not cgroup_pids(environment.id), what="the bomb's children died")
+        await eventually(lambda: not command_pids(environment.id), what="the bomb's children died")
 
 
 async def test_memory_bomb_is_killed_and_reported_out_of_memory(tmp_path: Path) -> None:
@@ -82,7 +83,8 @@ async def test_cpu_spin_past_the_cpu_time_limit_is_killed_as_cpu_limit(tmp_path:
             manager, environment.id, ["python3", "-c", "while True: pass"], timeout=60
         )
         assert result.result.reason is ExitReason.CPU_LIMIT, result.result
-        assert result.result.cpu_seconds >= 1.0
+        # wait4's user+system time is the kernel's tick-split estimate: within a few percent.
+        assert result.result.cpu_seconds >= 0.9
 
 
 async def test_cpu_quota_throttles_a_spinning_command(tmp_path: Path) -> None:
@@ -184,13 +186,19 @@ async def test_network_is_unreachable_unless_the_policy_is_host(tmp_path: Path) 
         listener.close()
 
 
-async def test_background_processes_die_with_their_command(tmp_path: Path) -> None:
+async def test_background_processes_outlive_their_command_until_delete(tmp_path: Path) -> None:
+    # The command's process group dies with it; a process in a session of its
+    # own lives on, as in a persistent environment, until the environment ends.
     async with running_manager(tmp_path) as manager:
         environment = await create(manager)
-        script = "setsid nohup sleep 300 >/dev/null 2>&1 </dev/null & echo started"
+        script = "sleep 300 & setsid sleep 300 >/dev/null 2>&1 </dev/null & echo started"
         result = await run(manager, environment.id, ["sh", "-c", script])
         assert result.out.strip() == "started"
-        await eventually(lambda: not cgroup_pids(environment.id), what="the background sleep died")
+        await eventually(lambda: len(command_pids(environment.id)) == 1, what="the group died")
+        (daemon,) = command_pids(environment.id)
+        assert pid_alive(daemon)
+        await manager.delete_environment(TENANT, environment.id)
+        assert not pid_alive(daemon)
 
 
 async def test_processes_are_dead_after_delete(tmp_path: Path) -> None:
@@ -201,7 +209,7 @@ async def test_processes_are_dead_after_delete(tmp_path: Path) -> None:
         first = await anext(events)
         assert isinstance(first, ExecStarted)
         assert (await anext(events)).data == b"up\n"  # type: ignore[union-attr]
-        await eventually(lambda: len(cgroup_pids(environment.id)) >= 4, what="sleeps started")
+        await eventually(lambda: len(command_pids(environment.id)) >= 3, what="sleeps started")
         pids = cgroup_pids(environment.id)
         deleted = await manager.delete_environment(TENANT, environment.id)
         assert deleted.termination_reason.value == "USER_DELETED"

@@ -9,7 +9,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
-from sandbox_support import cgroup_pids, eventually, fast_settings, needs_isolation, running_manager
+from sandbox_support import (
+    command_pids,
+    eventually,
+    fast_settings,
+    needs_isolation,
+    running_manager,
+)
 
 from sandbox.v1 import (
     common_pb2,
@@ -305,8 +311,8 @@ async def test_cancelling_an_exec_call_kills_its_processes(tmp_path: Path) -> No
                 )
                 assert (await call.read()).WhichOneof("event") == "started"
                 assert (await call.read()).stdout == b"up\n"
-                assert cgroup_pids(env_id)
+                assert command_pids(env_id)
                 call.cancel()
-                await eventually(lambda: not cgroup_pids(env_id), what="the cancelled tree died")
+                await eventually(lambda: not command_pids(env_id), what="the cancelled tree died")
         finally:
             await server.stop(None)

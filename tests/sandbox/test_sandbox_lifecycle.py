@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import textwrap
@@ -14,8 +15,10 @@ from prometheus_client import CollectorRegistry
 from sandbox_support import (
     ORCHESTRATOR_ID,
     TENANT,
+    agent_pids,
     cgroup_dirs,
     cgroup_pids,
+    command_pids,
     create,
     eventually,
     fast_settings,
@@ -28,8 +31,13 @@ from sandbox_support import (
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox.model import (
+    Command,
     EnvironmentState,
     EnvironmentUpdate,
+    ExecExited,
+    ExecStarted,
+    ExitReason,
+    FileWrite,
     ListQuery,
     TerminationReason,
 )
@@ -164,7 +172,7 @@ async def test_ttl_expiry_kills_and_cleans_up(tmp_path: Path) -> None:
         manager.on_terminated(terminated.append)
         environment = await create(manager, make_spec(ttl_seconds=1.0))
         task = asyncio.create_task(run(manager, environment.id, ["sleep", "300"]))
-        await eventually(lambda: bool(cgroup_pids(environment.id)), what="sleep started")
+        await eventually(lambda: bool(command_pids(environment.id)), what="sleep started")
         pids = cgroup_pids(environment.id)
         await eventually(
             lambda: (
@@ -250,6 +258,24 @@ async def test_usage_is_sampled_and_streamed_until_termination(tmp_path: Path) -
         assert len(samples) == 2
 
 
+async def test_a_dead_agent_is_replaced_and_the_environment_lives_on(tmp_path: Path) -> None:
+    async with running_manager(tmp_path) as manager:
+        environment = await create(manager, files=[FileWrite("kept.txt", b"still here")])
+        events = manager.exec_command(TENANT, environment.id, Command(argv=("sleep", "300")))
+        assert isinstance(await anext(events), ExecStarted)
+        first_agents = agent_pids(environment.id)
+        assert first_agents
+        for pid in first_agents:  # what the OOM killer would do to it
+            os.kill(pid, signal.SIGKILL)
+        ended = [event async for event in events]
+        assert isinstance(ended[-1], ExecExited)
+        assert (ended[-1].reason, ended[-1].signal) == (ExitReason.SIGNALED, signal.SIGKILL)
+        result = await run(manager, environment.id, ["cat", "kept.txt"])
+        assert result.out == "still here"
+        assert manager.get_environment(TENANT, environment.id).running
+        assert agent_pids(environment.id).isdisjoint(first_agents)
+
+
 RESTART_CHILD = """
 import asyncio, sys
 from pathlib import Path
@@ -286,7 +312,7 @@ async def test_restart_marks_leftovers_and_leaves_nothing_running(tmp_path: Path
         line = await asyncio.wait_for(child.stdout.readline(), 60)
         environment_id = line.decode().strip()
         assert environment_id.startswith("env-")
-        await eventually(lambda: bool(cgroup_pids(environment_id)), what="the command started")
+        await eventually(lambda: bool(command_pids(environment_id)), what="the command started")
         pids = cgroup_pids(environment_id)
     finally:
         child.send_signal(signal.SIGKILL)
@@ -325,7 +351,7 @@ async def test_start_sweeps_what_a_failed_cleanup_left(tmp_path: Path) -> None:
             assert driver is not None
             cgroup = driver.environment(environment.id)
             cgroup.create(1.0, 64 << 20, 16)
-            cgroup.exec_cgroup("x1").attach(straggler.pid)
+            cgroup.attach(straggler.pid)
             leftover_mount = manager.settings.mount_root / environment.id
             leftover_mount.mkdir()
         async with running_manager(tmp_path, db=Database(tmp_path / "orchestrator.db")):

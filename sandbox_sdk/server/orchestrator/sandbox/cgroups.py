@@ -2,10 +2,10 @@
 
 Two drivers share one interface. :class:`CgroupV1Driver` uses one hierarchy
 per controller (``/sys/fs/cgroup/<controller>/<parent>/<env-id>``);
-:class:`CgroupV2Driver` uses the unified hierarchy. Each environment gets a
-cgroup that carries its limits, and each command a child cgroup of it, so a
-command's own CPU time, peak memory and OOM kills can be read without
-confusing it with concurrent commands.
+:class:`CgroupV2Driver` uses the unified hierarchy. Each environment gets one
+cgroup that carries its limits and holds its agent, and so every process of
+the environment. (A command's own CPU time and peak memory come from
+``wait4``: moving each command into a cgroup of its own cost milliseconds.)
 """
 
 from __future__ import annotations
@@ -217,26 +217,6 @@ class Cgroup(abc.ABC):
         """Current accounting."""
 
 
-class ExecCgroup(Cgroup):
-    """The cgroup of one command: where its processes are placed before they run."""
-
-    def __init__(self, dirs: Iterable[Path], join: Iterable[Path], marker: str) -> None:
-        super().__init__(dirs, marker)
-        self._join = tuple(dict.fromkeys(join))
-
-    def attach(self, pid: int) -> None:
-        """Moves ``pid`` into the command's cgroup in every hierarchy."""
-        for directory in self._join:
-            _write(directory / "cgroup.procs", str(pid))
-
-    def counters(self) -> CgroupCounters:
-        """Accounting of the command's process tree."""
-        return self._counters()
-
-    @abc.abstractmethod
-    def _counters(self) -> CgroupCounters: ...
-
-
 class EnvironmentCgroup(Cgroup):
     """The cgroup of one environment, which carries its limits."""
 
@@ -244,9 +224,10 @@ class EnvironmentCgroup(Cgroup):
     def create(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
         """Makes the directories and writes the limits."""
 
-    @abc.abstractmethod
-    def exec_cgroup(self, name: str) -> ExecCgroup:
-        """Creates the child cgroup of one command."""
+    def attach(self, pid: int) -> None:
+        """Moves ``pid`` into the environment's cgroup in every hierarchy."""
+        for directory in self.dirs:
+            _write(directory / "cgroup.procs", str(pid))
 
 
 class CgroupDriver(abc.ABC):
@@ -289,23 +270,6 @@ def _quota_us(cpu_cores: float) -> int:
 # --- cgroup v1 ---------------------------------------------------------------------------
 
 
-class _V1ExecCgroup(ExecCgroup):
-    def __init__(self, memory: Path, cpuacct: Path, join: Iterable[Path], marker: str) -> None:
-        super().__init__([memory, cpuacct], join, marker)
-        self._memory = memory
-        self._cpuacct = cpuacct
-
-    def _counters(self) -> CgroupCounters:
-        oom = _read_keyed(self._memory / "memory.oom_control").get("oom_kill", 0)
-        return CgroupCounters(
-            cpu_seconds=_read_int(self._cpuacct / "cpuacct.usage") / 1e9,
-            memory_bytes=_read_int(self._memory / "memory.usage_in_bytes"),
-            memory_peak_bytes=_read_int(self._memory / "memory.max_usage_in_bytes"),
-            pids=len(_procs(self._memory)),
-            oom_kills=oom,
-        )
-
-
 class _V1EnvironmentCgroup(EnvironmentCgroup):
     def __init__(self, dirs: Mapping[str, Path], marker: str) -> None:
         super().__init__(dirs.values(), marker)
@@ -322,20 +286,6 @@ class _V1EnvironmentCgroup(EnvironmentCgroup):
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(cpu / "cpu.cfs_quota_us", str(_quota_us(cpu_cores)))
         _write(self._by_controller["pids"] / "pids.max", str(max_pids))
-
-    def exec_cgroup(self, name: str) -> ExecCgroup:
-        # A command gets its own memory and cpuacct cgroups for accounting; its
-        # processes join the environment's cpu and pids cgroups directly.
-        memory = self._by_controller["memory"] / name
-        cpuacct = self._by_controller["cpuacct"] / name
-        per_command = {memory, cpuacct}
-        for directory in per_command:
-            directory.mkdir(exist_ok=True)
-        join = [
-            directory / name if directory / name in per_command else directory
-            for directory in self.dirs
-        ]
-        return _V1ExecCgroup(memory, cpuacct, join, self._marker)
 
     def counters(self) -> CgroupCounters:
         memory = self._by_controller["memory"]
@@ -384,10 +334,10 @@ def _enable_controllers(directory: Path, controllers: Iterable[str]) -> None:
         _write(directory / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
 
 
-def _v2_counters(directory: Path, *, pids_from_procs: bool) -> CgroupCounters:
+def _v2_counters(directory: Path) -> CgroupCounters:
     current = _read_int(directory / "memory.current")
     events = _read_keyed(directory / "memory.events")
-    pids = len(_procs(directory)) if pids_from_procs else _read_int(directory / "pids.current")
+    pids = _read_int(directory / "pids.current")
     return CgroupCounters(
         cpu_seconds=_read_keyed(directory / "cpu.stat").get("usage_usec", 0) / 1e6,
         memory_bytes=current,
@@ -395,21 +345,6 @@ def _v2_counters(directory: Path, *, pids_from_procs: bool) -> CgroupCounters:
         pids=pids,
         oom_kills=events.get("oom_kill", 0),
     )
-
-
-class _V2ExecCgroup(ExecCgroup):
-    def __init__(self, directory: Path, marker: str) -> None:
-        super().__init__([directory], [directory], marker)
-        self._directory = directory
-
-    def _signal(self) -> list[int]:
-        if (self._directory / "cgroup.kill").exists():
-            with contextlib.suppress(OSError):
-                _write(self._directory / "cgroup.kill", "1")
-        return super()._signal()
-
-    def _counters(self) -> CgroupCounters:
-        return _v2_counters(self._directory, pids_from_procs=True)
 
 
 class _V2EnvironmentCgroup(EnvironmentCgroup):
@@ -425,14 +360,6 @@ class _V2EnvironmentCgroup(EnvironmentCgroup):
             _write(directory / "memory.swap.max", "0")
         _write(directory / "cpu.max", f"{_quota_us(cpu_cores)} {CPU_PERIOD_US}")
         _write(directory / "pids.max", str(max_pids))
-        # Commands live in child cgroups ("no internal processes"), which need
-        # the memory controller for their own peak and OOM counters.
-        _enable_controllers(directory, ("memory", "pids"))
-
-    def exec_cgroup(self, name: str) -> ExecCgroup:
-        child = self._directory / name
-        child.mkdir(exist_ok=True)
-        return _V2ExecCgroup(child, self._marker)
 
     def _signal(self) -> list[int]:
         if (self._directory / "cgroup.kill").exists():
@@ -441,7 +368,7 @@ class _V2EnvironmentCgroup(EnvironmentCgroup):
         return super()._signal()
 
     def counters(self) -> CgroupCounters:
-        return _v2_counters(self._directory, pids_from_procs=False)
+        return _v2_counters(self._directory)
 
 
 class CgroupV2Driver(CgroupDriver):

@@ -1,4 +1,4 @@
-"""One command in an environment: how it is launched, contained, and how it ended."""
+"""One command in an environment: how it and its environment's agent are launched, how it ended."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from pathlib import Path
 
 import psutil
 
-from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import bwrap_command
-from sandbox_sdk.server.orchestrator.sandbox.cgroups import ExecCgroup
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
+    AgentLaunch,
+    SpawnRequest,
+    agent_source,
+)
+from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import (
+    TMP_MOUNT,
+    WORKSPACE_MOUNT,
+    bwrap_command,
+)
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.model import (
     Command,
@@ -20,8 +28,7 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     ExecExited,
     ExitReason,
 )
-from sandbox_sdk.server.orchestrator.sandbox.monitor import sample_tree_until
-from sandbox_sdk.server.orchestrator.sandbox.process import Launch, ProcessExit
+from sandbox_sdk.server.orchestrator.sandbox.process import ProcessExit
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
@@ -31,54 +38,11 @@ _MAX_SIGNAL = 64
 
 
 class RunningCommand:
-    """One command in flight: its cgroup, its cancel event and, without cgroups, a sampler."""
+    """One command in flight: its cancel event and, once started, its pid."""
 
-    def __init__(self, environment_id: str, cgroup: ExecCgroup | None) -> None:
-        self.environment_id = environment_id
-        self.cgroup = cgroup
+    def __init__(self) -> None:
         self.cancel = asyncio.Event()
         self.pid: int | None = None
-        self._stop_sampling = asyncio.Event()
-        self._sampler: asyncio.Task[tuple[float, int]] | None = None
-
-    def contain(self, pid: int) -> None:
-        """Puts the gated first process into the command's cgroup.
-
-        Raises FileNotFoundError when the environment is going away.
-        """
-        if self.cancel.is_set():
-            raise FileNotFoundError("the environment is terminating")
-        if self.cgroup is not None:
-            self.cgroup.attach(pid)
-        else:
-            self._sampler = asyncio.create_task(sample_tree_until(pid, self._stop_sampling))
-        self.pid = pid
-
-    def kill_tree(self, process_group: int) -> None:
-        """SIGKILLs every process of the command: its cgroup's, else its process group's."""
-        if self.cgroup is not None:
-            self.cgroup.signal_all()
-        else:
-            kill_marked_processes(self.environment_id, process_group)
-
-    async def usage(self) -> tuple[float, int, int]:
-        """CPU seconds, peak memory and OOM kills of the command's tree."""
-        self._stop_sampling.set()
-        if self.cgroup is not None:
-            counters = self.cgroup.counters()
-            return counters.cpu_seconds, counters.memory_peak_bytes, counters.oom_kills
-        if self._sampler is None:
-            return 0.0, 0, 0
-        cpu_seconds, memory_peak_bytes = await self._sampler
-        return cpu_seconds, memory_peak_bytes, 0
-
-    async def close(self) -> None:
-        """Stops sampling and kills whatever is left of the command."""
-        self._stop_sampling.set()
-        if self._sampler is not None:
-            self._sampler.cancel()
-        if self.cgroup is not None:
-            await self.cgroup.kill_all()
 
 
 def kill_marked_processes(environment_id: str, process_group: int | None = None) -> None:
@@ -95,80 +59,112 @@ def kill_marked_processes(environment_id: str, process_group: int | None = None)
                 process.send_signal(signal.SIGKILL)
 
 
-def launch(
+def _environment_variables(
+    spec: EnvironmentSpec, environment_id: str, home: str, tmp: str
+) -> dict[str, str]:
+    env: dict[str, str] = {"PATH": _PATH, "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
+    env |= spec.env_vars
+    env[ENVIRONMENT_ID_VARIABLE] = environment_id
+    return env
+
+
+def _homes(isolation: Isolation, layout: WorkspaceLayout) -> tuple[str, str]:
+    if isolation.bwrap_path:
+        return str(WORKSPACE_MOUNT), str(TMP_MOUNT)
+    return str(layout.files_dir), str(layout.tmp_dir)
+
+
+def agent_launch(
+    isolation: Isolation,
+    *,
+    environment_id: str,
+    spec: EnvironmentSpec,
+    layout: WorkspaceLayout,
+    system_mounts: Sequence[str],
+    limits: ProcessLimits,
+    python: str,
+) -> AgentLaunch:
+    """How to start the environment's agent: in bubblewrap when there is one, as the sandbox uid.
+
+    The agent runs ``python -I -S -c <source>``: the system interpreter, which
+    the sandbox can read, and no file of the orchestrator's.
+    """
+    agent_argv = [python, "-I", "-S", "-c", agent_source(), "sandbox-agent"]
+    if isolation.bwrap_path:
+        argv = isolation.drop_privileges() + bwrap_command(
+            isolation.bwrap_path,
+            system=system_mounts,
+            workspace_dir=layout.files_dir,
+            tmp_dir=layout.tmp_dir,
+            cwd="",
+            network=spec.network,
+            command=agent_argv,
+        )
+        cwd = Path("/")
+    else:
+        argv = isolation.drop_privileges() + agent_argv
+        cwd = layout.files_dir
+    home, tmp = _homes(isolation, layout)
+    return AgentLaunch(
+        argv=argv,
+        limits_script=limits.shell_commands(),
+        env=_environment_variables(spec, environment_id, home, tmp),
+        cwd=cwd,
+    )
+
+
+def spawn_request(
     isolation: Isolation,
     command: Command,
     *,
     environment_id: str,
     spec: EnvironmentSpec,
     layout: WorkspaceLayout,
-    system_mounts: Sequence[str],
     cwd: Sequence[str],
     limits: ProcessLimits,
-    chunk_bytes: int,
-) -> Launch:
-    """How to start ``command``: inside bubblewrap when there is one, as the sandbox uid.
+) -> SpawnRequest:
+    """What the agent starts for ``command``.
 
     Commands see a fixed PATH, HOME and TMPDIR, then the environment's and the
     command's variables, and always ``SANDBOX_ENVIRONMENT_ID`` (which is how
     the orchestrator finds their processes when there are no cgroups).
     """
-    if isolation.bwrap_path:
-        home, tmp = "/workspace", "/tmp"  # noqa: S108  (inside the sandbox)
-        argv = isolation.drop_privileges() + bwrap_command(
-            isolation.bwrap_path,
-            system=system_mounts,
-            workspace_dir=layout.files_dir,
-            tmp_dir=layout.tmp_dir,
-            cwd="/".join(cwd),
-            network=spec.network,
-            command=command.argv,
-        )
-        gate_cwd = Path("/")
-    else:
-        home, tmp = str(layout.files_dir), str(layout.tmp_dir)
-        argv = isolation.drop_privileges() + list(command.argv)
-        gate_cwd = layout.files_dir.joinpath(*cwd)
-    env: dict[str, str] = {"PATH": _PATH, "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
-    env |= spec.env_vars
+    home, tmp = _homes(isolation, layout)
+    root = WORKSPACE_MOUNT if isolation.bwrap_path else layout.files_dir
+    env = _environment_variables(spec, environment_id, home, tmp)
     env |= command.env_vars
     env[ENVIRONMENT_ID_VARIABLE] = environment_id
-    return Launch(
-        argv=argv,
-        limits_script=limits.shell_commands(),
+    return SpawnRequest(
+        argv=command.argv,
+        cwd=str(root.joinpath(*cwd)),
         env=env,
-        cwd=gate_cwd,
-        stdin=command.stdin,
-        timeout_seconds=command.timeout_seconds or spec.limits.exec_timeout_seconds,
-        output_cap_bytes=command.output_cap_bytes,
-        chunk_bytes=chunk_bytes,
+        rlimits=limits.rlimits(),
     )
 
 
-def decode_status(returncode: int, via_bubblewrap: bool) -> tuple[int, int]:
+def decode_status(returncode: int) -> tuple[int, int]:
     """(exit code, signal) of a command, from its first process's return code.
 
-    bubblewrap reports a signal-killed command as exit status 128+N, as shells
-    do; so does this, which makes a command that exits with such a status
-    itself look signalled.
+    A shell whose child was killed by signal N exits with status 128+N; that
+    is reported as the signal (as bubblewrap-wrapped commands always were),
+    which makes a command that exits with such a status itself look signalled.
     """
     if returncode < 0:
         return -1, -returncode
-    if via_bubblewrap and 128 < returncode <= 128 + _MAX_SIGNAL:
+    if 128 < returncode <= 128 + _MAX_SIGNAL:
         return -1, returncode - 128
     return returncode, 0
 
 
-def exit_event(
-    event: ProcessExit,
-    usage: tuple[float, int, int],
-    limits: ProcessLimits,
-    via_bubblewrap: bool,
-) -> ExecExited:
-    """Classifies how a command ended; ``usage`` is (CPU seconds, peak memory, OOM kills)."""
-    cpu_seconds, memory_peak_bytes, oom_kills = usage
-    code, signal_number = decode_status(event.returncode, via_bubblewrap)
+def exit_event(event: ProcessExit, oom_kills: int, limits: ProcessLimits) -> ExecExited:
+    """Classifies how a command ended.
+
+    ``oom_kills`` counts the environment's OOM kills while it ran: a failed
+    command with any is reported OUT_OF_MEMORY.
+    """
+    code, signal_number = decode_status(event.returncode)
     failed = signal_number != 0 or code != 0
+    cpu_seconds = event.cpu_seconds
     if event.cancelled:
         reason = ExitReason.CANCELLED
     elif event.timed_out:
@@ -188,7 +184,7 @@ def exit_event(
         signal=signal_number,
         reason=reason,
         cpu_seconds=cpu_seconds,
-        memory_peak_bytes=memory_peak_bytes,
+        memory_peak_bytes=event.max_rss_bytes,
         duration_seconds=event.duration_seconds,
         stdout_truncated=event.stdout_truncated,
         stderr_truncated=event.stderr_truncated,

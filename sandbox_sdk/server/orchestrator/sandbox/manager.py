@@ -1,11 +1,16 @@
 """The sandbox layer: environments' lifecycle, commands, files, usage and expiry.
 
 State lives in SQLite; what only a live orchestrator can hold (workspace
-mounts, cgroups, running commands) lives in per-environment runtimes. An
-environment's processes never outlive the orchestrator (bubblewrap's
-``--die-with-parent``), so a graceful :meth:`SandboxManager.stop` terminates
-every environment, and :meth:`SandboxManager.start` after a crash marks the
-ones left over ORCHESTRATOR_RESTARTED and removes what remains of them.
+mounts, cgroups, the agent, running commands) lives in per-environment
+runtimes. Each environment has one long-lived agent process inside its
+sandbox (:mod:`.agent`) that starts its commands. If the agent dies (the OOM
+killer may pick it), the next command starts a new one: the environment and
+its files live on, its processes do not. An environment's processes never
+outlive the orchestrator (bubblewrap's ``--die-with-parent``; the agent kills
+its commands and exits when its socket closes), so a graceful
+:meth:`SandboxManager.stop` terminates every environment, and
+:meth:`SandboxManager.start` after a crash marks the ones left over
+ORCHESTRATOR_RESTARTED and removes what remains of them.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from sandbox_sdk.server import ids
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.ports import CommandResult, UsageSample
 from sandbox_sdk.server.orchestrator.sandbox import page_tokens, validation
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
-from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup, ExecCgroup
+from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
     RunningCommand,
+    agent_launch,
     exit_event,
     kill_marked_processes,
-    launch,
+    spawn_request,
 )
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
 from sandbox_sdk.server.orchestrator.sandbox.metrics import SandboxMetrics
@@ -54,7 +61,7 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     Usage,
 )
 from sandbox_sdk.server.orchestrator.sandbox.monitor import UsageTracker
-from sandbox_sdk.server.orchestrator.sandbox.process import ProcessExit, run_process
+from sandbox_sdk.server.orchestrator.sandbox.process import Launch, ProcessExit, run_process
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.statuses import (
@@ -85,6 +92,8 @@ class _Runtime:
     last_activity: float
     workspace: Workspace | None = None
     cgroup: EnvironmentCgroup | None = None
+    agent: AgentClient | None = None
+    agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     terminated: asyncio.Event = field(default_factory=asyncio.Event)
     execs: dict[int, RunningCommand] = field(default_factory=dict)
@@ -99,7 +108,8 @@ class _Runtime:
         return self.workspace
 
     def live_pids(self) -> list[int]:
-        return [e.pid for e in self.execs.values() if e.pid is not None]
+        """The root of the environment's process tree on the host: its agent's."""
+        return [self.agent.pid] if self.agent is not None and not self.agent.closed else []
 
 
 class SandboxManager:
@@ -352,6 +362,7 @@ class SandboxManager:
         if isolation.cgroups is not None:
             runtime.cgroup = isolation.cgroups.environment(environment_id)
             runtime.cgroup.create(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
+        await self._agent(environment_id, runtime)
         for index, file in enumerate(files):
             field_path = f"files[{index}].path"
             with file_errors(field_path, file.path, limits.disk_bytes):
@@ -494,12 +505,14 @@ class SandboxManager:
             kill_marked_processes(environment_id)
         elif not await runtime.cgroup.kill_all():
             log.error("processes of cgroup %s survive SIGKILL", runtime.cgroup.dirs)
+        if runtime.agent is not None:
+            await runtime.agent.close()
         if runtime.cgroup is not None:
             await self._remove_cgroup(runtime.cgroup)
         if runtime.workspace is not None:
             await runtime.workspace.destroy()
 
-    async def _remove_cgroup(self, cgroup: EnvironmentCgroup | ExecCgroup) -> None:
+    async def _remove_cgroup(self, cgroup: EnvironmentCgroup) -> None:
         for _ in range(_CGROUP_REMOVE_ATTEMPTS):
             if cgroup.remove():
                 return
@@ -554,47 +567,88 @@ class SandboxManager:
         limits = self._process_limits(runtime)
         runtime.exec_count += 1
         number = runtime.exec_count
-        cgroup = runtime.cgroup.exec_cgroup(f"x{number}") if runtime.cgroup else None
-        running = RunningCommand(environment.id, cgroup)
+        running = RunningCommand()
         runtime.execs[number] = running
-
-        def prepare(pid: int) -> None:
-            try:
-                running.contain(pid)
-            except FileNotFoundError as error:  # the cgroup went with the environment
-                raise not_running(self._store.get(environment.id) or environment) from error
-
         try:
-            how = launch(
-                self.isolation,
-                command,
-                environment_id=environment.id,
-                spec=runtime.spec,
-                layout=self._layout(environment.id),
-                system_mounts=self._system_mounts,
-                cwd=cwd,
-                limits=limits,
+            agent = await self._agent(environment.id, runtime)
+            launch = Launch(
+                request=spawn_request(
+                    self.isolation,
+                    command,
+                    environment_id=environment.id,
+                    spec=runtime.spec,
+                    layout=self._layout(environment.id),
+                    cwd=cwd,
+                    limits=limits,
+                ),
+                stdin=command.stdin,
+                timeout_seconds=command.timeout_seconds or runtime.spec.limits.exec_timeout_seconds,
+                output_cap_bytes=command.output_cap_bytes,
                 chunk_bytes=self.settings.output_chunk_bytes,
             )
-            process = run_process(
-                how, prepare=prepare, kill_tree=running.kill_tree, cancel=running.cancel
-            )
-            try:
-                async for event in process:
+            oom_kills = self._oom_kills(runtime)
+
+            def started(pid: int) -> None:
+                running.pid = pid
+
+            process = run_process(agent, launch, on_started=started, cancel=running.cancel)
+            async with contextlib.aclosing(process) as events:
+                async for event in events:
                     if isinstance(event, ProcessExit):
-                        yield await self._command_exited(event, runtime, running, limits)
+                        oom_kills = self._oom_kills(runtime) - oom_kills
+                        yield self._command_exited(event, runtime, oom_kills, limits)
                     else:
                         yield event
-            finally:
-                # Kill through the cgroup first, while every process is still
-                # listed there, so that all of them have exited when this returns.
-                await running.close()
-                await process.aclose()
+        except AgentError as error:
+            raise self._cannot_start(environment, runtime, error) from error
         finally:
             runtime.execs.pop(number, None)
-            if cgroup is not None:
-                await self._remove_cgroup(cgroup)
             self.touch(environment.id)
+
+    async def _agent(self, environment_id: str, runtime: _Runtime) -> AgentClient:
+        """The environment's agent; started when there is none or the last one died."""
+        async with runtime.agent_lock:
+            if runtime.agent is not None and not runtime.agent.closed:
+                return runtime.agent
+            if runtime.releasing:
+                raise AgentError("the environment is terminating")
+            if runtime.agent is not None:
+                log.warning(
+                    "the agent of environment %s died (its processes with it); starting another",
+                    environment_id,
+                )
+                await runtime.agent.close()
+            launch = agent_launch(
+                self.isolation,
+                environment_id=environment_id,
+                spec=runtime.spec,
+                layout=self._layout(environment_id),
+                system_mounts=self._system_mounts,
+                limits=self._process_limits(runtime),
+                python=self.settings.agent_python,
+            )
+            cgroup = runtime.cgroup
+            runtime.agent = await AgentClient.start(
+                launch, contain=cgroup.attach if cgroup is not None else lambda _: None
+            )
+            return runtime.agent
+
+    def _cannot_start(
+        self, environment: Environment, runtime: _Runtime, error: AgentError
+    ) -> ServiceError:
+        if runtime.releasing:
+            return not_running(self._store.get(environment.id) or environment)
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ErrorReason.QUOTA_EXCEEDED,
+            f"the command could not be started in environment {environment.id} ({error}); "
+            "it may be at its max_pids or memory limit: end some of its processes, or "
+            "create an environment with larger spec.limits",
+        )
+
+    @staticmethod
+    def _oom_kills(runtime: _Runtime) -> int:
+        return runtime.cgroup.counters().oom_kills if runtime.cgroup is not None else 0
 
     def _process_limits(self, runtime: _Runtime) -> ProcessLimits:
         isolation = self.isolation
@@ -605,15 +659,11 @@ class SandboxManager:
             limit_processes_per_uid=isolation.cgroups is None and bool(isolation.sandbox_user),
         )
 
-    async def _command_exited(
-        self,
-        event: ProcessExit,
-        runtime: _Runtime,
-        running: RunningCommand,
-        limits: ProcessLimits,
+    def _command_exited(
+        self, event: ProcessExit, runtime: _Runtime, oom_kills: int, limits: ProcessLimits
     ) -> ExecExited:
-        exited = exit_event(event, await running.usage(), limits, bool(self.isolation.bwrap_path))
-        if running.cgroup is None:
+        exited = exit_event(event, oom_kills, limits)
+        if runtime.cgroup is None:
             runtime.usage.record_finished_command(exited.cpu_seconds, exited.memory_peak_bytes)
         self._metrics.execs.labels(exited.reason.value).inc()
         return exited

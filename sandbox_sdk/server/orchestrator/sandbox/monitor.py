@@ -1,13 +1,12 @@
 """Resource usage sampling of one environment.
 
-cgroup counters when the environment has a cgroup; otherwise psutil over the
-processes of its running commands (an approximation: processes that ended
+cgroup counters when the environment has a cgroup; otherwise psutil over its
+process tree, rooted at its agent (an approximation: processes that ended
 between samples are only counted through their command's final usage).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
@@ -85,20 +84,3 @@ class UsageTracker:
             disk_bytes=workspace.disk_used(),
             sample_time=time.time(),
         )
-
-
-async def sample_tree_until(
-    pid: int, stop: asyncio.Event, interval_seconds: float = 0.1
-) -> tuple[float, int]:
-    """CPU seconds and peak resident bytes of ``pid``'s tree, sampled until ``stop``.
-
-    The fallback for commands without a cgroup: what ran between samples is missed.
-    """
-    cpu, peak = 0.0, 0
-    while True:
-        sample_cpu, memory, _ = _tree_usage([pid])
-        cpu, peak = max(cpu, sample_cpu), max(peak, memory)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_seconds)
-        if stop.is_set():
-            return cpu, peak

@@ -1,13 +1,10 @@
-"""Starting a sandboxed process, streaming its output, and killing its tree.
+"""Running one command through the environment's agent and streaming its output.
 
-The first process is ``/bin/sh`` waiting at a start gate: it reads one line
-from its stdin. Meanwhile the orchestrator moves it into its cgroups, then
-writes the line (followed by the command's stdin); the shell sets the rlimits
-and ``exec``s the real argv (setpriv dropping to the sandbox uid, then
-bubblewrap or the command itself). Nothing the command runs can fork before it
-is contained, and no Python code runs between fork and exec. The orchestrator
-never asks ``subprocess`` to switch uid itself: that forces ``fork()`` instead
-of ``vfork()``, which runs gRPC's fork handlers in the child and can crash it.
+The orchestrator makes the command's pipes, hands their far ends to the agent
+with the spawn request, and reads the output with asyncio while the agent
+reports the start and the exit. Timeout, cancellation and closing the stream
+SIGKILL the command's process group through the agent, and wait until the
+agent reports it gone.
 """
 
 from __future__ import annotations
@@ -17,15 +14,18 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
+    AgentClient,
+    AgentCommand,
+    CommandExit,
+    SpawnRequest,
+)
 from sandbox_sdk.server.orchestrator.sandbox.model import ExecOutput, ExecStarted
 
-# dash reads a pipe byte by byte, so the command's stdin starts right after the line.
-_GATE_SCRIPT = 'read -r _ || exit 125; {limits} || exit 126; exec "$@"'
 _DRAIN_AFTER_EXIT_SECONDS = 2.0
 _REAP_TIMEOUT_SECONDS = 10.0
 
@@ -34,12 +34,9 @@ Stream = Literal["stdout", "stderr"]
 
 @dataclass(frozen=True)
 class Launch:
-    """What to start and how; ``limits_script`` holds the shell commands setting rlimits."""
+    """What to run, and how long and how much of its output to take."""
 
-    argv: Sequence[str]
-    limits_script: str
-    env: Mapping[str, str]
-    cwd: Path
+    request: SpawnRequest
     stdin: bytes
     timeout_seconds: float
     output_cap_bytes: int
@@ -50,10 +47,15 @@ class Launch:
 class ProcessExit:
     """How the first process ended.
 
-    ``returncode`` follows ``subprocess``: negative for a signal.
+    ``returncode`` follows ``subprocess``: negative for a signal; CPU and peak
+    memory are the process's and its waited-for descendants'; ``lost``: the
+    agent went away with the command.
     """
 
     returncode: int
+    cpu_seconds: float
+    max_rss_bytes: int
+    lost: bool
     timed_out: bool
     cancelled: bool
     duration_seconds: float
@@ -79,57 +81,50 @@ class _OutputCap:
         return kept
 
 
-async def _reap(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(process.wait()), _REAP_TIMEOUT_SECONDS)
-
-
 async def run_process(
+    agent: AgentClient,
     launch: Launch,
     *,
-    prepare: Callable[[int], None],
-    kill_tree: Callable[[int], None],
+    on_started: Callable[[int], None],
     cancel: asyncio.Event,
 ) -> AsyncGenerator[ProcessEvent, None]:
     """Runs ``launch`` and yields started, output chunks as they come, then the exit.
 
-    ``prepare(pid)`` contains the gated process (moves it into cgroups);
-    ``kill_tree()`` kills every process the command started, given the first
-    one's pid (which is also its process group). Setting ``cancel``, the
-    timeout, or closing this generator kills the tree.
+    ``on_started(pid)`` learns the command's pid. Setting ``cancel``, the
+    timeout, or closing this generator kills the command's process group.
+    Raises :class:`~.agent_client.AgentError` if the agent cannot start it.
     """
-    process = await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        _GATE_SCRIPT.format(limits=launch.limits_script),
-        "sandbox-gate",
-        *launch.argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=launch.cwd,
-        env=dict(launch.env),
-        start_new_session=True,
-    )
-
-    # The pidfd signals the first process without any risk of hitting a
-    # reused pid once it has been reaped.
-    pidfd = os.pidfd_open(process.pid)
-
-    def kill() -> None:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        kill_tree(process.pid)
-
+    loop = asyncio.get_running_loop()
+    stdout_read, stdout_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    stdin_read, stdin_write = os.pipe() if launch.stdin else (None, None)
+    readers: list[asyncio.ReadTransport] = []
     try:
-        prepare(process.pid)
+        command = await agent.spawn(launch.request, stdin_read, stdout_write, stderr_write)
+    except BaseException:
+        for fd in (stdout_read, stderr_read, stdin_write):
+            if fd is not None:
+                os.close(fd)
+        raise
+    try:
+        stdout = await _reader(loop, stdout_read, readers)
+        stderr = await _reader(loop, stderr_read, readers)
+        on_started(command.pid)
         started = time.monotonic()
-        yield ExecStarted(process.pid)
-        async with contextlib.aclosing(_stream(process, launch, cancel, kill)) as events:
+        yield ExecStarted(command.pid)
+        feeder = _feed(stdin_write, launch.stdin) if stdin_write is not None else None
+        stdin_write = None
+        async with contextlib.aclosing(
+            _stream(command, stdout, stderr, launch, cancel=cancel, feeder=feeder)
+        ) as events:
             async for event in events:
                 if isinstance(event, _Finished):
+                    end = command.exited.result()
                     yield ProcessExit(
-                        returncode=process.returncode if process.returncode is not None else -9,
+                        returncode=end.returncode,
+                        cpu_seconds=end.cpu_seconds,
+                        max_rss_bytes=end.max_rss_bytes,
+                        lost=end.lost,
                         timed_out=event.timed_out,
                         cancelled=event.cancelled,
                         duration_seconds=time.monotonic() - started,
@@ -139,10 +134,35 @@ async def run_process(
                 else:
                     yield event
     finally:
-        if process.returncode is None:
-            kill()
-        await _reap(process)
-        os.close(pidfd)
+        if not command.exited.done():
+            command.signal(signal.SIGKILL)
+        await _reap(command)
+        for transport in readers:
+            transport.close()
+        if stdin_write is not None:
+            os.close(stdin_write)
+
+
+async def _reader(
+    loop: asyncio.AbstractEventLoop, fd: int, transports: list[asyncio.ReadTransport]
+) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    transports.append(transport)
+    return reader
+
+
+async def _reap(command: AgentCommand) -> CommandExit | None:
+    with contextlib.suppress(TimeoutError):
+        return await asyncio.wait_for(asyncio.shield(command.exited), _REAP_TIMEOUT_SECONDS)
+    return None
 
 
 @dataclass(frozen=True)
@@ -178,26 +198,35 @@ class _Progress:
 
 
 async def _stream(
-    process: asyncio.subprocess.Process,
+    command: AgentCommand,
+    stdout: asyncio.StreamReader,
+    stderr: asyncio.StreamReader,
     launch: Launch,
+    *,
     cancel: asyncio.Event,
-    kill: Callable[[], None],
+    feeder: Coroutine[None, None, None] | None,
 ) -> AsyncGenerator[ExecOutput | _Finished, None]:
     # One bounded queue carries output and the exit in arrival order; when the
     # consumer is slow the pumps block, the pipes fill and the command waits,
-    # so memory stays bounded. Timeout and cancellation kill the tree from
-    # their own tasks, so a stalled consumer cannot stretch either.
+    # so memory stays bounded. Timeout and cancellation kill the group from
+    # their own callbacks, so a stalled consumer cannot stretch either.
     queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=16)
     progress = _Progress()
+
+    def kill(record: Callable[[], None]) -> None:
+        if not command.exited.done():
+            record()
+            command.signal(signal.SIGKILL)
+
     helpers = [
-        asyncio.create_task(_pump("stdout", process.stdout, queue, launch.chunk_bytes)),
-        asyncio.create_task(_pump("stderr", process.stderr, queue, launch.chunk_bytes)),
-        asyncio.create_task(_announce_exit(process, queue, kill)),
-        asyncio.create_task(_kill_after(launch.timeout_seconds, process, progress.time_out, kill)),
-        asyncio.create_task(_kill_on(cancel, process, progress.cancel, kill)),
+        asyncio.create_task(_pump("stdout", stdout, queue, launch.chunk_bytes)),
+        asyncio.create_task(_pump("stderr", stderr, queue, launch.chunk_bytes)),
+        asyncio.create_task(_announce_exit(command, queue)),
+        asyncio.create_task(_call_on(cancel, lambda: kill(progress.cancel))),
     ]
-    if process.stdin is not None:
-        helpers.append(asyncio.create_task(_feed(process.stdin, b"go\n" + launch.stdin)))
+    if feeder is not None:
+        helpers.append(asyncio.create_task(feeder))
+    timer = asyncio.get_running_loop().call_later(launch.timeout_seconds, kill, progress.time_out)
     caps: dict[Stream, _OutputCap] = {
         "stdout": _OutputCap(launch.output_cap_bytes),
         "stderr": _OutputCap(launch.output_cap_bytes),
@@ -205,7 +234,7 @@ async def _stream(
     try:
         while not progress.finished:
             # After the exit, output still buffered drains; a process that
-            # escaped the tree and holds the pipes open is not waited for.
+            # left the group and holds the pipes open is not waited for.
             drain = _DRAIN_AFTER_EXIT_SECONDS if progress.exited else None
             try:
                 item = await asyncio.wait_for(queue.get(), drain)
@@ -224,6 +253,7 @@ async def _stream(
             stderr_truncated=caps["stderr"].truncated,
         )
     finally:
+        timer.cancel()
         for helper in helpers:
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
@@ -231,53 +261,42 @@ async def _stream(
 
 async def _pump(
     name: Stream,
-    reader: asyncio.StreamReader | None,
+    reader: asyncio.StreamReader,
     queue: asyncio.Queue[_Item],
     chunk_bytes: int,
 ) -> None:
-    if reader is not None:
-        while chunk := await reader.read(chunk_bytes):
-            await queue.put(ExecOutput(name, chunk))
+    while chunk := await reader.read(chunk_bytes):
+        await queue.put(ExecOutput(name, chunk))
     await queue.put(ExecOutput(name, b""))
 
 
-async def _announce_exit(
-    process: asyncio.subprocess.Process, queue: asyncio.Queue[_Item], kill: Callable[[], None]
-) -> None:
-    await process.wait()
-    kill()  # background processes die with the command
+async def _announce_exit(command: AgentCommand, queue: asyncio.Queue[_Item]) -> None:
+    await asyncio.shield(command.exited)
     await queue.put("exit")
 
 
-async def _kill_after(
-    seconds: float,
-    process: asyncio.subprocess.Process,
-    record: Callable[[], None],
-    kill: Callable[[], None],
-) -> None:
-    await asyncio.sleep(seconds)
-    if process.returncode is None:
-        record()
-        kill()
-
-
-async def _kill_on(
-    event: asyncio.Event,
-    process: asyncio.subprocess.Process,
-    record: Callable[[], None],
-    kill: Callable[[], None],
-) -> None:
+async def _call_on(event: asyncio.Event, action: Callable[[], None]) -> None:
     await event.wait()
-    if process.returncode is None:
-        record()
-        kill()
+    action()
 
 
-async def _feed(writer: asyncio.StreamWriter, data: bytes) -> None:
+async def _feed(fd: int, data: bytes) -> None:
+    """Writes ``data`` to the command's stdin pipe, then closes it."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
     try:
-        writer.write(data)
-        await writer.drain()
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                writable = loop.create_future()
+                loop.add_writer(fd, writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
     except (BrokenPipeError, ConnectionResetError):
         pass
     finally:
-        writer.close()
+        os.close(fd)

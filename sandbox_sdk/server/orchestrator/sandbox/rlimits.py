@@ -1,10 +1,11 @@
 """Per-process resource limits, the innermost isolation layer.
 
-The command's first process, a shell already running as the sandbox uid,
-lowers them with its ``ulimit`` builtin before it ``exec``s anything, so every
-process of the command inherits them. (Lowering needs no privilege; setting
-another uid's limits with ``prlimit(2)`` would need CAP_SYS_RESOURCE, which
-containers often drop.)
+The environment's agent starts behind a shell already running as the sandbox
+uid, which lowers the shared limits with its ``ulimit`` builtin before it
+``exec``s anything; the agent lowers each command's own (CPU time above all)
+between fork and exec. (Lowering needs no privilege; setting another uid's
+limits with ``prlimit(2)`` would need CAP_SYS_RESOURCE, which containers
+often drop.)
 """
 
 from __future__ import annotations
@@ -58,16 +59,15 @@ class ProcessLimits:
         )
 
     def shell_commands(self) -> str:
-        """dash ``ulimit`` commands setting soft and hard limits, joined by ``&&``.
+        """dash ``ulimit`` commands setting the limits every process of the environment
+        shares (all but CPU time, which counts per process and so is set per command),
+        joined by ``&&``.
 
         Values above what the orchestrator itself may use are clamped to that,
         since an unprivileged process can only lower its limits. dash counts
         address space in KiB and file size in 512-byte blocks.
         """
-        cpu = _clamp(resource.RLIMIT_CPU, self.cpu_seconds + 1)
         commands = [
-            f"ulimit -S -t {min(self.cpu_seconds, cpu)}",
-            f"ulimit -H -t {cpu}",
             f"ulimit -v {_clamp(resource.RLIMIT_AS, self.address_space_bytes) // 1024}",
             f"ulimit -f {_clamp(resource.RLIMIT_FSIZE, self.file_size_bytes) // 512}",
             f"ulimit -n {_clamp(resource.RLIMIT_NOFILE, self.open_files)}",
@@ -76,6 +76,22 @@ class ProcessLimits:
         if self.processes is not None:
             commands.append(f"ulimit -p {_clamp(resource.RLIMIT_NPROC, self.processes)}")
         return " && ".join(commands)
+
+    def rlimits(self) -> list[tuple[str, int, int]]:
+        """``(RLIMIT_* name, soft, hard)`` of one command, which its agent sets before exec.
+
+        The agent can only lower them, so they are at most the environment's.
+        """
+        limits = [
+            ("RLIMIT_CPU", self.cpu_seconds, self.cpu_seconds + 1),
+            ("RLIMIT_AS", self.address_space_bytes, self.address_space_bytes),
+            ("RLIMIT_FSIZE", self.file_size_bytes, self.file_size_bytes),
+            ("RLIMIT_NOFILE", self.open_files, self.open_files),
+            ("RLIMIT_CORE", 0, 0),
+        ]
+        if self.processes is not None:
+            limits.append(("RLIMIT_NPROC", self.processes, self.processes))
+        return limits
 
 
 def _clamp(limit: int, value: int) -> int:

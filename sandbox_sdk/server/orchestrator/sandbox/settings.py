@@ -43,6 +43,8 @@ class SandboxSettings(BaseModel):
         sandbox_uid, sandbox_gid: who commands run as when the orchestrator is root.
         cgroup_parent: the cgroup (in each hierarchy) holding environments' cgroups.
         read_only_paths: host paths visible read-only inside bubblewrap.
+        agent_python: the interpreter running each environment's agent; it
+            must be under ``read_only_paths`` (the sandbox runs it).
         loop_disk_quota: give each workspace its own loop-mounted ext4 (root only).
         mount_root: where workspaces are mounted when privileges are dropped;
             every directory on the way must be searchable by the sandbox uid,
@@ -90,6 +92,7 @@ class SandboxSettings(BaseModel):
     sandbox_uid: int = Field(default=65534, ge=1)
     sandbox_gid: int = Field(default=65534, ge=1)
     bwrap_path: str = "/usr/bin/bwrap"
+    agent_python: str = "/usr/bin/python3"
     cgroup_parent: str = Field(default="sandbox-sdk", pattern=r"^[A-Za-z0-9_.-]+$")
     read_only_paths: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
     loop_disk_quota: bool = True
