@@ -6,7 +6,7 @@
 * create: also starts the environment's agent (gate, setpriv, bubblewrap,
   ``python3 -I -S``) and waits for its ready message.
 * exec: ``true`` through ``SandboxManager.run_command`` (a spawn request to
-  the environment's agent with the pipes' fds, fork and exec inside the
+  the environment's agent with the pipes' fds, ``posix_spawn`` inside the
   sandbox, output streaming, the exit report with ``wait4`` usage) vs
   ``subprocess.run(["true"])``.
 

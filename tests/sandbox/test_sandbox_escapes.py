@@ -191,7 +191,12 @@ async def test_background_processes_outlive_their_command_until_delete(tmp_path:
     # own lives on, as in a persistent environment, until the environment ends.
     async with running_manager(tmp_path) as manager:
         environment = await create(manager)
-        script = "sleep 300 & setsid sleep 300 >/dev/null 2>&1 </dev/null & echo started"
+        # The command ends only once the daemon is in its session ("ready" is written after
+        # setsid), or the group kill at its exit could catch the daemon still in the group.
+        script = (
+            "sleep 300 & setsid sh -c 'echo > ready; exec sleep 300' >/dev/null 2>&1 </dev/null &"
+            " while [ ! -e ready ]; do sleep 0.01; done; echo started"
+        )
         result = await run(manager, environment.id, ["sh", "-c", script])
         assert result.out.strip() == "started"
         await eventually(lambda: len(command_pids(environment.id)) == 1, what="the group died")

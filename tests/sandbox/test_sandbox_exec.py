@@ -176,3 +176,45 @@ async def test_missing_working_directory_is_rejected(tmp_path: Path) -> None:
         with pytest.raises(ServiceError) as error:
             await run(manager, environment.id, ["true"], cwd="nowhere")
         assert error.value.reason == "FILE_NOT_FOUND"
+
+
+async def test_commands_that_cannot_run_exit_127_or_126_saying_why(tmp_path: Path) -> None:
+    async with running_manager(tmp_path) as manager:
+        environment = await create(manager, files=[FileWrite("data.txt", b"not a program")])
+        missing = await run(manager, environment.id, ["no-such-program"])
+        assert (missing.result.reason, missing.result.exit_code) == (ExitReason.EXITED, 127)
+        assert missing.err == "sandbox: cannot run 'no-such-program': No such file or directory\n"
+        denied = await run(manager, environment.id, ["./data.txt"])
+        assert (denied.result.reason, denied.result.exit_code) == (ExitReason.EXITED, 126)
+        assert denied.err == "sandbox: cannot run './data.txt': Permission denied\n"
+        # The command's own PATH is searched, not the agent's.
+        found = await run(manager, environment.id, ["tool"], env_vars={"PATH": "/workspace/bin"})
+        assert found.result.exit_code == 127
+        manager.write_file(
+            TENANT, environment.id, FileWrite("bin/tool", b"#!/bin/sh\necho tool\n", 0o755)
+        )
+        found = await run(manager, environment.id, ["tool"], env_vars={"PATH": "/workspace/bin"})
+        assert (found.result.exit_code, found.out) == (0, "tool\n")
+
+
+COUNT_OPEN_FDS = """
+import os
+print(*[fd for fd in range(256) if os.path.exists(f"/proc/self/fd/{fd}")])
+"""
+
+
+async def test_commands_inherit_only_their_standard_streams(tmp_path: Path) -> None:
+    # Neither the agent's socket nor other commands' pipes leak into a command.
+    async with running_manager(tmp_path) as manager:
+        environment = await create(manager)
+        result = await run(manager, environment.id, ["python3", "-c", COUNT_OPEN_FDS], stdin=b"x")
+        assert result.out.split() == ["0", "1", "2"], result.err
+
+
+async def test_activity_is_visible_before_it_is_saved(tmp_path: Path) -> None:
+    async with running_manager(tmp_path) as manager:
+        environment = await create(manager)
+        before = manager.get_environment(TENANT, environment.id).last_activity_time
+        await run(manager, environment.id, ["true"])
+        after = manager.get_environment(TENANT, environment.id).last_activity_time
+        assert after > before

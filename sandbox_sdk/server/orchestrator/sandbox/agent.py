@@ -15,9 +15,10 @@ Orchestrator to agent:
 
 * ``spawn {id, argv, cwd, env, rlimits: [[name, soft, hard]], stdin: bool}``
   with fds stdin (only when ``stdin`` is true; else ``/dev/null``), stdout,
-  stderr. Starts ``argv`` in a new session (so its own process group) with
-  those fds, ``cwd`` and ``env``, after lowering the rlimits (``RLIMIT_*``
-  names) to at most the given values.
+  stderr. Starts ``argv`` (``posix_spawnp``, searching the ``PATH`` of
+  ``env``) in a new session (so its own process group) with those fds,
+  ``cwd`` and ``env``, and lowers its rlimits (``RLIMIT_*`` names) to at
+  most the given values right after it started.
 * ``signal {id, signal}``: signals the command's process group.
 
 Agent to orchestrator:
@@ -25,7 +26,7 @@ Agent to orchestrator:
 * ``ready {pid}``, once, first.
 * ``started {id, pid}`` with fds a pidfd of the process (``pid`` is in the
   agent's pid namespace; the pidfd names the process in any namespace).
-* ``failed {id, error}``: no process could be started (fork failed).
+* ``failed {id, error}``: no process could be started (EAGAIN or ENOMEM).
 * ``exited {id, returncode, cpu_seconds, max_rss_bytes}``: ``returncode`` as
   in ``subprocess`` (negative: killed by that signal); CPU and peak resident
   memory from ``wait4`` (the process and the descendants it waited for).
@@ -41,23 +42,49 @@ orchestrator is gone) the agent kills every command's group and exits.
 from __future__ import annotations
 
 import _socket
-import os
-import resource
-import select
+import posix
 import sys
-import time
+
+_HEADER_BYTES = 4
+
+
+def _frame(body: bytes) -> bytes:
+    return len(body).to_bytes(_HEADER_BYTES, "big") + body
+
+
+def _connect() -> _socket.socket:
+    """The orchestrator's socket (its fd is the last argument), once ready is said on it."""
+    fd = int(sys.argv[-1])
+    posix.set_inheritable(fd, False)  # commands must not reach the agent
+    sock = _socket.socket(fileno=fd)
+    sock.setblocking(True)
+    sock.sendall(_frame(b'{"op":"ready","pid":%d}' % posix.getpid()))
+    return sock
+
+
+if __name__ == "__main__":
+    # Ready is said before the other imports, which cost milliseconds of environment
+    # creation; requests wait in the socket meanwhile.
+    _SOCKET = _connect()
+
+import errno  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import select  # noqa: E402
+import time  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds of start-up
     from collections.abc import Callable
     from typing import Any, NoReturn
 
-_HEADER_BYTES = 4
 _MAX_FDS = 3
 _RECEIVE_BYTES = 1 << 16
 _GROUP_GRACE_SECONDS = 1.0
 _POLL_SECONDS = 0.01
 _INT_BYTES = 4
+# What posix_spawn fails with when no process could be made (rather than not executed).
+_NO_PROCESS_ERRNOS = (errno.EAGAIN, errno.ENOMEM)
 
 
 class _Command:
@@ -85,8 +112,7 @@ class Agent:
         self.encode: Callable[[Any], str] = _not_ready
 
     def start(self) -> None:
-        """Reports ready, then imports and installs what serving needs."""
-        self.sock.sendall(_frame(b'{"op":"ready","pid":%d}' % os.getpid()))
+        """Imports and installs what serving needs."""
         # Imported only now (and signal locally where used): together they cost milliseconds.
         import json
         import signal
@@ -152,14 +178,13 @@ class Agent:
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         request_id = request["id"]
         try:
-            pid = os.fork()
+            pid = _start_command(request, fds)
         except OSError as error:
-            self._send({"op": "failed", "id": request_id, "error": f"fork: {error.strerror}"})
+            self._send({"op": "failed", "id": request_id, "error": f"spawn: {error.strerror}"})
             return
-        if pid == 0:
-            _exec_child(request, fds)
-        for fd in fds:
-            os.close(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
         command = _Command(request_id, pid)
         self.by_pid[pid] = command
         self.by_id[request_id] = command
@@ -236,10 +261,6 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _frame(body: bytes) -> bytes:
-    return len(body).to_bytes(_HEADER_BYTES, "big") + body
-
-
 def _signal_group(pgid: int, number: int) -> None:
     try:  # noqa: SIM105  (contextlib costs start-up time)
         os.killpg(pgid, number)
@@ -257,48 +278,91 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def _exec_child(request: dict[str, Any], fds: list[int]) -> NoReturn:
-    """In the forked child: becomes the command, or exits 126/127 saying why it cannot."""
+def _start_command(request: dict[str, Any], fds: list[int]) -> int:
+    """Starts the command with ``posix_spawnp`` and returns its pid.
+
+    posix_spawn (vfork and exec, no copy of the agent's memory) has no chdir
+    before Python 3.13, so the agent, single-threaded, changes its own working
+    directory first. The per-command limits (RLIMIT_CPU, which the agent has
+    none of) are lowered with ``prlimit`` right after the spawn: for the few
+    microseconds in between the command runs under the environment's limits
+    only. A command that cannot be executed gets a child that says so on its
+    stderr and exits 127 or 126. Raises OSError when no process can be made.
+    """
     import signal
 
     argv: list[str] = request["argv"]
+    env: dict[str, str] = request["env"]
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_DUP2, fds[0], 0)
+        if request["stdin"]
+        else (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, fds[-2], 1),
+        (os.POSIX_SPAWN_DUP2, fds[-1], 2),
+    ]
     try:
-        os.setsid()
-        stdin = fds[0] if request["stdin"] else os.open("/dev/null", os.O_RDONLY)
-        os.dup2(stdin, 0)
-        os.dup2(fds[-2], 1)
-        os.dup2(fds[-1], 2)
-        signal.set_wakeup_fd(-1)
-        for number in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(number, signal.SIG_DFL)
-        for name, soft, hard in request["rlimits"]:
-            _lower_rlimit(getattr(resource, name), soft, hard)
         os.chdir(request["cwd"])
-        os.execvpe(argv[0], argv, request["env"])  # noqa: S606  (argv as given, no shell)
+        _use_path(env.get("PATH"))
+        pid = os.posix_spawnp(
+            argv[0],
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigdef=(signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ),
+        )
     except OSError as error:
-        message = f"sandbox: cannot run {argv[0]!r}: {error.strerror}\n"
-        os.write(2, message.encode(errors="replace"))
-        os._exit(127 if isinstance(error, FileNotFoundError) else 126)
-    except BaseException:
-        os._exit(126)
+        if error.errno in _NO_PROCESS_ERRNOS:
+            raise
+        return _fork_failure(argv[0], error, fds[-1])
+    _lower_rlimits(pid, request["rlimits"])
+    return pid
 
 
-def _lower_rlimit(limit: int, soft: int, hard: int) -> None:
-    """Sets a limit no higher than it is now (which needs no privilege)."""
-    _, current_hard = resource.getrlimit(limit)
-    if current_hard != resource.RLIM_INFINITY:
-        hard = min(hard, current_hard)
-    resource.setrlimit(limit, (min(soft, hard), hard))
+def _use_path(path: str | None) -> None:
+    """Makes ``path`` the agent's PATH, which ``posix_spawnp`` searches."""
+    if os.environ.get("PATH") == path:
+        return
+    if path is None:
+        os.environ.pop("PATH", None)
+    else:
+        os.environ["PATH"] = path
 
 
-def main() -> None:
-    """Runs the agent on the socket whose fd is the last argument."""
-    sock = _socket.socket(fileno=int(sys.argv[-1]))
-    sock.setblocking(True)
+def _fork_failure(program: str, error: OSError, stderr: int) -> int:
+    """A child that reports why ``program`` cannot run and exits 127 (not found) or 126."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            message = f"sandbox: cannot run {program!r}: {error.strerror}\n"
+            os.write(stderr, message.encode(errors="replace"))
+        finally:
+            os._exit(127 if isinstance(error, FileNotFoundError) else 126)
+    return pid
+
+
+def _lower_rlimits(pid: int, limits: list[list[Any]]) -> None:
+    """Lowers the command's limits that are above the requested ones (it inherited the agent's)."""
+    for name, soft, hard in limits:
+        limit = getattr(resource, name)
+        current = resource.getrlimit(limit)
+        new_hard = hard if current[1] == resource.RLIM_INFINITY else min(hard, current[1])
+        wanted = (min(soft, new_hard), new_hard)
+        if wanted == current:
+            continue
+        try:  # noqa: SIM105  (contextlib costs start-up time)
+            resource.prlimit(pid, limit, wanted)
+        except ProcessLookupError:  # it exited already
+            pass
+
+
+def main(sock: _socket.socket) -> None:
+    """Runs the agent on ``sock``, on which it said ready."""
     agent = Agent(sock)
     agent.start()
     agent.serve()
 
 
 if __name__ == "__main__":
-    main()
+    main(_SOCKET)

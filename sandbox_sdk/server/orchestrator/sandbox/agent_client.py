@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -62,7 +62,6 @@ class AgentLaunch:
     argv: Sequence[str]
     limits_script: str
     env: Mapping[str, str]
-    cwd: Path
 
 
 @dataclass(frozen=True)
@@ -129,40 +128,39 @@ class AgentClient:
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
-    async def start(cls, launch: AgentLaunch, *, contain: Callable[[int], None]) -> AgentClient:
+    async def start(
+        cls,
+        launch: AgentLaunch,
+        *,
+        contain: Callable[[int], None],
+        prepare: Coroutine[Any, Any, None] | None = None,
+    ) -> AgentClient:
         """Starts the agent; ``contain(pid)`` puts the gated process into its cgroups.
 
-        Returns once the agent said it is ready; raises :class:`AgentError` if it does not.
+        ``contain`` runs in a thread while ``prepare`` (what the agent needs
+        before it may run, such as its workspace) is awaited: moving a process
+        into a cgroup v1 waits for an RCU grace period, milliseconds better
+        spent making the workspace. Returns once the agent said it is ready;
+        raises what ``prepare`` raises, or :class:`AgentError` if the agent does not start.
         """
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The gate's and the agent's stderr, read only to say why the agent did not start.
-        stderr_read, stderr_write = os.pipe()
         try:
-            process = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                "-c",
-                _GATE_SCRIPT.format(limits=launch.limits_script),
-                "sandbox-gate",
-                *launch.argv,
-                str(theirs.fileno()),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr_write,
-                cwd=launch.cwd,
-                env=dict(launch.env),
-                start_new_session=True,
-                pass_fds=[theirs.fileno()],
-            )
+            process, ours, stderr_read = await _start_gated(launch)
         except BaseException:
-            ours.close()
+            if prepare is not None:
+                prepare.close()
+            raise
+        client = cls(process, ours)
+        contained = asyncio.ensure_future(asyncio.to_thread(contain, process.pid))
+        try:
+            if prepare is not None:
+                await prepare
+        except BaseException:
+            await asyncio.gather(contained, return_exceptions=True)
+            await client.close()
             os.close(stderr_read)
             raise
-        finally:
-            theirs.close()
-            os.close(stderr_write)
-        client = cls(process, ours)
         try:
-            contain(process.pid)
+            await contained
             if process.stdin is not None:
                 process.stdin.write(b"go\n")
                 process.stdin.close()
@@ -356,12 +354,48 @@ class AgentClient:
     async def close(self) -> None:
         """Disconnects (the agent then kills its commands and exits) and waits for it."""
         self._lose()
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()  # a process still at its gate exits
         try:
             await asyncio.wait_for(asyncio.shield(self.process.wait()), _EXIT_TIMEOUT_SECONDS)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.wait()
+
+
+async def _start_gated(
+    launch: AgentLaunch,
+) -> tuple[asyncio.subprocess.Process, socket.socket, int]:
+    """Starts the agent's process, which waits at its gate: the process, our end of its
+    socket, and the read end of its stderr."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The gate's and the agent's stderr, read only to say why the agent did not start.
+    stderr_read, stderr_write = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            _GATE_SCRIPT.format(limits=launch.limits_script),
+            "sandbox-gate",
+            *launch.argv,
+            str(theirs.fileno()),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr_write,
+            cwd="/",  # the workspace may not exist yet; the agent changes directory per command
+            env=dict(launch.env),
+            start_new_session=True,
+            pass_fds=[theirs.fileno()],
+        )
+    except BaseException:
+        ours.close()
+        os.close(stderr_read)
+        raise
+    finally:
+        theirs.close()
+        os.close(stderr_write)
+    return process, ours, stderr_read
 
 
 def _read_available(fd: int) -> str:
@@ -373,8 +407,12 @@ def _read_available(fd: int) -> str:
 
 def _pid_of(pidfd: int) -> int:
     """The pid, in the orchestrator's pid namespace, of the process a pidfd names."""
-    with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as fdinfo:
-        for line in fdinfo:
-            if line.startswith("Pid:"):
-                return int(line.split()[1])
+    fd = os.open(f"/proc/self/fdinfo/{pidfd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fdinfo = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    for line in fdinfo.splitlines():
+        if line.startswith(b"Pid:"):
+            return int(line.split()[1])
     raise ValueError("a started message whose fd is not a pidfd")

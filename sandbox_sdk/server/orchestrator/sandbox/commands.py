@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 from collections.abc import Sequence
-from pathlib import Path
 
 import psutil
 
@@ -28,7 +26,7 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     ExecExited,
     ExitReason,
 )
-from sandbox_sdk.server.orchestrator.sandbox.process import ProcessExit
+from sandbox_sdk.server.orchestrator.sandbox.process import Cancellation, ProcessExit
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
@@ -41,7 +39,7 @@ class RunningCommand:
     """One command in flight: its cancel event and, once started, its pid."""
 
     def __init__(self) -> None:
-        self.cancel = asyncio.Event()
+        self.cancel = Cancellation()
         self.pid: int | None = None
 
 
@@ -100,16 +98,13 @@ def agent_launch(
             network=spec.network,
             command=agent_argv,
         )
-        cwd = Path("/")
     else:
         argv = isolation.drop_privileges() + agent_argv
-        cwd = layout.files_dir
     home, tmp = _homes(isolation, layout)
     return AgentLaunch(
         argv=argv,
         limits_script=limits.shell_commands(),
         env=_environment_variables(spec, environment_id, home, tmp),
-        cwd=cwd,
     )
 
 

@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -81,15 +82,18 @@ from sandbox_sdk.server.status import ServiceError, invalid_argument
 log = logging.getLogger(__name__)
 
 _CGROUP_REMOVE_ATTEMPTS = 50
+_ACTIVITY_SAVE_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
 class _Runtime:
     """What only a live orchestrator holds for one environment."""
 
+    tenant: str
     spec: EnvironmentSpec
     expire_time: float
     last_activity: float
+    saved_activity: float
     workspace: Workspace | None = None
     cgroup: EnvironmentCgroup | None = None
     agent: AgentClient | None = None
@@ -274,7 +278,7 @@ class SandboxManager:
             if existing is None:
                 raise
             return await self._settled(existing)
-        runtime = _Runtime(new.spec, environment.expire_time, now)
+        runtime = _Runtime(tenant, new.spec, environment.expire_time, now, now)
         self._runtimes[environment.id] = runtime
         self._publish_allocation()
         started = time.monotonic()
@@ -353,20 +357,26 @@ class SandboxManager:
     ) -> None:
         isolation = self.isolation
         limits = runtime.spec.limits
-        runtime.workspace = await Workspace.create(
-            self._layout(environment_id),
-            quota_bytes=limits.disk_bytes,
-            loop_quota=isolation.loop_quota,
-            owner=isolation.sandbox_user,
-        )
         if isolation.cgroups is not None:
             runtime.cgroup = isolation.cgroups.environment(environment_id)
             runtime.cgroup.create(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
-        await self._agent(environment_id, runtime)
+
+        async def make_workspace() -> None:
+            runtime.workspace = await Workspace.create(
+                self._layout(environment_id),
+                quota_bytes=limits.disk_bytes,
+                loop_quota=isolation.loop_quota,
+                owner=isolation.sandbox_user,
+            )
+
+        # The agent's process waits at its gate while the workspace is made.
+        async with runtime.agent_lock:
+            await self._start_agent(environment_id, runtime, prepare=make_workspace())
+        workspace = runtime.files()
         for index, file in enumerate(files):
             field_path = f"files[{index}].path"
             with file_errors(field_path, file.path, limits.disk_bytes):
-                runtime.workspace.write_file(split_path(file.path), file.content, file.mode)
+                workspace.write_file(split_path(file.path), file.content, file.mode)
 
     async def _fail_setup(
         self, environment: Environment, runtime: _Runtime, error: BaseException
@@ -392,7 +402,7 @@ class SandboxManager:
         environment = self._store.get(environment_id)
         if environment is None or environment.tenant != tenant:
             raise environment_not_found(environment_id)
-        return environment
+        return self._with_activity(environment)
 
     def list_environments(self, tenant: str, query: ListQuery) -> tuple[list[Environment], str]:
         """One page of the tenant's environments, newest first, and the next page token."""
@@ -417,7 +427,7 @@ class SandboxManager:
             show_terminated=query.show_terminated,
         )
         token = page_tokens.encode(next_seq, query_fingerprint) if next_seq is not None else ""
-        return environments, token
+        return [self._with_activity(e) for e in environments], token
 
     def update_environment(
         self, tenant: str, environment_id: str, update: EnvironmentUpdate
@@ -463,6 +473,7 @@ class SandboxManager:
         runtime = self._runtimes.get(environment_id)
         if runtime is not None:
             await runtime.ready.wait()
+            self._save_activity(environment_id, runtime)
         environment = self._store.get(environment_id)
         if environment is None:
             raise environment_not_found(environment_id)
@@ -539,6 +550,17 @@ class SandboxManager:
             raise not_running(environment)
         return environment, runtime
 
+    def _live(self, environment_id: str, tenant: str | None = None) -> _Runtime | None:
+        """The runtime of a RUNNING environment (of ``tenant``, if given), without a database
+        read; None if it is not one (the caller then finds out why, from the record)."""
+        runtime = self._runtimes.get(environment_id)
+        if runtime is None or (tenant is not None and runtime.tenant != tenant):
+            return None
+        # ready is set once the record says RUNNING; releasing once it no longer does.
+        if not runtime.ready.is_set() or runtime.releasing or runtime.workspace is None:
+            return None
+        return runtime
+
     def _running_by_id(self, environment_id: str) -> tuple[Environment, _Runtime]:
         environment = self._store.get(environment_id)
         if environment is None:
@@ -551,33 +573,34 @@ class SandboxManager:
         self, tenant: str, environment_id: str, command: Command
     ) -> AsyncGenerator[ExecEvent, None]:
         """Runs a command; yields started, output chunks as produced, then exited."""
-        environment, runtime = self._running(tenant, environment_id)
-        async with contextlib.aclosing(self._exec(environment, runtime, command)) as events:
+        runtime = self._live(environment_id, tenant) or self._running(tenant, environment_id)[1]
+        async with contextlib.aclosing(self._exec(environment_id, runtime, command)) as events:
             async for event in events:
                 yield event
 
     async def _exec(
-        self, environment: Environment, runtime: _Runtime, command: Command
+        self, environment_id: str, runtime: _Runtime, command: Command
     ) -> AsyncGenerator[ExecEvent, None]:
         workspace = runtime.files()
         cwd = split_path(command.cwd, allow_root=True) if command.cwd else ()
-        with file_errors("cwd", command.cwd, workspace.quota_bytes):
-            workspace.require_directory(cwd)
-        self.touch(environment.id)
+        if cwd:
+            with file_errors("cwd", command.cwd, workspace.quota_bytes):
+                workspace.require_directory(cwd)
+        self.touch(environment_id)
         limits = self._process_limits(runtime)
         runtime.exec_count += 1
         number = runtime.exec_count
         running = RunningCommand()
         runtime.execs[number] = running
         try:
-            agent = await self._agent(environment.id, runtime)
+            agent = await self._agent(environment_id, runtime)
             launch = Launch(
                 request=spawn_request(
                     self.isolation,
                     command,
-                    environment_id=environment.id,
+                    environment_id=environment_id,
                     spec=runtime.spec,
-                    layout=self._layout(environment.id),
+                    layout=workspace.layout,
                     cwd=cwd,
                     limits=limits,
                 ),
@@ -586,7 +609,7 @@ class SandboxManager:
                 output_cap_bytes=command.output_cap_bytes,
                 chunk_bytes=self.settings.output_chunk_bytes,
             )
-            oom_kills = self._oom_kills(runtime)
+            oom_kills_before = self._oom_kills(runtime)
 
             def started(pid: int) -> None:
                 running.pid = pid
@@ -595,15 +618,17 @@ class SandboxManager:
             async with contextlib.aclosing(process) as events:
                 async for event in events:
                     if isinstance(event, ProcessExit):
-                        oom_kills = self._oom_kills(runtime) - oom_kills
+                        # Only a failed command can be an OOM kill: one file read less.
+                        failed = event.returncode != 0
+                        oom_kills = self._oom_kills(runtime) - oom_kills_before if failed else 0
                         yield self._command_exited(event, runtime, oom_kills, limits)
                     else:
                         yield event
         except AgentError as error:
-            raise self._cannot_start(environment, runtime, error) from error
+            raise self._cannot_start(environment_id, runtime, error) from error
         finally:
             runtime.execs.pop(number, None)
-            self.touch(environment.id)
+            self.touch(environment_id)
 
     async def _agent(self, environment_id: str, runtime: _Runtime) -> AgentClient:
         """The environment's agent; started when there is none or the last one died."""
@@ -618,37 +643,54 @@ class SandboxManager:
                     environment_id,
                 )
                 await runtime.agent.close()
-            launch = agent_launch(
-                self.isolation,
-                environment_id=environment_id,
-                spec=runtime.spec,
-                layout=self._layout(environment_id),
-                system_mounts=self._system_mounts,
-                limits=self._process_limits(runtime),
-                python=self.settings.agent_python,
-            )
-            cgroup = runtime.cgroup
-            runtime.agent = await AgentClient.start(
-                launch, contain=cgroup.attach if cgroup is not None else lambda _: None
-            )
-            return runtime.agent
+            return await self._start_agent(environment_id, runtime)
+
+    async def _start_agent(
+        self,
+        environment_id: str,
+        runtime: _Runtime,
+        prepare: Coroutine[Any, Any, None] | None = None,
+    ) -> AgentClient:
+        """Starts the environment's agent (``prepare`` is awaited meanwhile: see
+        :meth:`AgentClient.start`); the caller holds ``runtime.agent_lock``."""
+        launch = agent_launch(
+            self.isolation,
+            environment_id=environment_id,
+            spec=runtime.spec,
+            layout=self._layout(environment_id),
+            system_mounts=self._system_mounts,
+            limits=self._process_limits(runtime),
+            python=self.settings.agent_python,
+        )
+        cgroup = runtime.cgroup
+        runtime.agent = await AgentClient.start(
+            launch,
+            contain=cgroup.attach if cgroup is not None else lambda _: None,
+            prepare=prepare,
+        )
+        return runtime.agent
 
     def _cannot_start(
-        self, environment: Environment, runtime: _Runtime, error: AgentError
+        self, environment_id: str, runtime: _Runtime, error: AgentError
     ) -> ServiceError:
         if runtime.releasing:
-            return not_running(self._store.get(environment.id) or environment)
+            environment = self._store.get(environment_id)
+            return (
+                environment_not_found(environment_id)
+                if environment is None
+                else not_running(environment)
+            )
         return ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             ErrorReason.QUOTA_EXCEEDED,
-            f"the command could not be started in environment {environment.id} ({error}); "
+            f"the command could not be started in environment {environment_id} ({error}); "
             "it may be at its max_pids or memory limit: end some of its processes, or "
             "create an environment with larger spec.limits",
         )
 
     @staticmethod
     def _oom_kills(runtime: _Runtime) -> int:
-        return runtime.cgroup.counters().oom_kills if runtime.cgroup is not None else 0
+        return runtime.cgroup.oom_kills() if runtime.cgroup is not None else 0
 
     def _process_limits(self, runtime: _Runtime) -> ProcessLimits:
         isolation = self.isolation
@@ -759,12 +801,14 @@ class SandboxManager:
                 log.exception("reaping expired environments failed")
 
     async def _reap(self) -> None:
-        """Terminates environments whose ttl ran out or that sat idle too long."""
+        """Saves activity kept in memory; terminates environments whose ttl ran out or that
+        sat idle too long."""
         now = time.time()
         due: list[tuple[str, TerminationReason, str]] = []
         for environment_id, runtime in list(self._runtimes.items()):
             if not runtime.ready.is_set() or environment_id in self._terminations:
                 continue
+            self._save_activity(environment_id, runtime)
             spec = runtime.spec
             if now >= runtime.expire_time:
                 message = f"its ttl of {spec.ttl_seconds:g}s ran out"
@@ -821,7 +865,7 @@ class SandboxManager:
         output_limit_bytes: int = 1 << 20,
     ) -> CommandResult:
         """Runs a command in the environment's sandbox and waits for it."""
-        environment, runtime = self._running_by_id(environment_id)
+        runtime = self._live(environment_id) or self._running_by_id(environment_id)[1]
         command = validation.internal_command(
             argv,
             env_vars=env_vars or {},
@@ -831,7 +875,7 @@ class SandboxManager:
         )
         output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         exited: ExecExited | None = None
-        async with contextlib.aclosing(self._exec(environment, runtime, command)) as events:
+        async with contextlib.aclosing(self._exec(environment_id, runtime, command)) as events:
             async for event in events:
                 if isinstance(event, ExecOutput):
                     output[event.stream] += event.data
@@ -870,12 +914,33 @@ class SandboxManager:
         )
 
     def touch(self, environment_id: str) -> None:
-        """Records activity, which postpones idle expiry."""
+        """Records activity, which postpones idle expiry.
+
+        A live environment's activity is kept in memory (which the idle reaper
+        and reads of the environment use) and saved at most once a
+        second, and on every reaper tick: a database write per command cost
+        more than starting the command.
+        """
         now = time.time()
         runtime = self._runtimes.get(environment_id)
-        if runtime is not None:
-            runtime.last_activity = max(runtime.last_activity, now)
-        self._store.record_activity(environment_id, now)
+        if runtime is None:
+            self._store.record_activity(environment_id, now)
+            return
+        runtime.last_activity = max(runtime.last_activity, now)
+        if now - runtime.saved_activity >= _ACTIVITY_SAVE_INTERVAL_SECONDS:
+            self._save_activity(environment_id, runtime)
+
+    def _save_activity(self, environment_id: str, runtime: _Runtime) -> None:
+        if runtime.last_activity > runtime.saved_activity:
+            self._store.record_activity(environment_id, runtime.last_activity)
+            runtime.saved_activity = runtime.last_activity
+
+    def _with_activity(self, environment: Environment) -> Environment:
+        """The record with the activity not saved yet."""
+        runtime = self._runtimes.get(environment.id)
+        if runtime is None or runtime.last_activity <= environment.last_activity_time:
+            return environment
+        return replace(environment, last_activity_time=runtime.last_activity)
 
     def on_terminated(self, callback: Callable[[str], None]) -> None:
         """Calls ``callback(environment_id)`` when an environment ends for any reason."""

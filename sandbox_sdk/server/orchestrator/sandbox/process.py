@@ -1,10 +1,12 @@
 """Running one command through the environment's agent and streaming its output.
 
 The orchestrator makes the command's pipes, hands their far ends to the agent
-with the spawn request, and reads the output with asyncio while the agent
-reports the start and the exit. Timeout, cancellation and closing the stream
-SIGKILL the command's process group through the agent, and wait until the
-agent reports it gone.
+with the spawn request, and reads the output with event-loop reader callbacks
+while the agent reports the start and the exit. Timeout, cancellation and
+closing the stream SIGKILL the command's process group through the agent,
+and wait until the agent reports it gone. A command costs no asyncio task
+(but one that writes its stdin), since a short command's round trip is
+dominated by such overheads.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,6 +31,8 @@ from sandbox_sdk.server.orchestrator.sandbox.model import ExecOutput, ExecStarte
 
 _DRAIN_AFTER_EXIT_SECONDS = 2.0
 _REAP_TIMEOUT_SECONDS = 10.0
+# Output chunks held before the pipes are no longer read (and so the command waits).
+_MAX_QUEUED_CHUNKS = 16
 
 Stream = Literal["stdout", "stderr"]
 
@@ -66,6 +71,28 @@ class ProcessExit:
 ProcessEvent = ExecStarted | ExecOutput | ProcessExit
 
 
+class Cancellation:
+    """A one-shot request to stop a command that, unlike an asyncio.Event, calls back at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        """Requests the stop (again: no effect)."""
+        if not self.requested:
+            self.requested = True
+            for callback in list(self._callbacks):
+                callback()
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Calls ``callback`` on :meth:`set` (now, if it was); returns the unsubscriber."""
+        if self.requested:
+            callback()
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
+
+
 class _OutputCap:
     """Passes at most ``cap`` bytes of one stream and remembers if it dropped any."""
 
@@ -81,12 +108,97 @@ class _OutputCap:
         return kept
 
 
+# Output chunks (an empty one is end of file), "exit" once the process ended,
+# "timeout" when a wait for the next item ran out.
+_Item = ExecOutput | Literal["exit", "timeout"]
+
+
+class _Output:
+    """The command's pipes, read by reader callbacks into one bounded queue with the exit.
+
+    When the consumer is slow the queue fills, the pipes are no longer read,
+    they fill, and the command waits: memory stays bounded.
+    """
+
+    def __init__(self, fds: Mapping[Stream, int], chunk_bytes: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fds = dict(fds)
+        self._chunk_bytes = chunk_bytes
+        self._items: deque[_Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        for fd in self._fds.values():
+            os.set_blocking(fd, False)
+        self._watch()
+
+    def _watch(self) -> None:
+        for name, fd in self._fds.items():
+            self._loop.add_reader(fd, self._read, name)
+
+    def _unwatch(self) -> None:
+        for fd in self._fds.values():
+            self._loop.remove_reader(fd)
+
+    def _read(self, name: Stream) -> None:
+        fd = self._fds[name]
+        try:
+            data = os.read(fd, self._chunk_bytes)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._loop.remove_reader(fd)
+            os.close(self._fds.pop(name))
+        self.push(ExecOutput(name, data))
+        if len(self._items) >= _MAX_QUEUED_CHUNKS and not self._paused:
+            self._paused = True
+            self._unwatch()
+
+    def push(self, item: _Item) -> None:
+        """Queues ``item`` and wakes the consumer."""
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _expire(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():  # so nothing came, and "timeout" is the only item
+            self._items.append("timeout")
+            waiter.set_result(None)
+
+    async def get(self, timeout: float | None) -> _Item:
+        """The next item; "timeout" if none came within ``timeout`` seconds (None: no limit)."""
+        if not self._items:
+            waiter = self._waiter = self._loop.create_future()
+            timer = None
+            if timeout is not None:
+                timer = self._loop.call_later(timeout, self._expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        item = self._items.popleft()
+        if self._paused and len(self._items) < _MAX_QUEUED_CHUNKS // 2:
+            self._paused = False
+            self._watch()
+        return item
+
+    def close(self) -> None:
+        """Stops reading and closes the pipes still open."""
+        self._unwatch()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 async def run_process(
     agent: AgentClient,
     launch: Launch,
     *,
     on_started: Callable[[int], None],
-    cancel: asyncio.Event,
+    cancel: Cancellation,
 ) -> AsyncGenerator[ProcessEvent, None]:
     """Runs ``launch`` and yields started, output chunks as they come, then the exit.
 
@@ -94,11 +206,9 @@ async def run_process(
     timeout, or closing this generator kills the command's process group.
     Raises :class:`~.agent_client.AgentError` if the agent cannot start it.
     """
-    loop = asyncio.get_running_loop()
     stdout_read, stdout_write = os.pipe()
     stderr_read, stderr_write = os.pipe()
     stdin_read, stdin_write = os.pipe() if launch.stdin else (None, None)
-    readers: list[asyncio.ReadTransport] = []
     try:
         command = await agent.spawn(launch.request, stdin_read, stdout_write, stderr_write)
     except BaseException:
@@ -106,17 +216,16 @@ async def run_process(
             if fd is not None:
                 os.close(fd)
         raise
+    output = _Output({"stdout": stdout_read, "stderr": stderr_read}, launch.chunk_bytes)
+    feeder = None
     try:
-        stdout = await _reader(loop, stdout_read, readers)
-        stderr = await _reader(loop, stderr_read, readers)
         on_started(command.pid)
         started = time.monotonic()
         yield ExecStarted(command.pid)
-        feeder = _feed(stdin_write, launch.stdin) if stdin_write is not None else None
-        stdin_write = None
-        async with contextlib.aclosing(
-            _stream(command, stdout, stderr, launch, cancel=cancel, feeder=feeder)
-        ) as events:
+        if stdin_write is not None:
+            feeder = asyncio.create_task(_feed(stdin_write, launch.stdin))
+            stdin_write = None
+        async with contextlib.aclosing(_stream(command, output, launch, cancel)) as events:
             async for event in events:
                 if isinstance(event, _Finished):
                     end = command.exited.result()
@@ -136,27 +245,13 @@ async def run_process(
     finally:
         if not command.exited.done():
             command.signal(signal.SIGKILL)
-        await _reap(command)
-        for transport in readers:
-            transport.close()
+            await _reap(command)
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+        output.close()
         if stdin_write is not None:
             os.close(stdin_write)
-
-
-async def _reader(
-    loop: asyncio.AbstractEventLoop, fd: int, transports: list[asyncio.ReadTransport]
-) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    try:
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-    except BaseException:
-        pipe.close()
-        raise
-    transports.append(transport)
-    return reader
 
 
 async def _reap(command: AgentCommand) -> CommandExit | None:
@@ -171,10 +266,6 @@ class _Finished:
     cancelled: bool
     stdout_truncated: bool
     stderr_truncated: bool
-
-
-# Output chunks (an empty one is end of file), and "exit" once the process ended.
-_Item = ExecOutput | Literal["exit"]
 
 
 class _Progress:
@@ -198,19 +289,10 @@ class _Progress:
 
 
 async def _stream(
-    command: AgentCommand,
-    stdout: asyncio.StreamReader,
-    stderr: asyncio.StreamReader,
-    launch: Launch,
-    *,
-    cancel: asyncio.Event,
-    feeder: Coroutine[None, None, None] | None,
+    command: AgentCommand, output: _Output, launch: Launch, cancel: Cancellation
 ) -> AsyncGenerator[ExecOutput | _Finished, None]:
-    # One bounded queue carries output and the exit in arrival order; when the
-    # consumer is slow the pumps block, the pipes fill and the command waits,
-    # so memory stays bounded. Timeout and cancellation kill the group from
-    # their own callbacks, so a stalled consumer cannot stretch either.
-    queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=16)
+    # Output and the exit come in arrival order. Timeout and cancellation kill
+    # the group from their own callbacks, so a stalled consumer cannot stretch either.
     progress = _Progress()
 
     def kill(record: Callable[[], None]) -> None:
@@ -218,14 +300,11 @@ async def _stream(
             record()
             command.signal(signal.SIGKILL)
 
-    helpers = [
-        asyncio.create_task(_pump("stdout", stdout, queue, launch.chunk_bytes)),
-        asyncio.create_task(_pump("stderr", stderr, queue, launch.chunk_bytes)),
-        asyncio.create_task(_announce_exit(command, queue)),
-        asyncio.create_task(_call_on(cancel, lambda: kill(progress.cancel))),
-    ]
-    if feeder is not None:
-        helpers.append(asyncio.create_task(feeder))
+    def announce_exit(_: object) -> None:
+        output.push("exit")
+
+    command.exited.add_done_callback(announce_exit)
+    unsubscribe = cancel.subscribe(lambda: kill(progress.cancel))
     timer = asyncio.get_running_loop().call_later(launch.timeout_seconds, kill, progress.time_out)
     caps: dict[Stream, _OutputCap] = {
         "stdout": _OutputCap(launch.output_cap_bytes),
@@ -235,10 +314,8 @@ async def _stream(
         while not progress.finished:
             # After the exit, output still buffered drains; a process that
             # left the group and holds the pipes open is not waited for.
-            drain = _DRAIN_AFTER_EXIT_SECONDS if progress.exited else None
-            try:
-                item = await asyncio.wait_for(queue.get(), drain)
-            except TimeoutError:
+            item = await output.get(_DRAIN_AFTER_EXIT_SECONDS if progress.exited else None)
+            if item == "timeout":
                 break
             if item == "exit":
                 progress.exited = True
@@ -254,30 +331,8 @@ async def _stream(
         )
     finally:
         timer.cancel()
-        for helper in helpers:
-            helper.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
-
-
-async def _pump(
-    name: Stream,
-    reader: asyncio.StreamReader,
-    queue: asyncio.Queue[_Item],
-    chunk_bytes: int,
-) -> None:
-    while chunk := await reader.read(chunk_bytes):
-        await queue.put(ExecOutput(name, chunk))
-    await queue.put(ExecOutput(name, b""))
-
-
-async def _announce_exit(command: AgentCommand, queue: asyncio.Queue[_Item]) -> None:
-    await asyncio.shield(command.exited)
-    await queue.put("exit")
-
-
-async def _call_on(event: asyncio.Event, action: Callable[[], None]) -> None:
-    await event.wait()
-    action()
+        unsubscribe()
+        command.exited.remove_done_callback(announce_exit)
 
 
 async def _feed(fd: int, data: bytes) -> None:

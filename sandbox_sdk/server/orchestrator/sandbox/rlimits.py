@@ -3,9 +3,9 @@
 The environment's agent starts behind a shell already running as the sandbox
 uid, which lowers the shared limits with its ``ulimit`` builtin before it
 ``exec``s anything; the agent lowers each command's own (CPU time above all)
-between fork and exec. (Lowering needs no privilege; setting another uid's
-limits with ``prlimit(2)`` would need CAP_SYS_RESOURCE, which containers
-often drop.)
+with ``prlimit(2)`` right after spawning it. (Lowering needs no privilege, and
+the command has the agent's uid; setting another uid's limits would need
+CAP_SYS_RESOURCE, which containers often drop.)
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class ProcessLimits:
         return " && ".join(commands)
 
     def rlimits(self) -> list[tuple[str, int, int]]:
-        """``(RLIMIT_* name, soft, hard)`` of one command, which its agent sets before exec.
+        """``(RLIMIT_* name, soft, hard)`` of one command, which its agent sets as it starts it.
 
         The agent can only lower them, so they are at most the environment's.
         """
