@@ -180,11 +180,8 @@ def env_ls(
         for sandbox in sandboxes:
             info = sandbox.info
             if as_json:
-                out.print_json(
-                    json.dumps(
-                        {"id": info.id, "state": info.state.value, "labels": info.labels},
-                    )
-                )
+                row = {"id": info.id, "state": info.state.value, "labels": info.labels}
+                sys.stdout.write(json.dumps(row) + "\n")
                 continue
             table.add_row(
                 info.id,

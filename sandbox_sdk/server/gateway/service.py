@@ -264,7 +264,13 @@ class GatewayService(_GenericRpcHandler):
             raise invalid_argument([(field, "required: the id the create call returned")])
         if not ids.is_valid(resource_id, kind):
             raise invalid_argument(
-                [(field, f"{resource_id!r} is not a {kind} id; they look like {kind}-o1-<16 hex>")]
+                [
+                    (
+                        field,
+                        f"{resource_id!r} is not an id this service issued; use the id the"
+                        f" create call returned, shaped {kind}-<orchestrator>-<16 hex digits>",
+                    )
+                ]
             )
         orchestrator_id = ids.owner_of(resource_id) or ""
         link = self._pool.owner(orchestrator_id)

@@ -398,9 +398,14 @@ class ExperimentEngine:
             run.task.cancel()
 
     def _on_environment_terminated(self, environment_id: str) -> None:
-        """SandboxPort callback; it may come from any thread."""
+        """SandboxPort callback; it may come from any thread.
+
+        Environments ended by the orchestrator's own shutdown are left to
+        recovery at the next start, which fails their experiments as
+        ORCHESTRATOR_RESTARTED rather than calling them cancelled.
+        """
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or not self._accepting:
             return
         try:
             current = asyncio.get_running_loop()
@@ -457,6 +462,30 @@ class ExperimentEngine:
                 ],
                 ExperimentChanges(state=ExperimentState.QUEUED, clear_start_time=True),
             )
+        for record in self.store.in_state(ExperimentState.QUEUED):
+            if not self._environment_survived(record):
+                self._fail_for_lost_environment(record)
+
+    def _environment_survived(self, record: ExperimentRecord) -> bool:
+        try:
+            self.sandbox.require_running(record.tenant, record.environment_id)
+        except ServiceError:
+            return False
+        return True
+
+    def _fail_for_lost_environment(self, record: ExperimentRecord) -> None:
+        self._queue.remove(record.id)
+        failure = Failure(
+            ErrorReason.ORCHESTRATOR_RESTARTED,
+            f"environment {record.environment_id} did not survive the orchestrator restart;"
+            " create a new environment and run the experiment again",
+        )
+        self.events.commit(
+            record.id,
+            [StateEvent(ExperimentState.FAILED, failure)],
+            ExperimentChanges(state=ExperimentState.FAILED, failure=failure, end_time=time.time()),
+        )
+        self.metrics.finished.labels(ExperimentState.FAILED.value).inc()
 
     def _get(self, experiment_id: str) -> ExperimentRecord:
         record = self.store.get(experiment_id)

@@ -1,0 +1,79 @@
+"""Every ```python example in README.md runs against the embedded server.
+
+Each block runs on its own, in order, in a fresh namespace, from a directory
+holding the README's client ``config.yaml`` (its ```yaml block with a ``target``)
+pointed at the test server; SANDBOX_TARGET and SANDBOX_DATA_DIR say the same.
+Environments a block leaves behind are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e_support import EmbeddedStack
+
+from sandbox_sdk import SandboxClient
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+_FENCED = re.compile(r"^```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
+
+
+def _blocks(language: str) -> list[tuple[int, str]]:
+    """(line number, code) of each fenced block of ``language`` in the README."""
+    text = README.read_text(encoding="utf-8")
+    return [
+        (text.count("\n", 0, match.start()) + 1, match.group("body"))
+        for match in _FENCED.finditer(text)
+        if match.group("lang").lower() == language
+    ]
+
+
+def _client_config(stack: EmbeddedStack) -> dict[str, Any]:
+    """The README's client config.yaml, if it shows one, aimed at the test server."""
+    config: dict[str, Any] = {}
+    for _, body in _blocks("yaml"):
+        loaded = yaml.safe_load(body)
+        if isinstance(loaded, dict) and "target" in loaded:
+            config = loaded
+            break
+    config.update({"target": stack.target, "data_dir": str(stack.data_dir)})
+    config.pop("api_key", None)
+    config.pop("api_key_file", None)
+    return config
+
+
+PYTHON_BLOCKS = _blocks("python")
+
+
+@pytest.fixture
+def readme_directory(stack: EmbeddedStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the README's config.yaml, and the environment variables set."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_client_config(stack)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SANDBOX_TARGET", stack.target)
+    monkeypatch.setenv("SANDBOX_DATA_DIR", str(stack.data_dir))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    PYTHON_BLOCKS or [pytest.param(0, "", marks=pytest.mark.skip("README.md has no python yet"))],
+    ids=[f"README.md:{line}" for line, _ in PYTHON_BLOCKS] or ["no-python-blocks"],
+)
+@pytest.mark.usefixtures("readme_directory")
+def test_readme_python_example_runs(line: int, code: str, client: SandboxClient) -> None:
+    before = {sandbox.id for sandbox in client.list_environments()}
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    try:
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102
+    finally:
+        for value in namespace.values():
+            if isinstance(value, SandboxClient):
+                value.close()
+        for sandbox in client.list_environments():
+            if sandbox.id not in before:
+                sandbox.delete()
