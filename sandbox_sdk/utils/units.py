@@ -99,6 +99,13 @@ def to_duration_pb(seconds: float) -> duration_pb2.Duration:
     return message
 
 
+def to_timestamp_pb(unix_seconds: float) -> timestamp_pb2.Timestamp:
+    """A ``google.protobuf.Timestamp`` at ``unix_seconds`` since the epoch."""
+    message = timestamp_pb2.Timestamp()
+    message.FromNanoseconds(round(unix_seconds * 1e9))
+    return message
+
+
 def from_duration_pb(message: duration_pb2.Duration) -> float:
     """Seconds in a ``google.protobuf.Duration``."""
     return message.seconds + message.nanos / 1e9

@@ -7,8 +7,6 @@ import binascii
 import json
 import re
 
-from google.protobuf import timestamp_pb2
-
 from sandbox.v1 import gateway_service_pb2 as gw
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.gateway.api_keys import (
@@ -19,6 +17,7 @@ from sandbox_sdk.server.gateway.api_keys import (
     Scope,
 )
 from sandbox_sdk.server.status import invalid_argument, not_found
+from sandbox_sdk.utils.units import to_timestamp_pb
 
 TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_TEXT = 200
@@ -33,12 +32,6 @@ _SCOPE_BY_PROTO = {
 _PROTO_BY_SCOPE = {scope: value for value, scope in _SCOPE_BY_PROTO.items()}
 
 
-def _timestamp(epoch_seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(epoch_seconds * 1e9))
-    return stamp
-
-
 def api_key_proto(record: ApiKeyRecord) -> gw.ApiKey:
     """The wire form of a key's metadata (never its hash)."""
     key = gw.ApiKey(
@@ -46,12 +39,12 @@ def api_key_proto(record: ApiKeyRecord) -> gw.ApiKey:
         tenant=record.tenant,
         scopes=sorted(_PROTO_BY_SCOPE[s] for s in record.scopes),
         display_name=record.display_name,
-        create_time=_timestamp(record.create_time),
+        create_time=to_timestamp_pb(record.create_time),
     )
     if record.expire_time is not None:
-        key.expire_time.CopyFrom(_timestamp(record.expire_time))
+        key.expire_time.CopyFrom(to_timestamp_pb(record.expire_time))
     if record.revoke_time is not None:
-        key.revoke_time.CopyFrom(_timestamp(record.revoke_time))
+        key.revoke_time.CopyFrom(to_timestamp_pb(record.revoke_time))
     return key
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2
 
 from sandbox.v1 import experiment_pb2
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -27,6 +27,7 @@ from sandbox_sdk.server.orchestrator.experiments.spec import (
     ScorerSpec,
 )
 from sandbox_sdk.utils.stats import Summary
+from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
 
 _STATE_PREFIX = "EXPERIMENT_STATE_"
 _LOG_PREFIX = "LOG_LEVEL_"
@@ -59,15 +60,15 @@ def experiment_to_proto(record: ExperimentRecord, queue_position: int) -> experi
         queue_position=queue_position if record.state is ExperimentState.QUEUED else 0,
         completed_samples=record.completed_samples,
         total_samples=record.total_samples,
-        create_time=timestamp(record.create_time),
+        create_time=to_timestamp_pb(record.create_time),
         last_sequence=record.last_sequence,
     )
     if record.failure is not None:
         message.failure.CopyFrom(failure_to_proto(record.failure))
     if record.start_time is not None:
-        message.start_time.CopyFrom(timestamp(record.start_time))
+        message.start_time.CopyFrom(to_timestamp_pb(record.start_time))
     if record.end_time is not None:
-        message.end_time.CopyFrom(timestamp(record.end_time))
+        message.end_time.CopyFrom(to_timestamp_pb(record.end_time))
     return message
 
 
@@ -83,7 +84,7 @@ def spec_to_proto(spec: ExperimentSpec) -> experiment_pb2.ExperimentSpec:
         system_prompt=spec.system_prompt,
         scorers=[scorer_to_proto(s) for s in spec.scorers],
         repeats=spec.repeats,
-        timeout=duration(spec.timeout_seconds),
+        timeout=to_duration_pb(spec.timeout_seconds),
         priority=spec.priority,
         labels=spec.labels,
     )
@@ -117,14 +118,14 @@ def scorer_to_proto(scorer: ScorerSpec) -> experiment_pb2.Scorer:
         message.json_valid.SetInParent()
     elif isinstance(check, CommandCheck):
         message.command.argv.extend(check.argv)
-        message.command.timeout.CopyFrom(duration(check.timeout_seconds))
+        message.command.timeout.CopyFrom(to_duration_pb(check.timeout_seconds))
     return message
 
 
 def event_to_proto(event: StoredEvent) -> experiment_pb2.ExperimentEvent:
     """The ExperimentEvent message of a committed event."""
     message = experiment_pb2.ExperimentEvent(
-        sequence=event.sequence, time=timestamp(event.time), experiment_id=event.experiment_id
+        sequence=event.sequence, time=to_timestamp_pb(event.time), experiment_id=event.experiment_id
     )
     payload = event.payload
     if isinstance(payload, LogEvent):
@@ -167,8 +168,8 @@ def sample_to_proto(sample: SampleRecord) -> experiment_pb2.SampleResult:
         usage=experiment_pb2.TokenUsage(
             prompt_tokens=sample.prompt_tokens, completion_tokens=sample.completion_tokens
         ),
-        latency=duration(sample.latency_seconds),
-        time_to_first_token=duration(sample.time_to_first_token_seconds),
+        latency=to_duration_pb(sample.latency_seconds),
+        time_to_first_token=to_duration_pb(sample.time_to_first_token_seconds),
         tokens_per_second=sample.tokens_per_second,
         finish_reason=sample.finish_reason,
         error=sample.error,
@@ -204,20 +205,6 @@ def model_to_proto(config: ModelConfig) -> experiment_pb2.Model:
 def failure_to_proto(failure: Failure) -> experiment_pb2.ExperimentFailure:
     """The ExperimentFailure message of a failure."""
     return experiment_pb2.ExperimentFailure(reason=failure.reason, message=failure.message)
-
-
-def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    """A Timestamp of a UNIX time in seconds."""
-    message = timestamp_pb2.Timestamp()
-    message.FromNanoseconds(round(seconds * 1e9))
-    return message
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    """A Duration of a number of seconds."""
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(seconds * 1e9))
-    return message
 
 
 def _value(value: float | int | bool | str) -> struct_pb2.Value:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, timestamp_pb2
-
 from sandbox.v1 import (
     common_pb2,
     environment_pb2,
@@ -23,20 +21,7 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     NetworkPolicy,
     Usage,
 )
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    """A Duration of ``seconds``."""
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(seconds * 1e9))
-    return message
-
-
-def timestamp(unix_seconds: float) -> timestamp_pb2.Timestamp:
-    """A Timestamp at ``unix_seconds``."""
-    message = timestamp_pb2.Timestamp()
-    message.FromNanoseconds(round(unix_seconds * 1e9))
-    return message
+from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
 
 
 def limits(value: Limits) -> common_pb2.ResourceLimits:
@@ -46,7 +31,7 @@ def limits(value: Limits) -> common_pb2.ResourceLimits:
         memory_bytes=value.memory_bytes,
         disk_bytes=value.disk_bytes,
         max_pids=value.max_pids,
-        exec_timeout=duration(value.exec_timeout_seconds),
+        exec_timeout=to_duration_pb(value.exec_timeout_seconds),
     )
 
 
@@ -61,8 +46,8 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
         limits=limits(value.limits),
         env_vars=dict(value.env_vars),
         labels=dict(value.labels),
-        ttl=duration(value.ttl_seconds),
-        idle_timeout=duration(value.idle_timeout_seconds),
+        ttl=to_duration_pb(value.ttl_seconds),
+        idle_timeout=to_duration_pb(value.idle_timeout_seconds),
         network_policy=network,
     )
 
@@ -79,12 +64,12 @@ def environment(value: Environment) -> environment_pb2.Environment:
         termination_message=value.termination_message,
         isolation=value.isolation,
         orchestrator_id=value.orchestrator_id,
-        create_time=timestamp(value.create_time),
-        expire_time=timestamp(value.expire_time),
-        last_activity_time=timestamp(value.last_activity_time),
+        create_time=to_timestamp_pb(value.create_time),
+        expire_time=to_timestamp_pb(value.expire_time),
+        last_activity_time=to_timestamp_pb(value.last_activity_time),
     )
     if value.terminate_time is not None:
-        message.terminate_time.CopyFrom(timestamp(value.terminate_time))
+        message.terminate_time.CopyFrom(to_timestamp_pb(value.terminate_time))
     return message
 
 
@@ -97,7 +82,7 @@ def usage(value: Usage) -> common_pb2.ResourceUsage:
         memory_peak_bytes=value.memory_peak_bytes,
         pids=value.pids,
         disk_bytes=value.disk_bytes,
-        sample_time=timestamp(value.sample_time),
+        sample_time=to_timestamp_pb(value.sample_time),
     )
 
 
@@ -108,7 +93,7 @@ def file_info(value: FileEntry) -> environment_pb2.FileInfo:
         size_bytes=value.size_bytes,
         is_dir=value.is_dir,
         mode=value.mode,
-        modify_time=timestamp(value.modify_time),
+        modify_time=to_timestamp_pb(value.modify_time),
     )
 
 
@@ -120,7 +105,7 @@ def _exited(value: ExecExited) -> environment_pb2.ExecExited:
         usage=common_pb2.ResourceUsage(
             cpu_seconds=value.cpu_seconds, memory_peak_bytes=value.memory_peak_bytes
         ),
-        duration=duration(value.duration_seconds),
+        duration=to_duration_pb(value.duration_seconds),
         stdout_truncated=value.stdout_truncated,
         stderr_truncated=value.stderr_truncated,
     )
