@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from gateway_callers import Caller, Stack, StartGateway, StartOrchestrator
 from gateway_testkit import FakeOrchestrator, FakeState
 
 from sandbox.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.server.gateway.api_keys import Scope
 from sandbox_sdk.server.gateway.config import GatewayConfig, OrchestratorEndpoint
 from sandbox_sdk.server.gateway.server import GatewayServer
-
-StartOrchestrator = Callable[..., Awaitable[FakeOrchestrator]]
-StartGateway = Callable[..., Awaitable[GatewayServer]]
 
 
 @pytest.fixture
@@ -69,19 +66,6 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[StartGateway]:
         await gateway.stop(0)
 
 
-@dataclass
-class Caller:
-    """A client of the gateway holding one API key."""
-
-    stub: gateway_service_pb2_grpc.GatewayServiceAsyncStub
-    key: str
-    tenant: str
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.key}"),)
-
-
 @pytest.fixture
 async def channels() -> AsyncIterator[Callable[[str], grpc.aio.Channel]]:
     """Opens client channels; closes them after the test."""
@@ -114,15 +98,6 @@ def caller_for(
         return Caller(stub, created.secret, tenant)
 
     return make
-
-
-@dataclass
-class Stack:
-    """One fake orchestrator behind one gateway, with a read+write caller of tenant team-a."""
-
-    orchestrator: FakeOrchestrator
-    gateway: GatewayServer
-    caller: Caller
 
 
 @pytest.fixture

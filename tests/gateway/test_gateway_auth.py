@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from conftest import Caller, Stack
+from gateway_callers import Caller, Stack
 from gateway_testkit import detail, reason
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2

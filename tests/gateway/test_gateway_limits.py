@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from conftest import Caller, StartGateway, StartOrchestrator
+from gateway_callers import Caller, StartGateway, StartOrchestrator
 from gateway_testkit import detail, reason
 from google.rpc import error_details_pb2
 

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Callable
 
 import grpc
-from conftest import Caller, Stack, StartGateway, StartOrchestrator
+from gateway_callers import Caller, Stack, StartGateway, StartOrchestrator
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sandbox.v1 import requests_pb2

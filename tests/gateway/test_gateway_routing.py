@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Caller, Stack, StartGateway, StartOrchestrator
+from gateway_callers import Caller, Stack, StartGateway, StartOrchestrator
 from gateway_testkit import FakeOrchestrator, detail, reason
 from google.rpc import error_details_pb2
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Caller, StartGateway, StartOrchestrator
+from gateway_callers import Caller, StartGateway, StartOrchestrator
 from gateway_testkit import FakeOrchestrator, reason
 from google.protobuf import field_mask_pb2
 

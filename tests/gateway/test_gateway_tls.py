@@ -7,11 +7,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import StartGateway, StartOrchestrator
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from gateway_callers import StartGateway, StartOrchestrator
 
 from sandbox.v1 import gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.server.gateway.api_keys import Scope

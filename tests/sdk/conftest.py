@@ -5,28 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from sdk_clock import FakeClock
 from sdk_drivers import DRIVERS, Driver
 from sdk_fake_gateway import API_KEY, FakeGateway, FakeServer
 
 from sandbox_sdk import AsyncSandboxClient, RetryPolicy, SandboxClient
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def async_sleep(self, seconds: float) -> None:
-        self.sleep(seconds)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import FakeClock
+from sdk_clock import FakeClock
 from sdk_drivers import Driver
 from sdk_fake_gateway import Failure, FakeGateway
 
