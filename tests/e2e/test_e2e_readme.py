@@ -17,6 +17,9 @@ import yaml
 from e2e_support import EmbeddedStack
 
 from sandbox_sdk import SandboxClient
+from sandbox_sdk.server.embedded import ServerConfigFile
+from sandbox_sdk.server.gateway.config import GatewayConfig
+from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _FENCED = re.compile(r"^```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
@@ -77,3 +80,17 @@ def test_readme_python_example_runs(line: int, code: str, client: SandboxClient)
         for sandbox in client.list_environments():
             if sandbox.id not in before:
                 sandbox.delete()
+
+
+def test_readme_server_config_example_is_valid() -> None:
+    """The deployment YAML in README.md passes the services' own config validation."""
+    server_configs = [
+        loaded
+        for _, body in _blocks("yaml")
+        if isinstance(loaded := yaml.safe_load(body), dict) and "gateway" in loaded
+    ]
+    assert server_configs, "README.md shows no server config with a gateway: section"
+    for loaded in server_configs:
+        sections = ServerConfigFile.model_validate(loaded)
+        GatewayConfig.model_validate(sections.gateway)
+        OrchestratorConfig.model_validate(sections.orchestrator)
