@@ -13,15 +13,22 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 install: $(STAMP) node-deps
 
-# bubblewrap is the sandbox's namespace layer; iproute2 gives tests their own
-# network namespaces. Installed only when missing, and only where we can.
+# System tools the sandboxes and tests use, installed only when missing and
+# only where we can (root with apt-get): bubblewrap (namespaces), util-linux's
+# setpriv and mount, e2fsprogs' mkfs.ext4 (per-environment disk quotas), and
+# Node.js with npm for the polyglot client test.
+SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux mkfs.ext4:e2fsprogs node:nodejs npm:npm
+
 system-deps:
-	@if ! command -v bwrap >/dev/null 2>&1; then \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing bubblewrap"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	    echo "installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "warning: bubblewrap is missing and cannot be installed here; sandboxes fall back to weaker isolation" >&2; \
+	    echo "warning: missing$$missing and cannot install them here; sandboxes fall back to weaker isolation" >&2; \
 	  fi; \
 	fi
 
@@ -33,8 +40,8 @@ $(STAMP): pyproject.toml | system-deps
 
 node-deps: tests/polyglot/node_modules/.installed
 
-tests/polyglot/node_modules/.installed: tests/polyglot/package.json
-	cd tests/polyglot && npm install --no-audit --no-fund --silent
+tests/polyglot/node_modules/.installed: tests/polyglot/package.json | system-deps
+	cd tests/polyglot && npm ci --no-audit --no-fund --silent
 	touch $@
 
 GRPC_INCLUDE = $(shell $(PY) -c "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))")
