@@ -32,9 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
+from sandbox_sdk.server.gateway.in_process import InProcessLink, RpcHandler
 from sandbox_sdk.server.gateway.server import GatewayServer
 from sandbox_sdk.server.orchestrator.app import OrchestratorApp
 from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
+from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
+from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
+from sandbox_sdk.server.orchestrator.servicer import ENVIRONMENT_RPCS, EXPERIMENT_RPCS
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +94,24 @@ def _resolve_data_dir(data_dir: Path | str | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
 
 
+def orchestrator_link(app: OrchestratorApp) -> InProcessLink:
+    """A gateway link that calls ``app``'s handlers in this process."""
+    environments = EnvironmentHandlers(app.sandboxes)
+    experiments = ExperimentHandlers(app.experiments)
+    handlers: dict[str, RpcHandler] = {
+        name: getattr(environments, name) for name in ENVIRONMENT_RPCS
+    }
+    handlers.update({name: getattr(experiments, name) for name in EXPERIMENT_RPCS})
+    return InProcessLink(app.config.orchestrator_id, app.address, handlers)
+
+
 async def run_embedded(
     host: str = "127.0.0.1",
     port: int = 50051,
     data_dir: Path | str | None = None,
     config_path: Path | str | None = None,
+    *,
+    in_process: bool = True,
 ) -> EmbeddedServer:
     """Starts an orchestrator on 127.0.0.1 (a free port) and a gateway on ``host:port``.
 
@@ -104,6 +121,12 @@ async def run_embedded(
     ``<data_dir>/admin.key`` (created on first start, reused after). Values in
     the config file's sections apply, except the addresses, which are the
     arguments' (the orchestrator is never exposed beyond loopback).
+
+    With ``in_process`` (the default) the gateway calls the orchestrator's
+    handlers directly (:class:`InProcessLink`) instead of over a loopback gRPC
+    channel, which saves a gRPC hop per call; the orchestrator still serves
+    its loopback port. ``in_process=False`` keeps the gRPC hop, as between
+    separate processes.
     """
     root = _resolve_data_dir(data_dir)
     sections = ServerConfigFile.load(config_path)
@@ -130,7 +153,8 @@ async def run_embedded(
                 "internal_token": orchestrator_config.internal_token,
             }
         )
-        gateway = await GatewayServer.start(gateway_config)
+        links = [orchestrator_link(orchestrator)] if in_process else []
+        gateway = await GatewayServer.start(gateway_config, links)
     except BaseException:
         await orchestrator.stop(0)
         raise

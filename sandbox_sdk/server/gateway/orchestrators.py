@@ -1,4 +1,11 @@
-"""The orchestrators behind the gateway: one channel each, health, capacity and placement."""
+"""The orchestrators behind the gateway: one link each, health, capacity and placement.
+
+A link is how the gateway reaches one orchestrator. :class:`GrpcOrchestratorLink`
+calls it over a gRPC channel; the embedded server's in-process link
+(``in_process.py``) calls the handlers of an orchestrator running in the same
+process. Both take and return serialized messages and report failures as
+``grpc.aio.AioRpcError``, so the gateway treats them alike.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,31 +37,114 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
-_GET_CAPACITY = "/sandbox.v1.OrchestratorService/GetCapacity"
+GET_CAPACITY = "/sandbox.v1.OrchestratorService/GetCapacity"
 _NO_CAPACITY_RETRY_SECONDS = 5.0
 _NO_ORCHESTRATOR_RETRY_SECONDS = 2.0
 
 Capacity = orchestrator_service_pb2.GetCapacityResponse
-UnaryCallable = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
-StreamCallable = grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+CallMetadata = Sequence[tuple[str, str | bytes]]
 
 
-class OrchestratorLink:
-    """One orchestrator: its channel, multicallables, last health and capacity."""
+class UnaryCallable(Protocol):
+    """A bytes-in, bytes-out unary call to one orchestrator method."""
 
-    def __init__(
-        self, endpoint: OrchestratorEndpoint, internal_metadata: tuple[tuple[str, str], ...]
-    ) -> None:
-        self.id = endpoint.id
-        self.address = endpoint.address
-        self.channel = grpc.aio.insecure_channel(endpoint.address, options=CHANNEL_OPTIONS)
-        self.internal_metadata = internal_metadata
+    def __call__(
+        self, request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
+    ) -> Awaitable[bytes]: ...
+
+
+class StreamCall(Protocol):
+    """A server-streaming call in progress: its serialized messages, and a way to stop it."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def cancel(self) -> bool: ...
+
+
+class StreamCallable(Protocol):
+    """A bytes-in, bytes-out server-streaming call to one orchestrator method."""
+
+    def __call__(
+        self, request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
+    ) -> StreamCall: ...
+
+
+class OrchestratorLink(Protocol):
+    """What the gateway needs of one orchestrator, however it reaches it.
+
+    ``healthy``, ``capacity`` and ``capacity_time`` are kept by the pool.
+    """
+
+    id: str
+    address: str
+    internal_metadata: tuple[tuple[str, str], ...]
+    healthy: bool | None
+    capacity: Capacity | None
+    capacity_time: float
+
+    def unary(self, path: str) -> UnaryCallable:
+        """The unary callable for a method path."""
+        ...
+
+    def stream(self, path: str) -> StreamCallable:
+        """The server-streaming callable for a method path."""
+        ...
+
+    def require_available(self) -> None:
+        """Raises UNAVAILABLE ORCHESTRATOR_UNAVAILABLE when the orchestrator is known down."""
+        ...
+
+    async def check_health(self, timeout: float) -> bool:
+        """Whether the orchestrator serves."""
+        ...
+
+    def connection_lost(self) -> bool:
+        """Whether the way to the orchestrator is broken (not just one call failing)."""
+        ...
+
+    async def close(self) -> None:
+        """Ends calls in flight and releases the link."""
+        ...
+
+
+class LinkState:
+    """Health and capacity as the pool last saw them; the part every link shares."""
+
+    def __init__(self, orchestrator_id: str) -> None:
+        self.id = orchestrator_id
         # None until the first health check answers.
         self.healthy: bool | None = None
         self.capacity: Capacity | None = None
         self.capacity_time = 0.0
-        self._unary: dict[str, UnaryCallable] = {}
-        self._stream: dict[str, StreamCallable] = {}
+
+    def require_available(self) -> None:
+        """Raises UNAVAILABLE ORCHESTRATOR_UNAVAILABLE when health checks say it is down."""
+        if self.healthy is False:
+            raise unavailable(self.id)
+
+
+async def fetch_capacity(link: OrchestratorLink, timeout: float) -> Capacity:
+    """Calls GetCapacity."""
+    raw = await link.unary(GET_CAPACITY)(
+        orchestrator_service_pb2.GetCapacityRequest().SerializeToString(),
+        timeout=timeout,
+        metadata=link.internal_metadata,
+    )
+    return Capacity.FromString(raw)
+
+
+class GrpcOrchestratorLink(LinkState):
+    """An orchestrator reached over gRPC: its channel and multicallables."""
+
+    def __init__(
+        self, endpoint: OrchestratorEndpoint, internal_metadata: tuple[tuple[str, str], ...]
+    ) -> None:
+        super().__init__(endpoint.id)
+        self.address = endpoint.address
+        self.channel = grpc.aio.insecure_channel(endpoint.address, options=CHANNEL_OPTIONS)
+        self.internal_metadata = internal_metadata
+        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._stream: dict[str, grpc.aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def unary(self, path: str) -> UnaryCallable:
@@ -70,11 +161,6 @@ class OrchestratorLink:
             callable_ = self._stream[path] = self.channel.unary_stream(path, None, None)
         return callable_
 
-    def require_available(self) -> None:
-        """Raises UNAVAILABLE ORCHESTRATOR_UNAVAILABLE when health checks say it is down."""
-        if self.healthy is False:
-            raise unavailable(self.id)
-
     async def check_health(self, timeout: float) -> bool:
         """Asks grpc.health.v1 whether the orchestrator serves."""
         try:
@@ -85,14 +171,10 @@ class OrchestratorLink:
             return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def fetch_capacity(self, timeout: float) -> Capacity:
-        """Calls GetCapacity."""
-        raw = await self.unary(_GET_CAPACITY)(
-            orchestrator_service_pb2.GetCapacityRequest().SerializeToString(),
-            timeout=timeout,
-            metadata=self.internal_metadata,
-        )
-        return Capacity.FromString(raw)
+    def connection_lost(self) -> bool:
+        """Whether the channel has lost its connection."""
+        state = self.channel.get_state(try_to_connect=False)
+        return state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.IDLE)
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls still in flight."""
@@ -137,11 +219,16 @@ class OrchestratorPool:
         health_interval: float = 1.0,
         capacity_ttl: float = 1.0,
         on_health_change: Callable[[str, bool], None] = lambda orchestrator_id, healthy: None,
+        in_process: Sequence[OrchestratorLink] = (),
     ) -> None:
+        """``in_process`` links replace the gRPC links of the endpoints with their ids."""
         internal_metadata = (
             (("authorization", f"Bearer {internal_token}"),) if internal_token else ()
         )
-        self.links = [OrchestratorLink(e, internal_metadata) for e in endpoints]
+        local = {link.id: link for link in in_process}
+        self.links: list[OrchestratorLink] = [
+            local.get(e.id) or GrpcOrchestratorLink(e, internal_metadata) for e in endpoints
+        ]
         self.by_id = {link.id: link for link in self.links}
         self._health_interval = health_interval
         self._capacity_ttl = capacity_ttl
@@ -186,11 +273,10 @@ class OrchestratorPool:
         """Records a call that could not reach the orchestrator.
 
         It is taken down at once (without waiting for the next health check)
-        only when its channel has lost the connection; one failed call on a
+        only when its link has lost the connection; one failed call on a
         working connection is left to the health checks.
         """
-        state = link.channel.get_state(try_to_connect=False)
-        if state not in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.IDLE):
+        if not link.connection_lost():
             return
         if link.healthy is not False:
             log.warning("orchestrator=%s address=%s unreachable", link.id, link.address)
@@ -251,7 +337,7 @@ class OrchestratorPool:
         if link.capacity is not None and now - link.capacity_time < self._capacity_ttl:
             return link.capacity
         try:
-            capacity = await link.fetch_capacity(timeout)
+            capacity = await fetch_capacity(link, timeout)
         except grpc.aio.AioRpcError as error:
             log.warning("orchestrator=%s GetCapacity failed: %s", link.id, error.code().name)
             if error.code() == grpc.StatusCode.UNAVAILABLE:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,11 @@ from sandbox_sdk.server.gateway.authentication import Authenticator
 from sandbox_sdk.server.gateway.config import GatewayConfig, TlsConfig
 from sandbox_sdk.server.gateway.methods import GATEWAY_SERVICE
 from sandbox_sdk.server.gateway.metrics import GatewayMetrics
-from sandbox_sdk.server.gateway.orchestrators import MAX_MESSAGE_BYTES, OrchestratorPool
+from sandbox_sdk.server.gateway.orchestrators import (
+    MAX_MESSAGE_BYTES,
+    OrchestratorLink,
+    OrchestratorPool,
+)
 from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
 from sandbox_sdk.server.gateway.service import GatewayService
@@ -69,8 +74,14 @@ class GatewayServer:
         return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
 
     @classmethod
-    async def start(cls, config: GatewayConfig) -> GatewayServer:
-        """Opens the key store, checks the orchestrators and starts serving."""
+    async def start(
+        cls, config: GatewayConfig, in_process: Sequence[OrchestratorLink] = ()
+    ) -> GatewayServer:
+        """Opens the key store, checks the orchestrators and starts serving.
+
+        ``in_process`` links (see ``in_process.py``) reach the configured
+        orchestrators with their ids in this process instead of over gRPC.
+        """
         database = Database(config.db_path)
         keys = ApiKeyStore(database, cache_seconds=config.key_cache_seconds)
         metrics = GatewayMetrics()
@@ -81,6 +92,7 @@ class GatewayServer:
             health_interval=config.health_check_interval_seconds,
             capacity_ttl=config.capacity_cache_seconds,
             on_health_change=metrics.orchestrator_health,
+            in_process=in_process,
         )
         await pool.start()
         service = GatewayService(

@@ -1,0 +1,277 @@
+"""A link to an orchestrator in the gateway's own process: its handlers are called directly.
+
+gRPC Java and Go have an in-process transport for a client and a server in one
+process; grpc.aio has none, and a loopback call costs about as much as the
+orchestrator's own work. The embedded server (``sandbox-sdk serve``) uses this
+link instead of a channel to its orchestrator:
+
+* Requests and responses stay serialized at the link, as over a channel, so the
+  gateway forwards the same bytes either way (parsing a request and serializing
+  a response cost microseconds).
+* Handlers get an :class:`InProcessContext`: the metadata the gateway sends
+  (tenant, request id), the caller's deadline, and ``abort``.
+* A :class:`ServiceError` becomes the ``AioRpcError`` the orchestrator's
+  ErrorInterceptor would have sent (code, message, details trailer), so the
+  gateway's retries, fan-out and quota counts treat it as a remote error. Any
+  other exception propagates: the gateway's own ErrorInterceptor logs it and
+  answers INTERNAL with the request id, as the orchestrator's would have.
+* A stream runs the handler's async generator one message per read, without
+  buffering; cancelling the call closes the generator, so its cleanup runs
+  (a command's process tree is killed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, NoReturn, cast
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+
+from sandbox_sdk.server.gateway.methods import ORCHESTRATOR_SERVICE
+from sandbox_sdk.server.gateway.orchestrators import (
+    CallMetadata,
+    LinkState,
+    StreamCall,
+    StreamCallable,
+    UnaryCallable,
+)
+from sandbox_sdk.server.status import ServiceError, invalid_argument, request_id_of
+
+log = logging.getLogger(__name__)
+
+RpcHandler = Callable[[Any, Any], Any]
+"""A bound orchestrator handler: ``(request, context)`` to a response or an async generator."""
+
+
+class InProcessContext:
+    """The part of ``grpc.aio.ServicerContext`` the orchestrator's handlers use.
+
+    They read the invocation metadata (``tenant_of``, ``request_id_of``), may ask
+    how long the caller still waits, and may abort; nothing else is provided.
+    """
+
+    __slots__ = ("_deadline", "_metadata")
+
+    def __init__(self, metadata: CallMetadata, deadline: float | None) -> None:
+        self._metadata = metadata
+        self._deadline = deadline
+
+    def invocation_metadata(self) -> CallMetadata:
+        """The metadata the gateway sent: tenant and request id."""
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the caller's deadline, ``None`` without one."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: CallMetadata = ()
+    ) -> NoReturn:
+        """Ends the call with this status: the gateway gets it as a failed gRPC call."""
+        raise _rpc_error(code, details, trailing_metadata)
+
+
+class InProcessLink(LinkState):
+    """An orchestrator in this process, reached by calling its handlers.
+
+    ``handlers`` maps every OrchestratorService RPC name to its bound handler.
+    Health is SERVING until :meth:`close`: the link lives as long as the server
+    that made it, which stops the gateway before the orchestrator.
+    """
+
+    def __init__(
+        self, orchestrator_id: str, address: str, handlers: Mapping[str, RpcHandler]
+    ) -> None:
+        super().__init__(orchestrator_id)
+        self.address = address
+        self.internal_metadata: tuple[tuple[str, str], ...] = ()
+        missing = sorted(set(ORCHESTRATOR_SERVICE.methods_by_name) - set(handlers))
+        if missing:
+            raise ValueError(f"OrchestratorService RPCs with no handler: {missing}")
+        self._unary: dict[str, UnaryCallable] = {}
+        self._stream: dict[str, StreamCallable] = {}
+        for method in ORCHESTRATOR_SERVICE.methods:
+            path = f"/{ORCHESTRATOR_SERVICE.full_name}/{method.name}"
+            request_type = GetMessageClass(method.input_type)
+            if method.server_streaming:
+                self._stream[path] = self._streaming(request_type, handlers[method.name])
+            else:
+                self._unary[path] = self._unary_call(request_type, handlers[method.name])
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def unary(self, path: str) -> UnaryCallable:
+        """The unary callable for ``path``."""
+        return self._unary[path]
+
+    def stream(self, path: str) -> StreamCallable:
+        """The server-streaming callable for ``path``."""
+        return self._stream[path]
+
+    async def check_health(self, timeout: float) -> bool:
+        """Serving until the link is closed."""
+        return not self._closed
+
+    def connection_lost(self) -> bool:
+        """Never: there is no connection to lose."""
+        return False
+
+    async def close(self) -> None:
+        """Waits for cancelled streams to finish closing."""
+        self._closed = True
+        await asyncio.gather(*self._closing)
+
+    @staticmethod
+    def _unary_call(request_type: type[Message], handler: RpcHandler) -> UnaryCallable:
+        async def call(
+            request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
+        ) -> bytes:
+            deadline = _deadline(timeout)
+            context = InProcessContext(metadata or (), deadline)
+            scope = asyncio.timeout_at(deadline)
+            try:
+                _require_time_left(deadline)
+                async with scope:
+                    response: Message = await handler(_parse(request_type, request), context)
+            except ServiceError as error:
+                raise _remote_error(error, context) from None
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise _deadline_exceeded() from None
+            return response.SerializeToString()
+
+        return call
+
+    def _streaming(self, request_type: type[Message], handler: RpcHandler) -> StreamCallable:
+        def call(
+            request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
+        ) -> StreamCall:
+            deadline = _deadline(timeout)
+            context = InProcessContext(metadata or (), deadline)
+
+            def start() -> AsyncGenerator[Message, None]:
+                generator: AsyncGenerator[Message, None] = handler(
+                    _parse(request_type, request), context
+                )
+                return generator
+
+            return _InProcessStream(start, context, deadline, self._close_later)
+
+        return call
+
+    def _close_later(self, messages: AsyncGenerator[Message, None]) -> None:
+        task = asyncio.get_running_loop().create_task(_close(messages))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+class _InProcessStream:
+    """One server-streaming call: the handler's generator, advanced once per read."""
+
+    def __init__(
+        self,
+        start: Callable[[], AsyncGenerator[Message, None]],
+        context: InProcessContext,
+        deadline: float | None,
+        close_later: Callable[[AsyncGenerator[Message, None]], None],
+    ) -> None:
+        self._start = start
+        self._context = context
+        self._deadline = deadline
+        self._close_later = close_later
+        self._messages: AsyncGenerator[Message, None] | None = None
+        self._cancelled = False
+
+    def __aiter__(self) -> _InProcessStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._cancelled:
+            raise _rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+        scope = asyncio.timeout_at(self._deadline)
+        try:
+            async with scope:
+                if self._messages is None:
+                    _require_time_left(self._deadline)
+                    self._messages = self._start()
+                message = await anext(self._messages)
+        except ServiceError as error:
+            raise _remote_error(error, self._context) from None
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise _deadline_exceeded() from None
+        return message.SerializeToString()
+
+    def cancel(self) -> bool:
+        """Stops the call; a generator paused at a message is closed in a task.
+
+        The gateway cancels from the task that reads the stream, between
+        reads, so the generator is never running then.
+        """
+        if self._cancelled:
+            return False
+        self._cancelled = True
+        messages = self._messages
+        if messages is not None and _paused(messages):
+            self._close_later(messages)
+        return True
+
+
+def _paused(messages: AsyncGenerator[Message, None]) -> bool:
+    # A generator that returned or raised has no frame left to close.
+    return cast(types.AsyncGeneratorType[Message, None], messages).ag_frame is not None
+
+
+async def _close(messages: AsyncGenerator[Message, None]) -> None:
+    try:
+        await messages.aclose()
+    except Exception:
+        log.exception("closing a cancelled in-process stream failed")
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def _require_time_left(deadline: float | None) -> None:
+    # A call whose deadline has passed is not started, as gRPC does not send it.
+    if deadline is not None and deadline <= asyncio.get_running_loop().time():
+        raise _deadline_exceeded()
+
+
+def _parse(request_type: type[Message], request: bytes) -> Message:
+    try:
+        return request_type.FromString(request)
+    except DecodeError:
+        raise invalid_argument(
+            [("request", f"not a serialized {request_type.DESCRIPTOR.name}")]
+        ) from None
+
+
+def _rpc_error(
+    code: grpc.StatusCode, details: str, trailing_metadata: CallMetadata = ()
+) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing_metadata), details, None
+    )
+
+
+def _remote_error(error: ServiceError, context: InProcessContext) -> grpc.aio.AioRpcError:
+    """What a gRPC client of the orchestrator gets for ``error``: its rich status."""
+    # request_id_of reads only invocation_metadata, which InProcessContext has.
+    request_id = request_id_of(cast("grpc.aio.ServicerContext[Any, Any]", context))
+    status = error.to_status(request_id)
+    return _rpc_error(status.code, status.details, tuple(status.trailing_metadata))
+
+
+def _deadline_exceeded() -> grpc.aio.AioRpcError:
+    return _rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
