@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from sandbox_sdk.errors import ConfigError
+import grpc
+
+from sandbox_sdk.errors import ConfigError, SandboxError
 
 AUTHORIZATION_KEY = "authorization"
 Metadata = tuple[tuple[str, str], ...]
@@ -121,3 +123,29 @@ class BearerAuth:
 
     def __repr__(self) -> str:
         return f"BearerAuth(provider={self._provider!r})"
+
+
+class RefreshOnce:
+    """One call's allowance of a single credential refresh after UNAUTHENTICATED.
+
+    Calling it with a failed call's error says whether to retry at once with a
+    fresh token; it says so at most once per call, and only for refreshable
+    credentials (a static API key cannot get better by asking again).
+    """
+
+    __slots__ = ("_auth", "_used")
+
+    def __init__(self, auth: BearerAuth) -> None:
+        self._auth = auth
+        self._used = False
+
+    def __call__(self, error: SandboxError) -> bool:
+        if (
+            self._used
+            or not self._auth.refreshable
+            or error.code != grpc.StatusCode.UNAUTHENTICATED
+        ):
+            return False
+        self._used = True
+        self._auth.invalidate()
+        return True

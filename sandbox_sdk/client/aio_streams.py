@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
+from sandbox_sdk.auth.credentials import RefreshOnce
 from sandbox_sdk.client.aio_transport import AsyncTransport
 from sandbox_sdk.client.calls import Rpc, translate, with_attempts_note
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
@@ -46,7 +47,7 @@ class AsyncServerStream(Generic[T]):
         self._timeout = timeout
         self._ends_at = None if timeout is None else self._policy.clock() + timeout
         self._attempts: Attempts | None = None
-        self._refreshed = False
+        self._refresh = RefreshOnce(transport.auth)
         self._closed = False
         self._reconnects = 0
         self._started = time.perf_counter()
@@ -94,11 +95,7 @@ class AsyncServerStream(Generic[T]):
         )
 
     def _retry_delay(self, error: SandboxError) -> float | None:
-        auth = self._transport.auth
-        unauthenticated = error.code == grpc.StatusCode.UNAUTHENTICATED
-        if unauthenticated and auth.refreshable and not self._refreshed:
-            self._refreshed = True
-            auth.invalidate()
+        if self._refresh(error):
             return 0.0
         if not self._resumable:
             return None

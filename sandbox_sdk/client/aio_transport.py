@@ -9,7 +9,7 @@ import grpc
 import grpc.aio
 
 from sandbox.v1 import gateway_service_pb2_grpc
-from sandbox_sdk.auth.credentials import BearerAuth
+from sandbox_sdk.auth.credentials import BearerAuth, RefreshOnce
 from sandbox_sdk.client.calls import Rpc, method_table, translate, with_attempts_note
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
 from sandbox_sdk.errors import SandboxError
@@ -63,17 +63,12 @@ class AsyncTransport:
         self, rpc: Rpc, request: Any, call_timeout: float, attempts: Attempts, error: grpc.RpcError
     ) -> tuple[Any, int]:
         policy = attempts.policy
-        refreshed = False
+        refresh = RefreshOnce(self.auth)
         while True:
             converted = translate(error, self.target, rpc.name)
-            if (
-                converted.code == grpc.StatusCode.UNAUTHENTICATED
-                and self.auth.refreshable
-                and not refreshed
-            ):
-                refreshed = True
-                self.auth.invalidate()
-                delay: float | None = 0.0
+            delay: float | None
+            if refresh(converted):
+                delay = 0.0
             else:
                 delay = attempts.next_delay(converted) if rpc.retry_safe else None
             if delay is None:

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from sandbox_sdk.auth.credentials import RefreshOnce
 from sandbox_sdk.client.calls import Rpc, translate, with_attempts_note
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
 from sandbox_sdk.client.stream_state import ExecCollector
@@ -48,7 +49,7 @@ class ServerStream(Generic[T]):
         self._resumable = resumable
         self._ends_at = None if timeout is None else self._policy.clock() + timeout
         self._attempts: Attempts | None = None
-        self._refreshed = False
+        self._refresh = RefreshOnce(transport.auth)
         self._closed = False
         self._reconnects = 0
         self._started = time.perf_counter()
@@ -90,14 +91,7 @@ class ServerStream(Generic[T]):
         )
 
     def _retry_delay(self, error: SandboxError) -> float | None:
-        auth = self._transport.auth
-        if (
-            error.code == grpc.StatusCode.UNAUTHENTICATED
-            and auth.refreshable
-            and not self._refreshed
-        ):
-            self._refreshed = True
-            auth.invalidate()
+        if self._refresh(error):
             return 0.0
         if not self._resumable:
             return None
