@@ -31,6 +31,7 @@ class ErrorReason(enum.StrEnum):
     API_KEY_REVOKED = "API_KEY_REVOKED"
     API_KEY_EXPIRED = "API_KEY_EXPIRED"
     SCOPE_MISSING = "SCOPE_MISSING"
+    CROSS_TENANT_DENIED = "CROSS_TENANT_DENIED"
     ENVIRONMENT_NOT_FOUND = "ENVIRONMENT_NOT_FOUND"
     EXPERIMENT_NOT_FOUND = "EXPERIMENT_NOT_FOUND"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
@@ -47,6 +48,8 @@ class ErrorReason(enum.StrEnum):
     MODEL_ERROR = "MODEL_ERROR"
     EVALUATION_ERROR = "EVALUATION_ERROR"
     TIMEOUT = "TIMEOUT"
+    NETWORK_NOT_ALLOWED = "NETWORK_NOT_ALLOWED"
+    NETWORK_UNAVAILABLE = "NETWORK_UNAVAILABLE"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
 
@@ -124,7 +127,7 @@ class AuthenticationError(SandboxError):
 
 
 class PermissionDeniedError(SandboxError):
-    """The API key is valid but lacks the scope the call needs."""
+    """The API key is valid but lacks the scope the call needs, or names another tenant."""
 
     default_code = grpc.StatusCode.PERMISSION_DENIED
 

@@ -33,6 +33,7 @@ class TerminationReason(enum.StrEnum):
     ORCHESTRATOR_RESTARTED = "ORCHESTRATOR_RESTARTED"
     ORCHESTRATOR_LOST = "ORCHESTRATOR_LOST"
     SETUP_FAILED = "SETUP_FAILED"
+    SANDBOX_VIOLATION = "SANDBOX_VIOLATION"
 
 
 class NetworkPolicy(enum.StrEnum):
@@ -41,6 +42,7 @@ class NetworkPolicy(enum.StrEnum):
     UNSPECIFIED = "UNSPECIFIED"
     NONE = "NONE"
     HOST = "HOST"
+    EGRESS = "EGRESS"
 
 
 _STATES = enum_table(

@@ -77,6 +77,8 @@ def make_spec(
     ttl_seconds: float = 300.0,
     idle_timeout_seconds: float = 300.0,
     network: NetworkPolicy = NetworkPolicy.NONE,
+    egress_allow_cidrs: Sequence[str] = (),
+    egress_deny_cidrs: Sequence[str] = (),
 ) -> EnvironmentSpec:
     """An environment spec with test-sized limits."""
     return EnvironmentSpec(
@@ -86,6 +88,8 @@ def make_spec(
         ttl_seconds=ttl_seconds,
         idle_timeout_seconds=idle_timeout_seconds,
         network=network,
+        egress_allow_cidrs=tuple(egress_allow_cidrs),
+        egress_deny_cidrs=tuple(egress_deny_cidrs),
     )
 
 

@@ -13,6 +13,7 @@ from sandbox_support import (
     command_pids,
     create,
     eventually,
+    fast_settings,
     make_spec,
     needs_isolation,
     pid_alive,
@@ -162,7 +163,7 @@ async def test_another_environments_workspace_is_not_visible(tmp_path: Path) -> 
         assert owner.id not in result.out
 
 
-async def test_network_is_unreachable_unless_the_policy_is_host(tmp_path: Path) -> None:
+async def test_network_is_unreachable_unless_the_operator_allows_host(tmp_path: Path) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -175,7 +176,8 @@ async def test_network_is_unreachable_unless_the_policy_is_host(tmp_path: Path) 
         "    print('failed', error)\n"
     )
     try:
-        async with running_manager(tmp_path) as manager:
+        settings = fast_settings(host_network_tenants=(TENANT,))
+        async with running_manager(tmp_path, settings=settings) as manager:
             isolated = await create(manager)
             result = await run(manager, isolated.id, ["python3", "-c", connect])
             assert result.out.startswith("failed"), result.out

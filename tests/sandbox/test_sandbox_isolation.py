@@ -97,7 +97,9 @@ def test_this_machine_gets_every_layer() -> None:
     assert isolation.bwrap_path is not None
     assert isolation.cgroups is not None
     assert isolation.loop_quota
-    assert isolation.level == f"bubblewrap+cgroup-v{isolation.cgroups.version}+rlimits+disk-quota"
+    assert isolation.level == (
+        f"bubblewrap+seccomp+cgroup-v{isolation.cgroups.version}+rlimits+disk-quota"
+    )
     if Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists():
         assert isinstance(isolation.cgroups, CgroupV1Driver)
 
@@ -110,8 +112,9 @@ async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
     with caplog.at_level(logging.WARNING):
         isolation = detect_isolation(settings, mounts_file=_mounts_file(tmp_path, []))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 3
+    assert len(warnings) == 4
     assert any("bubblewrap not found" in w for w in warnings)
+    assert any("no seccomp filter" in w for w in warnings)
     assert any("no usable cgroups" in w for w in warnings)
     assert isolation.level == "rlimits"
 
@@ -149,7 +152,7 @@ async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
 async def test_without_cgroups_bubblewrap_still_isolates(tmp_path: Path) -> None:
     settings = fast_settings()
     isolation = detect_isolation(settings, mounts_file=_mounts_file(tmp_path, []))
-    assert isolation.level == "bubblewrap+rlimits+disk-quota"
+    assert isolation.level == "bubblewrap+seccomp+rlimits+disk-quota"
     async with running_manager(tmp_path, settings=settings, isolation=isolation) as manager:
         environment = await create(manager)
         result = await run(manager, environment.id, ["sh", "-c", "pwd; touch /etc/x"])

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sandbox/v1/common.proto\x12\nsandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x0eResourceLimits\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x03\x12\x10\n\x08max_pids\x18\x04 \x01(\x05\x12/\n\x0c\x65xec_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbd\x01\n\rResourceUsage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_peak_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04pids\x18\x05 \x01(\x05\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\x12/\n\x0bsample_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*a\n\rNetworkPolicy\x12\x1e\n\x1aNETWORK_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_POLICY_NONE\x10\x01\x12\x17\n\x13NETWORK_POLICY_HOST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sandbox/v1/common.proto\x12\nsandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x0eResourceLimits\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x03\x12\x10\n\x08max_pids\x18\x04 \x01(\x05\x12/\n\x0c\x65xec_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbd\x01\n\rResourceUsage\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_peak_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04pids\x18\x05 \x01(\x05\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\x12/\n\x0bsample_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*|\n\rNetworkPolicy\x12\x1e\n\x1aNETWORK_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_POLICY_NONE\x10\x01\x12\x17\n\x13NETWORK_POLICY_HOST\x10\x02\x12\x19\n\x15NETWORK_POLICY_EGRESS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandbox.v1.common_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NETWORKPOLICY']._serialized_start=443
-  _globals['_NETWORKPOLICY']._serialized_end=540
+  _globals['_NETWORKPOLICY']._serialized_end=567
   _globals['_RESOURCELIMITS']._serialized_start=105
   _globals['_RESOURCELIMITS']._serialized_end=249
   _globals['_RESOURCEUSAGE']._serialized_start=252

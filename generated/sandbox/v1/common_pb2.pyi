@@ -30,7 +30,16 @@ class _NetworkPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Network
     NETWORK_POLICY_NONE: _NetworkPolicy.ValueType  # 1
     """A private network namespace with only a loopback interface."""
     NETWORK_POLICY_HOST: _NetworkPolicy.ValueType  # 2
-    """The host's network."""
+    """The host's own network namespace: its loopback and every host service.
+    Refused (PERMISSION_DENIED) unless the orchestrator's operator allows it;
+    a tenant's key can never choose it on its own. Prefer NETWORK_POLICY_EGRESS.
+    """
+    NETWORK_POLICY_EGRESS: _NetworkPolicy.ValueType  # 3
+    """Outbound connections from the environment's own network namespace through
+    a user-mode network stack (slirp4netns). The host's loopback and the
+    operator's denied ranges are unreachable; EnvironmentSpec.egress_allow_cidrs
+    and egress_deny_cidrs narrow it further.
+    """
 
 class NetworkPolicy(_NetworkPolicy, metaclass=_NetworkPolicyEnumTypeWrapper):
     """Who may reach the network from inside an environment."""
@@ -40,7 +49,16 @@ NETWORK_POLICY_UNSPECIFIED: NetworkPolicy.ValueType  # 0
 NETWORK_POLICY_NONE: NetworkPolicy.ValueType  # 1
 """A private network namespace with only a loopback interface."""
 NETWORK_POLICY_HOST: NetworkPolicy.ValueType  # 2
-"""The host's network."""
+"""The host's own network namespace: its loopback and every host service.
+Refused (PERMISSION_DENIED) unless the orchestrator's operator allows it;
+a tenant's key can never choose it on its own. Prefer NETWORK_POLICY_EGRESS.
+"""
+NETWORK_POLICY_EGRESS: NetworkPolicy.ValueType  # 3
+"""Outbound connections from the environment's own network namespace through
+a user-mode network stack (slirp4netns). The host's loopback and the
+operator's denied ranges are unreachable; EnvironmentSpec.egress_allow_cidrs
+and egress_deny_cidrs narrow it further.
+"""
 Global___NetworkPolicy: _TypeAlias = NetworkPolicy  # noqa: Y015
 
 @_typing.final

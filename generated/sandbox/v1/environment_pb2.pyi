@@ -78,6 +78,11 @@ class _TerminationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ter
     """The orchestrator owning the environment stopped answering."""
     TERMINATION_REASON_SETUP_FAILED: _TerminationReason.ValueType  # 8
     """The orchestrator could not set the environment up."""
+    TERMINATION_REASON_SANDBOX_VIOLATION: _TerminationReason.ValueType  # 9
+    """A process in the environment tampered with the environment's agent (it
+    broke the agent's protocol with the orchestrator); the environment was
+    ended to contain it.
+    """
 
 class TerminationReason(_TerminationReason, metaclass=_TerminationReasonEnumTypeWrapper):
     """Why an environment ended."""
@@ -100,6 +105,11 @@ TERMINATION_REASON_ORCHESTRATOR_LOST: TerminationReason.ValueType  # 7
 """The orchestrator owning the environment stopped answering."""
 TERMINATION_REASON_SETUP_FAILED: TerminationReason.ValueType  # 8
 """The orchestrator could not set the environment up."""
+TERMINATION_REASON_SANDBOX_VIOLATION: TerminationReason.ValueType  # 9
+"""A process in the environment tampered with the environment's agent (it
+broke the agent's protocol with the orchestrator); the environment was
+ended to contain it.
+"""
 Global___TerminationReason: _TypeAlias = TerminationReason  # noqa: Y015
 
 class _ExitReason:
@@ -194,6 +204,8 @@ class EnvironmentSpec(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
     NETWORK_POLICY_FIELD_NUMBER: _builtins.int
+    EGRESS_ALLOW_CIDRS_FIELD_NUMBER: _builtins.int
+    EGRESS_DENY_CIDRS_FIELD_NUMBER: _builtins.int
     network_policy: _common_pb2.NetworkPolicy.ValueType
     """Network access for commands in the environment."""
     @_builtins.property
@@ -216,6 +228,18 @@ class EnvironmentSpec(_message.Message):
     def idle_timeout(self) -> _duration_pb2.Duration:
         """The environment is deleted after this long with no command or file call."""
 
+    @_builtins.property
+    def egress_allow_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With NETWORK_POLICY_EGRESS: when not empty, the only destinations
+        reachable (CIDR blocks such as "203.0.113.0/24" or "2001:db8::/32").
+        """
+
+    @_builtins.property
+    def egress_deny_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With NETWORK_POLICY_EGRESS: destinations never reachable, on top of the
+        operator's own deny list (which always wins).
+        """
+
     def __init__(
         self,
         *,
@@ -225,10 +249,12 @@ class EnvironmentSpec(_message.Message):
         ttl: _duration_pb2.Duration | None = ...,
         idle_timeout: _duration_pb2.Duration | None = ...,
         network_policy: _common_pb2.NetworkPolicy.ValueType = ...,
+        egress_allow_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        egress_deny_cidrs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "limits", b"limits", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_vars", b"env_vars", "idle_timeout", b"idle_timeout", "labels", b"labels", "limits", b"limits", "network_policy", b"network_policy", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_allow_cidrs", b"egress_allow_cidrs", "egress_deny_cidrs", b"egress_deny_cidrs", "env_vars", b"env_vars", "idle_timeout", b"idle_timeout", "labels", b"labels", "limits", b"limits", "network_policy", b"network_policy", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,6 +37,14 @@ Agent to orchestrator:
 A command that cannot be executed (not found, not executable) exits 127 or
 126 with a message on its stderr, as in a shell. When the socket closes (the
 orchestrator is gone) the agent kills every command's group and exits.
+
+Its commands run with its uid, so before it serves anything the agent makes
+itself non-dumpable (no command may ptrace it, open its ``/proc/1/mem`` or
+``/proc/1/fd``, or borrow its fds with ``pidfd_getfd``; the seccomp filter
+refuses those system calls too) and ignores SIGINT, the one signal Python
+would otherwise handle: as the namespace's pid 1 it then gets no signal from
+its commands at all. If it cannot become non-dumpable it exits, and the
+environment does not start.
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ if TYPE_CHECKING:  # typing costs milliseconds of start-up
     from typing import Any, NoReturn
 
 _MAX_FDS = 3
+_PR_SET_DUMPABLE = 4
 _RECEIVE_BYTES = 1 << 16
 _GROUP_GRACE_SECONDS = 1.0
 _POLL_SECONDS = 0.01
@@ -117,6 +126,7 @@ class Agent:
         import json
         import signal
 
+        _become_untouchable(signal)
         self.decode = json.loads
         self.encode = json.dumps
 
@@ -247,6 +257,17 @@ class Agent:
         sent = self.sock.sendmsg([data], ancillary)
         if sent < len(data):
             self.sock.sendall(data[sent:])
+
+
+def _become_untouchable(signal: Any) -> None:
+    """Non-dumpable and deaf to SIGINT (see the module docstring); exits if it cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        sys.stderr.write(f"sandbox agent: prctl failed ({os.strerror(ctypes.get_errno())})\n")
+        sys.exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _not_ready(_: Any) -> NoReturn:

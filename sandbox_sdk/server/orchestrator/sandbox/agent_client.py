@@ -1,17 +1,25 @@
 """The orchestrator's side of an environment's agent: starting it, and commands through it.
 
 The agent (:mod:`.agent`, whose docstring defines the protocol) is started once
-per environment through a start gate: ``/bin/sh`` reads one line from its
-stdin while the orchestrator moves it into the environment's cgroups, then
-sets the rlimits and ``exec``s the rest (setpriv dropping to the sandbox uid,
+per environment through a start gate: ``/bin/sh`` runs a fixed script that
+reads one line from its stdin while the orchestrator moves it into the
+environment's cgroups, then sets the rlimits (numbers passed as positional
+parameters) and ``exec``s the rest (setpriv dropping to the sandbox uid,
 bubblewrap, the interpreter running the agent). Nothing in the sandbox runs
 before it is contained, and ``subprocess`` never switches uid itself (which
 would force ``fork()`` over ``vfork()`` in the gRPC server). Its socket is
-passed as an inherited fd.
+passed as an inherited fd. The gate and everything up to the agent run with
+the fixed host environment (:mod:`.host_env`): nothing a request carried is
+seen by a host-side process.
 
-Everything the agent says is untrusted: it runs in the sandbox. Its pids
-are only used through pidfds it sends (which name processes it can see),
-and a malformed message ends the connection.
+Everything the agent says is untrusted: it runs in the sandbox, next to the
+tenant's commands. So the connection takes at most one fd at a time, and only
+with the message that carries one (``started``, a pidfd); every fd is closed
+as soon as it is read; a message must be one the protocol allows at that
+point (``ready`` once and first, ``started`` and ``failed`` for a spawn in
+flight, ``exited`` for a running command). Anything else is a protocol
+violation: the connection ends, and ``on_violation`` tells the owner, which
+ends that environment alone.
 """
 
 from __future__ import annotations
@@ -33,11 +41,20 @@ from typing import Any
 
 from sandbox_sdk.server.orchestrator.sandbox import agent
 
-# dash reads a pipe byte by byte, so nothing past the line is consumed.
-_GATE_SCRIPT = 'read -r _ || exit 125; {limits} || exit 126; exec "$@"'
+# dash reads a pipe byte by byte, so nothing past the line is consumed. The
+# script is a constant; the limits are its positional parameters $1 to $4
+# (see ProcessLimits.gate_arguments), validated as numbers before it runs.
+_GATE_SCRIPT = (
+    "read -r _ || exit 125; "
+    'ulimit -v "$1" && ulimit -f "$2" && ulimit -n "$3" && ulimit -c 0 || exit 126; '
+    'if [ "$4" != - ]; then ulimit -p "$4" || exit 126; fi; '
+    'shift 4; exec "$@"'
+)
+_GATE_LIMITS = 4
 _HEADER_BYTES = 4
 _MAX_MESSAGE_BYTES = 1 << 20
-_MAX_FDS = 4
+# The most fds one message may carry, and the most held between messages.
+_MAX_FDS = 1
 _INT_BYTES = 4
 _READY_TIMEOUT_SECONDS = 10.0
 _EXIT_TIMEOUT_SECONDS = 5.0
@@ -50,18 +67,32 @@ class AgentError(Exception):
     """The agent could not start, is gone, or refused a command; the message says which."""
 
 
+class ProtocolViolation(ValueError):
+    """The agent sent what the protocol does not allow at that point."""
+
+
 @dataclass(frozen=True)
 class AgentLaunch:
     """How to start an environment's agent.
 
     ``argv`` ends with the interpreter's options and the agent's source; the
-    socket's fd number is appended. ``limits_script`` holds the shell commands
-    setting the rlimits the agent (and so every command) runs under.
+    socket's fd number is appended. ``limits`` are the start gate's four
+    rlimit values (:meth:`.ProcessLimits.gate_arguments`) the agent, and so
+    every command, runs under. ``env`` is the fixed host environment.
+    ``pass_fds`` are inherited by the process (such as bubblewrap's seccomp
+    program); :meth:`AgentClient.start` closes them once it started.
     """
 
     argv: Sequence[str]
-    limits_script: str
+    limits: Sequence[str]
     env: Mapping[str, str]
+    pass_fds: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.limits) != _GATE_LIMITS or not all(
+            value == "-" or value.isdigit() for value in self.limits
+        ):
+            raise ValueError(f"the start gate takes {_GATE_LIMITS} numeric limits")
 
 
 @dataclass(frozen=True)
@@ -112,9 +143,16 @@ class AgentCommand:
 class AgentClient:
     """The connection to one environment's agent."""
 
-    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        sock: socket.socket,
+        on_violation: Callable[[str], None] | None = None,
+    ) -> None:
         self.process = process
         self._sock = sock
+        self._on_violation = on_violation
+        self.violation = ""
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._incoming = bytearray()
@@ -122,6 +160,8 @@ class AgentClient:
         self._outgoing: list[tuple[bytes, list[int]]] = []
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._spawning: dict[int, asyncio.Future[AgentCommand]] = {}
+        # Spawns whose callers went away before the agent answered.
+        self._abandoned: set[int] = set()
         self._commands: dict[int, AgentCommand] = {}
         self.closed = False
         sock.setblocking(False)
@@ -134,8 +174,12 @@ class AgentClient:
         *,
         contain: Callable[[int], None],
         prepare: Coroutine[Any, Any, None] | None = None,
+        on_violation: Callable[[str], None] | None = None,
     ) -> AgentClient:
         """Starts the agent; ``contain(pid)`` puts the gated process into its cgroups.
+
+        ``on_violation(detail)`` is called (once) if the agent ever breaks the
+        protocol; the connection is closed by then.
 
         ``contain`` runs in a thread while ``prepare`` (what the agent needs
         before it may run, such as its workspace) is awaited: moving a process
@@ -149,7 +193,10 @@ class AgentClient:
             if prepare is not None:
                 prepare.close()
             raise
-        client = cls(process, ours)
+        finally:
+            for fd in launch.pass_fds:
+                os.close(fd)
+        client = cls(process, ours, on_violation)
         contained = asyncio.ensure_future(asyncio.to_thread(contain, process.pid))
         try:
             if prepare is not None:
@@ -205,7 +252,8 @@ class AgentClient:
         try:
             return await future
         finally:
-            self._spawning.pop(request_id, None)
+            if self._spawning.pop(request_id, None) is not None:  # not answered yet
+                self._abandoned.add(request_id)
 
     def send(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
         """Queues a message (and fds, closed once sent) and sends what the socket takes now."""
@@ -248,10 +296,10 @@ class AgentClient:
     def _on_readable(self) -> None:
         try:
             while True:
-                data, ancillary, _, _ = self._sock.recvmsg(
+                data, ancillary, flags, _ = self._sock.recvmsg(
                     1 << 16, socket.CMSG_SPACE(_MAX_FDS * _INT_BYTES), socket.MSG_CMSG_CLOEXEC
                 )
-                self._take_fds(ancillary)
+                self._take_fds(ancillary, flags)
                 if not data:
                     self._lose()
                     return
@@ -259,19 +307,37 @@ class AgentClient:
                 self._parse()
         except BlockingIOError:
             return
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
-            # A broken socket or a message the protocol does not allow: the agent is lost.
-            log.warning("dropping the connection to sandbox agent %d: %r", self.pid, error)
+        except OSError as error:
+            log.warning("lost the connection to sandbox agent %d: %r", self.pid, error)
             self._lose(f"{type(error).__name__}: {error}")
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            detail = f"{type(error).__name__}: {error}"[:300]
+            log.warning("sandbox agent %d broke the protocol: %s", self.pid, detail)
+            self.violation = detail
+            self._lose(f"protocol violation: {detail}")
+            if self._on_violation is not None:
+                self._on_violation(detail)
 
-    def _take_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+    def _take_fds(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> None:
+        """Keeps the fds that came (closing them all if there are too many)."""
+        received: list[int] = []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % _INT_BYTES
-                self._fds += [
+                received += [
                     int.from_bytes(payload[i : i + _INT_BYTES], sys.byteorder)
                     for i in range(0, usable, _INT_BYTES)
                 ]
+        self._fds += received
+        if flags & socket.MSG_CTRUNC or len(self._fds) > _MAX_FDS:
+            # The kernel already closed what did not fit; these go now.
+            self._close_fds()
+            raise ProtocolViolation("more file descriptors than one message may carry")
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
 
     def _parse(self) -> None:
         while len(self._incoming) >= _HEADER_BYTES:
@@ -288,42 +354,68 @@ class AgentClient:
             self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        op = message["op"]
+        op = message.get("op")
         if op == "ready":
-            if not self._ready.done():
-                self._ready.set_result(None)
-        elif op == "started":
-            pidfd = self._fds.pop(0)
-            try:
-                pid = _pid_of(pidfd)
-            finally:
-                os.close(pidfd)
-            self._started(int(message["id"]), pid)
+            if self._ready.done():
+                raise ProtocolViolation("ready said twice")
+            self._ready.set_result(None)
+            return
+        if not self._ready.done():
+            raise ProtocolViolation(f"{op!r} before ready")
+        if op == "started":
+            self._started(_message_id(message), self._take_pidfd())
         elif op == "failed":
-            future = self._spawning.get(int(message["id"]))
-            if future is not None and not future.done():
+            future = self._spawn_in_flight(_message_id(message))
+            if future is not None:
                 future.set_exception(AgentError(f"could not start: {message['error']}"[:500]))
         elif op == "exited":
-            command = self._commands.pop(int(message["id"]), None)
-            if command is not None and not command.exited.done():
-                command.exited.set_result(
-                    CommandExit(
-                        returncode=int(message["returncode"]),
-                        cpu_seconds=float(message["cpu_seconds"]),
-                        max_rss_bytes=int(message["max_rss_bytes"]),
-                    )
-                )
+            self._exited(_message_id(message), message)
         else:
-            raise ValueError(f"an unknown op {op!r}")
+            raise ProtocolViolation(f"an unknown op {str(op)[:40]!r}")
+        if self._fds:
+            raise ProtocolViolation(f"a file descriptor with {op!r}")
+
+    def _take_pidfd(self) -> int:
+        """The pid, in the orchestrator's namespace, of the pidfd the message carried."""
+        if not self._fds:
+            raise ProtocolViolation("started without its pidfd")
+        pidfd = self._fds.pop()
+        try:
+            return _pid_of(pidfd)
+        finally:
+            os.close(pidfd)
+
+    def _spawn_in_flight(self, request_id: int) -> asyncio.Future[AgentCommand] | None:
+        """The answered spawn's future; None if its caller went away meanwhile."""
+        future = self._spawning.pop(request_id, None)
+        if future is not None:
+            return future
+        if request_id in self._abandoned:
+            self._abandoned.discard(request_id)
+            return None
+        raise ProtocolViolation(f"an answer for spawn {request_id}, which is not in flight")
 
     def _started(self, request_id: int, pid: int) -> None:
-        future = self._spawning.get(request_id)
+        future = self._spawn_in_flight(request_id)
         command = AgentCommand(self, request_id, pid)
+        self._commands[request_id] = command
         if future is None or future.done():  # its caller went away: nobody would end it
             command.signal(signal.SIGKILL)
             return
-        self._commands[request_id] = command
         future.set_result(command)
+
+    def _exited(self, request_id: int, message: Mapping[str, Any]) -> None:
+        command = self._commands.pop(request_id, None)
+        if command is None:
+            raise ProtocolViolation(f"an exit of command {request_id}, which is not running")
+        if not command.exited.done():
+            command.exited.set_result(
+                CommandExit(
+                    returncode=int(message["returncode"]),
+                    cpu_seconds=float(message["cpu_seconds"]),
+                    max_rss_bytes=int(message["max_rss_bytes"]),
+                )
+            )
 
     def _lose(self, detail: str = "") -> None:
         """Ends the connection: pending spawns fail, running commands end as killed."""
@@ -337,9 +429,7 @@ class AgentClient:
             for fd in fds:
                 os.close(fd)
         self._outgoing.clear()
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        self._close_fds()
         gone = AgentError(f"the environment's agent is gone{f' ({detail})' if detail else ''}")
         if not self._ready.done():
             self._ready.set_exception(gone)
@@ -376,8 +466,9 @@ async def _start_gated(
         process = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",
-            _GATE_SCRIPT.format(limits=launch.limits_script),
+            _GATE_SCRIPT,
             "sandbox-gate",
+            *launch.limits,
             *launch.argv,
             str(theirs.fileno()),
             stdin=asyncio.subprocess.PIPE,
@@ -386,7 +477,7 @@ async def _start_gated(
             cwd="/",  # the workspace may not exist yet; the agent changes directory per command
             env=dict(launch.env),
             start_new_session=True,
-            pass_fds=[theirs.fileno()],
+            pass_fds=[theirs.fileno(), *launch.pass_fds],
         )
     except BaseException:
         ours.close()
@@ -396,6 +487,13 @@ async def _start_gated(
         theirs.close()
         os.close(stderr_write)
     return process, ours, stderr_read
+
+
+def _message_id(message: Mapping[str, Any]) -> int:
+    value = message["id"]
+    if type(value) is not int:
+        raise ProtocolViolation("a message id that is not an integer")
+    return value
 
 
 def _read_available(fd: int) -> str:

@@ -3,8 +3,9 @@
 Every command gets new user, pid, network, ipc, uts, cgroup and mount
 namespaces; the system directories read-only; the environment's workspace at
 ``/workspace`` (the working directory) and its private ``/tmp``, both on the
-environment's own file system; everything else read-only, and no network
-unless the policy says host.
+environment's own file system; everything else read-only. The network
+namespace is the sandbox's own (empty, or connected by slirp4netns for
+egress, see :mod:`.network`) unless the operator allowed the host's.
 bubblewrap runs as the unprivileged sandbox uid, so the command has no
 capabilities on the host and cannot create nested user namespaces.
 """
@@ -46,13 +47,22 @@ def bwrap_command(
     cwd: str,
     network: NetworkPolicy,
     command: Sequence[str],
+    seccomp_fd: int | None = None,
+    info_fd: int | None = None,
+    resolv_conf: Path | None = None,
 ) -> list[str]:
     """The full argv: bwrap, its options, then ``command``.
 
     ``system`` is the output of :func:`system_mounts`; ``cwd`` is relative to
-    the workspace.
+    the workspace; ``seccomp_fd`` (inherited by bwrap) holds the BPF program
+    loaded just before ``command`` starts; bubblewrap writes the sandbox's
+    pid to ``info_fd``; ``resolv_conf`` replaces ``/etc/resolv.conf``.
     """
     args = [bwrap_path, "--unshare-all", "--unshare-user", "--disable-userns"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    if info_fd is not None:
+        args += ["--info-fd", str(info_fd)]
     if network is NetworkPolicy.HOST:
         args.append("--share-net")
     # The command is the namespace's pid 1: bubblewrap's own reaper process
@@ -60,6 +70,8 @@ def bwrap_command(
     # kills the whole namespace when pid 1 exits either way.
     args += ["--as-pid-1", "--die-with-parent", "--new-session", "--hostname", HOSTNAME]
     args += list(system)
+    if resolv_conf is not None:
+        args += ["--ro-bind", str(resolv_conf), "/etc/resolv.conf"]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--bind", str(workspace_dir), str(WORKSPACE_MOUNT)]
     args += ["--bind", str(tmp_dir), str(TMP_MOUNT)]

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import psutil
 
@@ -19,6 +20,7 @@ from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import (
     WORKSPACE_MOUNT,
     bwrap_command,
 )
+from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PATH, host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.model import (
     Command,
@@ -31,7 +33,6 @@ from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
 ENVIRONMENT_ID_VARIABLE = "SANDBOX_ENVIRONMENT_ID"
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_SIGNAL = 64
 
 
@@ -60,7 +61,7 @@ def kill_marked_processes(environment_id: str, process_group: int | None = None)
 def _environment_variables(
     spec: EnvironmentSpec, environment_id: str, home: str, tmp: str
 ) -> dict[str, str]:
-    env: dict[str, str] = {"PATH": _PATH, "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
+    env: dict[str, str] = {"PATH": HOST_PATH, "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8"}
     env |= spec.env_vars
     env[ENVIRONMENT_ID_VARIABLE] = environment_id
     return env
@@ -81,11 +82,19 @@ def agent_launch(
     system_mounts: Sequence[str],
     limits: ProcessLimits,
     python: str,
+    seccomp_fd: int | None = None,
+    info_fd: int | None = None,
+    resolv_conf: Path | None = None,
 ) -> AgentLaunch:
     """How to start the environment's agent: in bubblewrap when there is one, as the sandbox uid.
 
     The agent runs ``python -I -S -c <source>``: the system interpreter, which
-    the sandbox can read, and no file of the orchestrator's.
+    the sandbox can read, and no file of the orchestrator's. Everything up to
+    it runs on the host with the fixed host environment; the environment's own
+    variables are applied by the agent, per command (:func:`spawn_request`).
+    ``seccomp_fd`` holds bubblewrap's filter and ``info_fd`` gets the sandbox's
+    pid (both owned by the launch from here on); ``resolv_conf`` is the egress
+    network's resolver configuration.
     """
     agent_argv = [python, "-I", "-S", "-c", agent_source(), "sandbox-agent"]
     if isolation.bwrap_path:
@@ -97,14 +106,17 @@ def agent_launch(
             cwd="",
             network=spec.network,
             command=agent_argv,
+            seccomp_fd=seccomp_fd,
+            info_fd=info_fd,
+            resolv_conf=resolv_conf,
         )
     else:
         argv = isolation.drop_privileges() + agent_argv
-    home, tmp = _homes(isolation, layout)
     return AgentLaunch(
         argv=argv,
-        limits_script=limits.shell_commands(),
-        env=_environment_variables(spec, environment_id, home, tmp),
+        limits=limits.gate_arguments(),
+        env=host_process_env(**{ENVIRONMENT_ID_VARIABLE: environment_id}),
+        pass_fds=tuple(fd for fd in (seccomp_fd, info_fd) if fd is not None),
     )
 
 

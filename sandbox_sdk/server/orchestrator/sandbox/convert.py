@@ -18,7 +18,6 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     ExecStarted,
     FileEntry,
     Limits,
-    NetworkPolicy,
     Usage,
 )
 from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
@@ -37,11 +36,7 @@ def limits(value: Limits) -> common_pb2.ResourceLimits:
 
 def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
     """EnvironmentSpec."""
-    network = (
-        common_pb2.NETWORK_POLICY_HOST
-        if value.network is NetworkPolicy.HOST
-        else common_pb2.NETWORK_POLICY_NONE
-    )
+    network = common_pb2.NetworkPolicy.Value(f"NETWORK_POLICY_{value.network.value}")
     return environment_pb2.EnvironmentSpec(
         limits=limits(value.limits),
         env_vars=dict(value.env_vars),
@@ -49,6 +44,8 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
         ttl=to_duration_pb(value.ttl_seconds),
         idle_timeout=to_duration_pb(value.idle_timeout_seconds),
         network_policy=network,
+        egress_allow_cidrs=value.egress_allow_cidrs,
+        egress_deny_cidrs=value.egress_deny_cidrs,
     )
 
 

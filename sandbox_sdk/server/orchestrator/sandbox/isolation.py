@@ -27,7 +27,13 @@ from sandbox_sdk.server.orchestrator.sandbox.cgroups import (
     read_cgroup_mounts,
     v2_controllers_available,
 )
+from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PROCESS_ENV, host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.model import NetworkPolicy
+from sandbox_sdk.server.orchestrator.sandbox.seccomp import (
+    SeccompProgram,
+    SeccompUnavailable,
+    build_program,
+)
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,7 @@ class Isolation:
     ``loop_quota``: each workspace is its own size-limited file system.
     ``sandbox_user`` None: commands keep the orchestrator's uid (not root, or
     no ``setpriv``); else ``setpriv_path`` switches them to it.
+    ``seccomp`` None: no system call filter (it needs bubblewrap to load it).
     """
 
     bwrap_path: str | None
@@ -53,6 +60,7 @@ class Isolation:
     sandbox_user: tuple[int, int] | None
     setpriv_path: str | None = None
     warnings: tuple[str, ...] = ()
+    seccomp: SeccompProgram | None = None
 
     def drop_privileges(self) -> list[str]:
         """The argv prefix that runs the rest as the sandbox uid, without any capability."""
@@ -72,10 +80,12 @@ class Isolation:
 
     @property
     def level(self) -> str:
-        """The layers joined by ``+``, e.g. ``bubblewrap+cgroup-v1+rlimits+disk-quota``."""
+        """The layers joined by ``+``, e.g. ``bubblewrap+seccomp+cgroup-v1+rlimits+disk-quota``."""
         layers = []
         if self.bwrap_path:
             layers.append("bubblewrap")
+        if self.bwrap_path and self.seccomp is not None:
+            layers.append("seccomp")
         if self.cgroups is not None:
             layers.append(f"cgroup-v{self.cgroups.version}")
         layers.append("rlimits")
@@ -109,26 +119,55 @@ def detect_isolation(
     dropping = is_root and setpriv_path is not None
     user = (settings.sandbox_uid, settings.sandbox_gid) if dropping else None
     privileges = Isolation(None, None, False, user, setpriv_path)
-    bwrap_path, problem = _probe_bubblewrap(settings, privileges.drop_privileges())
+    seccomp, problem = _build_seccomp()
     if problem:
         warnings.append(problem)
+    bwrap_path, problem = _probe_bubblewrap(settings, privileges.drop_privileges(), seccomp)
+    if problem:
+        warnings.append(problem)
+    if bwrap_path is None and seccomp is not None:
+        warnings.append("no seccomp filter: it is loaded by bubblewrap, which is unavailable")
+        seccomp = None
     cgroups, problem = _probe_cgroups(settings, mounts_file)
     if problem:
         warnings.append(problem)
     loop_quota, problem = _probe_loop_quota(settings, is_root, probe_dir)
     if problem:
         warnings.append(problem)
-    isolation = Isolation(bwrap_path, cgroups, loop_quota, user, setpriv_path, tuple(warnings))
+    isolation = Isolation(
+        bwrap_path, cgroups, loop_quota, user, setpriv_path, tuple(warnings), seccomp
+    )
     for warning in warnings:
         log.warning("sandbox isolation is weaker than it could be: %s", warning)
     log.info("sandbox isolation: %s", isolation.level)
     return isolation
 
 
-def _probe_bubblewrap(settings: SandboxSettings, prefix: list[str]) -> tuple[str | None, str]:
+def _build_seccomp() -> tuple[SeccompProgram | None, str]:
+    try:
+        return build_program(), ""
+    except SeccompUnavailable as error:
+        return None, f"no seccomp filter ({error}): install libseccomp2"
+
+
+def _probe_bubblewrap(
+    settings: SandboxSettings, prefix: list[str], seccomp: SeccompProgram | None
+) -> tuple[str | None, str]:
     path = settings.bwrap_path
     if not os.access(path, os.X_OK):
         return None, f"bubblewrap not found at {path}: commands run without namespaces"
+    seccomp_fd = seccomp.to_fd() if seccomp is not None else None
+    try:
+        return _run_bubblewrap_probe(settings, prefix, seccomp_fd)
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
+
+
+def _run_bubblewrap_probe(
+    settings: SandboxSettings, prefix: list[str], seccomp_fd: int | None
+) -> tuple[str | None, str]:
+    path = settings.bwrap_path
     with tempfile.TemporaryDirectory(prefix="sandbox-bwrap-probe-") as scratch:
         Path(scratch).chmod(0o755)
         argv = prefix + bwrap_command(
@@ -139,6 +178,7 @@ def _probe_bubblewrap(settings: SandboxSettings, prefix: list[str]) -> tuple[str
             cwd="",
             network=NetworkPolicy.NONE,
             command=["true"],
+            seccomp_fd=seccomp_fd,
         )
         try:
             result = subprocess.run(
@@ -147,6 +187,8 @@ def _probe_bubblewrap(settings: SandboxSettings, prefix: list[str]) -> tuple[str
                 timeout=_PROBE_TIMEOUT_SECONDS,
                 check=False,
                 cwd="/",
+                env=HOST_PROCESS_ENV,
+                pass_fds=[] if seccomp_fd is None else [seccomp_fd],
             )
         except (OSError, subprocess.SubprocessError) as error:
             return None, f"bubblewrap at {path} cannot start ({error}): no namespaces"
@@ -216,12 +258,21 @@ def _probe_loop_quota(
         try:
             for command in commands:
                 subprocess.run(
-                    command, capture_output=True, timeout=_PROBE_TIMEOUT_SECONDS, check=True
+                    command,
+                    capture_output=True,
+                    timeout=_PROBE_TIMEOUT_SECONDS,
+                    check=True,
+                    env=host_process_env(),
                 )
         except (OSError, subprocess.SubprocessError) as error:
             return False, f"cannot loop-mount a workspace ({error}): disk quota by monitor"
         finally:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 if os.path.ismount(mount_point):
-                    subprocess.run(["umount", str(mount_point)], timeout=10, check=False)
+                    subprocess.run(
+                        ["umount", str(mount_point)],
+                        timeout=10,
+                        check=False,
+                        env=host_process_env(),
+                    )
     return True, ""

@@ -37,12 +37,12 @@ from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
     RunningCommand,
-    agent_launch,
     exit_event,
     kill_marked_processes,
     spawn_request,
 )
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
+from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher, write_resolv_conf
 from sandbox_sdk.server.orchestrator.sandbox.metrics import SandboxMetrics
 from sandbox_sdk.server.orchestrator.sandbox.model import (
     Capacity,
@@ -57,11 +57,17 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     FileEntry,
     FileWrite,
     ListQuery,
+    NetworkPolicy,
     NewEnvironment,
     TerminationReason,
     Usage,
 )
 from sandbox_sdk.server.orchestrator.sandbox.monitor import UsageTracker
+from sandbox_sdk.server.orchestrator.sandbox.network import (
+    EgressNetwork,
+    NetworkSetupError,
+    tools_missing,
+)
 from sandbox_sdk.server.orchestrator.sandbox.process import Launch, ProcessExit, run_process
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
@@ -97,6 +103,7 @@ class _Runtime:
     workspace: Workspace | None = None
     cgroup: EnvironmentCgroup | None = None
     agent: AgentClient | None = None
+    network: EgressNetwork | None = None
     agent_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     terminated: asyncio.Event = field(default_factory=asyncio.Event)
@@ -145,6 +152,9 @@ class SandboxManager:
         self._terminations: dict[str, asyncio.Task[Environment]] = {}
         self._callbacks: list[Callable[[str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Environment]] = set()
+        self._sandbox_launcher: SandboxLauncher | None = None
+        self._egress_missing: list[str] = []
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -165,6 +175,13 @@ class SandboxManager:
         if self.isolation.sandbox_user is not None:
             self.settings.mount_root.mkdir(parents=True, exist_ok=True)
             self.settings.mount_root.chmod(0o711)
+        shared = self.settings.mount_root if self.isolation.sandbox_user else self.workspace_root
+        self._sandbox_launcher = SandboxLauncher(
+            self.isolation, self.settings, self._system_mounts, write_resolv_conf(shared)
+        )
+        self._egress_missing = tools_missing()
+        if not self.isolation.bwrap_path:
+            self._egress_missing.append("bubblewrap")
         await self._recover()
         await self._sweep_orphans()
         self._tasks = [
@@ -254,6 +271,7 @@ class SandboxManager:
             existing = self._store.find_by_request(tenant, new.request_id)
             if existing is not None:
                 return await self._settled(existing)
+        self._check_network(tenant, new.spec.network)
         self._admit(new.spec)
         now = time.time()
         environment = Environment(
@@ -304,6 +322,25 @@ class SandboxManager:
         if environment.state is EnvironmentState.CREATING and runtime is not None:
             await runtime.ready.wait()
         return self._store.get(environment.id) or environment
+
+    def _check_network(self, tenant: str, network: NetworkPolicy) -> None:
+        if network is NetworkPolicy.HOST and tenant not in self.settings.host_network_tenants:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                ErrorReason.NETWORK_NOT_ALLOWED,
+                "the host's network (NETWORK_POLICY_HOST) exposes the host's own services and "
+                "is only for tenants the operator lists in sandbox.host_network_tenants; "
+                "use NETWORK_POLICY_EGRESS (network='egress') for outbound connections",
+            )
+        if network is NetworkPolicy.EGRESS and self._egress_missing:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                ErrorReason.NETWORK_UNAVAILABLE,
+                "egress networking needs "
+                + ", ".join(self._egress_missing)
+                + " on the orchestrator's host: ask its operator to install them "
+                "(apt-get install slirp4netns nftables), or use NETWORK_POLICY_NONE",
+            )
 
     def _admit(self, spec: EnvironmentSpec) -> None:
         settings = self.settings
@@ -518,6 +555,8 @@ class SandboxManager:
             log.error("processes of cgroup %s survive SIGKILL", runtime.cgroup.dirs)
         if runtime.agent is not None:
             await runtime.agent.close()
+        if runtime.network is not None:
+            await runtime.network.close()
         if runtime.cgroup is not None:
             await self._remove_cgroup(runtime.cgroup)
         if runtime.workspace is not None:
@@ -643,6 +682,8 @@ class SandboxManager:
                     environment_id,
                 )
                 await runtime.agent.close()
+            if runtime.network is not None:
+                await runtime.network.close()
             return await self._start_agent(environment_id, runtime)
 
     async def _start_agent(
@@ -653,22 +694,38 @@ class SandboxManager:
     ) -> AgentClient:
         """Starts the environment's agent (``prepare`` is awaited meanwhile: see
         :meth:`AgentClient.start`); the caller holds ``runtime.agent_lock``."""
-        launch = agent_launch(
-            self.isolation,
-            environment_id=environment_id,
-            spec=runtime.spec,
-            layout=self._layout(environment_id),
-            system_mounts=self._system_mounts,
-            limits=self._process_limits(runtime),
-            python=self.settings.agent_python,
+        try:
+            sandbox = await self._launcher().start(
+                environment_id=environment_id,
+                spec=runtime.spec,
+                layout=self._layout(environment_id),
+                limits=self._process_limits(runtime),
+                cgroup=runtime.cgroup,
+                prepare=prepare,
+                on_violation=lambda detail: self._agent_broke_protocol(environment_id, detail),
+            )
+        except NetworkSetupError as error:
+            raise AgentError(f"its network could not be set up: {error}") from error
+        runtime.agent, runtime.network = sandbox.agent, sandbox.network
+        return sandbox.agent
+
+    def _launcher(self) -> SandboxLauncher:
+        if self._sandbox_launcher is None:
+            raise RuntimeError("SandboxManager.start() has not run yet")
+        return self._sandbox_launcher
+
+    def _agent_broke_protocol(self, environment_id: str, detail: str) -> None:
+        """Ends the environment whose agent misbehaved (a command tampered with it)."""
+        message = (
+            "the environment's agent broke its protocol with the orchestrator, so a "
+            f"process in the environment may have tampered with it ({detail}); the "
+            "environment was ended to contain it: create a new one"
         )
-        cgroup = runtime.cgroup
-        runtime.agent = await AgentClient.start(
-            launch,
-            contain=cgroup.attach if cgroup is not None else lambda _: None,
-            prepare=prepare,
+        task = asyncio.create_task(
+            self._terminate(environment_id, TerminationReason.SANDBOX_VIOLATION, message)
         )
-        return runtime.agent
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _cannot_start(
         self, environment_id: str, runtime: _Runtime, error: AgentError

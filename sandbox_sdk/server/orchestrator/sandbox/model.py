@@ -34,6 +34,7 @@ class TerminationReason(enum.StrEnum):
     ORCHESTRATOR_RESTARTED = "ORCHESTRATOR_RESTARTED"
     ORCHESTRATOR_LOST = "ORCHESTRATOR_LOST"
     SETUP_FAILED = "SETUP_FAILED"
+    SANDBOX_VIOLATION = "SANDBOX_VIOLATION"
 
 
 class NetworkPolicy(enum.StrEnum):
@@ -41,6 +42,7 @@ class NetworkPolicy(enum.StrEnum):
 
     NONE = "NONE"
     HOST = "HOST"
+    EGRESS = "EGRESS"
 
 
 class ExitReason(enum.StrEnum):
@@ -75,6 +77,8 @@ class EnvironmentSpec:
     ttl_seconds: float
     idle_timeout_seconds: float
     network: NetworkPolicy
+    egress_allow_cidrs: tuple[str, ...] = ()
+    egress_deny_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

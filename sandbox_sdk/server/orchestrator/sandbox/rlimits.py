@@ -58,24 +58,26 @@ class ProcessLimits:
             processes=limits.max_pids if limit_processes_per_uid else None,
         )
 
-    def shell_commands(self) -> str:
-        """dash ``ulimit`` commands setting the limits every process of the environment
-        shares (all but CPU time, which counts per process and so is set per command),
-        joined by ``&&``.
+    def gate_arguments(self) -> list[str]:
+        """The start gate's ``ulimit`` values for the limits every process of the
+        environment shares (all but CPU time, which counts per process and so is
+        set per command): address space in KiB, file size in 512-byte blocks, open
+        files, and processes or ``-`` for none.
 
-        Values above what the orchestrator itself may use are clamped to that,
-        since an unprivileged process can only lower its limits. dash counts
-        address space in KiB and file size in 512-byte blocks.
+        They are numbers the orchestrator computed, passed to a fixed script as
+        positional parameters, never as script text. Values above what the
+        orchestrator itself may use are clamped to that, since an unprivileged
+        process can only lower its limits.
         """
-        commands = [
-            f"ulimit -v {_clamp(resource.RLIMIT_AS, self.address_space_bytes) // 1024}",
-            f"ulimit -f {_clamp(resource.RLIMIT_FSIZE, self.file_size_bytes) // 512}",
-            f"ulimit -n {_clamp(resource.RLIMIT_NOFILE, self.open_files)}",
-            "ulimit -c 0",
+        processes = (
+            "-" if self.processes is None else str(_clamp(resource.RLIMIT_NPROC, self.processes))
+        )
+        return [
+            str(_clamp(resource.RLIMIT_AS, self.address_space_bytes) // 1024),
+            str(_clamp(resource.RLIMIT_FSIZE, self.file_size_bytes) // 512),
+            str(_clamp(resource.RLIMIT_NOFILE, self.open_files)),
+            processes,
         ]
-        if self.processes is not None:
-            commands.append(f"ulimit -p {_clamp(resource.RLIMIT_NPROC, self.processes)}")
-        return " && ".join(commands)
 
     def rlimits(self) -> list[tuple[str, int, int]]:
         """``(RLIMIT_* name, soft, hard)`` of one command, which its agent sets as it starts it.

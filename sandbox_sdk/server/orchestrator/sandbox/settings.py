@@ -8,6 +8,8 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sandbox_sdk.server.orchestrator.sandbox.network import DEFAULT_DENIED_CIDRS, parse_cidrs
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -51,6 +53,13 @@ class SandboxSettings(BaseModel):
             because bubblewrap resolves its bind sources as that uid.
         address_space_headroom_bytes: RLIMIT_AS is the memory limit plus this,
             since virtual memory is not resident memory.
+        host_network_tenants: the tenants whose environments may use the
+            host's own network (NETWORK_POLICY_HOST), which exposes the host's
+            loopback and every service on it. Empty by default: no tenant.
+        egress_denied_cidrs: what NETWORK_POLICY_EGRESS environments never
+            reach, whatever they ask (this host's own addresses are added);
+            by default private, loopback, link-local and multicast ranges.
+        egress_mtu: the MTU of an egress environment's interface.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +108,9 @@ class SandboxSettings(BaseModel):
     mount_root: Path = Path("/run/sandbox-sdk")
     address_space_headroom_bytes: int = Field(default=1 * GiB, ge=0)
     max_open_files: int = Field(default=1024, gt=0)
+    host_network_tenants: tuple[str, ...] = ()
+    egress_denied_cidrs: tuple[str, ...] = DEFAULT_DENIED_CIDRS
+    egress_mtu: int = Field(default=65520, ge=1280, le=65521)
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> SandboxSettings:
@@ -109,4 +121,5 @@ class SandboxSettings(BaseModel):
             raise ValueError("default_ttl_seconds is above max_ttl_seconds")
         if self.default_idle_timeout_seconds > self.max_idle_timeout_seconds:
             raise ValueError("default_idle_timeout_seconds is above max_idle_timeout_seconds")
+        parse_cidrs(self.egress_denied_cidrs)
         return self

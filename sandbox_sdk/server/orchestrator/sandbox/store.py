@@ -70,6 +70,8 @@ def _spec_to_json(spec: EnvironmentSpec) -> str:
             "ttl_seconds": spec.ttl_seconds,
             "idle_timeout_seconds": spec.idle_timeout_seconds,
             "network": spec.network.value,
+            "egress_allow_cidrs": list(spec.egress_allow_cidrs),
+            "egress_deny_cidrs": list(spec.egress_deny_cidrs),
         },
         sort_keys=True,
     )
@@ -84,6 +86,8 @@ def _spec_from_json(text: str) -> EnvironmentSpec:
         ttl_seconds=data["ttl_seconds"],
         idle_timeout_seconds=data["idle_timeout_seconds"],
         network=NetworkPolicy(data["network"]),
+        egress_allow_cidrs=tuple(data.get("egress_allow_cidrs", ())),
+        egress_deny_cidrs=tuple(data.get("egress_deny_cidrs", ())),
     )
 
 

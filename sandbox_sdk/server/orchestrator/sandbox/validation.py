@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from google.protobuf import duration_pb2
@@ -25,6 +26,7 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     NetworkPolicy,
     NewEnvironment,
 )
+from sandbox_sdk.server.orchestrator.sandbox.network import parse_cidrs
 from sandbox_sdk.server.orchestrator.sandbox.settings import MiB, SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspacePathError, split_path
 from sandbox_sdk.server.status import invalid_argument
@@ -37,6 +39,7 @@ MAX_FILES = 1000
 MAX_LABELS = 64
 MAX_ENV_VARS = 256
 MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_EGRESS_CIDRS = 64
 DEFAULT_LIST_PAGE = 50
 DEFAULT_FILES_PAGE = 100
 MAX_PAGE = 1000
@@ -208,13 +211,41 @@ def _env_vars(
     return dict(env_vars)
 
 
+_NETWORK_POLICIES: dict[int, NetworkPolicy] = {
+    common_pb2.NETWORK_POLICY_UNSPECIFIED: NetworkPolicy.NONE,
+    common_pb2.NETWORK_POLICY_NONE: NetworkPolicy.NONE,
+    common_pb2.NETWORK_POLICY_HOST: NetworkPolicy.HOST,
+    common_pb2.NETWORK_POLICY_EGRESS: NetworkPolicy.EGRESS,
+}
+
+
 def _network(violations: _Violations, value: int) -> NetworkPolicy:
-    if value in (common_pb2.NETWORK_POLICY_UNSPECIFIED, common_pb2.NETWORK_POLICY_NONE):
+    policy = _NETWORK_POLICIES.get(int(value))
+    if policy is None:
+        violations.add(
+            "spec.network_policy", "use NETWORK_POLICY_NONE, NETWORK_POLICY_EGRESS or _HOST"
+        )
         return NetworkPolicy.NONE
-    if value == common_pb2.NETWORK_POLICY_HOST:
-        return NetworkPolicy.HOST
-    violations.add("spec.network_policy", "use NETWORK_POLICY_NONE or NETWORK_POLICY_HOST")
-    return NetworkPolicy.NONE
+    return policy
+
+
+def _cidrs(
+    violations: _Violations, field_path: str, values: Sequence[str], network: NetworkPolicy
+) -> tuple[str, ...]:
+    """CIDR blocks in canonical form (the only form that reaches the firewall)."""
+    if not values:
+        return ()
+    if network is not NetworkPolicy.EGRESS:
+        violations.add(field_path, "only applies with NETWORK_POLICY_EGRESS")
+        return ()
+    if len(values) > MAX_EGRESS_CIDRS:
+        violations.add(field_path, f"has {len(values)} blocks; at most {MAX_EGRESS_CIDRS}")
+        return ()
+    try:
+        return tuple(str(network) for network in parse_cidrs(values))
+    except ValueError as error:
+        violations.add(field_path, f"{error}; write blocks like 203.0.113.0/24 or 2001:db8::/32")
+        return ()
 
 
 def _path(
@@ -295,6 +326,15 @@ def new_environment(
             maximum=settings.max_idle_timeout_seconds,
         ),
         network=_network(violations, spec.network_policy),
+    )
+    resolved = replace(
+        resolved,
+        egress_allow_cidrs=_cidrs(
+            violations, "spec.egress_allow_cidrs", spec.egress_allow_cidrs, resolved.network
+        ),
+        egress_deny_cidrs=_cidrs(
+            violations, "spec.egress_deny_cidrs", spec.egress_deny_cidrs, resolved.network
+        ),
     )
     files = _files(violations, request.files, limits)
     if request.request_id and not _REQUEST_ID.match(request.request_id):

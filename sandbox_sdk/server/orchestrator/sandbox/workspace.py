@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.model import FileEntry
 
 _MAX_PATH_BYTES = 4096
@@ -107,7 +108,10 @@ class WorkspaceLayout:
 
 async def _run(*argv: str) -> None:
     process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *argv,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=host_process_env(),
     )
     _, stderr = await process.communicate()
     if process.returncode != 0:
@@ -205,7 +209,7 @@ class Workspace:
             "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
             "-E", "lazy_itable_init=1,nodiscard", str(layout.image),
         )  # fmt: skip
-        layout.mount_point.mkdir(mode=0o755)
+        layout.mount_point.mkdir(mode=0o700)
         await _run(
             "mount", "-o", "loop,nosuid,nodev,noatime,noinit_itable",
             str(layout.image), str(layout.mount_point),
@@ -215,19 +219,20 @@ class Workspace:
 
     async def _make_directory(self) -> None:
         layout = self.layout
-        layout.storage.mkdir(mode=0o755)
+        layout.storage.mkdir(mode=0o700)
         if layout.mount_point != layout.storage:
-            layout.mount_point.mkdir(mode=0o755)
+            layout.mount_point.mkdir(mode=0o700)
             await _run("mount", "--bind", str(layout.storage), str(layout.mount_point))
             await _run("mount", "-o", "remount,bind,nosuid,nodev", str(layout.mount_point))
 
     def _lay_out(self) -> None:
-        self.layout.files_dir.mkdir(mode=0o755)
-        self.layout.tmp_dir.mkdir()
-        self.layout.tmp_dir.chmod(0o1777)
-        if self._owner is not None:
-            os.chown(self.layout.files_dir, *self._owner)
-            os.chown(self.layout.tmp_dir, *self._owner)
+        """The workspace and /tmp, reachable only by root and the sandbox's uid: the
+        files hold the tenant's data, and other users of the host have no business there."""
+        for directory in (self.layout.mount_point, self.layout.files_dir, self.layout.tmp_dir):
+            directory.mkdir(mode=0o700, exist_ok=directory == self.layout.mount_point)
+            directory.chmod(0o700)
+            if self._owner is not None:
+                os.chown(directory, *self._owner)
 
     async def destroy(self) -> None:
         """Unmounts and deletes the workspace."""
