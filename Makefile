@@ -15,14 +15,18 @@ install: $(STAMP) node-deps
 
 # System tools the sandboxes and tests use, installed only when missing and
 # only where we can (root with apt-get): bubblewrap (namespaces), util-linux's
-# setpriv and mount, e2fsprogs' mkfs.ext4 (per-environment disk quotas), and
-# Node.js with npm for the polyglot client test.
-SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux mkfs.ext4:e2fsprogs node:nodejs npm:npm
+# setpriv, nsenter and mount, e2fsprogs' mkfs.ext4 (per-environment disk
+# quotas), slirp4netns and nftables (egress networking), iproute2 (the network
+# tests' own hosts), libseccomp2 (the seccomp filter), and Node.js with npm for
+# the polyglot client test.
+SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux mkfs.ext4:e2fsprogs \
+  slirp4netns:slirp4netns nft:nftables ip:iproute2 node:nodejs npm:npm
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
 	done; \
+	ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || missing="$$missing libseccomp2"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing"; \
