@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
+from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PATH, host_process_env
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,9 @@ def bwrap_info_pid(data: bytes) -> int:
 def tools_missing() -> list[str]:
     """The programs egress networking needs that this host lacks (Debian packages)."""
     needed = {"slirp4netns": "slirp4netns", "nft": "nftables", "nsenter": "util-linux"}
-    return [package for tool, package in needed.items() if shutil.which(tool) is None]
+    return [
+        package for tool, package in needed.items() if shutil.which(tool, path=HOST_PATH) is None
+    ]
 
 
 class EgressNetwork:
