@@ -26,7 +26,9 @@ from sandbox_sdk.monitoring.metric_views import metrics_table, plot_metrics
 
 app = typer.Typer(help="Run LLM experiments in isolated sandboxes.", no_args_is_help=True)
 env_app = typer.Typer(help="Create, list, delete environments and run commands in them.")
-keys_app = typer.Typer(help="Manage API keys (admin scope).")
+keys_app = typer.Typer(
+    help="Manage API keys: admin keys for their own tenant, operator keys for any tenant."
+)
 app.add_typer(env_app, name="env")
 app.add_typer(keys_app, name="keys")
 
@@ -79,7 +81,13 @@ def _client(ctx: typer.Context) -> SandboxClient:
 @app.callback()
 def _global_options(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Option(help="Gateway host:port [SANDBOX_TARGET].")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Gateway host:port or unix:PATH [SANDBOX_TARGET; default: the local"
+            " server's socket <data_dir>/gateway.sock when it exists]."
+        ),
+    ] = None,
     api_key: Annotated[str | None, typer.Option(help="API key [SANDBOX_API_KEY].")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Client YAML file [SANDBOX_CONFIG].")
@@ -107,7 +115,11 @@ def serve(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Server YAML config.")] = None,
 ) -> None:
-    """Start a local gateway and orchestrator in one process (writes <data_dir>/admin.key)."""
+    """Start a local gateway and orchestrator in one process.
+
+    It also serves on <data_dir>/gateway.sock, and writes the local operator key to
+    <data_dir>/admin.key; the SDK sends that key by itself only over that socket.
+    """
     with _reported_errors():
         _embedded().serve_embedded(host=host, port=port, data_dir=data_dir, config_path=config)
 
@@ -143,7 +155,15 @@ def env_create(
     pids: Annotated[int | None, typer.Option(help="Max processes.")] = None,
     ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30m.")] = None,
     idle_timeout: Annotated[str | None, typer.Option(help="Idle limit, e.g. 10m.")] = None,
-    network: Annotated[str | None, typer.Option(help="none or host.")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="none, egress, or host (operator's permission).")
+    ] = None,
+    egress_allow: Annotated[
+        list[str] | None, typer.Option(help="With egress: only these CIDR blocks.")
+    ] = None,
+    egress_deny: Annotated[
+        list[str] | None, typer.Option(help="With egress: never these CIDR blocks.")
+    ] = None,
     label: Labels = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="VAR=VALUE.")] = None,
 ) -> None:
@@ -157,6 +177,8 @@ def env_create(
             ttl=ttl,
             idle_timeout=idle_timeout,
             network=network,
+            egress_allow=egress_allow,
+            egress_deny=egress_deny,
             labels=_pairs(label, "--label"),
             env=_pairs(env, "--env"),
         )
@@ -424,9 +446,11 @@ def models(ctx: typer.Context) -> None:
 @keys_app.command("create")
 def keys_create(
     ctx: typer.Context,
-    tenant: Annotated[str, typer.Option(help="Tenant of the key.")] = "default",
+    tenant: Annotated[
+        str, typer.Option(help="Tenant of the key; default: your key's tenant.")
+    ] = "",
     scope: Annotated[
-        list[str] | None, typer.Option(help="read, write or admin; repeatable.")
+        list[str] | None, typer.Option(help="read, write, admin or operator; repeatable.")
     ] = None,
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     ttl: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d.")] = None,
@@ -443,7 +467,9 @@ def keys_create(
 @keys_app.command("ls")
 def keys_ls(
     ctx: typer.Context,
-    tenant: Annotated[str, typer.Option(help="Only this tenant.")] = "",
+    tenant: Annotated[
+        str, typer.Option(help="Only this tenant (an admin key sees only its own).")
+    ] = "",
     all_: Annotated[bool, typer.Option("--all", "-a", help="Include revoked.")] = False,
 ) -> None:
     """List API keys (no secrets)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from sandbox.v1 import gateway_service_pb2, requests_pb2
@@ -33,9 +33,11 @@ class AsyncSandboxClient:
 
     Settings: arguments override environment variables, which override the YAML file at
     ``config_path`` (or ``$SANDBOX_CONFIG``), which overrides the defaults; see
-    :mod:`sandbox_sdk.config`. Without a key, a loopback target uses the local
-    server's ``<data_dir>/admin.key``. Every call takes ``timeout=`` (seconds)
-    and most take ``retry=`` (a :class:`RetryPolicy`) to override the defaults.
+    :mod:`sandbox_sdk.config`. Without a target and a key, the client talks to
+    the local server's Unix socket ``<data_dir>/gateway.sock`` with its
+    ``<data_dir>/admin.key``; no TCP target ever gets that key by itself.
+    Every call takes ``timeout=`` (seconds) and most take ``retry=`` (a
+    :class:`RetryPolicy`) to override the defaults.
     Close the client with :meth:`close` or use it as a context manager.
     """
 
@@ -112,6 +114,8 @@ class AsyncSandboxClient:
         labels: Mapping[str, str] | None = None,
         files: Mapping[str, bytes | str] | None = None,
         network: NetworkPolicy | str | bool | None = None,
+        egress_allow: Sequence[str] | None = None,
+        egress_deny: Sequence[str] | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> AsyncSandbox:
@@ -120,7 +124,10 @@ class AsyncSandboxClient:
         Limits left out take the server's defaults: ``cpu`` in cores, ``memory``
         and ``disk`` as bytes or strings like ``"512Mi"``, ``pids`` processes,
         durations as seconds or strings like ``"10m"``. ``files`` maps workspace
-        paths to contents. ``network`` is ``"none"`` (default) or ``"host"``.
+        paths to contents. ``network`` is ``"none"`` (default), ``"egress"``
+        (outbound connections from the environment's own network, optionally
+        only to the CIDR blocks in ``egress_allow`` and never to those in
+        ``egress_deny``), or ``"host"`` (only where the operator allows it).
         A retried create returns the first environment, never a second one.
         """
         request = build.create_environment_request(
@@ -135,6 +142,8 @@ class AsyncSandboxClient:
             labels=labels,
             files=files,
             network=network,
+            egress_allow=egress_allow,
+            egress_deny=egress_deny,
         )
         response = await self._call("CreateEnvironment", request, timeout=timeout, retry=retry)
         return AsyncSandbox(self, response.environment)
@@ -237,13 +246,18 @@ class AsyncSandboxClient:
     async def create_api_key(
         self,
         *,
-        tenant: str = "default",
+        tenant: str = "",
         scopes: Iterable[ApiKeyScope | str] = (ApiKeyScope.READ, ApiKeyScope.WRITE),
         display_name: str = "",
         ttl: DurationLike | None = None,
         timeout: float | None = None,
     ) -> CreatedApiKey:
-        """Creates an API key (admin scope); the secret is in the result only."""
+        """Creates an API key; the secret is in the result only.
+
+        ``tenant`` defaults to the calling key's own tenant. An admin key creates
+        keys of its own tenant only (another tenant is :class:`PermissionDeniedError`);
+        an operator key creates keys of any tenant, and only it creates operator keys.
+        """
         request = build.create_api_key_request(
             tenant=tenant, scopes=scopes, display_name=display_name, ttl=ttl
         )
@@ -253,7 +267,11 @@ class AsyncSandboxClient:
     async def list_api_keys(
         self, *, tenant: str = "", show_revoked: bool = False, timeout: float | None = None
     ) -> AsyncIterator[ApiKeyInfo]:
-        """API keys without secrets (admin scope), newest first."""
+        """API keys without secrets, newest first.
+
+        An admin key sees its own tenant's keys; an operator key every tenant's,
+        or only ``tenant``'s when it is given.
+        """
         request = gateway_service_pb2.ListApiKeysRequest(tenant=tenant, show_revoked=show_revoked)
         async for page in self._pages("ListApiKeys", request, timeout=timeout):
             for key in page.api_keys:
@@ -262,7 +280,11 @@ class AsyncSandboxClient:
     async def revoke_api_key(
         self, api_key_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> ApiKeyInfo:
-        """Revokes a key at once (admin scope); revoking a revoked key returns it unchanged."""
+        """Revokes a key at once; revoking a revoked key returns it unchanged.
+
+        An admin key revokes keys of its own tenant (another tenant's key is
+        :class:`NotFoundError`); only an operator key revokes operator keys.
+        """
         request = gateway_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
         response = await self._call("RevokeApiKey", request, timeout=timeout, retry=retry)
         return ApiKeyInfo.from_proto(response.api_key)

@@ -73,15 +73,15 @@ def _string_map(field: str, value: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def network_policy(value: NetworkPolicy | str | bool | None) -> int:
-    """The wire enum for ``network=``: ``"none"``/``False``, ``"host"``/``True``."""
+    """The wire enum for ``network=``: ``"none"``/``False``, ``"egress"``/``True``, ``"host"``."""
     if value is None:
         return 0
     if isinstance(value, bool):
-        return NETWORK_POLICY_NUMBERS[NetworkPolicy.HOST if value else NetworkPolicy.NONE]
+        return NETWORK_POLICY_NUMBERS[NetworkPolicy.EGRESS if value else NetworkPolicy.NONE]
     try:
         return NETWORK_POLICY_NUMBERS[NetworkPolicy(str(value).upper())]
     except ValueError:
-        _invalid("spec.network_policy", f"use 'none' or 'host', not {value!r}")
+        _invalid("spec.network_policy", f"use 'none', 'egress' or 'host', not {value!r}")
 
 
 def file_contents(files: Mapping[str, FileSource] | None) -> list[environment_pb2.FileContent]:
@@ -116,6 +116,8 @@ def create_environment_request(
     labels: Mapping[str, str] | None = None,
     files: Mapping[str, FileSource] | None = None,
     network: NetworkPolicy | str | bool | None = None,
+    egress_allow: Sequence[str] | None = None,
+    egress_deny: Sequence[str] | None = None,
 ) -> requests_pb2.CreateEnvironmentRequest:
     """The ``CreateEnvironment`` request, with a new ``request_id``."""
     limits = common_pb2.ResourceLimits(
@@ -132,6 +134,8 @@ def create_environment_request(
         env_vars=_string_map("spec.env_vars", env),
         labels=_string_map("spec.labels", labels),
         network_policy=network_policy(network),  # type: ignore[arg-type]
+        egress_allow_cidrs=[str(block) for block in egress_allow or ()],
+        egress_deny_cidrs=[str(block) for block in egress_deny or ()],
     )
     if ttl is not None:
         spec.ttl.CopyFrom(to_duration_pb(_duration("spec.ttl", ttl)))
@@ -397,7 +401,10 @@ def create_api_key_request(
         try:
             numbers.append(SCOPE_NUMBERS[ApiKeyScope(str(scope).upper())])
         except ValueError:
-            _invalid(f"scopes[{index}]", f"unknown scope {scope!r}; use read, write or admin")
+            _invalid(
+                f"scopes[{index}]",
+                f"unknown scope {scope!r}; use read, write, admin or operator",
+            )
     request = gateway_service_pb2.CreateApiKeyRequest(
         tenant=tenant,
         scopes=numbers,  # type: ignore[arg-type]

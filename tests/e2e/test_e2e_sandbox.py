@@ -8,7 +8,13 @@ import threading
 import pytest
 from e2e_support import EmbeddedStack
 
-from sandbox_sdk import EnvironmentState, ExitReason, SandboxClient
+from sandbox_sdk import (
+    EnvironmentState,
+    ExitReason,
+    NetworkPolicy,
+    PermissionDeniedError,
+    SandboxClient,
+)
 
 pytestmark = pytest.mark.isolation
 
@@ -78,3 +84,19 @@ def test_deleting_an_environment_ends_its_command_and_usage_streams(
         deleter.join(60)
         usage.close()
     assert sandbox.refresh().state is EnvironmentState.TERMINATED
+
+
+def test_egress_reaches_out_but_never_the_gateway_and_host_is_refused(
+    client: SandboxClient, stack: EmbeddedStack
+) -> None:
+    with client.create_environment(network="egress", egress_deny=["203.0.113.0/24"]) as sandbox:
+        assert sandbox.info.network is NetworkPolicy.EGRESS
+        # The gateway listens on the host's loopback and addresses: slirp4netns
+        # reaches neither the loopback (10.0.2.2) nor, by the firewall, the rest.
+        for address in ("10.0.2.2", "127.0.0.1"):
+            reached = sandbox.exec(
+                ["python3", "-c", CONNECT.replace("127.0.0.1", address), str(stack.server.port)]
+            )
+            assert reached.stdout.strip() != "connected", address
+    with pytest.raises(PermissionDeniedError, match="NETWORK_POLICY_EGRESS"):
+        client.create_environment(network="host")
