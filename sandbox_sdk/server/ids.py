@@ -13,7 +13,9 @@ import secrets
 ENVIRONMENT = "env"
 EXPERIMENT = "exp"
 ORCHESTRATOR_ID_PATTERN = re.compile(r"^[a-z0-9]{1,16}$")
-_ID_PATTERN = re.compile(r"^(env|exp)-([a-z0-9]{1,16})-([0-9a-f]{16})$")
+_ID_PATTERN = re.compile(r"(env|exp)-([a-z0-9]{1,16})-([0-9a-f]{16})")
+# The longest well-formed id; anything longer is refused before any matching.
+MAX_ID_CHARS = 3 + 1 + 16 + 1 + 16
 
 
 def new_id(kind: str, orchestrator_id: str) -> str:
@@ -23,11 +25,17 @@ def new_id(kind: str, orchestrator_id: str) -> str:
 
 def is_valid(resource_id: str, kind: str) -> bool:
     """Whether ``resource_id`` is well formed and of ``kind``."""
-    match = _ID_PATTERN.match(resource_id)
+    match = _match(resource_id)
     return match is not None and match.group(1) == kind
 
 
 def owner_of(resource_id: str) -> str | None:
     """The orchestrator id inside a resource id, or ``None`` if it is malformed."""
-    match = _ID_PATTERN.match(resource_id)
+    match = _match(resource_id)
     return match.group(2) if match else None
+
+
+def _match(resource_id: str) -> re.Match[str] | None:
+    if len(resource_id) > MAX_ID_CHARS:
+        return None
+    return _ID_PATTERN.fullmatch(resource_id)

@@ -4,6 +4,11 @@ Handlers raise :class:`ServiceError`; :class:`ErrorInterceptor` turns it into
 a status with ``ErrorInfo``, ``BadRequest``, ``QuotaFailure``, ``RetryInfo``
 and ``RequestInfo`` details. Any other exception becomes INTERNAL with only
 the request id sent to the client and the traceback logged.
+
+Messages and details often echo what the caller sent (an id, a path). Every
+status is clipped here, in one place, so whatever a caller sends, the
+trailer stays well under gRPC's metadata limit (8 KiB by default): see
+:mod:`sandbox_sdk.server.clipping`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sandbox_sdk.errors import ERROR_DOMAIN, REQUEST_ID_KEY, ErrorReason
+from sandbox_sdk.server.clipping import (
+    clip,
+    clip_metadata,
+    clip_violations,
+    fit_details,
+    valid_request_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +59,12 @@ class ServiceError(Exception):
         self.metadata = dict(metadata or {})
 
     def to_status(self, request_id: str = "") -> grpc.Status:
-        """Builds the ``grpc.Status`` sent to the client."""
+        """Builds the ``grpc.Status`` sent to the client, clipped to fit a trailer."""
         details: list[Any] = [
             error_details_pb2.ErrorInfo(
-                reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+                reason=clip(self.reason, 64),
+                domain=ERROR_DOMAIN,
+                metadata=clip_metadata(self.metadata),
             )
         ]
         if self.field_violations:
@@ -58,7 +72,7 @@ class ServiceError(Exception):
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                        for f, d in self.field_violations
+                        for f, d in clip_violations(self.field_violations)
                     ]
                 )
             )
@@ -67,7 +81,7 @@ class ServiceError(Exception):
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(subject=s, description=d)
-                        for s, d in self.quota_violations
+                        for s, d in clip_violations(self.quota_violations)
                     ]
                 )
             )
@@ -81,13 +95,20 @@ class ServiceError(Exception):
 
 
 def status_from(code: grpc.StatusCode, message: str, details: Sequence[Any]) -> grpc.Status:
-    """Packs protobuf detail messages into a ``grpc.Status``."""
+    """Packs protobuf detail messages into a ``grpc.Status``, clipped to fit a trailer.
+
+    The message is cut to a bounded size, and details that would take the
+    status past its budget are dropped from the end (ErrorInfo comes first
+    and always fits).
+    """
     packed = []
     for detail in details:
         wrapper = any_pb2.Any()
         wrapper.Pack(detail)
         packed.append(wrapper)
-    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
+    proto = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=clip(message), details=fit_details(packed)
+    )
     return rpc_status.to_status(proto)
 
 
@@ -116,8 +137,13 @@ def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str
 
 
 def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's ``x-request-id``, or a new one."""
-    return metadata_value(context, REQUEST_ID_KEY) or uuid.uuid4().hex
+    """The caller's ``x-request-id`` when it is a short printable token, else a new one.
+
+    The id is echoed in trailers and RequestInfo, so an overlong or binary
+    one is replaced rather than sent back.
+    """
+    presented = metadata_value(context, REQUEST_ID_KEY)
+    return presented if valid_request_id(presented) else uuid.uuid4().hex
 
 
 if TYPE_CHECKING:

@@ -10,6 +10,9 @@ from typing import Any
 
 from sandbox_sdk.server.status import invalid_argument
 
+# Tokens this module issues are well under this; longer ones are refused unread.
+MAX_TOKEN_CHARS = 1024
+
 
 def query_digest(*parts: object) -> str:
     """A short digest of the filters a token belongs to."""
@@ -27,6 +30,10 @@ def decode_token(token: str, kind: str, query: str) -> list[Any] | None:
     """The key in ``token``; None for an empty token; INVALID_ARGUMENT for a foreign one."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise invalid_argument(
+            [("page_token", "pass the next_page_token of the previous page unchanged")]
+        )
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
