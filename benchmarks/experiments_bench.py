@@ -71,7 +71,11 @@ async def _engine_rate() -> float:
         request = requests_pb2.CreateExperimentRequest(environment_id=ENVIRONMENT, spec=spec)
         started = time.perf_counter()
         ids = [
-            engine.create("bench", validate_create(request, engine.models, settings.scheduler)).id
+            (
+                await engine.create(
+                    "bench", validate_create(request, engine.models, settings.scheduler)
+                )
+            ).id
             for _ in range(EXPERIMENTS)
         ]
         for experiment_id in ids:

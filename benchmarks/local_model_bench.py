@@ -56,7 +56,7 @@ async def _engine_tokens_per_second(engine: ExperimentEngine) -> float:
     request = requests_pb2.CreateExperimentRequest(environment_id=ENVIRONMENT, spec=spec)
     started = time.perf_counter()
     validated = validate_create(request, engine.models, engine.settings.scheduler)
-    experiment_id = engine.create("bench", validated).id
+    experiment_id = (await engine.create("bench", validated)).id
     deltas = 0
     async for event in engine.stream("bench", experiment_id, 0, follow=True):
         deltas += type(event.payload).__name__ == "OutputEvent"

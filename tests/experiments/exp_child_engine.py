@@ -51,7 +51,7 @@ async def main(db_path: str, root: str, environment_id: str) -> None:
     for prompt in (" ".join(["streaming"] * 400), STUCK_PROMPT, "queued behind the others"):
         request = create_request(environment_id, make_spec([prompt], model="scripted"))
         validated = validate_create(request, engine.models, settings.scheduler)
-        ids.append(engine.create("default", validated).id)
+        ids.append((await engine.create("default", validated)).id)
     print(json.dumps(ids), flush=True)
     await asyncio.Event().wait()
 

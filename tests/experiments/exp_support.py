@@ -193,7 +193,7 @@ async def wait_final(
     """Follows the experiment's events until it ends; returns its final record."""
     async for _ in engine.stream(tenant, experiment_id, 0, follow=True):
         pass
-    return engine.get(tenant, experiment_id)
+    return await engine.get(tenant, experiment_id)
 
 
 def scripted_model(name: str = "scripted", **options: object) -> ModelConfig:

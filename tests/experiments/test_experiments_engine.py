@@ -100,7 +100,7 @@ async def test_events_are_numbered_without_gaps_and_cover_the_run(
         "env_cpu_percent",
         "env_memory_bytes",
     }
-    assert engine.get("default", created.experiment.id).last_sequence == events[-1].sequence
+    assert (await engine.get("default", created.experiment.id)).last_sequence == events[-1].sequence
 
 
 async def test_failing_scorer_commands_are_recorded_not_fatal(

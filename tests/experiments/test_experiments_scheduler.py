@@ -88,7 +88,7 @@ async def test_two_hundred_experiments_finish_fairly_with_positions(
                 for e in events
                 if isinstance(e.payload, StateEvent) and e.payload.state is ExperimentState.RUNNING
             )
-            assert engine.get(tenant, experiment.id).state is ExperimentState.SUCCEEDED
+            assert (await engine.get(tenant, experiment.id)).state is ExperimentState.SUCCEEDED
             start_order.append((running.time, tenant))
 
     start_order.sort()

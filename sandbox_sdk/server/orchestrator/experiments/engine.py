@@ -12,23 +12,30 @@ one that did is FAILED with reason ORCHESTRATOR_RESTARTED, keeping the
 samples it finished. ``stop()`` applies the same rule at once to the
 experiments it interrupts, so the database never claims that a stopped
 orchestrator is still running something.
+
+The engine never blocks the event loop on SQLite: every transition is a
+commit awaited through the store's writer thread (so "done" means
+durable), and reads go to its reader threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import grpc
 from prometheus_client import CollectorRegistry
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
+from sandbox_sdk.server.clipping import echo
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments.events import EventLog, ExperimentWriter
 from sandbox_sdk.server.orchestrator.experiments.metrics import EngineMetrics
@@ -44,7 +51,8 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     StateEvent,
     StoredEvent,
 )
-from sandbox_sdk.server.orchestrator.experiments.results import Aggregates, aggregate
+from sandbox_sdk.server.orchestrator.experiments.results import Aggregates
+from sandbox_sdk.server.orchestrator.experiments.results_cache import AggregateCache
 from sandbox_sdk.server.orchestrator.experiments.runner import (
     ExperimentFailedError,
     ExperimentRunner,
@@ -63,6 +71,7 @@ from sandbox_sdk.server.status import ServiceError, not_found
 
 log = logging.getLogger(__name__)
 
+_Committed: TypeAlias = "concurrent.futures.Future[list[StoredEvent]]"
 # How long CancelExperiment waits for a running experiment to record its end.
 CANCEL_WAIT_SECONDS = 10.0
 _SHUTDOWN = "shutdown"
@@ -72,9 +81,12 @@ _SHUTDOWN = "shutdown"
 class _Run:
     """A running experiment's task, and why the engine stopped it, if it did."""
 
+    experiment_id: str
     tenant: str
+    environment_id: str
     writer: ExperimentWriter
     task: asyncio.Task[None] | None = None
+    started: _Committed | None = None
     stop: tuple[ExperimentState, Failure] | str | None = None
     recorded: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -109,8 +121,11 @@ class ExperimentEngine:
         self.models = ModelRegistry(settings.models)
         self.metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
         self._queue = FairQueue()
+        self._inserting = 0
         self._running: dict[str, _Run] = {}
         self._running_per_tenant: collections.Counter[str] = collections.Counter()
+        self._aggregates = AggregateCache()
+        self._background: set[asyncio.Task[None]] = set()
         self._next_order = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
@@ -118,28 +133,37 @@ class ExperimentEngine:
     async def start(self) -> None:
         """Recovers experiments a previous process left, then starts dispatching."""
         self._loop = asyncio.get_running_loop()
+        self.events.attach(self._loop)
         self._next_order = self.store.last_queue_order()
-        self._recover()
+        await self._recover()
         self.sandbox.on_terminated(self._on_environment_terminated)
         self._accepting = True
         self._dispatch()
 
     async def stop(self) -> None:
         """Stops accepting and dispatching; interrupted experiments are re-queued or FAILED
-        (ORCHESTRATOR_RESTARTED) as on a restart, and model clients are closed."""
+        (ORCHESTRATOR_RESTARTED) as on a restart, and model clients are closed. Every
+        write queued before is committed before it returns."""
         self._accepting = False
         runs = list(self._running.values())
         for run in runs:
             self._interrupt(run, _SHUTDOWN)
         await asyncio.gather(*(run.finished.wait() for run in runs))
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.models.aclose()
+        await self.store.aclose()
 
     # Commands
 
-    def create(self, tenant: str, request: ValidatedRequest) -> ExperimentRecord:
-        """Queues a validated experiment, or returns the one created with the same request id."""
+    async def create(self, tenant: str, request: ValidatedRequest) -> ExperimentRecord:
+        """Queues a validated experiment, or returns the one created with the same request id.
+
+        It returns once the experiment and its QUEUED event are committed.
+        """
         if request.request_id:
-            existing = self.store.find_request(tenant, request.request_id)
+            existing = await self.store.afind_request(tenant, request.request_id)
             if existing is not None:
                 return existing
         self._check_admission()
@@ -150,8 +174,8 @@ class ExperimentEngine:
             tenant=tenant,
             priority=spec.priority,
             order=self._next_order,
+            environment_id=request.environment_id,
         )
-        self._queue.add(entry)
         new = NewExperiment(
             id=entry.experiment_id,
             tenant=tenant,
@@ -162,88 +186,97 @@ class ExperimentEngine:
             request_id=request.request_id,
             queue_order=entry.order,
         )
-        queued = StateEvent(ExperimentState.QUEUED, queue_position=self._queue.position(new.id))
+        queued = StateEvent(ExperimentState.QUEUED, queue_position=self._position_if_added(entry))
+        self._inserting += 1
         try:
-            self.store.insert(new, queued)
+            record = await self.store.insert(new, queued)
         except DuplicateRequestError:
-            self._queue.remove(new.id)
-            existing = self.store.find_request(tenant, request.request_id)
+            existing = await self.store.afind_request(tenant, request.request_id)
             if existing is None:  # pragma: no cover -- the unique index just said it exists
                 raise
             return existing
-        except BaseException:
-            self._queue.remove(new.id)
-            raise
+        finally:
+            self._inserting -= 1
+        # Queued only once committed: dispatch never sees an experiment the database lacks.
+        self._queue.add(entry)
         self.metrics.created.labels(new.model_name).inc()
         self._dispatch()
-        return self._get(new.id)
+        run = self._running.get(new.id)
+        if run is None or run.started is None:
+            return record
+        # It started at once: answer with the committed RUNNING state, as it stands.
+        with contextlib.suppress(Exception):  # the run records its own failure
+            await asyncio.shield(asyncio.wrap_future(run.started))
+        return await self._get(new.id)
 
     async def cancel(self, tenant: str, experiment_id: str) -> ExperimentRecord:
         """Cancels a queued or running experiment; a finished one is returned unchanged."""
-        record = self.get(tenant, experiment_id)
+        record = await self.get(tenant, experiment_id)
         if not record.state.is_final:
-            run = self._stop_experiment(
+            run = await self._stop_experiment(
                 record, Failure(ErrorReason.CANCELLED, "cancelled by the user")
             )
             if run is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(run.finished.wait()), CANCEL_WAIT_SECONDS)
-        return self._get(experiment_id)
+        return await self._get(experiment_id)
 
     # Queries
 
-    def get(self, tenant: str, experiment_id: str) -> ExperimentRecord:
+    async def get(self, tenant: str, experiment_id: str) -> ExperimentRecord:
         """The tenant's experiment; NOT_FOUND for unknown ids and other tenants' experiments."""
-        record = self.store.get(experiment_id) if experiment_id else None
+        record = await self.store.aget(experiment_id) if experiment_id else None
         if record is None or record.tenant != tenant:
             raise not_found(
                 ErrorReason.EXPERIMENT_NOT_FOUND,
-                f"experiment {experiment_id!r} does not exist; ListExperiments lists yours",
+                f"experiment {echo(experiment_id)} does not exist; ListExperiments lists yours",
             )
         return record
 
-    def list(
+    async def list(
         self, tenant: str, filters: ListFilter, limit: int, before: tuple[float, str] | None
     ) -> list[ExperimentRecord]:
         """The tenant's experiments, newest first, after the ``before`` key."""
-        return self.store.list_experiments(tenant, filters, limit, before)
+        return await self.store.alist_experiments(tenant, filters, limit, before)
 
     def queue_position(self, experiment_id: str) -> int:
         """The 1-based queue position of a QUEUED experiment, else 0."""
         return self._queue.position(experiment_id)
 
-    def results(
+    async def results(
         self, tenant: str, experiment_id: str, page_size: int, after: tuple[int, int] | None
     ) -> ResultsPage:
         """One page of samples (by input, then repeat) and aggregates over all samples."""
-        record = self.get(tenant, experiment_id)
-        samples = self.store.samples(experiment_id)
-        start = 0
-        if after is not None:
-            start = next(
-                (i for i, s in enumerate(samples) if (s.input_index, s.repeat) > after),
-                len(samples),
-            )
-        page = samples[start : start + page_size]
+        record = await self.get(tenant, experiment_id)
+        page = await self.store.apage_samples(experiment_id, page_size + 1, after)
+        aggregates = await self._aggregates.get(record, self.store.aaggregates)
         return ResultsPage(
             experiment=record,
-            samples=page,
-            aggregates=aggregate(samples),
-            has_more=start + page_size < len(samples),
+            samples=page[:page_size],
+            aggregates=aggregates,
+            has_more=len(page) > page_size,
         )
 
-    def stream(
+    async def stream(
         self, tenant: str, experiment_id: str, after_sequence: int, *, follow: bool
     ) -> AsyncIterator[StoredEvent]:
         """The experiment's committed events after ``after_sequence``; see EventLog.stream."""
-        self.get(tenant, experiment_id)
-        return self.events.stream(experiment_id, after_sequence, follow=follow)
+        await self.get(tenant, experiment_id)
+        async for event in self.events.stream(experiment_id, after_sequence, follow=follow):
+            yield event
 
     def capacity(self) -> tuple[int, int]:
         """Experiments running now and experiments waiting, for GetCapacity."""
         return len(self._running), len(self._queue)
 
     # Dispatch
+
+    def _position_if_added(self, entry: QueueEntry) -> int:
+        self._queue.add(entry)
+        try:
+            return self._queue.position(entry.experiment_id)
+        finally:
+            self._queue.remove(entry.experiment_id)
 
     def _check_admission(self) -> None:
         if not self._accepting:
@@ -254,7 +287,7 @@ class ExperimentEngine:
                 retry_after=1.0,
             )
         limit = self.settings.scheduler.max_queue_length
-        if len(self._queue) >= limit:
+        if len(self._queue) + self._inserting >= limit:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 ErrorReason.CAPACITY_EXHAUSTED,
@@ -276,31 +309,55 @@ class ExperimentEngine:
         self.metrics.queued.set(len(self._queue))
 
     def _start(self, entry: QueueEntry) -> None:
-        record = self._get(entry.experiment_id)
-        writer = ExperimentWriter(self.events, record.id)
-        writer.emit(
+        writer = ExperimentWriter(self.events, entry.experiment_id)
+        run = _Run(
+            experiment_id=entry.experiment_id,
+            tenant=entry.tenant,
+            environment_id=entry.environment_id,
+            writer=writer,
+        )
+        self._running[entry.experiment_id] = run
+        self._running_per_tenant[entry.tenant] += 1
+        run.started = writer.submit(
             [StateEvent(ExperimentState.RUNNING)],
             ExperimentChanges(state=ExperimentState.RUNNING, start_time=time.time()),
         )
-        run = _Run(tenant=record.tenant, writer=writer)
-        self._running[record.id] = run
-        self._running_per_tenant[record.tenant] += 1
-        run.task = asyncio.create_task(self._execute(record, run), name=record.id)
-        run.task.add_done_callback(lambda _: self._run_done(record, run))
+        run.task = asyncio.create_task(self._execute(run), name=entry.experiment_id)
+        run.task.add_done_callback(lambda _: self._run_done(run))
 
-    async def _execute(self, record: ExperimentRecord, run: _Run) -> None:
-        outcome = await self._outcome(record, run, run.writer)
+    async def _execute(self, run: _Run) -> None:
+        writer = run.writer
+        await writer.drain()  # the RUNNING commit
+        record = await self._get(run.experiment_id)
+        outcome = await self._outcome(record, run, writer)
         run.recorded = True
-        self._finish(record, run.writer, outcome)
+        self._finish(writer, outcome)
+        await writer.drain()
 
-    def _run_done(self, record: ExperimentRecord, run: _Run) -> None:
+    def _run_done(self, run: _Run) -> None:
         """Bookkeeping after a run's task ended, however it ended."""
-        if not run.recorded:
-            # Cancelled before it started, or by the event loop shutting down.
-            run.recorded = True
-            self._finish(record, run.writer, run.stop or _SHUTDOWN)
-        del self._running[record.id]
-        self._running_per_tenant[record.tenant] -= 1
+        if run.recorded:
+            self._release(run)
+            return
+        # Cancelled before it recorded an end (before it started, or by the event
+        # loop shutting down): record it now, and release the run once committed.
+        run.recorded = True
+        loop = self._loop
+        try:
+            future = self._finish(run.writer, run.stop or _SHUTDOWN)
+        except Exception:  # the store is closed: recovery at the next start records it
+            log.exception("could not record the end of experiment %s", run.experiment_id)
+            self._release(run)
+            return
+        if loop is None or loop.is_closed():
+            self._release(run)
+            return
+        future.add_done_callback(lambda _: _call_soon(loop, self._release, run))
+
+    def _release(self, run: _Run) -> None:
+        if self._running.pop(run.experiment_id, None) is None:
+            return
+        self._running_per_tenant[run.tenant] -= 1
         run.finished.set()
         self._dispatch()
 
@@ -332,38 +389,34 @@ class ExperimentEngine:
         return ExperimentState.SUCCEEDED, None
 
     def _finish(
-        self,
-        record: ExperimentRecord,
-        writer: ExperimentWriter,
-        outcome: tuple[ExperimentState, Failure | None] | str,
-    ) -> None:
+        self, writer: ExperimentWriter, outcome: tuple[ExperimentState, Failure | None] | str
+    ) -> _Committed:
+        """Queues the commit of the experiment's end; the future completes once durable."""
         if outcome == _SHUTDOWN:
-            self._interrupted(record.id, writer)
-            return
+            return self._interrupted(writer)
         assert not isinstance(outcome, str)  # noqa: S101 -- _SHUTDOWN is the only string
         state, failure = outcome
-        writer.emit(
+        self.metrics.finished.labels(state.value).inc()
+        return writer.submit(
             [StateEvent(state, failure)],
             ExperimentChanges(state=state, failure=failure, end_time=time.time()),
         )
-        self.metrics.finished.labels(state.value).inc()
 
-    def _interrupted(self, experiment_id: str, writer: ExperimentWriter) -> None:
+    def _interrupted(self, writer: ExperimentWriter) -> _Committed:
         """Re-queues an interrupted experiment without output, else fails it."""
         if writer.has_output:
             failure = Failure(
                 ErrorReason.ORCHESTRATOR_RESTARTED,
                 "the orchestrator stopped while the experiment was running; run it again",
             )
-            writer.emit(
+            self.metrics.finished.labels(ExperimentState.FAILED.value).inc()
+            return writer.submit(
                 [StateEvent(ExperimentState.FAILED, failure)],
                 ExperimentChanges(
                     state=ExperimentState.FAILED, failure=failure, end_time=time.time()
                 ),
             )
-            self.metrics.finished.labels(ExperimentState.FAILED.value).inc()
-            return
-        writer.emit(
+        return writer.submit(
             [
                 LogEvent(LogLevel.WARNING, "the orchestrator stopped before any output; re-queued"),
                 StateEvent(ExperimentState.QUEUED),
@@ -373,14 +426,15 @@ class ExperimentEngine:
 
     # Cancellation
 
-    def _stop_experiment(self, record: ExperimentRecord, failure: Failure) -> _Run | None:
+    async def _stop_experiment(self, record: ExperimentRecord, failure: Failure) -> _Run | None:
         """Ends a queued experiment now, or interrupts a running one and returns its run."""
         run = self._running.get(record.id)
         if run is not None:
             self._interrupt(run, (ExperimentState.CANCELLED, failure))
             return run
-        self._queue.remove(record.id)
-        self.events.commit(
+        if not self._queue.remove(record.id):
+            return None  # it started or ended meanwhile; its own path records that
+        await self.events.commit(
             record.id,
             [StateEvent(ExperimentState.CANCELLED, failure)],
             ExperimentChanges(
@@ -393,7 +447,8 @@ class ExperimentEngine:
 
     @staticmethod
     def _interrupt(run: _Run, reason: tuple[ExperimentState, Failure] | str) -> None:
-        if run.stop is None and run.task is not None:
+        # Once its end is recorded, a run only waits for that commit: leave it be.
+        if run.stop is None and run.task is not None and not run.recorded:
             run.stop = reason
             run.task.cancel()
 
@@ -412,29 +467,40 @@ class ExperimentEngine:
         except RuntimeError:
             current = None
         if current is loop:
-            self._cancel_environment(environment_id)
+            self._environment_ended(environment_id)
         else:
-            loop.call_soon_threadsafe(self._cancel_environment, environment_id)
+            _call_soon(loop, self._environment_ended, environment_id)
 
-    def _cancel_environment(self, environment_id: str) -> None:
-        failure = Failure(
-            ErrorReason.ENVIRONMENT_NOT_RUNNING,
-            f"environment {environment_id} ended, so its experiments were cancelled",
-        )
-        for record in self.store.in_environment(environment_id):
-            self._stop_experiment(record, failure)
+    def _environment_ended(self, environment_id: str) -> None:
+        """Interrupts the environment's running experiments now (before they notice
+        the environment is gone and fail), then cancels its queued ones."""
+        failure = _environment_ended_failure(environment_id)
+        for run in list(self._running.values()):
+            if run.environment_id == environment_id:
+                self._interrupt(run, (ExperimentState.CANCELLED, failure))
+        self._spawn(self._cancel_environment(environment_id))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cancel_environment(self, environment_id: str) -> None:
+        failure = _environment_ended_failure(environment_id)
+        for record in await self.store.ain_environment(environment_id):
+            await self._stop_experiment(record, failure)
 
     # Recovery
 
-    def _recover(self) -> None:
+    async def _recover(self) -> None:
         requeued: list[ExperimentRecord] = []
-        for record in self.store.in_state(ExperimentState.RUNNING):
+        for record in await self.store.ain_state(ExperimentState.RUNNING):
             if record.has_output:
                 failure = Failure(
                     ErrorReason.ORCHESTRATOR_RESTARTED,
                     "the orchestrator restarted while the experiment was running; run it again",
                 )
-                self.events.commit(
+                await self.events.commit(
                     record.id,
                     [StateEvent(ExperimentState.FAILED, failure)],
                     ExperimentChanges(
@@ -443,12 +509,18 @@ class ExperimentEngine:
                 )
             else:
                 requeued.append(record)
-        for record in [*self.store.in_state(ExperimentState.QUEUED), *requeued]:
+        for record in [*await self.store.ain_state(ExperimentState.QUEUED), *requeued]:
             self._queue.add(
-                QueueEntry(record.id, record.tenant, record.spec.priority, record.queue_order)
+                QueueEntry(
+                    record.id,
+                    record.tenant,
+                    record.spec.priority,
+                    record.queue_order,
+                    record.environment_id,
+                )
             )
         for record in requeued:
-            self.events.commit(
+            await self.events.commit(
                 record.id,
                 [
                     LogEvent(
@@ -462,9 +534,9 @@ class ExperimentEngine:
                 ],
                 ExperimentChanges(state=ExperimentState.QUEUED, clear_start_time=True),
             )
-        for record in self.store.in_state(ExperimentState.QUEUED):
+        for record in await self.store.ain_state(ExperimentState.QUEUED):
             if not self._environment_survived(record):
-                self._fail_for_lost_environment(record)
+                await self._fail_for_lost_environment(record)
 
     def _environment_survived(self, record: ExperimentRecord) -> bool:
         try:
@@ -473,22 +545,35 @@ class ExperimentEngine:
             return False
         return True
 
-    def _fail_for_lost_environment(self, record: ExperimentRecord) -> None:
+    async def _fail_for_lost_environment(self, record: ExperimentRecord) -> None:
         self._queue.remove(record.id)
         failure = Failure(
             ErrorReason.ORCHESTRATOR_RESTARTED,
             f"environment {record.environment_id} did not survive the orchestrator restart;"
             " create a new environment and run the experiment again",
         )
-        self.events.commit(
+        await self.events.commit(
             record.id,
             [StateEvent(ExperimentState.FAILED, failure)],
             ExperimentChanges(state=ExperimentState.FAILED, failure=failure, end_time=time.time()),
         )
         self.metrics.finished.labels(ExperimentState.FAILED.value).inc()
 
-    def _get(self, experiment_id: str) -> ExperimentRecord:
-        record = self.store.get(experiment_id)
+    async def _get(self, experiment_id: str) -> ExperimentRecord:
+        record = await self.store.aget(experiment_id)
         if record is None:
             raise KeyError(experiment_id)
         return record
+
+
+def _environment_ended_failure(environment_id: str) -> Failure:
+    return Failure(
+        ErrorReason.ENVIRONMENT_NOT_RUNNING,
+        f"environment {environment_id} ended, so its experiments were cancelled",
+    )
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """``loop.call_soon_threadsafe``, ignoring a loop that has closed meanwhile."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)

@@ -4,11 +4,17 @@ Subscribers never receive events from memory: a commit only wakes them, and
 each reads the events it has not seen from the database. A slow consumer
 therefore never holds up the experiment and never loses an event, and every
 streamed event is one that survives a crash.
+
+Commits go through the store's writer thread, which wakes the streams once
+per committed batch; streams read on the store's reader threads. The event
+loop never waits for SQLite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 from collections.abc import AsyncIterator, Sequence
 
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -27,6 +33,9 @@ OUTPUT_FLUSH_COUNT = 64
 # A follower re-reads at least this often, in case it was woken by nobody
 # (for example the experiment was changed by another process on the same file).
 FOLLOW_POLL_SECONDS = 1.0
+# How many commits one running experiment may have queued but not yet
+# committed before it waits: the writer batches them, and memory stays bounded.
+MAX_COMMITS_IN_FLIGHT = 256
 
 
 class EventLog:
@@ -35,8 +44,29 @@ class EventLog:
     def __init__(self, store: ExperimentStore) -> None:
         self.store = store
         self._waiters: dict[str, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        store.writer.on_commit = self._committed
 
-    def commit(
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop whose streams commits wake (the writer thread calls back into it)."""
+        self._loop = loop
+
+    def submit(
+        self,
+        experiment_id: str,
+        payloads: Sequence[EventPayload],
+        changes: ExperimentChanges | None = None,
+        sample: SampleRecord | None = None,
+        *,
+        has_output: bool = False,
+    ) -> concurrent.futures.Future[list[StoredEvent]]:
+        """Queues the events (and changes) as one atomic commit; streams wake once it is
+        committed. The future holds the committed events."""
+        return self.store.submit_commit(
+            experiment_id, payloads, changes, sample, has_output=has_output
+        )
+
+    async def commit(
         self,
         experiment_id: str,
         payloads: Sequence[EventPayload],
@@ -45,16 +75,29 @@ class EventLog:
         *,
         has_output: bool = False,
     ) -> list[StoredEvent]:
-        """Commits the events (and changes) atomically, then wakes the experiment's streams."""
-        events = self.store.commit(experiment_id, payloads, changes, sample, has_output=has_output)
-        self.notify(experiment_id)
-        return events
+        """Commits the events (and changes) atomically and waits until they are durable."""
+        future = self.submit(experiment_id, payloads, changes, sample, has_output=has_output)
+        return await asyncio.wrap_future(future)
 
     def notify(self, experiment_id: str) -> None:
-        """Wakes every stream waiting on the experiment."""
+        """Wakes every stream waiting on the experiment (on the loop)."""
         waiter = self._waiters.pop(experiment_id, None)
         if waiter is not None:
             waiter.set()
+
+    def _committed(self, experiment_ids: Sequence[str]) -> None:
+        """Writer-thread callback after a commit: wake the streams on the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._notify_all, list(experiment_ids))
+        except RuntimeError:  # the loop closed meanwhile: nobody is listening
+            return
+
+    def _notify_all(self, experiment_ids: list[str]) -> None:
+        for experiment_id in experiment_ids:
+            self.notify(experiment_id)
 
     async def stream(
         self, experiment_id: str, after_sequence: int, *, follow: bool
@@ -71,7 +114,7 @@ class EventLog:
                 # Take the waiter before reading, so a commit made while this
                 # stream is suspended in a yield still wakes it afterwards.
                 waiter = self._waiters.setdefault(experiment_id, asyncio.Event())
-                events = self.store.events_after(experiment_id, last, STREAM_PAGE_SIZE)
+                events = await self.store.aevents_after(experiment_id, last, STREAM_PAGE_SIZE)
                 for event in events:
                     yield event
                     last = event.sequence
@@ -79,20 +122,23 @@ class EventLog:
                         return
                 if len(events) == STREAM_PAGE_SIZE:
                     continue
-                if not follow or self._finished_before(experiment_id, last):
+                if not follow or await self._finished_before(experiment_id, last):
                     return
                 try:
                     await asyncio.wait_for(waiter.wait(), FOLLOW_POLL_SECONDS)
                 except TimeoutError:
                     continue
         finally:
-            if self._finished_before(experiment_id, last):
-                # No commit will ever wake a waiter of a finished experiment.
+            idle = self._waiters.get(experiment_id)
+            if idle is not None and not idle.is_set():
+                # Drop an idle waiter; a live stream of the same experiment
+                # makes a new one on its next read.
                 self._waiters.pop(experiment_id, None)
+                idle.set()
 
-    def _finished_before(self, experiment_id: str, sequence: int) -> bool:
-        record = self.store.get(experiment_id)
-        return record is None or (record.state.is_final and record.last_sequence <= sequence)
+    async def _finished_before(self, experiment_id: str, sequence: int) -> bool:
+        progress = await self.store.aprogress(experiment_id)
+        return progress is None or (progress[0].is_final and progress[1] <= sequence)
 
 
 class ExperimentWriter:
@@ -102,6 +148,13 @@ class ExperimentWriter:
     ``OUTPUT_FLUSH_SECONDS`` after the first of them or every
     ``OUTPUT_FLUSH_COUNT`` deltas; any other event first commits the
     buffered output, in the same transaction, so the order is kept.
+
+    Commits are pipelined: :meth:`emit` queues one and returns at once while
+    fewer than ``MAX_COMMITS_IN_FLIGHT`` are uncommitted, so the writer
+    thread can put many samples into one transaction. Nothing is reported as
+    done before it is committed: streams and reads see only the database,
+    and :meth:`drain` (awaited before an experiment's end is recorded as
+    final) re-raises any commit that failed.
     """
 
     def __init__(self, log: EventLog, experiment_id: str) -> None:
@@ -109,6 +162,9 @@ class ExperimentWriter:
         self.experiment_id = experiment_id
         self._buffer: list[EventPayload] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: collections.deque[concurrent.futures.Future[list[StoredEvent]]] = (
+            collections.deque()
+        )
         self.has_output = False
 
     def output(self, event: OutputEvent) -> None:
@@ -119,30 +175,58 @@ class ExperimentWriter:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(OUTPUT_FLUSH_SECONDS, self.flush)
 
-    def emit(
+    async def emit(
         self,
         payloads: Sequence[EventPayload] = (),
         changes: ExperimentChanges | None = None,
         sample: SampleRecord | None = None,
-    ) -> list[StoredEvent]:
-        """Commits buffered output, then ``payloads``, ``changes`` and ``sample``, atomically."""
+    ) -> None:
+        """Queues buffered output, then ``payloads``, ``changes`` and ``sample`` as one atomic
+        commit; waits only when too many commits are still uncommitted."""
+        self.submit(payloads, changes, sample)
+        self._raise_failed()
+        while len(self._in_flight) > MAX_COMMITS_IN_FLIGHT:
+            await asyncio.wrap_future(self._in_flight.popleft())
+
+    def submit(
+        self,
+        payloads: Sequence[EventPayload] = (),
+        changes: ExperimentChanges | None = None,
+        sample: SampleRecord | None = None,
+    ) -> concurrent.futures.Future[list[StoredEvent]]:
+        """Queues the commit :meth:`emit` would, without waiting at all."""
         pending, self._buffer = self._buffer, []
         self._cancel_timer()
         first_output = bool(pending) and not self.has_output
         self.has_output = self.has_output or bool(pending)
-        return self.log.commit(
+        future = self.log.submit(
             self.experiment_id,
             [*pending, *payloads],
             changes,
             sample,
             has_output=first_output,
         )
+        self._in_flight.append(future)
+        return future
+
+    async def drain(self) -> None:
+        """Waits until every queued commit is durable; raises the first that failed."""
+        while self._in_flight:
+            await asyncio.wrap_future(self._in_flight.popleft())
 
     def flush(self) -> None:
-        """Commits buffered output now."""
+        """Queues buffered output for commit now."""
         self._timer = None
         if self._buffer:
-            self.emit()
+            self.submit()
+
+    def _raise_failed(self) -> None:
+        """Forgets commits that are done; raises the first that failed."""
+        while self._in_flight and self._in_flight[0].done():
+            done = self._in_flight.popleft()
+            error = done.exception()
+            if error is not None:
+                raise error
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

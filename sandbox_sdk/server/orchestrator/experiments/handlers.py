@@ -7,8 +7,9 @@ gateway's metadata; another tenant's experiment is NOT_FOUND.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -24,11 +25,25 @@ from sandbox_sdk.server.orchestrator.experiments.paging import (
 )
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord, ExperimentState
 from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
-from sandbox_sdk.server.orchestrator.experiments.validation import validate_create
+from sandbox_sdk.server.orchestrator.experiments.validation import (
+    validate_create,
+    validate_list_filters,
+)
 from sandbox_sdk.server.status import invalid_argument
 from sandbox_sdk.server.tenancy import tenant_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+# Requests and replies with more inline inputs than this are validated and built
+# on a worker thread: converting thousands of inputs takes milliseconds.
+_INLINE_WORK_INPUTS = 256
+
+
+async def _maybe_in_thread(off_loop: bool, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, on a worker thread when ``off_loop``."""
+    if off_loop:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
 
 
 class ExperimentHandlers:
@@ -43,29 +58,40 @@ class ExperimentHandlers:
     ) -> requests_pb2.CreateExperimentResponse:
         """Validates and queues an experiment; a retried request id returns the first result."""
         tenant = tenant_of(context)
-        validated = validate_create(request, self.engine.models, self.engine.settings.scheduler)
+        large = len(request.spec.inputs) > _INLINE_WORK_INPUTS
+        validated = await _maybe_in_thread(
+            large,
+            validate_create,
+            request,
+            self.engine.models,
+            self.engine.settings.scheduler,
+        )
         existing = (
-            self.engine.store.find_request(tenant, validated.request_id)
+            await self.engine.store.afind_request(tenant, validated.request_id)
             if validated.request_id
             else None
         )
         if existing is None:
             self.engine.sandbox.require_running(tenant, validated.environment_id)
-            existing = self.engine.create(tenant, validated)
-        return requests_pb2.CreateExperimentResponse(experiment=self._message(existing))
+            existing = await self.engine.create(tenant, validated)
+        message = await _maybe_in_thread(large, self._message, existing)
+        return requests_pb2.CreateExperimentResponse(experiment=message)
 
     async def GetExperiment(
         self, request: requests_pb2.GetExperimentRequest, context: Context
     ) -> requests_pb2.GetExperimentResponse:
         """One experiment of the tenant."""
-        record = self.engine.get(tenant_of(context), _experiment_id(request.experiment_id))
-        return requests_pb2.GetExperimentResponse(experiment=self._message(record))
+        record = await self.engine.get(tenant_of(context), _experiment_id(request.experiment_id))
+        large = len(record.spec.inputs) > _INLINE_WORK_INPUTS
+        message = await _maybe_in_thread(large, self._message, record)
+        return requests_pb2.GetExperimentResponse(experiment=message)
 
     async def ListExperiments(
         self, request: requests_pb2.ListExperimentsRequest, context: Context
     ) -> requests_pb2.ListExperimentsResponse:
         """The tenant's experiments, newest first, filtered and paginated."""
         limit = page_size(request.page_size, 50, 1000)
+        validate_list_filters(request.environment_id, dict(request.label_selector))
         filters = ListFilter(
             environment_id=request.environment_id,
             states=_states(request.states),
@@ -74,7 +100,7 @@ class ExperimentHandlers:
         query = query_digest(filters.environment_id, filters.states, sorted(filters.labels.items()))
         after = decode_token(request.page_token, "experiments", query)
         before = _listing_key(after)
-        records = self.engine.list(tenant_of(context), filters, limit + 1, before)
+        records = await self.engine.list(tenant_of(context), filters, limit + 1, before)
         token = ""
         if len(records) > limit:
             records = records[:limit]
@@ -88,7 +114,9 @@ class ExperimentHandlers:
     ) -> requests_pb2.CancelExperimentResponse:
         """Cancels a queued or running experiment; a finished one comes back unchanged."""
         record = await self.engine.cancel(tenant_of(context), _experiment_id(request.experiment_id))
-        return requests_pb2.CancelExperimentResponse(experiment=self._message(record))
+        large = len(record.spec.inputs) > _INLINE_WORK_INPUTS
+        message = await _maybe_in_thread(large, self._message, record)
+        return requests_pb2.CancelExperimentResponse(experiment=message)
 
     async def GetExperimentResults(
         self, request: requests_pb2.GetExperimentResultsRequest, context: Context
@@ -98,7 +126,7 @@ class ExperimentHandlers:
         limit = page_size(request.page_size, 100, 1000)
         after = decode_token(request.page_token, "samples", experiment_id)
         key = _sample_key(after)
-        page = self.engine.results(tenant_of(context), experiment_id, limit, key)
+        page = await self.engine.results(tenant_of(context), experiment_id, limit, key)
         token = ""
         if page.has_more and page.samples:
             last = page.samples[-1]

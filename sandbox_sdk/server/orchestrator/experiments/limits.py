@@ -1,6 +1,16 @@
-"""Bounds on what one experiment may ask for, shared by validation and dataset loading."""
+"""Bounds on what one experiment may ask for, shared by validation and dataset loading.
+
+Inline inputs travel in one CreateExperiment message, are validated and
+stored as one row, and come back in every GetExperiment; they are capped at
+``MAX_INLINE_INPUTS`` and ``MAX_INLINE_CHARS``. Larger datasets go in a
+JSONL file in the workspace, named by ``spec.dataset_path``, read when the
+experiment starts: up to ``MAX_INPUTS`` inputs.
+"""
 
 MAX_INPUTS = 100_000
+MAX_INLINE_INPUTS = 10_000
+# Characters of all inline prompts and expected answers together, and the system prompt.
+MAX_INLINE_CHARS = 4_000_000
 MAX_PROMPT_CHARS = 100_000
 MAX_REPEATS = 1_000
 MAX_TOTAL_SAMPLES = 100_000
@@ -8,6 +18,10 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
 MAX_SCORERS = 32
 MAX_REGEX_CHARS = 1_000
+# The longest output a regex check reads (RE2 is linear, so this bounds its time).
+MAX_SUBJECT_CHARS = 1_000_000
+# The time one built-in check (exact_match, contains, regex, json_valid) may take.
+BUILTIN_TIME_LIMIT_SECONDS = 5.0
 MAX_COMMAND_TIMEOUT_SECONDS = 300.0
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 10.0
 MAX_LABELS = 64

@@ -1,10 +1,16 @@
-"""Runs one experiment: every input and repeat through the model, then the scorers."""
+"""Runs one experiment: every input and repeat through the model, then the scorers.
+
+The runner yields to the event loop at least once per sample, whatever the
+provider does, and its slow steps (reading and parsing a dataset, scoring)
+run on threads, so one experiment never stalls other callers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -38,6 +44,9 @@ from sandbox_sdk.server.orchestrator.experiments.scoring import Scorer, Scores
 from sandbox_sdk.server.orchestrator.experiments.spec import InputSpec
 from sandbox_sdk.server.orchestrator.ports import SandboxPort
 from sandbox_sdk.server.status import ServiceError
+
+# The environment's usage is recorded with a sample at most this often.
+USAGE_INTERVAL_SECONDS = 1.0
 
 
 class ExperimentFailedError(Exception):
@@ -94,12 +103,13 @@ class ExperimentRunner:
         self.metrics = metrics
         self.retry = RetryPolicy(model.config.retry)
         self.scorer = Scorer(self.spec.scorers, sandbox, record.environment_id)
+        self._usage_sampled_at = -math.inf
 
     async def run(self) -> None:
         """Runs every sample; raises ExperimentFailedError when the experiment fails as a whole."""
-        inputs = self._inputs()
+        inputs = await self._inputs()
         total = len(inputs) * self.spec.repeats
-        self.writer.emit(
+        await self.writer.emit(
             [LogEvent(LogLevel.INFO, f"running {total} samples on model {self.model.config.name}")],
             ExperimentChanges(total_samples=total),
         )
@@ -107,6 +117,9 @@ class ExperimentRunner:
         for index, item in enumerate(inputs):
             for repeat in range(self.spec.repeats):
                 self._check_environment()
+                # A provider that never suspends (a fast scripted model) must not
+                # keep the loop from other callers: yield once per sample.
+                await asyncio.sleep(0)
                 sample = await self._run_sample(index, repeat, item)
                 if sample.error:
                     failed.append(sample.error)
@@ -131,19 +144,22 @@ class ExperimentRunner:
                 )
             ) from error
 
-    def _inputs(self) -> list[InputSpec]:
+    async def _inputs(self) -> list[InputSpec]:
         if self.spec.inputs:
             return list(self.spec.inputs)
         path = self.spec.dataset_path
         try:
-            content = self.sandbox.read_file(self.record.environment_id, path)
+            inputs = await asyncio.to_thread(self._read_dataset, path)
         except ServiceError as error:
             raise ExperimentFailedError(
                 Failure(error.reason, f"cannot read the dataset {path}: {error.message}")
             ) from error
-        inputs = parse_dataset(content, path)
-        self.writer.emit([LogEvent(LogLevel.INFO, f"read {len(inputs)} inputs from {path}")])
+        await self.writer.emit([LogEvent(LogLevel.INFO, f"read {len(inputs)} inputs from {path}")])
         return inputs
+
+    def _read_dataset(self, path: str) -> list[InputSpec]:
+        """Reads and parses the dataset file (on a worker thread: it may be large)."""
+        return parse_dataset(self.sandbox.read_file(self.record.environment_id, path), path)
 
     async def _run_sample(self, index: int, repeat: int, item: InputSpec) -> SampleRecord:
         parameters = self.spec.parameters
@@ -179,7 +195,7 @@ class ExperimentRunner:
             error=generation.error,
         )
         events = self._sample_events(sample, scores)
-        self.writer.emit(events, sample=sample)
+        await self.writer.emit(events, sample=sample)
         self._count(sample)
         with contextlib.suppress(ServiceError, KeyError):
             self.sandbox.touch(self.record.environment_id)
@@ -210,9 +226,9 @@ class ExperimentRunner:
                 delay = self.retry.delay_before_retry(attempt, error)
                 if delay is None:
                     message = f"model call failed after {attempt} attempt(s): {error.message}"
-                    self.writer.emit([_log(LogLevel.ERROR, index, repeat, message)])
+                    await self.writer.emit([_log(LogLevel.ERROR, index, repeat, message)])
                     return Generation("", TokenUsage(0, 0), "error", 0.0, 0.0, error=message)
-                self._log_retry(index, repeat, attempt, error, delay, streamed=bool(parts))
+                await self._log_retry(index, repeat, attempt, error, delay, streamed=bool(parts))
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
@@ -225,7 +241,7 @@ class ExperimentRunner:
                 time_to_first_token_seconds=(first_token or finished) - started,
             )
 
-    def _log_retry(
+    async def _log_retry(
         self,
         index: int,
         repeat: int,
@@ -239,7 +255,7 @@ class ExperimentRunner:
         message = f"attempt {attempt} failed ({error.message}); retrying in {delay:.2f}s"
         if streamed:
             message += "; the retry's output replaces the text streamed so far"
-        self.writer.emit([_log(LogLevel.WARNING, index, repeat, message)])
+        await self.writer.emit([_log(LogLevel.WARNING, index, repeat, message)])
 
     def _sample_events(self, sample: SampleRecord, scores: Scores) -> list[EventPayload]:
         at = {"input_index": sample.input_index, "repeat": sample.repeat}
@@ -264,6 +280,13 @@ class ExperimentRunner:
         return events
 
     def _environment_usage(self, index: int, repeat: int) -> list[EventPayload]:
+        """The environment's CPU and memory, sampled at most every USAGE_INTERVAL_SECONDS:
+        a sample reads cgroup files, and a fast model finishes thousands of samples a
+        second."""
+        now = time.monotonic()
+        if now - self._usage_sampled_at < USAGE_INTERVAL_SECONDS:
+            return []
+        self._usage_sampled_at = now
         try:
             usage = self.sandbox.usage(self.record.environment_id)
         except (ServiceError, KeyError, OSError):

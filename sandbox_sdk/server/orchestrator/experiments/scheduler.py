@@ -22,6 +22,7 @@ class QueueEntry:
     tenant: str = field(compare=False)
     priority: int = field(compare=False)
     order: int = field(compare=False)
+    environment_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sort_key", (-self.priority, self.order))

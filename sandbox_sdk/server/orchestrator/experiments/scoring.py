@@ -3,16 +3,28 @@
 A scorer that fails (a command that crashes, times out, prints too much or
 prints no number) yields an error message for that metric instead of a
 score; it never fails the experiment.
+
+Built-in checks run on a small pool of worker threads, never on the event
+loop, each with a time limit (``BUILTIN_TIME_LIMIT_SECONDS``): one that runs
+over gives a scorer error on that sample instead of holding anything up.
+Regular expressions are RE2 (linear time; see ``patterns``), and subjects
+longer than ``MAX_SUBJECT_CHARS`` are refused with a scorer error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sandbox_sdk.server.orchestrator.experiments.limits import (
+    BUILTIN_TIME_LIMIT_SECONDS,
+    MAX_SUBJECT_CHARS,
+)
+from sandbox_sdk.server.orchestrator.experiments.patterns import CompiledPattern, compile_pattern
 from sandbox_sdk.server.orchestrator.experiments.spec import (
     CommandCheck,
     Contains,
@@ -27,6 +39,14 @@ from sandbox_sdk.server.status import ServiceError
 # The score is one number; more output than this is garbage, not a score.
 COMMAND_OUTPUT_LIMIT_BYTES = 4096
 _DETAIL_CHARS = 200
+# Built-in checks share these threads: a check that overruns its time limit
+# keeps at most one of them busy, never the event loop.
+_BUILTIN_THREADS = 2
+_executor = ThreadPoolExecutor(max_workers=_BUILTIN_THREADS, thread_name_prefix="scorer")
+
+
+class ScorerLimitError(ValueError):
+    """A built-in check refused its input (too long); the message says what to do."""
 
 
 @dataclass
@@ -46,8 +66,11 @@ class Scorer:
         self.scorers = scorers
         self.sandbox = sandbox
         self.environment_id = environment_id
-        self._patterns = {
-            s.name: re.compile(s.check.pattern) for s in scorers if isinstance(s.check, RegexMatch)
+        self.time_limit_seconds = BUILTIN_TIME_LIMIT_SECONDS
+        self._patterns: dict[str, CompiledPattern] = {
+            s.name: compile_pattern(s.check.pattern)
+            for s in scorers
+            if isinstance(s.check, RegexMatch)
         }
 
     async def score(self, output: str, expected: str) -> Scores:
@@ -57,13 +80,29 @@ class Scorer:
             check = scorer.check
             if isinstance(check, CommandCheck):
                 value, error = await self._run_command(check, output, expected)
-                if error is not None:
-                    scores.errors[scorer.name] = error
-                else:
-                    scores.values[scorer.name] = value
             else:
-                scores.values[scorer.name] = self._builtin(scorer, output, expected)
+                value, error = await self._run_builtin(scorer, output, expected)
+            if error is not None:
+                scores.errors[scorer.name] = error
+            else:
+                scores.values[scorer.name] = value
         return scores
+
+    async def _run_builtin(
+        self, scorer: ScorerSpec, output: str, expected: str
+    ) -> tuple[float, str | None]:
+        """A built-in check on a scorer thread, within the time limit."""
+        check: Callable[[], float] = lambda: self._builtin(scorer, output, expected)  # noqa: E731
+        future = asyncio.get_running_loop().run_in_executor(_executor, check)
+        try:
+            return await asyncio.wait_for(future, self.time_limit_seconds), None
+        except TimeoutError:
+            return 0.0, (
+                f"the {scorer.check.kind} check took longer than {self.time_limit_seconds:g}s"
+                " and was abandoned; simplify it or use a command scorer"
+            )
+        except ScorerLimitError as error:
+            return 0.0, str(error)
 
     def _builtin(self, scorer: ScorerSpec, output: str, expected: str) -> float:
         check = scorer.check
@@ -77,6 +116,11 @@ class Scorer:
                 return float(expected.casefold() in output.casefold())
             return float(expected in output)
         if isinstance(check, RegexMatch):
+            if len(output) > MAX_SUBJECT_CHARS:
+                raise ScorerLimitError(
+                    f"the output has {len(output)} characters; a regex check reads at most"
+                    f" {MAX_SUBJECT_CHARS}: use a command scorer for longer outputs"
+                )
             return float(self._patterns[scorer.name].search(output) is not None)
         if isinstance(check, JsonValid):
             return float(_is_json(output))

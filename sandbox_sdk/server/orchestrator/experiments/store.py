@@ -1,22 +1,35 @@
 """SQLite persistence of experiments, their events and samples (tables ``exp_*``).
 
 Every change of an experiment is committed together with the events that
-describe it, in one transaction that also assigns the events' sequence
-numbers (``last_sequence + 1`` onwards), so the sequence has no gaps and a
-process killed at any moment leaves either all of a change or none of it.
+describe it, in one job that also assigns the events' sequence numbers
+(``last_sequence + 1`` onwards), so the sequence has no gaps and a process
+killed at any moment leaves either all of a change or none of it.
+
+Nothing here blocks the event loop: writes are jobs of a
+:class:`~sandbox_sdk.server.db_writer.BatchWriter` (one thread, many jobs per
+transaction, a job's future done only once committed) and the ``a``-prefixed
+reads run on a :class:`~sandbox_sdk.server.db_readers.ReadPool`. The
+synchronous reads use the shared :class:`Database` connection; they are for
+tests, tools and start-up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.db_readers import ReadPool
+from sandbox_sdk.server.db_writer import BatchWriter
 from sandbox_sdk.server.orchestrator.experiments.records import (
     EventPayload,
     ExperimentChanges,
@@ -31,6 +44,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     StateEvent,
     StoredEvent,
 )
+from sandbox_sdk.server.orchestrator.experiments.results import Aggregates, aggregate
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
 
 COMPONENT = "experiments"
@@ -133,56 +147,90 @@ class DuplicateRequestError(Exception):
     """Another experiment of the tenant was created with the same request id."""
 
 
+Query = Callable[[str, Sequence[Any]], list[sqlite3.Row]]
+_SPEC_CACHE_SIZE = 256
+
+
+class _SpecCache:
+    """Parsed specs by experiment id: a spec never changes, and parsing one with
+    thousands of inputs costs more than the row it comes from."""
+
+    def __init__(self, size: int = _SPEC_CACHE_SIZE) -> None:
+        self._size = size
+        self._specs: OrderedDict[str, ExperimentSpec] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, experiment_id: str, text: str) -> ExperimentSpec:
+        with self._lock:
+            spec = self._specs.get(experiment_id)
+            if spec is not None:
+                self._specs.move_to_end(experiment_id)
+                return spec
+        spec = ExperimentSpec.model_validate_json(text)
+        with self._lock:
+            self._specs[experiment_id] = spec
+            while len(self._specs) > self._size:
+                self._specs.popitem(last=False)
+        return spec
+
+
 class ExperimentStore:
-    """Reads and writes the ``exp_*`` tables."""
+    """Reads and writes the ``exp_*`` tables; see the module docstring for threading."""
 
     def __init__(self, db: Database) -> None:
+        if str(db.path) == ":memory:":
+            raise ValueError("the experiment store needs a database file, not :memory:")
         self.db = db
         db.migrate(COMPONENT, MIGRATIONS)
+        self.specs = _SpecCache()
+        self.writer = BatchWriter(db.path, name="exp-writer")
+        self.readers = ReadPool(db.path, name="exp-reader")
 
-    def insert(self, new: NewExperiment, queued: StateEvent) -> ExperimentRecord:
+    async def aclose(self) -> None:
+        """Commits every submitted write, then stops the writer and reader threads."""
+        await self.writer.aclose()
+        await self.readers.aclose()
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def insert(self, new: NewExperiment, queued: StateEvent) -> ExperimentRecord:
         """Inserts a QUEUED experiment with its first event; DuplicateRequestError on a reused
-        request id."""
-        now = time.time()
-        try:
-            with self.db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO exp_experiments (id, tenant, environment_id, spec_json,"
-                    " model_name, state, priority, queue_order, total_samples, create_time,"
-                    " request_id, last_sequence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                    (
-                        new.id,
-                        new.tenant,
-                        new.environment_id,
-                        new.spec.model_dump_json(),
-                        new.model_name,
-                        ExperimentState.QUEUED.value,
-                        new.spec.priority,
-                        new.queue_order,
-                        new.total_samples,
-                        now,
-                        new.request_id,
-                    ),
-                )
-                conn.executemany(
-                    "INSERT INTO exp_labels (experiment_id, key, value) VALUES (?, ?, ?)",
-                    [(new.id, k, v) for k, v in new.spec.labels.items()],
-                )
-                conn.execute(
-                    "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload)"
-                    " VALUES (?, 1, ?, ?, ?)",
-                    (new.id, now, *_encode(queued)),
-                )
-        except sqlite3.IntegrityError as error:
-            if new.request_id and "request_id" in str(error):
-                raise DuplicateRequestError(new.request_id) from error
-            raise
-        record = self.get(new.id)
-        if record is None:  # pragma: no cover -- just inserted in this process
-            raise RuntimeError(f"experiment {new.id} vanished after insert")
-        return record
+        request id. Returns once committed."""
 
-    def commit(
+        def job(conn: sqlite3.Connection) -> ExperimentRecord:
+            _insert_experiment(conn, new, queued)
+            record = _select_experiment(_query_on(conn), self.specs, new.id)
+            if record is None:  # pragma: no cover -- inserted in this transaction
+                raise RuntimeError(f"experiment {new.id} vanished after insert")
+            return record
+
+        return await self.writer.run(job, new.id)
+
+    def submit_commit(
+        self,
+        experiment_id: str,
+        payloads: Sequence[EventPayload],
+        changes: ExperimentChanges | None = None,
+        sample: SampleRecord | None = None,
+        *,
+        has_output: bool = False,
+    ) -> concurrent.futures.Future[list[StoredEvent]]:
+        """Queues events, changes and a sample as one atomic job; the future holds the
+        committed events once their transaction has committed."""
+
+        def job(conn: sqlite3.Connection) -> list[StoredEvent]:
+            return _commit_events(
+                conn,
+                experiment_id,
+                payloads=payloads,
+                changes=changes,
+                sample=sample,
+                has_output=has_output,
+            )
+
+        return self.writer.submit(job, experiment_id)
+
+    async def commit(
         self,
         experiment_id: str,
         payloads: Sequence[EventPayload],
@@ -191,34 +239,88 @@ class ExperimentStore:
         *,
         has_output: bool = False,
     ) -> list[StoredEvent]:
-        """Appends events and applies changes and a sample, atomically; returns the events."""
-        now = time.time()
-        with self.db.transaction() as conn:
+        """:meth:`submit_commit`, waiting until committed."""
+        future = self.submit_commit(experiment_id, payloads, changes, sample, has_output=has_output)
+        return await _wait(future)
+
+    # --- reads on the event loop's behalf --------------------------------------------
+
+    async def aget(self, experiment_id: str) -> ExperimentRecord | None:
+        """The experiment, or None."""
+        return await self.readers.run(
+            lambda conn: _select_experiment(_query_on(conn), self.specs, experiment_id)
+        )
+
+    async def afind_request(self, tenant: str, request_id: str) -> ExperimentRecord | None:
+        """The tenant's experiment created with ``request_id``, or None."""
+        return await self.readers.run(
+            lambda conn: _select_request(_query_on(conn), self.specs, tenant, request_id)
+        )
+
+    async def aprogress(self, experiment_id: str) -> tuple[ExperimentState, int] | None:
+        """An experiment's state and last sequence number, or None: what a stream needs."""
+
+        def read(conn: sqlite3.Connection) -> tuple[ExperimentState, int] | None:
             row = conn.execute(
-                "SELECT last_sequence FROM exp_experiments WHERE id = ?", (experiment_id,)
+                "SELECT state, last_sequence FROM exp_experiments WHERE id = ?", (experiment_id,)
             ).fetchone()
-            if row is None:
-                raise KeyError(experiment_id)
-            first = int(row[0]) + 1
-            events = [
-                StoredEvent(experiment_id, first + offset, now, payload)
-                for offset, payload in enumerate(payloads)
-            ]
-            conn.executemany(
-                "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(experiment_id, e.sequence, now, *_encode(e.payload)) for e in events],
+            return (ExperimentState(row[0]), int(row[1])) if row is not None else None
+
+        return await self.readers.run(read)
+
+    async def ain_environment(self, environment_id: str) -> list[ExperimentRecord]:
+        """Every queued or running experiment of an environment."""
+        return await self.readers.run(
+            lambda conn: _select_in_environment(_query_on(conn), self.specs, environment_id)
+        )
+
+    async def ain_state(self, state: ExperimentState) -> list[ExperimentRecord]:
+        """Every experiment in ``state``, oldest first."""
+        return await self.readers.run(
+            lambda conn: _select_in_state(_query_on(conn), self.specs, state)
+        )
+
+    async def alist_experiments(
+        self,
+        tenant: str,
+        filters: ListFilter,
+        limit: int,
+        before: tuple[float, str] | None = None,
+    ) -> list[ExperimentRecord]:
+        """The tenant's experiments newest first, starting after the ``before`` key."""
+        return await self.readers.run(
+            lambda conn: _select_listing(
+                _query_on(conn),
+                self.specs,
+                tenant=tenant,
+                filters=filters,
+                limit=limit,
+                before=before,
             )
-            assignments, params = _assignments(changes, sample, has_output)
-            assignments.append("last_sequence = ?")
-            params.append(first + len(events) - 1)
-            conn.execute(
-                f"UPDATE exp_experiments SET {', '.join(assignments)} WHERE id = ?",  # noqa: S608 -- fixed column names
-                (*params, experiment_id),
-            )
-            if sample is not None:
-                _insert_sample(conn, experiment_id, sample)
-        return events
+        )
+
+    async def aevents_after(self, experiment_id: str, after: int, limit: int) -> list[StoredEvent]:
+        """Committed events with sequence greater than ``after``, oldest first."""
+        return await self.readers.run(
+            lambda conn: _select_events(_query_on(conn), experiment_id, after, limit)
+        )
+
+    async def apage_samples(
+        self, experiment_id: str, limit: int, after: tuple[int, int] | None
+    ) -> list[SampleRecord]:
+        """Up to ``limit`` samples by input then repeat, after the ``after`` key."""
+        return await self.readers.run(
+            lambda conn: _select_samples(_query_on(conn), experiment_id, limit, after)
+        )
+
+    async def aaggregates(self, experiment_id: str) -> Aggregates:
+        """Aggregates over every sample, read and computed on a reader thread (the
+        samples' texts are not read: aggregates do not need them)."""
+        return await self.readers.run(
+            lambda conn: aggregate(_select_sample_metrics(_query_on(conn), experiment_id))
+        )
+
+    # --- synchronous reads (tests, tools, start-up) ----------------------------------
 
     def last_queue_order(self) -> int:
         """The largest queue order given so far (0 for none); new experiments count on from it."""
@@ -227,31 +329,19 @@ class ExperimentStore:
 
     def get(self, experiment_id: str) -> ExperimentRecord | None:
         """The experiment, or None."""
-        rows = self.db.query("SELECT * FROM exp_experiments WHERE id = ?", (experiment_id,))
-        return _record(rows[0]) if rows else None
+        return _select_experiment(self.db.query, self.specs, experiment_id)
 
     def find_request(self, tenant: str, request_id: str) -> ExperimentRecord | None:
         """The tenant's experiment created with ``request_id``, or None."""
-        rows = self.db.query(
-            "SELECT * FROM exp_experiments WHERE tenant = ? AND request_id = ?",
-            (tenant, request_id),
-        )
-        return _record(rows[0]) if rows else None
+        return _select_request(self.db.query, self.specs, tenant, request_id)
 
     def in_state(self, state: ExperimentState) -> list[ExperimentRecord]:
         """Every experiment in ``state``, oldest first."""
-        rows = self.db.query(
-            "SELECT * FROM exp_experiments WHERE state = ? ORDER BY queue_order", (state.value,)
-        )
-        return [_record(row) for row in rows]
+        return _select_in_state(self.db.query, self.specs, state)
 
     def in_environment(self, environment_id: str) -> list[ExperimentRecord]:
         """Every queued or running experiment of an environment."""
-        rows = self.db.query(
-            "SELECT * FROM exp_experiments WHERE environment_id = ? AND state IN (?, ?)",
-            (environment_id, ExperimentState.QUEUED.value, ExperimentState.RUNNING.value),
-        )
-        return [_record(row) for row in rows]
+        return _select_in_environment(self.db.query, self.specs, environment_id)
 
     def list_experiments(
         self,
@@ -261,52 +351,216 @@ class ExperimentStore:
         before: tuple[float, str] | None = None,
     ) -> list[ExperimentRecord]:
         """The tenant's experiments newest first, starting after the ``before`` key."""
-        clauses = ["tenant = ?"]
-        params: list[Any] = [tenant]
-        if filters.environment_id:
-            clauses.append("environment_id = ?")
-            params.append(filters.environment_id)
-        if filters.states:
-            clauses.append(f"state IN ({', '.join('?' for _ in filters.states)})")
-            params.extend(s.value for s in filters.states)
-        for key, value in filters.labels.items():
-            clauses.append(
-                "EXISTS (SELECT 1 FROM exp_labels l WHERE l.experiment_id = e.id"
-                " AND l.key = ? AND l.value = ?)"
-            )
-            params.extend((key, value))
-        if before is not None:
-            clauses.append("(create_time < ? OR (create_time = ? AND id < ?))")
-            params.extend((before[0], before[0], before[1]))
-        sql = (
-            f"SELECT * FROM exp_experiments e WHERE {' AND '.join(clauses)}"  # noqa: S608 -- fixed clauses
-            " ORDER BY create_time DESC, id DESC LIMIT ?"
+        return _select_listing(
+            self.db.query, self.specs, tenant=tenant, filters=filters, limit=limit, before=before
         )
-        return [_record(row) for row in self.db.query(sql, (*params, limit))]
 
     def events_after(self, experiment_id: str, after: int, limit: int) -> list[StoredEvent]:
         """Committed events with sequence greater than ``after``, oldest first."""
-        rows = self.db.query(
-            "SELECT sequence, time, kind, payload FROM exp_events"
-            " WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-            (experiment_id, after, limit),
-        )
-        return [StoredEvent(experiment_id, row[0], row[1], _decode(row[2], row[3])) for row in rows]
+        return _select_events(self.db.query, experiment_id, after, limit)
 
     def samples(
         self, experiment_id: str, limit: int | None = None, after: tuple[int, int] | None = None
     ) -> list[SampleRecord]:
         """Samples ordered by input then repeat, starting after the ``after`` key."""
-        sql = "SELECT * FROM exp_samples WHERE experiment_id = ?"
-        params: list[Any] = [experiment_id]
-        if after is not None:
-            sql += " AND (input_index > ? OR (input_index = ? AND repeat > ?))"
-            params.extend((after[0], after[0], after[1]))
-        sql += " ORDER BY input_index, repeat"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [_sample(row) for row in self.db.query(sql, params)]
+        return _select_samples(self.db.query, experiment_id, limit, after)
+
+
+async def _wait(future: concurrent.futures.Future[list[StoredEvent]]) -> list[StoredEvent]:
+    return await asyncio.wrap_future(future)
+
+
+def _query_on(conn: sqlite3.Connection) -> Query:
+    def query(sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return conn.execute(sql, params).fetchall()
+
+    return query
+
+
+# --- write jobs (run on the writer thread) ------------------------------------------
+
+
+def _insert_experiment(conn: sqlite3.Connection, new: NewExperiment, queued: StateEvent) -> None:
+    now = time.time()
+    try:
+        conn.execute(
+            "INSERT INTO exp_experiments (id, tenant, environment_id, spec_json,"
+            " model_name, state, priority, queue_order, total_samples, create_time,"
+            " request_id, last_sequence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (
+                new.id,
+                new.tenant,
+                new.environment_id,
+                new.spec.model_dump_json(),
+                new.model_name,
+                ExperimentState.QUEUED.value,
+                new.spec.priority,
+                new.queue_order,
+                new.total_samples,
+                now,
+                new.request_id,
+            ),
+        )
+    except sqlite3.IntegrityError as error:
+        if new.request_id and "request_id" in str(error):
+            raise DuplicateRequestError(new.request_id) from error
+        raise
+    conn.executemany(
+        "INSERT INTO exp_labels (experiment_id, key, value) VALUES (?, ?, ?)",
+        [(new.id, k, v) for k, v in new.spec.labels.items()],
+    )
+    conn.execute(
+        "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload)"
+        " VALUES (?, 1, ?, ?, ?)",
+        (new.id, now, *_encode(queued)),
+    )
+
+
+def _commit_events(
+    conn: sqlite3.Connection,
+    experiment_id: str,
+    *,
+    payloads: Sequence[EventPayload],
+    changes: ExperimentChanges | None,
+    sample: SampleRecord | None,
+    has_output: bool,
+) -> list[StoredEvent]:
+    now = time.time()
+    row = conn.execute(
+        "SELECT last_sequence FROM exp_experiments WHERE id = ?", (experiment_id,)
+    ).fetchone()
+    if row is None:
+        raise KeyError(experiment_id)
+    first = int(row[0]) + 1
+    events = [
+        StoredEvent(experiment_id, first + offset, now, payload)
+        for offset, payload in enumerate(payloads)
+    ]
+    conn.executemany(
+        "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(experiment_id, e.sequence, now, *_encode(e.payload)) for e in events],
+    )
+    assignments, params = _assignments(changes, sample, has_output)
+    assignments.append("last_sequence = ?")
+    params.append(first + len(events) - 1)
+    conn.execute(
+        f"UPDATE exp_experiments SET {', '.join(assignments)} WHERE id = ?",  # noqa: S608 -- fixed column names
+        (*params, experiment_id),
+    )
+    if sample is not None:
+        _insert_sample(conn, experiment_id, sample)
+    return events
+
+
+# --- read queries (any connection) ---------------------------------------------------
+
+
+def _select_experiment(
+    query: Query, specs: _SpecCache, experiment_id: str
+) -> ExperimentRecord | None:
+    rows = query("SELECT * FROM exp_experiments WHERE id = ?", (experiment_id,))
+    return _record(rows[0], specs) if rows else None
+
+
+def _select_request(
+    query: Query, specs: _SpecCache, tenant: str, request_id: str
+) -> ExperimentRecord | None:
+    rows = query(
+        "SELECT * FROM exp_experiments WHERE tenant = ? AND request_id = ?", (tenant, request_id)
+    )
+    return _record(rows[0], specs) if rows else None
+
+
+def _select_in_state(
+    query: Query, specs: _SpecCache, state: ExperimentState
+) -> list[ExperimentRecord]:
+    rows = query(
+        "SELECT * FROM exp_experiments WHERE state = ? ORDER BY queue_order", (state.value,)
+    )
+    return [_record(row, specs) for row in rows]
+
+
+def _select_in_environment(
+    query: Query, specs: _SpecCache, environment_id: str
+) -> list[ExperimentRecord]:
+    rows = query(
+        "SELECT * FROM exp_experiments WHERE environment_id = ? AND state IN (?, ?)",
+        (environment_id, ExperimentState.QUEUED.value, ExperimentState.RUNNING.value),
+    )
+    return [_record(row, specs) for row in rows]
+
+
+def _select_listing(
+    query: Query,
+    specs: _SpecCache,
+    *,
+    tenant: str,
+    filters: ListFilter,
+    limit: int,
+    before: tuple[float, str] | None,
+) -> list[ExperimentRecord]:
+    clauses = ["tenant = ?"]
+    params: list[Any] = [tenant]
+    if filters.environment_id:
+        clauses.append("environment_id = ?")
+        params.append(filters.environment_id)
+    if filters.states:
+        clauses.append(f"state IN ({', '.join('?' for _ in filters.states)})")
+        params.extend(s.value for s in filters.states)
+    for key, value in filters.labels.items():
+        clauses.append(
+            "EXISTS (SELECT 1 FROM exp_labels l WHERE l.experiment_id = e.id"
+            " AND l.key = ? AND l.value = ?)"
+        )
+        params.extend((key, value))
+    if before is not None:
+        clauses.append("(create_time < ? OR (create_time = ? AND id < ?))")
+        params.extend((before[0], before[0], before[1]))
+    sql = (
+        f"SELECT * FROM exp_experiments e WHERE {' AND '.join(clauses)}"  # noqa: S608 -- fixed clauses
+        " ORDER BY create_time DESC, id DESC LIMIT ?"
+    )
+    return [_record(row, specs) for row in query(sql, (*params, limit))]
+
+
+def _select_events(query: Query, experiment_id: str, after: int, limit: int) -> list[StoredEvent]:
+    rows = query(
+        "SELECT sequence, time, kind, payload FROM exp_events"
+        " WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+        (experiment_id, after, limit),
+    )
+    return [StoredEvent(experiment_id, row[0], row[1], _decode(row[2], row[3])) for row in rows]
+
+
+def _select_samples(
+    query: Query, experiment_id: str, limit: int | None, after: tuple[int, int] | None
+) -> list[SampleRecord]:
+    sql = "SELECT * FROM exp_samples WHERE experiment_id = ?"
+    params: list[Any] = [experiment_id]
+    if after is not None:
+        sql += " AND (input_index > ? OR (input_index = ? AND repeat > ?))"
+        params.extend((after[0], after[0], after[1]))
+    sql += " ORDER BY input_index, repeat"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_sample(row) for row in query(sql, params)]
+
+
+_METRIC_COLUMNS = (
+    "input_index, repeat, seed, scores, score_errors, prompt_tokens, completion_tokens,"
+    " latency_seconds, time_to_first_token_seconds, tokens_per_second, finish_reason, error"
+)
+
+
+def _select_sample_metrics(query: Query, experiment_id: str) -> list[SampleRecord]:
+    rows = query(
+        f"SELECT {_METRIC_COLUMNS} FROM exp_samples WHERE experiment_id = ?"  # noqa: S608 -- fixed columns
+        " ORDER BY input_index, repeat",
+        (experiment_id,),
+    )
+    return [_sample(row, with_texts=False) for row in rows]
 
 
 def _assignments(
@@ -382,7 +636,7 @@ def _decode(kind: str, text: str) -> EventPayload:
     return _PAYLOAD_KINDS[kind](**data)
 
 
-def _record(row: sqlite3.Row) -> ExperimentRecord:
+def _record(row: sqlite3.Row, specs: _SpecCache) -> ExperimentRecord:
     failure = (
         Failure(row["failure_reason"], row["failure_message"] or "")
         if row["failure_reason"]
@@ -392,7 +646,7 @@ def _record(row: sqlite3.Row) -> ExperimentRecord:
         id=row["id"],
         tenant=row["tenant"],
         environment_id=row["environment_id"],
-        spec=ExperimentSpec.model_validate_json(row["spec_json"]),
+        spec=specs.get(row["id"], row["spec_json"]),
         model_name=row["model_name"],
         state=ExperimentState(row["state"]),
         failure=failure,
@@ -408,14 +662,14 @@ def _record(row: sqlite3.Row) -> ExperimentRecord:
     )
 
 
-def _sample(row: sqlite3.Row) -> SampleRecord:
+def _sample(row: sqlite3.Row, *, with_texts: bool = True) -> SampleRecord:
     return SampleRecord(
         input_index=row["input_index"],
         repeat=row["repeat"],
         seed=row["seed"],
-        prompt=row["prompt"],
-        expected=row["expected"],
-        output=row["output"],
+        prompt=row["prompt"] if with_texts else "",
+        expected=row["expected"] if with_texts else "",
+        output=row["output"] if with_texts else "",
         scores=json.loads(row["scores"]),
         score_errors=json.loads(row["score_errors"]),
         prompt_tokens=row["prompt_tokens"],

@@ -19,7 +19,9 @@ from google.protobuf import struct_pb2
 from sandbox.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
+from sandbox_sdk.server.clipping import echo
 from sandbox_sdk.server.orchestrator.experiments import limits
+from sandbox_sdk.server.orchestrator.experiments.patterns import PatternError, compile_pattern
 from sandbox_sdk.server.orchestrator.experiments.providers.base import ExtraParameter, ModelProvider
 from sandbox_sdk.server.orchestrator.experiments.providers.registry import (
     ModelRegistry,
@@ -146,13 +148,30 @@ def _inputs(
         violations.add("spec.inputs", "give at least one input, or a dataset_path")
     if proto.dataset_path:
         _check_dataset_path(proto.dataset_path, violations)
-    if len(proto.inputs) > limits.MAX_INPUTS:
-        violations.add("spec.inputs", f"use at most {limits.MAX_INPUTS} inputs")
-    elif len(proto.inputs) * repeats > limits.MAX_TOTAL_SAMPLES:
+    if len(proto.inputs) > limits.MAX_INLINE_INPUTS:
+        violations.add(
+            "spec.inputs",
+            f"has {len(proto.inputs)} inputs; a request carries at most"
+            f" {limits.MAX_INLINE_INPUTS}: put a larger dataset in a JSONL file in the workspace"
+            f" and pass its path as spec.dataset_path (up to {limits.MAX_INPUTS} inputs)",
+        )
+        return []
+    if len(proto.inputs) * repeats > limits.MAX_TOTAL_SAMPLES:
         violations.add(
             "spec.repeats",
             f"inputs times repeats must be at most {limits.MAX_TOTAL_SAMPLES}",
         )
+    inline_chars = len(proto.system_prompt) + sum(
+        len(item.prompt) + len(item.expected) for item in proto.inputs
+    )
+    if inline_chars > limits.MAX_INLINE_CHARS:
+        violations.add(
+            "spec.inputs",
+            f"hold {inline_chars} characters; a request carries at most"
+            f" {limits.MAX_INLINE_CHARS}: put the dataset in a JSONL file in the workspace"
+            " and pass its path as spec.dataset_path",
+        )
+        return []
     inputs = []
     for index, item in enumerate(proto.inputs):
         if not item.prompt:
@@ -288,7 +307,7 @@ def _scorers(protos: Any, violations: _Violations) -> list[ScorerSpec]:
         if check is None:
             continue
         name = proto.name or check.kind
-        if not _SCORER_NAME.match(name):
+        if not _SCORER_NAME.fullmatch(name):
             violations.add(f"{path}.name", "use 1 to 64 letters, digits, '_', '.' or '-'")
         elif name in names:
             violations.add(f"{path}.name", f"another scorer is named {name!r}; name each uniquely")
@@ -318,9 +337,9 @@ def _regex(pattern: str, path: str, violations: _Violations) -> RegexMatch | Non
         violations.add(path, f"give a pattern of 1 to {limits.MAX_REGEX_CHARS} characters")
         return None
     try:
-        re.compile(pattern)
-    except re.error as error:
-        violations.add(path, f"is not a valid Python regular expression: {error}")
+        compile_pattern(pattern)
+    except PatternError as error:
+        violations.add(path, str(error))
         return None
     return RegexMatch(pattern=pattern)
 
@@ -364,18 +383,41 @@ def _timeout(
     return timeout
 
 
-def _check_labels(labels: dict[str, str], violations: _Violations) -> None:
+def validate_list_filters(environment_id: str, labels: dict[str, str]) -> None:
+    """Checks ListExperiments filters; INVALID_ARGUMENT names each bad one.
+
+    The label selector is capped like an experiment's labels, so a selector
+    can never grow the query past what the database accepts.
+    """
+    found = _Violations()
+    if environment_id and not ids.is_valid(environment_id, ids.ENVIRONMENT):
+        found.add(
+            "environment_id",
+            "is not an environment id; it looks like env-<orchestrator>-<16 hex>, or leave it"
+            " empty for every environment",
+        )
+    _check_labels(labels, found, "label_selector")
+    if found.items:
+        raise invalid_argument(found.items)
+
+
+def _check_labels(
+    labels: dict[str, str], violations: _Violations, path: str = "spec.labels"
+) -> None:
     if len(labels) > limits.MAX_LABELS:
-        violations.add("spec.labels", f"use at most {limits.MAX_LABELS} labels")
+        violations.add(
+            path, f"has {len(labels)} labels; use at most {limits.MAX_LABELS} (split the query)"
+        )
+        return
     for key, value in sorted(labels.items()):
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             violations.add(
-                f"spec.labels.{key}",
+                f"{path}.{echo(key, 32)}",
                 "keys are 1 to 63 lowercase letters, digits, '_', '.' or '-', starting with a "
                 "letter or digit",
             )
         elif len(value) > limits.MAX_LABEL_VALUE_CHARS:
             violations.add(
-                f"spec.labels.{key}",
+                f"{path}.{key}",
                 f"values have at most {limits.MAX_LABEL_VALUE_CHARS} characters",
             )

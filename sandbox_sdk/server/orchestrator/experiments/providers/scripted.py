@@ -4,6 +4,10 @@ It answers from a table keyed by prompt, a template, or by echoing the
 prompt, streamed in word-sized chunks. Its faults (latency, rate limits,
 timeouts, dropped streams, hard errors) exercise the engine's retry,
 timeout and cancellation paths with no network involved.
+
+It is as fast as a model can be, so it behaves as a good neighbour must:
+it yields to the event loop every ``YIELD_EVERY_CHUNKS`` chunks, and
+splits long texts into chunks on a worker thread.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from sandbox_sdk.server.orchestrator.experiments.settings import (
 )
 
 _CHUNK = re.compile(r"\s*\S+|\s+")
+YIELD_EVERY_CHUNKS = 32
+# Texts longer than this are split into chunks on a worker thread.
+THREAD_SPLIT_CHARS = 16_384
 
 
 class ScriptedProvider(ModelProvider):
@@ -60,7 +67,7 @@ class ScriptedProvider(ModelProvider):
         fault = self._take_fault(_last(request, "user"))
         if fault is not None:
             await _raise_or_delay(fault)
-        chunks, finish_reason = self._chunks(request)
+        chunks, finish_reason, prompt_tokens = await self._prepare(request)
         for index, chunk in enumerate(chunks):
             if fault is not None and fault.kind == "mid_stream" and index == fault.after_chunks:
                 raise ProviderError(
@@ -68,12 +75,26 @@ class ScriptedProvider(ModelProvider):
                 )
             if self.options.chunk_delay_seconds:
                 await asyncio.sleep(self.options.chunk_delay_seconds)
+            elif index % YIELD_EVERY_CHUNKS == YIELD_EVERY_CHUNKS - 1:
+                await asyncio.sleep(0)
             yield TextDelta(chunk)
-        prompt_tokens = sum(len(_CHUNK.findall(m.content)) for m in request.messages)
         yield GenerationEnd(
             finish_reason=finish_reason,
             usage=TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(chunks)),
         )
+
+    async def _prepare(self, request: GenerationRequest) -> tuple[list[str], str, int]:
+        """The answer's chunks, its finish reason and the prompt's token count; long
+        texts are handled on a worker thread."""
+        size = sum(len(m.content) for m in request.messages)
+        if size > THREAD_SPLIT_CHARS:
+            return await asyncio.to_thread(self._prepare_now, request)
+        return self._prepare_now(request)
+
+    def _prepare_now(self, request: GenerationRequest) -> tuple[list[str], str, int]:
+        chunks, finish_reason = self._chunks(request)
+        prompt_tokens = sum(len(_CHUNK.findall(m.content)) for m in request.messages)
+        return chunks, finish_reason, prompt_tokens
 
     def _chunks(self, request: GenerationRequest) -> tuple[list[str], str]:
         text = self.answer(request)
