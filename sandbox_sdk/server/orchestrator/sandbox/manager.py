@@ -795,23 +795,13 @@ class SandboxManager:
     def list_files(
         self, tenant: str, environment_id: str, path: str, page_size: int, page_token: str
     ) -> tuple[list[FileEntry], str]:
-        """One page of a workspace directory's entries, sorted by path."""
+        """One page of a workspace directory's entries, sorted by path: a signed cursor
+        that reads only the page's entries (see ``file_pages`` and ``listing``)."""
+        from sandbox_sdk.server.orchestrator.sandbox.file_pages import files_page
+
         _, runtime = self._running(tenant, environment_id)
-        workspace = runtime.files()
         self.touch(environment_id)
-        query_fingerprint = page_tokens.fingerprint("files", {"path": path})
-        after = ""
-        if page_token:
-            try:
-                after = str(page_tokens.decode(page_token, query_fingerprint))
-            except page_tokens.PageTokenError as error:
-                raise invalid_argument([("page_token", str(error))]) from error
-        with file_errors("path", path, workspace.quota_bytes):
-            entries = workspace.list_dir(split_path(path, allow_root=True))
-        remaining = [entry for entry in entries if entry.path > after]
-        page = remaining[:page_size]
-        more = len(remaining) > page_size
-        return page, page_tokens.encode(page[-1].path, query_fingerprint) if more else ""
+        return files_page(runtime.files(), path, page_size, page_token)
 
     # --- usage and capacity ------------------------------------------------------------
 

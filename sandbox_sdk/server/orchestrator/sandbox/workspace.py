@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
+from sandbox_sdk.server.orchestrator.sandbox.listing import LISTINGS
 from sandbox_sdk.server.orchestrator.sandbox.model import FileEntry
 
 _MAX_PATH_BYTES = 4096
@@ -306,7 +307,10 @@ class Workspace:
             os.close(fd)
 
     def list_dir(self, parts: Sequence[str]) -> list[FileEntry]:
-        """The entries of a directory, sorted by path, symlinks not followed."""
+        """Every entry of a directory, sorted by path, symlinks not followed.
+
+        This reads the whole directory; the file RPCs page with :meth:`list_page`.
+        """
         fd = self._open_dir(parts, create=False)
         try:
             with os.scandir(fd) as entries:
@@ -317,6 +321,33 @@ class Workspace:
         finally:
             os.close(fd)
         return sorted(listed, key=lambda e: e.path)
+
+    def list_page(
+        self, parts: Sequence[str], after: str, limit: int
+    ) -> tuple[list[FileEntry], str | None]:
+        """Up to ``limit`` entries of a directory whose names sort after ``after``, in
+        order, and the name to resume after (None on the last page); symlinks are not
+        followed.
+
+        Only the page's own entries are stat'ed, and a large directory is read
+        into a snapshot on a worker thread, never here (see ``listing``): this
+        may raise ``ListingNotReady`` for a large directory seen for the first
+        time.
+        """
+        fd = self._open_dir(parts, create=False)
+        try:
+            scope = (str(self.layout.files_dir), tuple(parts))
+            names, more = LISTINGS.page(fd, scope, after, limit)
+            entries = []
+            for name in names:
+                try:
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the directory was read
+                entries.append(_entry((*parts, name), info))
+        finally:
+            os.close(fd)
+        return entries, names[-1] if more and names else None
 
     def require_directory(self, parts: Sequence[str]) -> None:
         """Raises unless ``parts`` names an existing directory (no symlinks on the way)."""
