@@ -139,3 +139,21 @@ async def test_no_secret_appears_in_any_process_argv(tmp_path: Path) -> None:
         assert result.out.strip() == str(len(secret) + 1)
         for process in psutil.process_iter(["cmdline"]):
             assert secret not in " ".join(process.info["cmdline"] or ()), process.pid
+
+
+def test_database_files_are_private(tmp_path: Path) -> None:
+    from sandbox_sdk.server.database import Database
+
+    old = tmp_path / "old.db"
+    old.write_bytes(b"")
+    old.chmod(0o644)
+    for path in (tmp_path / "data" / "fresh.db", old):
+        database = Database(path)
+        database.connection.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        database.connection.execute("INSERT INTO t VALUES ('secret prompt')")
+        for suffix in ("", "-wal", "-shm"):
+            file = Path(f"{path}{suffix}")
+            if file.exists():
+                assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        database.connection.close()
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
