@@ -1,4 +1,4 @@
-"""Tenant isolation through the real gateway and orchestrator.
+"""Tenant isolation through the real gateway and orchestrator (moved from tests/e2e).
 
 Every GatewayService RPC is sent by tenant B at tenant A's resources. The
 table of expectations must name every RPC of the service descriptor, so an RPC
@@ -163,10 +163,12 @@ def _requests(a: TenantA) -> dict[str, tuple[Outcome, Message]]:
 
 
 @pytest.fixture
-def tenant_a(stack: EmbeddedStack, client: SandboxClient) -> Iterator[TenantA]:
-    created = client.create_api_key(tenant=unique_tenant("team-a"), scopes=["read", "write"])
+def tenant_a(embedded: EmbeddedStack, operator_client: SandboxClient) -> Iterator[TenantA]:
+    created = operator_client.create_api_key(
+        tenant=unique_tenant("team-a"), scopes=["read", "write"]
+    )
     secret = f"tenant a's secret {uuid.uuid4()}".encode()
-    with stack.client(api_key=created.secret) as a_client:
+    with embedded.client(api_key=created.secret) as a_client:
         sandbox = a_client.create_environment(labels={"owner": "a"}, files={SECRET_FILE: secret})
         experiment = sandbox.run_experiment(model="echo", prompt=secret.decode())
         experiment.wait(60)
@@ -175,9 +177,11 @@ def tenant_a(stack: EmbeddedStack, client: SandboxClient) -> Iterator[TenantA]:
 
 
 @pytest.fixture
-def team_b_key(client: SandboxClient) -> str:
+def team_b_key(operator_client: SandboxClient) -> str:
     """Tenant B's key, made through the admin API as an operator would."""
-    return client.create_api_key(tenant="team-b", scopes=[ApiKeyScope.READ, "write"]).secret
+    return operator_client.create_api_key(
+        tenant="team-b", scopes=[ApiKeyScope.READ, "write"]
+    ).secret
 
 
 def _call(
@@ -196,13 +200,13 @@ def _call(
 
 
 def test_every_rpc_keeps_tenant_b_out_of_tenant_a(
-    stack: EmbeddedStack, tenant_a: TenantA, team_b_key: str, client: SandboxClient
+    embedded: EmbeddedStack, tenant_a: TenantA, team_b_key: str, operator_client: SandboxClient
 ) -> None:
     expectations = _requests(tenant_a)
     assert set(expectations) == set(GATEWAY_SERVICE.methods_by_name), (
         "a GatewayService RPC has no tenant-isolation expectation here; add it"
     )
-    channel = grpc.insecure_channel(stack.target)
+    channel = grpc.insecure_channel(embedded.target)
     stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
     b_environments: list[str] = []
     try:
@@ -244,7 +248,7 @@ def test_every_rpc_keeps_tenant_b_out_of_tenant_a(
     experiments = list(a.list_experiments())
     assert [e.id for e in experiments] == [tenant_a.experiment_id]
     assert experiments[0].info.state is ExperimentState.SUCCEEDED
-    [key] = [k for k in client.list_api_keys(show_revoked=True) if k.id == tenant_a.key_id]
+    [key] = [k for k in operator_client.list_api_keys(show_revoked=True) if k.id == tenant_a.key_id]
     assert key.active
     # ... and A, though its key came from an admin, sees nothing of B either.
     assert b_environments
@@ -253,9 +257,9 @@ def test_every_rpc_keeps_tenant_b_out_of_tenant_a(
 
 
 def test_the_sdk_surfaces_not_found_for_another_tenants_resources(
-    stack: EmbeddedStack, tenant_a: TenantA, team_b_key: str
+    embedded: EmbeddedStack, tenant_a: TenantA, team_b_key: str
 ) -> None:
-    with stack.client(api_key=team_b_key) as b:
+    with embedded.client(api_key=team_b_key) as b:
         with pytest.raises(NotFoundError) as caught:
             b.get_environment(tenant_a.environment_id)
         assert caught.value.reason == "ENVIRONMENT_NOT_FOUND"
@@ -270,13 +274,13 @@ def test_the_sdk_surfaces_not_found_for_another_tenants_resources(
         assert denied.value.reason == "SCOPE_MISSING"
 
 
-def test_an_expired_key_is_refused(stack: EmbeddedStack, client: SandboxClient) -> None:
-    created = client.create_api_key(tenant=unique_tenant("short-lived"), ttl="1s")
-    with stack.client(api_key=created.secret, retry=RetryPolicy.disabled()) as holder:
+def test_an_expired_key_is_refused(embedded: EmbeddedStack, operator_client: SandboxClient) -> None:
+    created = operator_client.create_api_key(tenant=unique_tenant("short-lived"), ttl="1s")
+    with embedded.client(api_key=created.secret, retry=RetryPolicy.disabled()) as holder:
         assert list(holder.list_environments()) == []  # valid, and now cached by the gateway
         time.sleep(1.2)  # waits past the expiry; nothing about timing is asserted
         with pytest.raises(AuthenticationError) as caught:
             list(holder.list_environments())
     assert caught.value.reason == "API_KEY_EXPIRED"
-    [listed] = client.list_api_keys(tenant=created.key.tenant, show_revoked=True)
+    [listed] = operator_client.list_api_keys(tenant=created.key.tenant, show_revoked=True)
     assert not listed.active

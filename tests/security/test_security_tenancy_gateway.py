@@ -1,5 +1,7 @@
 """Tenant isolation: every GatewayService RPC, tried by tenant A on tenant B's resources.
 
+(Moved from tests/gateway; the real-server version is test_security_tenancy_e2e.py.)
+
 The table below must name every RPC of the service descriptor, so an RPC added
 to the contract fails this test until someone decides what isolation means for it.
 """

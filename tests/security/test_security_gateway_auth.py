@@ -1,4 +1,4 @@
-"""Authentication, scopes and API key administration at the gateway."""
+"""Authentication, scopes and API key administration at the gateway (moved from tests/gateway)."""
 
 from __future__ import annotations
 
