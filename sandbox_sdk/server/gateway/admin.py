@@ -7,6 +7,8 @@ import binascii
 import json
 import re
 
+from google.protobuf.message import DecodeError, Message
+
 from sandbox.v1 import gateway_service_pb2 as gw
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.gateway.api_keys import (
@@ -64,6 +66,17 @@ def _decode_cursor(token: str) -> tuple[float, str]:
         return float(create_time), str(key_id)
     except (ValueError, TypeError, binascii.Error):
         raise bad from None
+
+
+def parse_request(raw: bytes, message_type: type[Message]) -> Message:
+    """The request decoded, or INVALID_ARGUMENT saying the bytes are not that message."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        name = message_type.DESCRIPTOR.full_name
+        raise invalid_argument(
+            [("request", f"the bytes are not a valid {name}; send the message the .proto defines")]
+        ) from None
 
 
 class ApiKeyAdmin:

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server import ids
-from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
+from sandbox_sdk.server.gateway.admin import ApiKeyAdmin, parse_request
 from sandbox_sdk.server.gateway.authentication import (
     AUTHORIZATION_KEY,
     Authenticator,
@@ -112,16 +112,17 @@ class GatewayService(_GenericRpcHandler):
 
     def _method_handler(self, spec: MethodSpec) -> grpc.RpcMethodHandler[Any, Any]:
         if spec.routing is Routing.LOCAL:
+            # No request_deserializer: the request is decoded only after the caller
+            # is authenticated, and bytes that are not the message are INVALID_ARGUMENT.
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(spec, self._admin_call(spec)),
-                request_deserializer=spec.request_type.FromString,
                 response_serializer=spec.response_type.SerializeToString,
             )
         if spec.server_streaming:
             return grpc.unary_stream_rpc_method_handler(self._streaming(spec))
         return grpc.unary_unary_rpc_method_handler(self._unary(spec, self._route_unary(spec)))
 
-    def _admin_call(self, spec: MethodSpec) -> Callable[[Any, Context, Caller], Awaitable[Any]]:
+    def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
         operations: dict[str, Callable[[Any], Message]] = {
             "CreateApiKey": self._admin.create,
             "ListApiKeys": self._admin.list,
@@ -129,8 +130,8 @@ class GatewayService(_GenericRpcHandler):
         }
         operation = operations[spec.name]
 
-        async def call(request: Any, context: Context, caller: Caller) -> Any:
-            return operation(request)
+        async def call(request: bytes, context: Context, caller: Caller) -> Any:
+            return operation(parse_request(request, spec.request_type))
 
         return call
 
