@@ -12,12 +12,18 @@ from sandbox_sdk.utils.units import from_timestamp_pb
 
 
 class ApiKeyScope(enum.StrEnum):
-    """What an API key allows."""
+    """What an API key allows.
+
+    ``ADMIN`` adds managing the keys of the key's own tenant to ``READ`` and
+    ``WRITE``; ``OPERATOR`` manages the keys of every tenant, and only an
+    ``OPERATOR`` key creates or revokes ``OPERATOR`` keys.
+    """
 
     UNSPECIFIED = "UNSPECIFIED"
     READ = "READ"
     WRITE = "WRITE"
     ADMIN = "ADMIN"
+    OPERATOR = "OPERATOR"
 
 
 _SCOPES = enum_table(gateway_service_pb2.ApiKeyScope.items(), "API_KEY_SCOPE_", ApiKeyScope)

@@ -1,4 +1,8 @@
-"""Authentication, scopes and API key administration at the gateway (moved from tests/gateway)."""
+"""Authentication, scopes and API key administration at the gateway (moved from tests/gateway).
+
+The cross-tenant rules of key administration (admin vs operator keys) are in
+test_security_scopes.py.
+"""
 
 from __future__ import annotations
 
@@ -110,7 +114,7 @@ async def test_a_valid_key_reaches_the_orchestrator_as_its_tenant(stack: Stack) 
 async def test_revocation_takes_effect_at_once_despite_the_cache(
     stack: Stack, caller_for: Callable[..., Caller]
 ) -> None:
-    admin = caller_for(stack.gateway, "ops", (Scope.ADMIN,))
+    admin = caller_for(stack.gateway, "ops", (Scope.OPERATOR,))
     user = stack.caller
     await user.stub.ListEnvironments(requests_pb2.ListEnvironmentsRequest(), metadata=user.metadata)
     key_id = "_".join(user.key.split("_")[:2])
@@ -128,7 +132,7 @@ async def test_revocation_takes_effect_at_once_despite_the_cache(
 async def test_admin_creates_lists_and_revokes_keys(
     stack: Stack, caller_for: Callable[..., Caller]
 ) -> None:
-    admin = caller_for(stack.gateway, "ops", (Scope.ADMIN,))
+    admin = caller_for(stack.gateway, "ops", (Scope.OPERATOR,))
     created = await admin.stub.CreateApiKey(
         gw.CreateApiKeyRequest(
             tenant="team-b",
@@ -174,7 +178,7 @@ async def test_admin_creates_lists_and_revokes_keys(
 async def test_list_api_keys_pages_newest_first(
     stack: Stack, caller_for: Callable[..., Caller]
 ) -> None:
-    admin = caller_for(stack.gateway, "ops", (Scope.ADMIN,))
+    admin = caller_for(stack.gateway, "ops", (Scope.OPERATOR,))
     made = [stack.gateway.keys.create("paged", [Scope.READ]).record.id for _ in range(5)]
     seen: list[str] = []
     token = ""
@@ -208,7 +212,7 @@ async def test_create_api_key_validates_its_request(
     request_: gw.CreateApiKeyRequest,
     field: str,
 ) -> None:
-    admin = caller_for(stack.gateway, "ops", (Scope.ADMIN,))
+    admin = caller_for(stack.gateway, "ops", (Scope.OPERATOR,))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.stub.CreateApiKey(request_, metadata=admin.metadata)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -226,7 +230,7 @@ async def test_key_admin_needs_the_admin_scope(stack: Stack) -> None:
 async def test_revoking_an_unknown_key_is_not_found(
     stack: Stack, caller_for: Callable[..., Caller]
 ) -> None:
-    admin = caller_for(stack.gateway, "ops", (Scope.ADMIN,))
+    admin = caller_for(stack.gateway, "ops", (Scope.OPERATOR,))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.stub.RevokeApiKey(
             gw.RevokeApiKeyRequest(api_key_id="sk_0000000000000000"), metadata=admin.metadata

@@ -34,7 +34,14 @@ class _ApiKeyScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeySco
     API_KEY_SCOPE_WRITE: _ApiKeyScope.ValueType  # 2
     """Creates, updates, deletes, exec and file writes."""
     API_KEY_SCOPE_ADMIN: _ApiKeyScope.ValueType  # 3
-    """API key management, for any tenant."""
+    """Everything READ and WRITE allow, plus managing the API keys of the key's
+    own tenant: create (never OPERATOR keys), list and revoke.
+    """
+    API_KEY_SCOPE_OPERATOR: _ApiKeyScope.ValueType  # 4
+    """Cross-tenant administration: everything ADMIN allows, for every tenant,
+    including creating OPERATOR keys. Only an OPERATOR key can create one;
+    the embedded server's bootstrap key (<data_dir>/admin.key) is one.
+    """
 
 class ApiKeyScope(_ApiKeyScope, metaclass=_ApiKeyScopeEnumTypeWrapper):
     """What an API key allows."""
@@ -46,7 +53,14 @@ API_KEY_SCOPE_READ: ApiKeyScope.ValueType  # 1
 API_KEY_SCOPE_WRITE: ApiKeyScope.ValueType  # 2
 """Creates, updates, deletes, exec and file writes."""
 API_KEY_SCOPE_ADMIN: ApiKeyScope.ValueType  # 3
-"""API key management, for any tenant."""
+"""Everything READ and WRITE allow, plus managing the API keys of the key's
+own tenant: create (never OPERATOR keys), list and revoke.
+"""
+API_KEY_SCOPE_OPERATOR: ApiKeyScope.ValueType  # 4
+"""Cross-tenant administration: everything ADMIN allows, for every tenant,
+including creating OPERATOR keys. Only an OPERATOR key can create one;
+the embedded server's bootstrap key (<data_dir>/admin.key) is one.
+"""
 Global___ApiKeyScope: _TypeAlias = ApiKeyScope  # noqa: Y015
 
 @_typing.final
@@ -115,7 +129,9 @@ class CreateApiKeyRequest(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """Tenant of the new key; lower case letters, digits and dashes."""
+    """Tenant of the new key; lower case letters, digits and dashes. Empty means
+    the caller's tenant; another tenant needs an OPERATOR key.
+    """
     display_name: _builtins.str
     """Free-form name."""
     request_id: _builtins.str
@@ -188,7 +204,9 @@ class ListApiKeysRequest(_message.Message):
     page_token: _builtins.str
     """next_page_token from the previous page."""
     tenant: _builtins.str
-    """Only keys of this tenant, when set."""
+    """Only keys of this tenant. Empty means the caller's tenant for an ADMIN key
+    and every tenant for an OPERATOR key; another tenant needs an OPERATOR key.
+    """
     show_revoked: _builtins.bool
     """Include revoked and expired keys."""
     def __init__(
@@ -243,7 +261,9 @@ class RevokeApiKeyRequest(_message.Message):
 
     API_KEY_ID_FIELD_NUMBER: _builtins.int
     api_key_id: _builtins.str
-    """The key's id."""
+    """The key's id. A key of another tenant is NOT_FOUND unless the caller is an
+    OPERATOR; an OPERATOR key can be revoked only by an OPERATOR.
+    """
     def __init__(
         self,
         *,

@@ -280,21 +280,22 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """Creates an API key (admin scope). The secret is in the response only.
+        """Creates an API key (admin scope: own tenant; operator scope: any tenant).
+        The secret is in the response only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """Lists API keys without their secrets (admin scope).
+        """Lists API keys without their secrets (admin scope: own tenant; operator: any).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revokes an API key at once (admin scope).
+        """Revokes an API key at once (admin scope: own tenant; operator: any).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,11 +75,13 @@ class GatewayServiceStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListModelsRequest, _requests_pb2.ListModelsResponse]
     """The models that experiments can use."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]
-    """Creates an API key (admin scope). The secret is in the response only."""
+    """Creates an API key (admin scope: own tenant; operator scope: any tenant).
+    The secret is in the response only.
+    """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListApiKeysRequest, _gateway_service_pb2.ListApiKeysResponse]
-    """Lists API keys without their secrets (admin scope)."""
+    """Lists API keys without their secrets (admin scope: own tenant; operator: any)."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.RevokeApiKeyRequest, _gateway_service_pb2.RevokeApiKeyResponse]
-    """Revokes an API key at once (admin scope)."""
+    """Revokes an API key at once (admin scope: own tenant; operator: any)."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -127,11 +129,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListModelsRequest, _requests_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models that experiments can use."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Creates an API key (admin scope). The secret is in the response only."""
+    """Creates an API key (admin scope: own tenant; operator scope: any tenant).
+    The secret is in the response only.
+    """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListApiKeysRequest, _gateway_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """Lists API keys without their secrets (admin scope)."""
+    """Lists API keys without their secrets (admin scope: own tenant; operator: any)."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.RevokeApiKeyRequest, _gateway_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revokes an API key at once (admin scope)."""
+    """Revokes an API key at once (admin scope: own tenant; operator: any)."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API. Every call but health checking needs
@@ -290,7 +294,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_gateway_service_pb2.CreateApiKeyResponse]]:
-        """Creates an API key (admin scope). The secret is in the response only."""
+        """Creates an API key (admin scope: own tenant; operator scope: any tenant).
+        The secret is in the response only.
+        """
 
     @_abc_1.abstractmethod
     def ListApiKeys(
@@ -298,7 +304,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.ListApiKeysResponse, _abc.Awaitable[_gateway_service_pb2.ListApiKeysResponse]]:
-        """Lists API keys without their secrets (admin scope)."""
+        """Lists API keys without their secrets (admin scope: own tenant; operator: any)."""
 
     @_abc_1.abstractmethod
     def RevokeApiKey(
@@ -306,6 +312,6 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_gateway_service_pb2.RevokeApiKeyResponse]]:
-        """Revokes an API key at once (admin scope)."""
+        """Revokes an API key at once (admin scope: own tenant; operator: any)."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -45,11 +45,16 @@ _MIGRATIONS = [
 
 
 class Scope(enum.StrEnum):
-    """What a key allows; ``admin`` allows everything."""
+    """What a key allows.
+
+    ``admin`` allows reads, writes and managing its own tenant's keys;
+    ``operator`` allows everything, for every tenant.
+    """
 
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
+    OPERATOR = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,14 @@ class ApiKeyRecord:
 
     def allows(self, scope: Scope) -> bool:
         """Whether the key may make calls that need ``scope``."""
-        return scope in self.scopes or Scope.ADMIN in self.scopes
+        if scope in self.scopes or Scope.OPERATOR in self.scopes:
+            return True
+        return Scope.ADMIN in self.scopes and scope is not Scope.OPERATOR
+
+    @property
+    def is_operator(self) -> bool:
+        """Whether the key administers every tenant (the ``operator`` scope)."""
+        return Scope.OPERATOR in self.scopes
 
     def is_expired(self, now: float) -> bool:
         """Whether the key's lifetime has run out at ``now`` (epoch seconds)."""

@@ -1,4 +1,8 @@
-"""The first admin key of a gateway, kept in a private file so local tools can find it."""
+"""The local operator's key of a gateway, kept in a private file so local tools can find it.
+
+It has the ``operator`` scope: it administers every tenant's keys, so the
+CLI on the server's machine can create keys for any tenant.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from sandbox_sdk.server.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
-ADMIN_SCOPES = (Scope.READ, Scope.WRITE, Scope.ADMIN)
+ADMIN_SCOPES = (Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.OPERATOR)
 
 
 def _read_key(path: Path) -> str:
@@ -38,21 +42,27 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def ensure_admin_key(authenticator: Authenticator, keys: ApiKeyStore, path: Path) -> str:
-    """The admin key in ``path``; creates one (tenant ``default``) if it is missing or dead.
+    """The operator key in ``path``; creates one (tenant ``default``) if it is missing or dead.
 
     A key already in the file is reused as long as it still verifies and has
-    the admin scope, so restarting a server does not mint a new key.
+    the operator scope, so restarting a server does not mint a new key. A
+    working key without that scope (written before scopes were split) is
+    revoked and replaced.
     """
     existing = _read_key(path)
     if existing:
         try:
-            if authenticator.verify_key(existing).allows(Scope.ADMIN):
-                return existing
+            record = authenticator.verify_key(existing)
         except ServiceError as error:
             log.warning(
                 "the key in %s no longer works (%s); creating a new one", path, error.reason
             )
-    created = keys.create(DEFAULT_TENANT, ADMIN_SCOPES, display_name=f"bootstrap admin ({path})")
+        else:
+            if record.is_operator:
+                return existing
+            keys.revoke(record.id)
+            log.warning("the key in %s lacks the operator scope; replacing it", path)
+    created = keys.create(DEFAULT_TENANT, ADMIN_SCOPES, display_name=f"bootstrap operator ({path})")
     _write_private(path, created.secret + "\n")
-    log.info("created admin key %s for tenant %s in %s", created.record.id, DEFAULT_TENANT, path)
+    log.info("created operator key %s for tenant %s in %s", created.record.id, DEFAULT_TENANT, path)
     return created.secret

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server import ids
-from sandbox_sdk.server.gateway.admin import ApiKeyAdmin, parse_request
+from sandbox_sdk.server.gateway.admin import Administrator, ApiKeyAdmin, parse_request
 from sandbox_sdk.server.gateway.authentication import (
     AUTHORIZATION_KEY,
     Authenticator,
@@ -67,6 +67,7 @@ class Caller:
     tenant: str
     key_id: str
     request_id: str
+    operator: bool = False
 
 
 def _request_id(context: Context) -> str:
@@ -123,7 +124,7 @@ class GatewayService(_GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(self._unary(spec, self._route_unary(spec)))
 
     def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
-        operations: dict[str, Callable[[Any], Message]] = {
+        operations: dict[str, Callable[[Any, Administrator], Message]] = {
             "CreateApiKey": self._admin.create,
             "ListApiKeys": self._admin.list,
             "RevokeApiKey": self._admin.revoke,
@@ -131,7 +132,8 @@ class GatewayService(_GenericRpcHandler):
         operation = operations[spec.name]
 
         async def call(request: bytes, context: Context, caller: Caller) -> Any:
-            return operation(parse_request(request, spec.request_type))
+            admin = Administrator(caller.tenant, caller.key_id, caller.operator)
+            return operation(parse_request(request, spec.request_type), admin)
 
         return call
 
@@ -209,7 +211,7 @@ class GatewayService(_GenericRpcHandler):
         except ServiceError as error:
             self._metrics.refused(record.tenant, error.reason)
             raise
-        return Caller(record.tenant, record.id, _request_id(context))
+        return Caller(record.tenant, record.id, _request_id(context), record.is_operator)
 
     def _finish(
         self, spec: MethodSpec, caller: Caller | None, code: grpc.StatusCode, started: float
