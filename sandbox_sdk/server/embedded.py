@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
 from sandbox_sdk.server.gateway.in_process import InProcessLink, RpcHandler
@@ -61,6 +62,22 @@ class ServerConfigFile(BaseModel):
             return cls()
         loaded = yaml.safe_load(Path(path).expanduser().read_text()) or {}
         return cls.model_validate(loaded)
+
+
+_Section = TypeVar("_Section", bound=BaseModel)
+
+
+def validated(model: type[_Section], values: dict[str, Any], section: str) -> _Section:
+    """``model`` from ``values``, or :class:`ConfigError` naming each bad key of ``section``."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        problems = [
+            f"  {'.'.join([section, *map(str, problem['loc'])])}: "
+            + str(problem["msg"]).removeprefix("Value error, ")
+            for problem in error.errors()
+        ]
+        raise ConfigError("invalid server configuration:\n" + "\n".join(problems)) from None
 
 
 @dataclass
@@ -130,18 +147,21 @@ async def run_embedded(
     """
     root = _resolve_data_dir(data_dir)
     sections = ServerConfigFile.load(config_path)
-    orchestrator_config = OrchestratorConfig.model_validate(
+    orchestrator_config = validated(
+        OrchestratorConfig,
         {
             "orchestrator_id": EMBEDDED_ORCHESTRATOR_ID,
             "data_dir": root / "orchestrator",
             "internal_token": secrets.token_urlsafe(32),
             **sections.orchestrator,
             "listen": "127.0.0.1:0",
-        }
+        },
+        "orchestrator",
     )
     orchestrator = await OrchestratorApp.start(orchestrator_config, "127.0.0.1:0")
     try:
-        gateway_config = GatewayConfig.model_validate(
+        gateway_config = validated(
+            GatewayConfig,
             {
                 "db_path": root / "gateway.db",
                 "admin_key_path": root / "admin.key",
@@ -151,7 +171,8 @@ async def run_embedded(
                     {"id": orchestrator_config.orchestrator_id, "address": orchestrator.address}
                 ],
                 "internal_token": orchestrator_config.internal_token,
-            }
+            },
+            "gateway",
         )
         links = [orchestrator_link(orchestrator)] if in_process else []
         gateway = await GatewayServer.start(gateway_config, links)
@@ -201,8 +222,8 @@ def serve_embedded(
 ) -> None:
     """Runs :func:`run_embedded` until SIGINT or SIGTERM, then drains and stops."""
     configure_logging()
-    grace = GatewayConfig.model_validate(
-        ServerConfigFile.load(config_path).gateway
+    grace = validated(
+        GatewayConfig, ServerConfigFile.load(config_path).gateway, "gateway"
     ).shutdown_grace_seconds
 
     def ready(server: EmbeddedServer) -> str:
@@ -216,7 +237,7 @@ def serve_embedded(
 def serve_gateway(config_path: Path | str | None = None) -> None:
     """Runs a gateway alone, in front of the orchestrators its config lists."""
     configure_logging()
-    config = GatewayConfig.model_validate(ServerConfigFile.load(config_path).gateway)
+    config = validated(GatewayConfig, ServerConfigFile.load(config_path).gateway, "gateway")
 
     async def start() -> GatewayServer:
         gateway = await GatewayServer.start(config)
@@ -236,11 +257,13 @@ def serve_gateway(config_path: Path | str | None = None) -> None:
 def serve_orchestrator(config_path: Path | str | None = None) -> None:
     """Runs an orchestrator alone, for a gateway elsewhere to front."""
     configure_logging()
-    config = OrchestratorConfig.model_validate(
+    config = validated(
+        OrchestratorConfig,
         {
             "data_dir": default_data_dir() / "orchestrator",
             **ServerConfigFile.load(config_path).orchestrator,
-        }
+        },
+        "orchestrator",
     )
 
     def ready(app: OrchestratorApp) -> str:

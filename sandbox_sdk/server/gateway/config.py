@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandbox_sdk.server.ids import ORCHESTRATOR_ID_PATTERN
+from sandbox_sdk.server.tls import ClientTlsConfig, TlsConfig
 
 DATA_DIR_ENV = "SANDBOX_DATA_DIR"
 
@@ -83,21 +84,6 @@ class LimitsConfig(BaseModel):
         }
 
 
-class TlsConfig(BaseModel):
-    """TLS for the public port; with ``client_ca_file`` it is mutual TLS."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cert_file: Path = Field(description="PEM server certificate chain.")
-    key_file: Path = Field(description="PEM private key of the server certificate.")
-    client_ca_file: Path | None = Field(
-        default=None, description="PEM CA bundle that client certificates must chain to."
-    )
-    require_client_cert: bool = Field(
-        default=True, description="Refuse clients without a certificate (with client_ca_file)."
-    )
-
-
 class RetrySettings(BaseModel):
     """Retries of UNAVAILABLE calls toward an orchestrator, within the caller's deadline."""
 
@@ -121,6 +107,10 @@ class GatewayConfig(BaseModel):
     )
     internal_token: str | None = Field(
         default=None, description="Sent to orchestrators as `authorization: Bearer <token>`."
+    )
+    orchestrator_tls: ClientTlsConfig | None = Field(
+        default=None,
+        description="TLS toward the orchestrators; with cert_file and key_file, mutual TLS.",
     )
     db_path: Path = Field(
         default_factory=lambda: default_data_dir() / "gateway.db",

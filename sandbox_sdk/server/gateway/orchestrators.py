@@ -24,6 +24,7 @@ from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server.gateway.config import OrchestratorEndpoint
 from sandbox_sdk.server.status import ServiceError
 from sandbox_sdk.server.tenancy import TENANT_KEY
+from sandbox_sdk.server.tls import ClientTlsConfig, channel_credentials, channel_options
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,21 @@ class GrpcOrchestratorLink(LinkState):
     """An orchestrator reached over gRPC: its channel and multicallables."""
 
     def __init__(
-        self, endpoint: OrchestratorEndpoint, internal_metadata: tuple[tuple[str, str], ...]
+        self,
+        endpoint: OrchestratorEndpoint,
+        internal_metadata: tuple[tuple[str, str], ...],
+        tls: ClientTlsConfig | None = None,
     ) -> None:
         super().__init__(endpoint.id)
         self.address = endpoint.address
-        self.channel = grpc.aio.insecure_channel(endpoint.address, options=CHANNEL_OPTIONS)
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(endpoint.address, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(
+                endpoint.address,
+                channel_credentials(tls, "orchestrator_tls"),
+                options=[*CHANNEL_OPTIONS, *channel_options(tls)],
+            )
         self.internal_metadata = internal_metadata
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: dict[str, grpc.aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
@@ -216,18 +227,23 @@ class OrchestratorPool:
         endpoints: Sequence[OrchestratorEndpoint],
         *,
         internal_token: str | None,
+        tls: ClientTlsConfig | None = None,
         health_interval: float = 1.0,
         capacity_ttl: float = 1.0,
         on_health_change: Callable[[str, bool], None] = lambda orchestrator_id, healthy: None,
         in_process: Sequence[OrchestratorLink] = (),
     ) -> None:
-        """``in_process`` links replace the gRPC links of the endpoints with their ids."""
+        """``in_process`` links replace the gRPC links of the endpoints with their ids.
+
+        The gRPC links send ``internal_token`` and, with ``tls``, speak TLS (mutual
+        TLS when it has a client certificate) to the orchestrators.
+        """
         internal_metadata = (
             (("authorization", f"Bearer {internal_token}"),) if internal_token else ()
         )
         local = {link.id: link for link in in_process}
         self.links: list[OrchestratorLink] = [
-            local.get(e.id) or GrpcOrchestratorLink(e, internal_metadata) for e in endpoints
+            local.get(e.id) or GrpcOrchestratorLink(e, internal_metadata, tls) for e in endpoints
         ]
         self.by_id = {link.id: link for link in self.links}
         self._health_interval = health_interval

@@ -14,7 +14,7 @@ from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
 from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
 from sandbox_sdk.server.gateway.authentication import Authenticator
-from sandbox_sdk.server.gateway.config import GatewayConfig, TlsConfig
+from sandbox_sdk.server.gateway.config import GatewayConfig
 from sandbox_sdk.server.gateway.methods import GATEWAY_SERVICE
 from sandbox_sdk.server.gateway.metrics import GatewayMetrics
 from sandbox_sdk.server.gateway.orchestrators import (
@@ -32,6 +32,7 @@ from sandbox_sdk.server.ops import (
     serve_metrics,
 )
 from sandbox_sdk.server.status import ErrorInterceptor
+from sandbox_sdk.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,6 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
-
-
-def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """TLS credentials for the public port; mutual TLS when a client CA is configured."""
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None and tls.require_client_cert,
-    )
 
 
 @dataclass
@@ -89,6 +80,7 @@ class GatewayServer:
         pool = OrchestratorPool(
             config.orchestrators,
             internal_token=config.internal_token,
+            tls=config.orchestrator_tls,
             health_interval=config.health_check_interval_seconds,
             capacity_ttl=config.capacity_cache_seconds,
             on_health_change=metrics.orchestrator_health,
@@ -112,7 +104,7 @@ class GatewayServer:
         server.add_generic_rpc_handlers((service,))
         health = await add_health_and_reflection(server, [GATEWAY_SERVICE.full_name])
         if config.tls is not None:
-            port = server.add_secure_port(config.listen, server_credentials(config.tls))
+            port = server.add_secure_port(config.listen, server_credentials(config.tls, "tls"))
         else:
             port = server.add_insecure_port(config.listen)
         await server.start()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.ops import (
     MetricsServer,
@@ -21,14 +19,14 @@ from sandbox_sdk.server.ops import (
 )
 from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
 from sandbox_sdk.server.orchestrator.experiments import ExperimentEngine, ExperimentHandlers
+from sandbox_sdk.server.orchestrator.internal_auth import (
+    InternalTokenInterceptor,
+    internal_authentication_problem,
+)
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
 from sandbox_sdk.server.orchestrator.servicer import SERVICE, add_orchestrator_service
-from sandbox_sdk.server.status import (
-    ErrorInterceptor,
-    MethodHandler,
-    ServerInterceptorBase,
-    ServiceError,
-)
+from sandbox_sdk.server.status import ErrorInterceptor, ServerInterceptorBase
+from sandbox_sdk.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +36,6 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
-
-
-class InternalTokenInterceptor(ServerInterceptorBase):
-    """Admits only callers that present the gateway's internal token."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[MethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> MethodHandler:
-        if handler_call_details.method.startswith("/grpc."):
-            return await continuation(handler_call_details)
-        presented = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        value = presented.encode() if isinstance(presented, str) else presented
-        if hmac.compare_digest(value, self._expected):
-            return await continuation(handler_call_details)
-        return _refuse_handler()
-
-
-def _refuse_handler() -> MethodHandler:
-    error = ServiceError(
-        grpc.StatusCode.UNAUTHENTICATED,
-        ErrorReason.API_KEY_INVALID,
-        "this orchestrator only serves its gateway: send the configured internal token",
-    )
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(error.code, error.message)
-
-    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 @dataclass
@@ -94,9 +59,19 @@ class OrchestratorApp:
 
     @classmethod
     async def start(cls, config: OrchestratorConfig, address: str | None = None) -> OrchestratorApp:
-        """Opens storage, recovers state left by a previous run, and starts serving."""
+        """Opens storage, recovers state left by a previous run, and starts serving.
+
+        Raises :class:`ConfigError` without starting anything when the
+        orchestrator would serve without internal authentication (see
+        :mod:`~sandbox_sdk.server.orchestrator.internal_auth`), also when
+        ``address`` overrides the configured ``listen``.
+        """
         if address is not None:
             config = config.model_copy(update={"listen": address})
+        problem = internal_authentication_problem(config)
+        if problem is not None:
+            raise ConfigError(problem)
+        credentials = server_credentials(config.tls, "tls") if config.tls is not None else None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         database = Database(config.database_path)
         registry = CollectorRegistry()
@@ -121,7 +96,10 @@ class OrchestratorApp:
             server, EnvironmentHandlers(sandboxes), ExperimentHandlers(experiments)
         )
         health = await add_health_and_reflection(server, [SERVICE.full_name])
-        port = server.add_insecure_port(config.listen)
+        if credentials is not None:
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
         await server.start()
         metrics = (
             serve_metrics(config.metrics_port, registry)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sandbox_sdk.server.ids import ORCHESTRATOR_ID_PATTERN
 from sandbox_sdk.server.orchestrator.experiments import ExperimentSettings
+from sandbox_sdk.server.orchestrator.internal_auth import require_internal_authentication
 from sandbox_sdk.server.orchestrator.sandbox import SandboxSettings
+from sandbox_sdk.server.tls import TlsConfig
 
 
 class OrchestratorConfig(BaseModel):
@@ -23,7 +25,18 @@ class OrchestratorConfig(BaseModel):
     listen: str = Field(default="127.0.0.1:50061", description="host:port to serve gRPC on.")
     internal_token: str | None = Field(
         default=None,
-        description="When set, callers must send `authorization: Bearer <token>` (the gateway).",
+        description="Callers (the gateway) must send `authorization: Bearer <token>`; at least"
+        " 32 characters, e.g. from `openssl rand -hex 32`.",
+    )
+    tls: TlsConfig | None = Field(
+        default=None,
+        description="TLS on the port; with client_ca_file, only callers with a certificate"
+        " from that CA get through (mutual TLS), which authenticates the gateway.",
+    )
+    insecure_dev_loopback_only: bool = Field(
+        default=False,
+        description="Serve without internal authentication, as a development instance: every"
+        " local process can then act as any tenant. Only with listen on 127.0.0.1 or [::1].",
     )
     metrics_port: int | None = Field(
         default=None, description="Serve Prometheus metrics on this port; 0 picks a free one."
@@ -37,6 +50,11 @@ class OrchestratorConfig(BaseModel):
         if not ORCHESTRATOR_ID_PATTERN.match(value):
             raise ValueError("use 1 to 16 lower-case letters or digits, for example 'o1'")
         return value
+
+    @model_validator(mode="after")
+    def _authenticates_its_callers(self) -> OrchestratorConfig:
+        require_internal_authentication(self)
+        return self
 
     @property
     def database_path(self) -> Path:
