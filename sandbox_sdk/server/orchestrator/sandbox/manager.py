@@ -152,7 +152,7 @@ class SandboxManager:
         self._terminations: dict[str, asyncio.Task[Environment]] = {}
         self._callbacks: list[Callable[[str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[Environment]] = set()
+        self._background: set[asyncio.Future[Environment]] = set()
         self._sandbox_launcher: SandboxLauncher | None = None
         self._egress_missing: list[str] = []
 
@@ -299,9 +299,22 @@ class SandboxManager:
         runtime = _Runtime(tenant, new.spec, environment.expire_time, now, now)
         self._runtimes[environment.id] = runtime
         self._publish_allocation()
+        # The set-up outlives a caller that goes away (a deadline, a cut connection):
+        # its retry with the same request_id then finds the environment RUNNING,
+        # never one killed half-way, and no mount or loop device is left behind.
+        setup = asyncio.ensure_future(self._bring_up(environment, runtime, new.files))
+        self._background.add(setup)
+        setup.add_done_callback(_forget_background(self._background))
+        return await asyncio.shield(setup)
+
+    async def _bring_up(
+        self, environment: Environment, runtime: _Runtime, files: Sequence[FileWrite]
+    ) -> Environment:
+        """Sets the environment up and marks it RUNNING; on failure ends it SETUP_FAILED
+        and frees its request_id, so that a retry starts afresh."""
         started = time.monotonic()
         try:
-            await self._set_up(environment.id, runtime, new.files)
+            await self._set_up(environment.id, runtime, files)
         except BaseException as error:
             await asyncio.shield(self._fail_setup(environment, runtime, error))
             if isinstance(error, ServiceError | asyncio.CancelledError):
@@ -428,6 +441,7 @@ class SandboxManager:
                 termination_reason=TerminationReason.SETUP_FAILED,
                 termination_message=f"setting up failed: {error}"[:1000],
                 terminate_time=time.time(),
+                request_id="",
             )
             runtime.ready.set()
             runtime.terminated.set()
@@ -721,11 +735,11 @@ class SandboxManager:
             f"process in the environment may have tampered with it ({detail}); the "
             "environment was ended to contain it: create a new one"
         )
-        task = asyncio.create_task(
+        task = asyncio.ensure_future(
             self._terminate(environment_id, TerminationReason.SANDBOX_VIOLATION, message)
         )
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_forget_background(self._background))
 
     def _cannot_start(
         self, environment_id: str, runtime: _Runtime, error: AgentError
@@ -992,3 +1006,15 @@ class SandboxManager:
     def on_terminated(self, callback: Callable[[str], None]) -> None:
         """Calls ``callback(environment_id)`` when an environment ends for any reason."""
         self._callbacks.append(callback)
+
+
+def _forget_background(tasks: set[asyncio.Future[Environment]]) -> Callable[[Any], None]:
+    """A done callback that drops a background task and logs what it raised (and nobody read)."""
+
+    def forget(task: asyncio.Future[Environment]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            if not isinstance(error, ServiceError):
+                log.error("a background environment task failed: %r", error)
+
+    return forget

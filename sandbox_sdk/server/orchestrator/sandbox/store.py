@@ -199,11 +199,11 @@ class EnvironmentStore:
             conn.execute(
                 "UPDATE env_environments SET state = ?, termination_reason = ?, "
                 "termination_message = ?, spec = ?, expire_time = ?, last_activity_time = ?, "
-                "terminate_time = ? WHERE id = ?",
+                "terminate_time = ?, request_id = ? WHERE id = ?",
                 (
                     e.state.value, e.termination_reason.value, e.termination_message,
                     _spec_to_json(e.spec), e.expire_time, e.last_activity_time,
-                    e.terminate_time, e.id,
+                    e.terminate_time, e.request_id, e.id,
                 ),
             )  # fmt: skip
 
