@@ -146,9 +146,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-sdk-demo-"))
     data_dir = workdir / "data"
     port = free_port()
-    (workdir / "config.yaml").write_text(
-        f"target: 127.0.0.1:{port}\ndata_dir: {data_dir}\ntimeout: 60\n"
-    )
+    # No target and no key: the SDK talks to the server's Unix socket in data_dir,
+    # the one place it sends the local admin key by itself.
+    (workdir / "config.yaml").write_text(f"data_dir: {data_dir}\ntimeout: 60\n")
     server = start_server(data_dir, port)
     os.chdir(workdir)
     try:

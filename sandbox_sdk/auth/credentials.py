@@ -74,11 +74,12 @@ class BearerAuth:
 
     The metadata tuple is built once per token, so a call costs one comparison.
     ``refresh_margin`` seconds before ``expires_at`` the provider is asked again.
+    With no provider (``None``) calls carry no credentials at all.
     """
 
     def __init__(
         self,
-        provider: TokenProvider,
+        provider: TokenProvider | None,
         *,
         refresh_margin: float = 30.0,
         clock: Callable[[], float] = time.time,
@@ -88,21 +89,25 @@ class BearerAuth:
         self._clock = clock
         self._lock = threading.Lock()
         self._metadata: Metadata = ()
-        self._refresh_at = -math.inf
-        self.refreshable = not isinstance(provider, ApiKey)
+        self._refresh_at = -math.inf if provider is not None else math.inf
+        self.refreshable = provider is not None and not isinstance(provider, ApiKey)
 
     def metadata(self) -> Metadata:
         """The call metadata with a valid token, fetching a new one when due."""
         if self._refresh_at == math.inf or self._clock() < self._refresh_at:
             return self._metadata
         with self._lock:
-            if self._clock() >= self._refresh_at:
+            if self._provider is not None and self._clock() >= self._refresh_at:
                 self._install(self._provider.get_token())
         return self._metadata
 
     async def metadata_async(self) -> Metadata:
         """Like :meth:`metadata`, running a blocking provider in a worker thread."""
-        if self._refresh_at == math.inf or self._clock() < self._refresh_at:
+        if (
+            self._provider is None
+            or self._refresh_at == math.inf
+            or self._clock() < self._refresh_at
+        ):
             return self._metadata
         token = await asyncio.to_thread(self._provider.get_token)
         with self._lock:
@@ -111,6 +116,8 @@ class BearerAuth:
 
     def invalidate(self) -> None:
         """Forces a new token on the next call (after the server rejected this one)."""
+        if self._provider is None:
+            return
         with self._lock:
             self._refresh_at = -math.inf
 

@@ -39,7 +39,11 @@ def prepare_client(
     config_path: str | os.PathLike[str] | None,
     settings: ClientSettings | None,
 ) -> ClientSetup:
-    """Resolves settings (argument > environment > file > default), the key and the policy."""
+    """Resolves settings (argument > environment > file > default), the key and the policy.
+
+    With no key anywhere the client sends none (the server then says how to get
+    one); the local admin key goes only to the local server's Unix socket.
+    """
     if settings is None:
         settings = load_settings(
             config_path=config_path,
@@ -52,14 +56,17 @@ def prepare_client(
             },
         )
     policy = retry if isinstance(retry, RetryPolicy) else RetryPolicy.from_settings(settings.retry)
-    provider = token_provider or ApiKey(
-        resolve_api_key(
+    provider: TokenProvider | None = token_provider
+    if provider is None:
+        resolved = resolve_api_key(
             api_key=settings.api_key.get_secret_value() if settings.api_key else None,
             api_key_file=settings.api_key_file,
             target=settings.target,
             data_dir=settings.data_dir,
         )
-    )
+        provider = ApiKey(resolved.secret) if resolved.secret is not None else None
+        if resolved.target != settings.target:
+            settings = settings.model_copy(update={"target": resolved.target})
     return ClientSetup(
         settings=settings,
         auth=BearerAuth(provider),

@@ -11,7 +11,7 @@ to the file.
 =====================  =============================  =====================  ======================
 Setting                Environment variable           YAML key               Default
 =====================  =============================  =====================  ======================
-target                 SANDBOX_TARGET                 target                 127.0.0.1:50051
+target                 SANDBOX_TARGET                 target                 (see below)
 api_key                SANDBOX_API_KEY                api_key                (see below)
 api_key_file           SANDBOX_API_KEY_FILE           api_key_file           none
 timeout (per call, s)  SANDBOX_TIMEOUT                timeout                30
@@ -33,14 +33,19 @@ metrics.opentelemetry  SANDBOX_METRICS_OPENTELEMETRY  metrics.opentelemetry  fal
 (config file path)     SANDBOX_CONFIG                 -                      none
 =====================  =============================  =====================  ======================
 
+The default target is the local server's Unix socket ``unix:<data_dir>/gateway.sock``
+when it exists (``sandbox-sdk serve`` creates it), else ``127.0.0.1:50051``.
+
 The API key is, in order: ``api_key``, the contents of ``api_key_file``, and,
-only when ``target`` is a loopback address, ``<data_dir>/admin.key`` written by
-``sandbox-sdk serve``. With none of these the client raises
-:class:`~sandbox_sdk.errors.AuthenticationError` saying how to get one.
+only when ``target`` is the Unix socket ``<data_dir>/gateway.sock`` in a data dir
+that only you can enter, ``<data_dir>/admin.key`` written by ``sandbox-sdk serve``.
+A TCP target, loopback or not, never gets that key by itself: with no key set,
+the client sends none and the server answers UNAUTHENTICATED saying how to get one.
 """
 
-from sandbox_sdk.config.keyfile import ADMIN_KEY_FILENAME, admin_key_path, is_loopback
+from sandbox_sdk.config.keyfile import ADMIN_KEY_FILENAME, admin_key_path
 from sandbox_sdk.config.loader import ENV_KEYS, load_settings
+from sandbox_sdk.config.local_server import SOCKET_FILENAME, default_target, socket_path
 from sandbox_sdk.config.settings import (
     DEFAULT_TARGET,
     ClientSettings,
@@ -53,11 +58,13 @@ __all__ = [
     "ADMIN_KEY_FILENAME",
     "DEFAULT_TARGET",
     "ENV_KEYS",
+    "SOCKET_FILENAME",
     "ClientSettings",
     "MetricsSettings",
     "RetrySettings",
     "TlsSettings",
     "admin_key_path",
-    "is_loopback",
+    "default_target",
     "load_settings",
+    "socket_path",
 ]

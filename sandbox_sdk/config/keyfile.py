@@ -1,18 +1,25 @@
-"""Where the local server keeps its data, and finding the API key to use."""
+"""Finding the API key to send, and where to send it.
+
+The key is, in order: the ``api_key`` setting, the contents of ``api_key_file``,
+and the local admin key ``<data_dir>/admin.key``, which goes only to the local
+server's Unix socket (see :mod:`sandbox_sdk.config.local_server`). Without any
+of these the client sends no key, and the server answers UNAUTHENTICATED
+saying how to get one.
+"""
 
 from __future__ import annotations
 
-import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sandbox_sdk.config.local_server import local_server_socket, require_private
 from sandbox_sdk.errors import AuthenticationError, ConfigError
 
 ADMIN_KEY_FILENAME = "admin.key"
-_LOCAL_HOSTNAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 def admin_key_path(data_dir: Path) -> Path:
-    """The file where the embedded server writes the ``default`` tenant's admin key."""
+    """The file where the embedded server writes the local operator's admin key."""
     return data_dir.expanduser() / ADMIN_KEY_FILENAME
 
 
@@ -31,58 +38,36 @@ def read_key_file(path: Path) -> str:
     return key
 
 
-def target_host(target: str) -> str:
-    """The host part of a gRPC target such as ``dns:///host:port`` or ``[::1]:50051``."""
-    rest = target
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        if rest.startswith(scheme):
-            rest = rest[len(scheme) :]
-            break
-    if rest.startswith("["):
-        return rest[1 : rest.find("]")] if "]" in rest else rest[1:]
-    if rest.count(":") == 1:
-        return rest.split(":", 1)[0]
-    return rest
+@dataclass(frozen=True)
+class ResolvedKey:
+    """The key to send (``None``: send none) and the target to send it to."""
 
-
-def is_loopback(target: str) -> bool:
-    """Whether ``target`` names this machine (loopback address, localhost or a unix socket)."""
-    if target.startswith(("unix:", "unix-abstract:")):
-        return True
-    host = target_host(target).lower()
-    if host in _LOCAL_HOSTNAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def discover_local_key(target: str, data_dir: Path) -> str:
-    """The embedded server's admin key for a loopback ``target``.
-
-    Raises :class:`AuthenticationError` saying how to get a key when there is none.
-    """
-    path = admin_key_path(data_dir)
-    if not is_loopback(target):
-        raise AuthenticationError(
-            f"no API key for {target}: pass api_key=..., set SANDBOX_API_KEY, "
-            "or set api_key_file in the config file"
-        )
-    if not path.exists():
-        raise AuthenticationError(
-            f"no API key: none was given and {path} does not exist. Start the local server "
-            "with `sandbox-sdk serve` (it writes that file), or set SANDBOX_API_KEY"
-        )
-    return read_key_file(path)
+    secret: str | None = field(repr=False)
+    target: str
 
 
 def resolve_api_key(
     *, api_key: str | None, api_key_file: Path | None, target: str, data_dir: Path
-) -> str:
-    """The key to send: ``api_key``, else ``api_key_file``, else the local admin key."""
+) -> ResolvedKey:
+    """``api_key``, else ``api_key_file``, else the local admin key for the local socket.
+
+    The local admin key is used only when ``target`` is ``data_dir``'s Unix
+    socket and that socket passes :func:`require_private`; the target is then
+    pinned to the socket's real path, so it cannot be swapped for another
+    after the check.
+    """
     if api_key:
-        return api_key
+        return ResolvedKey(api_key, target)
     if api_key_file is not None:
-        return read_key_file(api_key_file)
-    return discover_local_key(target, data_dir)
+        return ResolvedKey(read_key_file(api_key_file), target)
+    socket = local_server_socket(target, data_dir)
+    if socket is None:
+        return ResolvedKey(None, target)
+    require_private(socket)
+    key_file = admin_key_path(socket.parent)
+    if not key_file.exists():
+        raise AuthenticationError(
+            f"no API key: none was given and {key_file} does not exist. Restart the local "
+            "server with `sandbox-sdk serve` (it writes that file), or set SANDBOX_API_KEY"
+        )
+    return ResolvedKey(read_key_file(key_file), f"unix:{socket}")

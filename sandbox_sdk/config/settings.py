@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+from sandbox_sdk.config.local_server import TCP_DEFAULT_TARGET, default_target
+
+DEFAULT_TARGET = TCP_DEFAULT_TARGET
 DEFAULT_DATA_DIR = Path("~/.sandbox-sdk")
 
 
@@ -70,7 +72,11 @@ class MetricsSettings(BaseModel):
 
 class ClientSettings(BaseModel):
     """Every client setting, validated. Build it with :meth:`load` to apply the precedence
-    explicit argument > environment > YAML file > defaults (see ``sandbox_sdk.config``)."""
+    explicit argument > environment > YAML file > defaults (see ``sandbox_sdk.config``).
+
+    Without a ``target``, the target is the local server's Unix socket
+    ``<data_dir>/gateway.sock`` when it exists, else ``127.0.0.1:50051``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,11 +90,22 @@ class ClientSettings(BaseModel):
     retry: RetrySettings = RetrySettings()
     metrics: MetricsSettings = MetricsSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _local_socket_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target" not in data:
+            data_dir = data.get("data_dir") or DEFAULT_DATA_DIR
+            if isinstance(data_dir, str | Path):
+                return {**data, "target": default_target(Path(data_dir).expanduser())}
+        return data
+
     @field_validator("target")
     @classmethod
     def _non_empty_target(cls, target: str) -> str:
         if not target.strip():
-            raise ValueError("the gateway address is empty; use host:port, e.g. 127.0.0.1:50051")
+            raise ValueError(
+                "the gateway address is empty; use host:port (e.g. 127.0.0.1:50051) or unix:PATH"
+            )
         return target.strip()
 
     @field_validator("data_dir", "api_key_file")

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +32,9 @@ from typing import Any, Protocol, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandbox_sdk.config.local_server import socket_path
 from sandbox_sdk.errors import ConfigError
+from sandbox_sdk.server import local_socket
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
 from sandbox_sdk.server.gateway.in_process import InProcessLink, RpcHandler
@@ -99,6 +103,11 @@ class EmbeddedServer:
         """The gateway's ``host:port``."""
         return self.gateway.address
 
+    @property
+    def local_target(self) -> str:
+        """The gateway's Unix socket as a gRPC target: the SDK's default for this data dir."""
+        return f"unix:{socket_path(self.data_dir)}"
+
     async def stop(self, grace: float = 5.0) -> None:
         """Drains calls in flight for up to ``grace`` seconds, then stops both services."""
         try:
@@ -109,6 +118,27 @@ class EmbeddedServer:
 
 def _resolve_data_dir(data_dir: Path | str | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+
+
+def private_data_dir(root: Path) -> Path:
+    """Creates ``root`` (mode 0700), or makes an existing one 0700; it must be ours.
+
+    The admin key and the gateway's Unix socket live in it: whoever can enter
+    it could take the key, and whoever can write it could put their own socket
+    where the SDK sends that key.
+    """
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.stat()
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"the data dir {root} belongs to uid {info.st_uid}, not to this user; "
+            "use a data dir of your own (--data-dir or SANDBOX_DATA_DIR)"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != 0o700:
+        log.warning("data dir %s had mode %04o; setting it to 0700", root, mode)
+        root.chmod(0o700)
+    return root
 
 
 def orchestrator_link(app: OrchestratorApp) -> InProcessLink:
@@ -135,8 +165,11 @@ async def run_embedded(
     ``data_dir`` defaults to ``$SANDBOX_DATA_DIR`` or ``~/.sandbox-sdk``; the
     orchestrator keeps its data in ``<data_dir>/orchestrator``, the gateway its
     key store in ``<data_dir>/gateway.db``, and the admin key is in
-    ``<data_dir>/admin.key`` (created on first start, reused after). Values in
-    the config file's sections apply, except the addresses, which are the
+    ``<data_dir>/admin.key`` (created on first start, reused after). The data
+    dir is made private (mode 0700), and the gateway also serves on the Unix
+    socket ``<data_dir>/gateway.sock`` (mode 0600): the SDK's default target,
+    and the only one it sends the admin key to by itself. Values in the
+    config file's sections apply, except the addresses, which are the
     arguments' (the orchestrator is never exposed beyond loopback).
 
     With ``in_process`` (the default) the gateway calls the orchestrator's
@@ -145,7 +178,9 @@ async def run_embedded(
     its loopback port. ``in_process=False`` keeps the gRPC hop, as between
     separate processes.
     """
-    root = _resolve_data_dir(data_dir)
+    root = private_data_dir(_resolve_data_dir(data_dir))
+    # Before anything else: a server already serving this data dir stays undisturbed.
+    local_socket.claim(socket_path(root))
     sections = ServerConfigFile.load(config_path)
     orchestrator_config = validated(
         OrchestratorConfig,
@@ -167,6 +202,7 @@ async def run_embedded(
                 "admin_key_path": root / "admin.key",
                 **sections.gateway,
                 "listen": f"{host}:{port}",
+                "unix_socket": socket_path(root),
                 "orchestrators": [
                     {"id": orchestrator_config.orchestrator_id, "address": orchestrator.address}
                 ],

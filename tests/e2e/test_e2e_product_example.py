@@ -37,7 +37,9 @@ PRODUCT_EXAMPLE = textwrap.dedent(
 def test_the_product_example_runs_verbatim_with_a_config_file(
     stack: EmbeddedStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "config.yaml").write_text(f"target: {stack.target}\ndata_dir: {stack.data_dir}\n")
+    # No target and no key, as on the machine running `sandbox-sdk serve`: the SDK
+    # uses the server's Unix socket in the data dir, and the local admin key there.
+    (tmp_path / "config.yaml").write_text(f"data_dir: {stack.data_dir}\n")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     try:

@@ -1,8 +1,10 @@
 """Every ```python example in README.md runs against the embedded server.
 
 Each block runs on its own, in order, in a fresh namespace, from a directory
-holding the README's client ``config.yaml`` (its ```yaml block with a ``target``)
-pointed at the test server; SANDBOX_TARGET and SANDBOX_DATA_DIR say the same.
+holding the README's client ``config.yaml`` (its ```yaml block of client
+settings) with the test server's data dir; SANDBOX_DATA_DIR says the same. With
+no target and no key set, as on the machine running `sandbox-sdk serve`, the SDK
+talks to the server's Unix socket in that data dir with the local admin key.
 Environments a block leaves behind are deleted afterwards.
 """
 
@@ -16,7 +18,7 @@ import pytest
 import yaml
 from e2e_support import EmbeddedStack
 
-from sandbox_sdk import SandboxClient
+from sandbox_sdk import ClientSettings, SandboxClient
 from sandbox_sdk.server.embedded import ServerConfigFile
 from sandbox_sdk.server.gateway.config import GatewayConfig
 from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
@@ -35,15 +37,19 @@ def _blocks(language: str) -> list[tuple[int, str]]:
     ]
 
 
+_CLIENT_KEYS = frozenset(ClientSettings.model_fields)
+
+
 def _client_config(stack: EmbeddedStack) -> dict[str, Any]:
-    """The README's client config.yaml, if it shows one, aimed at the test server."""
+    """The README's client config.yaml, if it shows one, with the test server's data dir."""
     config: dict[str, Any] = {}
     for _, body in _blocks("yaml"):
         loaded = yaml.safe_load(body)
-        if isinstance(loaded, dict) and "target" in loaded:
+        if isinstance(loaded, dict) and loaded and set(loaded) <= _CLIENT_KEYS:
             config = loaded
             break
-    config.update({"target": stack.target, "data_dir": str(stack.data_dir)})
+    assert "target" not in config, "the README's config.yaml should use the default target"
+    config["data_dir"] = str(stack.data_dir)
     config.pop("api_key", None)
     config.pop("api_key_file", None)
     return config
@@ -57,7 +63,6 @@ def readme_directory(stack: EmbeddedStack, tmp_path: Path, monkeypatch: pytest.M
     """A working directory with the README's config.yaml, and the environment variables set."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_client_config(stack)))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SANDBOX_TARGET", stack.target)
     monkeypatch.setenv("SANDBOX_DATA_DIR", str(stack.data_dir))
     return tmp_path
 

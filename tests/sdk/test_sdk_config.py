@@ -3,12 +3,13 @@ name the key and its source, and API key discovery."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from sandbox_sdk import AuthenticationError, ClientSettings, ConfigError, SandboxClient
-from sandbox_sdk.config import is_loopback, load_settings
+from sandbox_sdk.config import DEFAULT_TARGET, SOCKET_FILENAME, load_settings
 from sandbox_sdk.config.keyfile import resolve_api_key
 
 
@@ -114,42 +115,73 @@ def test_settings_load_classmethod() -> None:
     assert settings.target == "h:1"
 
 
-@pytest.mark.parametrize(
-    ("target", "local"),
-    [
-        ("127.0.0.1:50051", True),
-        ("localhost:1", True),
-        ("[::1]:50051", True),
-        ("dns:///localhost:50051", True),
-        ("unix:/tmp/s.sock", True),
-        ("10.0.0.5:50051", False),
-        ("gateway.example.com:443", False),
-    ],
-)
-def test_loopback_detection(target: str, local: bool) -> None:
-    assert is_loopback(target) is local
+def _serve_socket(data_dir: Path) -> socket.socket:
+    """A listening Unix socket at ``<data_dir>/gateway.sock`` in a private data dir."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(data_dir / SOCKET_FILENAME))
+    listener.listen()
+    return listener
 
 
-def test_loopback_target_reads_the_local_admin_key(tmp_path: Path) -> None:
+def test_default_target_is_the_local_socket_when_it_exists(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert load_settings(environ={"SANDBOX_DATA_DIR": str(data_dir)}).target == DEFAULT_TARGET
+    with _serve_socket(data_dir):
+        settings = load_settings(environ={"SANDBOX_DATA_DIR": str(data_dir)})
+        assert settings.target == f"unix:{data_dir / SOCKET_FILENAME}"
+        assert (
+            load_settings(
+                environ={"SANDBOX_DATA_DIR": str(data_dir), "SANDBOX_TARGET": "h:1"}
+            ).target
+            == "h:1"
+        )
+
+
+def test_the_local_socket_gets_the_local_admin_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with _serve_socket(data_dir):
+        (data_dir / "admin.key").write_text("sk-admin-local-0123456789\n")
+        resolved = resolve_api_key(
+            api_key=None,
+            api_key_file=None,
+            target=f"unix:{data_dir / SOCKET_FILENAME}",
+            data_dir=data_dir,
+        )
+    assert resolved.secret == "sk-admin-local-0123456789"
+    assert resolved.target == f"unix:{(data_dir / SOCKET_FILENAME).resolve()}"
+    assert "0123456789" not in repr(resolved)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:1", "localhost:1", "[::1]:1", "10.1.1.1:1"])
+def test_tcp_targets_get_no_key_by_themselves(tmp_path: Path, target: str) -> None:
     (tmp_path / "admin.key").write_text("sk-admin-local-0123456789\n")
-    key = resolve_api_key(api_key=None, api_key_file=None, target="127.0.0.1:1", data_dir=tmp_path)
-    assert key == "sk-admin-local-0123456789"
+    resolved = resolve_api_key(api_key=None, api_key_file=None, target=target, data_dir=tmp_path)
+    assert resolved.secret is None
+    assert resolved.target == target
 
 
-def test_missing_admin_key_says_how_to_get_one(tmp_path: Path) -> None:
-    with pytest.raises(AuthenticationError, match="sandbox-sdk serve") as caught:
-        resolve_api_key(api_key=None, api_key_file=None, target="127.0.0.1:1", data_dir=tmp_path)
+def test_a_missing_admin_key_says_how_to_get_one(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with (
+        _serve_socket(data_dir),
+        pytest.raises(AuthenticationError, match="sandbox-sdk serve") as caught,
+    ):
+        resolve_api_key(
+            api_key=None,
+            api_key_file=None,
+            target=f"unix:{data_dir / SOCKET_FILENAME}",
+            data_dir=data_dir,
+        )
     assert "SANDBOX_API_KEY" in str(caught.value)
-    with pytest.raises(AuthenticationError, match="SANDBOX_API_KEY"):
-        resolve_api_key(api_key=None, api_key_file=None, target="10.1.1.1:1", data_dir=tmp_path)
 
 
 def test_key_file_setting_and_empty_file(tmp_path: Path) -> None:
     key_file = tmp_path / "k"
     key_file.write_text("sk-from-file-0123456789\n")
-    assert resolve_api_key(
-        api_key=None, api_key_file=key_file, target="x:1", data_dir=tmp_path
-    ) == ("sk-from-file-0123456789")
+    resolved = resolve_api_key(api_key=None, api_key_file=key_file, target="x:1", data_dir=tmp_path)
+    assert resolved.secret == "sk-from-file-0123456789"
     key_file.write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
         resolve_api_key(api_key=None, api_key_file=key_file, target="x:1", data_dir=tmp_path)
@@ -160,10 +192,17 @@ def test_client_discovers_the_key_from_the_data_dir(
 ) -> None:
     monkeypatch.delenv("SANDBOX_API_KEY", raising=False)
     monkeypatch.delenv("SANDBOX_CONFIG", raising=False)
-    monkeypatch.setenv("SANDBOX_DATA_DIR", str(tmp_path))
-    with pytest.raises(AuthenticationError, match="sandbox-sdk serve"):
-        SandboxClient("127.0.0.1:1")
-    (tmp_path / "admin.key").write_text("sk-admin-local-0123456789\n")
-    with SandboxClient("127.0.0.1:1") as client:
-        assert client.settings.data_dir == tmp_path
-        assert "0123456789" not in repr(client._transport.auth)
+    monkeypatch.delenv("SANDBOX_TARGET", raising=False)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("SANDBOX_DATA_DIR", str(data_dir))
+    with _serve_socket(data_dir):
+        with pytest.raises(AuthenticationError, match="sandbox-sdk serve"):
+            SandboxClient()
+        (data_dir / "admin.key").write_text("sk-admin-local-0123456789\n")
+        with SandboxClient() as client:
+            assert client.settings.data_dir == data_dir
+            assert client.settings.target.startswith("unix:")
+            assert client._transport.auth.metadata()
+            assert "0123456789" not in repr(client._transport.auth)
+    with SandboxClient("127.0.0.1:1") as tcp:
+        assert tcp._transport.auth.metadata() == ()

@@ -20,6 +20,12 @@ from sandbox_sdk.server.status import ServiceError
 
 AUTHORIZATION_KEY = "authorization"
 _BEARER = "Bearer "
+MISSING_KEY_MESSAGE = (
+    "no API key was sent: set SANDBOX_API_KEY (or api_key / api_key_file in the client"
+    " config), or send `authorization: Bearer <key>` metadata. On the machine running"
+    " `sandbox-sdk serve`, leave the target unset: the SDK then uses the server's Unix socket"
+    " <data_dir>/gateway.sock and sends the local admin key there by itself (never over TCP)"
+)
 
 
 class AuthenticationFailedError(ServiceError):
@@ -80,10 +86,7 @@ class Authenticator:
 
     def _verify(self, authorization: str) -> ApiKeyRecord:
         if not authorization:
-            raise AuthenticationFailedError(
-                ErrorReason.API_KEY_MISSING,
-                "send your API key as `authorization: Bearer <key>` metadata",
-            )
+            raise AuthenticationFailedError(ErrorReason.API_KEY_MISSING, MISSING_KEY_MESSAGE)
         if not authorization.startswith(_BEARER):
             raise AuthenticationFailedError(
                 ErrorReason.API_KEY_MALFORMED,

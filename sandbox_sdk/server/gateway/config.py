@@ -101,6 +101,12 @@ class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str = Field(default="127.0.0.1:50051", description="host:port of the public API.")
+    unix_socket: Path | None = Field(
+        default=None,
+        description="Also serve on this Unix socket (mode 0600) for tools on this machine; the"
+        " SDK sends the local admin key only to <data_dir>/gateway.sock. Put it in a directory"
+        " only the gateway's user can enter (mode 0700).",
+    )
     orchestrators: list[OrchestratorEndpoint] = Field(
         default_factory=lambda: [OrchestratorEndpoint(id="o1", address="127.0.0.1:50061")],
         min_length=1,

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server import local_socket
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
 from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
@@ -107,7 +108,11 @@ class GatewayServer:
             port = server.add_secure_port(config.listen, server_credentials(config.tls, "tls"))
         else:
             port = server.add_insecure_port(config.listen)
+        if config.unix_socket is not None:
+            server.add_insecure_port(local_socket.claim(config.unix_socket))
         await server.start()
+        if config.unix_socket is not None:
+            local_socket.restrict(config.unix_socket)
         metrics_server = (
             serve_metrics(config.metrics_port, metrics.registry, config.metrics_host)
             if config.metrics_port is not None
@@ -115,8 +120,10 @@ class GatewayServer:
         )
         metrics_port = metrics_server.port if metrics_server is not None else None
         log.info(
-            "gateway serving on port %d (tls=%s, orchestrators=%s, metrics_port=%s)",
+            "gateway serving on port %d and unix socket %s (tls=%s, orchestrators=%s,"
+            " metrics_port=%s)",
             port,
+            config.unix_socket or "-",
             config.tls is not None,
             ",".join(link.id for link in pool.links),
             metrics_port,
@@ -139,6 +146,8 @@ class GatewayServer:
         """Stops taking calls, lets in-flight ones finish for ``grace`` seconds, shuts down."""
         await mark_not_serving(self._health)
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        if self.config.unix_socket is not None:
+            local_socket.release(self.config.unix_socket)
         await self.pool.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
