@@ -166,6 +166,9 @@ def env_create(
     ] = None,
     label: Labels = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="VAR=VALUE.")] = None,
+    queue: Annotated[
+        bool, typer.Option(help="When the orchestrator is full, wait in its queue.")
+    ] = False,
 ) -> None:
     """Create an environment and print its id."""
     with _reported_errors():
@@ -179,6 +182,7 @@ def env_create(
             network=network,
             egress_allow=egress_allow,
             egress_deny=egress_deny,
+            queue=queue,
             labels=_pairs(label, "--label"),
             env=_pairs(env, "--env"),
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +21,7 @@ from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
 from sandbox_sdk.models.catalog import ModelInfo
 from sandbox_sdk.models.comparison import ExperimentComparison, compare_results
-from sandbox_sdk.models.environment import NetworkPolicy
+from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy
 from sandbox_sdk.models.experiment import STATE_NUMBERS, ExperimentInfo, ExperimentState
 from sandbox_sdk.models.results import ExperimentResults
 from sandbox_sdk.utils.units import DurationLike, Size
@@ -116,6 +118,7 @@ class AsyncSandboxClient:
         network: NetworkPolicy | str | bool | None = None,
         egress_allow: Sequence[str] | None = None,
         egress_deny: Sequence[str] | None = None,
+        queue: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> AsyncSandbox:
@@ -129,6 +132,9 @@ class AsyncSandboxClient:
         only to the CIDR blocks in ``egress_allow`` and never to those in
         ``egress_deny``), or ``"host"`` (only where the operator allows it).
         A retried create returns the first environment, never a second one.
+        ``queue=True``: when the orchestrator has no room now, wait in its queue
+        (``sandbox.info.queue_position``) instead of failing with
+        :class:`CapacityExhaustedError`; ``timeout`` bounds the whole wait.
         """
         request = build.create_environment_request(
             cpu=cpu,
@@ -144,9 +150,25 @@ class AsyncSandboxClient:
             network=network,
             egress_allow=egress_allow,
             egress_deny=egress_deny,
+            queue=queue,
         )
+        deadline = None if timeout is None else time.monotonic() + timeout
         response = await self._call("CreateEnvironment", request, timeout=timeout, retry=retry)
-        return AsyncSandbox(self, response.environment)
+        sandbox = AsyncSandbox(self, response.environment)
+        if not queue:
+            return sandbox
+        return await self._until_admitted(sandbox, deadline)
+
+    async def _until_admitted(self, sandbox: AsyncSandbox, deadline: float | None) -> AsyncSandbox:
+        """Looks again, less and less often, until a queued environment is no longer waiting."""
+        pause, longest = build.QUEUE_POLL_SECONDS
+        while sandbox.info.state in (EnvironmentState.QUEUED, EnvironmentState.CREATING):
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise build.still_queued(sandbox.info)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, longest)
+            sandbox = await self.get_environment(sandbox.id)
+        return sandbox
 
     async def get_environment(
         self, environment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None

@@ -22,9 +22,13 @@ from sandbox.v1 import (
     gateway_service_pb2,
     requests_pb2,
 )
-from sandbox_sdk.errors import FieldViolation, InvalidArgumentError
+from sandbox_sdk.errors import FieldViolation, InvalidArgumentError, SandboxTimeoutError
 from sandbox_sdk.models.api_keys import SCOPE_NUMBERS, ApiKeyScope
-from sandbox_sdk.models.environment import NETWORK_POLICY_NUMBERS, NetworkPolicy
+from sandbox_sdk.models.environment import (
+    NETWORK_POLICY_NUMBERS,
+    EnvironmentInfo,
+    NetworkPolicy,
+)
 from sandbox_sdk.models.scorers import Command, Contains, ExactMatch, JsonValid, Regex, Scorer
 from sandbox_sdk.utils.units import DurationLike, Size, parse_duration, parse_size, to_duration_pb
 
@@ -118,6 +122,7 @@ def create_environment_request(
     network: NetworkPolicy | str | bool | None = None,
     egress_allow: Sequence[str] | None = None,
     egress_deny: Sequence[str] | None = None,
+    queue: bool = False,
 ) -> requests_pb2.CreateEnvironmentRequest:
     """The ``CreateEnvironment`` request, with a new ``request_id``."""
     limits = common_pb2.ResourceLimits(
@@ -142,7 +147,23 @@ def create_environment_request(
     if idle_timeout is not None:
         spec.idle_timeout.CopyFrom(to_duration_pb(_duration("spec.idle_timeout", idle_timeout)))
     return requests_pb2.CreateEnvironmentRequest(
-        spec=spec, files=file_contents(files), request_id=new_request_id()
+        spec=spec,
+        files=file_contents(files),
+        request_id=new_request_id(),
+        queue_when_full=queue,
+    )
+
+
+QUEUE_POLL_SECONDS = (0.2, 2.0)
+"""The first and the longest pause between looks at a queued environment."""
+
+
+def still_queued(info: EnvironmentInfo) -> SandboxTimeoutError:
+    """The error of a create whose wait in the queue ran out of time."""
+    return SandboxTimeoutError(
+        f"environment {info.id} is still {info.state.value.lower()} "
+        f"(position {info.queue_position} in the queue) when the timeout ran out; it keeps "
+        "its place: wait for it with get_environment, or delete it if you no longer need it"
     )
 
 

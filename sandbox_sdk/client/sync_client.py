@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
 from sandbox_sdk.models.catalog import ModelInfo
 from sandbox_sdk.models.comparison import ExperimentComparison, compare_results
-from sandbox_sdk.models.environment import NetworkPolicy
+from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy
 from sandbox_sdk.models.experiment import STATE_NUMBERS, ExperimentInfo, ExperimentState
 from sandbox_sdk.models.results import ExperimentResults
 from sandbox_sdk.utils.units import DurationLike, Size
@@ -111,6 +112,7 @@ class SandboxClient:
         network: NetworkPolicy | str | bool | None = None,
         egress_allow: Sequence[str] | None = None,
         egress_deny: Sequence[str] | None = None,
+        queue: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> Sandbox:
@@ -124,6 +126,9 @@ class SandboxClient:
         only to the CIDR blocks in ``egress_allow`` and never to those in
         ``egress_deny``), or ``"host"`` (only where the operator allows it).
         A retried create returns the first environment, never a second one.
+        ``queue=True``: when the orchestrator has no room now, wait in its queue
+        (``sandbox.info.queue_position``) instead of failing with
+        :class:`CapacityExhaustedError`; ``timeout`` bounds the whole wait.
         """
         request = build.create_environment_request(
             cpu=cpu,
@@ -139,9 +144,25 @@ class SandboxClient:
             network=network,
             egress_allow=egress_allow,
             egress_deny=egress_deny,
+            queue=queue,
         )
+        deadline = None if timeout is None else time.monotonic() + timeout
         response = self._call("CreateEnvironment", request, timeout=timeout, retry=retry)
-        return Sandbox(self, response.environment)
+        sandbox = Sandbox(self, response.environment)
+        if not queue:
+            return sandbox
+        return self._until_admitted(sandbox, deadline)
+
+    def _until_admitted(self, sandbox: Sandbox, deadline: float | None) -> Sandbox:
+        """Looks again, less and less often, until a queued environment is no longer waiting."""
+        pause, longest = build.QUEUE_POLL_SECONDS
+        while sandbox.info.state in (EnvironmentState.QUEUED, EnvironmentState.CREATING):
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise build.still_queued(sandbox.info)
+            time.sleep(pause)
+            pause = min(2 * pause, longest)
+            sandbox = self.get_environment(sandbox.id)
+        return sandbox
 
     def get_environment(
         self, environment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None

@@ -19,6 +19,7 @@ class EnvironmentState(enum.StrEnum):
     RUNNING = "RUNNING"
     TERMINATING = "TERMINATING"
     TERMINATED = "TERMINATED"
+    QUEUED = "QUEUED"
 
 
 class TerminationReason(enum.StrEnum):
@@ -97,6 +98,9 @@ class EnvironmentInfo:
     expire_time: datetime | None = None
     last_activity_time: datetime | None = None
     terminate_time: datetime | None = None
+    egress_allow: list[str] = field(default_factory=list)
+    egress_deny: list[str] = field(default_factory=list)
+    queue_position: int = 0
 
     @property
     def is_running(self) -> bool:
@@ -126,4 +130,7 @@ class EnvironmentInfo:
             expire_time=from_timestamp_pb(message.expire_time),
             last_activity_time=from_timestamp_pb(message.last_activity_time),
             terminate_time=from_timestamp_pb(message.terminate_time),
+            egress_allow=list(spec.egress_allow_cidrs),
+            egress_deny=list(spec.egress_deny_cidrs),
+            queue_position=message.queue_position,
         )

@@ -208,7 +208,9 @@ async def test_idle_timeout_kills_and_cleans_up(tmp_path: Path) -> None:
 
 
 async def test_admission_refuses_environments_beyond_capacity(tmp_path: Path) -> None:
-    settings = fast_settings(max_environments=2, cpu_cores_total=1.5)
+    settings = fast_settings(
+        max_environments=2, cpu_cores_total=1.5, tenant_share_max=1.0, fair_share_headroom=0.0
+    )
     async with running_manager(tmp_path, settings=settings) as manager:
         await create(manager, make_spec(cpu_cores=1.0))
         with pytest.raises(ServiceError) as error:

@@ -38,6 +38,8 @@ class _EnvironmentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Envi
     """Processes are being killed and the workspace removed."""
     ENVIRONMENT_STATE_TERMINATED: _EnvironmentState.ValueType  # 4
     """Gone; termination_reason says why."""
+    ENVIRONMENT_STATE_QUEUED: _EnvironmentState.ValueType  # 5
+    """Accepted with queue_when_full, waiting for room; queue_position says where."""
 
 class EnvironmentState(_EnvironmentState, metaclass=_EnvironmentStateEnumTypeWrapper):
     """Lifecycle of an environment."""
@@ -52,6 +54,8 @@ ENVIRONMENT_STATE_TERMINATING: EnvironmentState.ValueType  # 3
 """Processes are being killed and the workspace removed."""
 ENVIRONMENT_STATE_TERMINATED: EnvironmentState.ValueType  # 4
 """Gone; termination_reason says why."""
+ENVIRONMENT_STATE_QUEUED: EnvironmentState.ValueType  # 5
+"""Accepted with queue_when_full, waiting for room; queue_position says where."""
 Global___EnvironmentState: _TypeAlias = EnvironmentState  # noqa: Y015
 
 class _TerminationReason:
@@ -277,6 +281,7 @@ class Environment(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     LAST_ACTIVITY_TIME_FIELD_NUMBER: _builtins.int
     TERMINATE_TIME_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier; it names the owning orchestrator."""
     state: Global___EnvironmentState.ValueType
@@ -289,6 +294,8 @@ class Environment(_message.Message):
     """Isolation layers in force, for example "bubblewrap+cgroup-v1+rlimits"."""
     orchestrator_id: _builtins.str
     """The orchestrator that owns this environment."""
+    queue_position: _builtins.int
+    """1-based position among the orchestrator's waiting creates while QUEUED, else 0."""
     @_builtins.property
     def spec(self) -> Global___EnvironmentSpec:
         """The spec as accepted, with defaults filled in."""
@@ -323,10 +330,11 @@ class Environment(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         last_activity_time: _timestamp_pb2.Timestamp | None = ...,
         terminate_time: _timestamp_pb2.Timestamp | None = ...,
+        queue_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_activity_time", b"last_activity_time", "spec", b"spec", "terminate_time", b"terminate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "isolation", b"isolation", "last_activity_time", b"last_activity_time", "orchestrator_id", b"orchestrator_id", "spec", b"spec", "state", b"state", "terminate_time", b"terminate_time", "termination_message", b"termination_message", "termination_reason", b"termination_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "isolation", b"isolation", "last_activity_time", b"last_activity_time", "orchestrator_id", b"orchestrator_id", "queue_position", b"queue_position", "spec", b"spec", "state", b"state", "terminate_time", b"terminate_time", "termination_message", b"termination_message", "termination_reason", b"termination_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,9 +37,16 @@ class CreateEnvironmentRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    QUEUE_WHEN_FULL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen id (a UUID) that makes a retried create return the first
     result instead of creating twice.
+    """
+    queue_when_full: _builtins.bool
+    """When the orchestrator has no room now: instead of RESOURCE_EXHAUSTED, accept
+    the create QUEUED (with its queue_position); it turns CREATING, then RUNNING,
+    as soon as room frees up, first come first served within each tenant's fair
+    share. Watch it with GetEnvironment; DeleteEnvironment takes it out.
     """
     @_builtins.property
     def spec(self) -> _environment_pb2.EnvironmentSpec:
@@ -55,10 +62,11 @@ class CreateEnvironmentRequest(_message.Message):
         spec: _environment_pb2.EnvironmentSpec | None = ...,
         files: _abc.Iterable[_environment_pb2.FileContent] | None = ...,
         request_id: _builtins.str = ...,
+        queue_when_full: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "queue_when_full", b"queue_when_full", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -73,7 +81,9 @@ class CreateEnvironmentResponse(_message.Message):
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def environment(self) -> _environment_pb2.Environment:
-        """The environment, RUNNING."""
+        """The environment, RUNNING; or QUEUED when queue_when_full was set and the
+        orchestrator had no room.
+        """
 
     def __init__(
         self,

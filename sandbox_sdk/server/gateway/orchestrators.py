@@ -22,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandbox.v1 import orchestrator_service_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server.gateway.config import OrchestratorEndpoint
+from sandbox_sdk.server.keepalive import CHANNEL_KEEPALIVE_OPTIONS
+from sandbox_sdk.server.retry_delays import capacity_retry_delay
 from sandbox_sdk.server.status import ServiceError
 from sandbox_sdk.server.tenancy import TENANT_KEY
 from sandbox_sdk.server.tls import ClientTlsConfig, channel_credentials, channel_options
@@ -37,9 +39,11 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Notice a dead connection to an orchestrator within seconds, even while a
+    # forwarded call waits without a deadline.
+    *CHANNEL_KEEPALIVE_OPTIONS,
 ]
 GET_CAPACITY = "/sandbox.v1.OrchestratorService/GetCapacity"
-_NO_CAPACITY_RETRY_SECONDS = 5.0
 _NO_ORCHESTRATOR_RETRY_SECONDS = 2.0
 
 Capacity = orchestrator_service_pb2.GetCapacityResponse
@@ -308,11 +312,15 @@ class OrchestratorPool:
         """Orchestrators not known to be down, in configuration order."""
         return [link for link in self.links if link.healthy is not False]
 
-    async def place_environment(self, timeout: float = 2.0) -> OrchestratorLink:
+    async def place_environment(
+        self, timeout: float = 2.0, *, queue_when_full: bool = False
+    ) -> OrchestratorLink:
         """The available orchestrator with the most free environment slots, then memory, CPU.
 
         The chosen orchestrator's cached count is bumped so that creates in
-        quick succession spread out before the next GetCapacity.
+        quick succession spread out before the next GetCapacity. When all are
+        full, a create that asked to wait (``queue_when_full``) still goes to
+        the least full one, which queues it.
         """
         candidates = self.available()
         if not candidates:
@@ -336,13 +344,14 @@ class OrchestratorPool:
                 retry_after=_NO_ORCHESTRATOR_RETRY_SECONDS,
             )
         free, best = max(scored, key=lambda item: item[0])
-        if free[0] <= 0:
+        if free[0] <= 0 and not queue_when_full:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 ErrorReason.CAPACITY_EXHAUSTED,
-                "every orchestrator is running as many environments as it admits;"
-                " delete environments or retry later",
-                retry_after=_NO_CAPACITY_RETRY_SECONDS,
+                "every orchestrator is running as many environments as it admits; delete "
+                "environments, retry later, or pass queue_when_full (queue=True in the SDK) "
+                "to wait for room",
+                retry_after=capacity_retry_delay(),
             )
         if best.capacity is not None:
             best.capacity.environments_running += 1

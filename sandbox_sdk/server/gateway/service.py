@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import Message
 
+from sandbox.v1 import requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.gateway.admin import Administrator, ApiKeyAdmin, parse_request
@@ -40,7 +41,7 @@ from sandbox_sdk.server.gateway.orchestrators import (
 )
 from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
-from sandbox_sdk.server.gateway.wire import MalformedMessageError, string_field
+from sandbox_sdk.server.gateway.wire import MalformedMessageError, bool_field, string_field
 from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
 
 access_log = logging.getLogger("sandbox_sdk.server.gateway.access")
@@ -292,7 +293,8 @@ class GatewayService(_GenericRpcHandler):
             if link is None:
                 remaining = context.time_remaining()
                 link = await self._pool.place_environment(
-                    min(2.0, remaining) if remaining is not None else 2.0
+                    min(2.0, remaining) if remaining is not None else 2.0,
+                    queue_when_full=_queue_when_full(request),
                 )
                 self._remember_placement(caller.tenant, request_id, link)
             return await self._forward_unary(
@@ -423,6 +425,14 @@ class GatewayService(_GenericRpcHandler):
                 raise
             finally:
                 call.cancel()
+
+
+def _queue_when_full(request: bytes) -> bool:
+    field = requests_pb2.CreateEnvironmentRequest.DESCRIPTOR.fields_by_name["queue_when_full"]
+    try:
+        return bool_field(request, field.number)
+    except MalformedMessageError:
+        return False  # the orchestrator answers INVALID_ARGUMENT for the request
 
 
 def _request_id_field(spec: MethodSpec, request: bytes) -> str:

@@ -7,6 +7,8 @@ than deserializing, especially for requests that carry file contents.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 _VARINT = 0
 _FIXED64 = 1
 _LENGTH_DELIMITED = 2
@@ -31,30 +33,46 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def string_field(data: bytes, number: int) -> str:
-    """The value of top-level string field ``number`` (the last one wins), or ``""``."""
-    value = ""
+def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """Each top-level field as (number, wire type, varint value or raw bytes)."""
     pos = 0
     end = len(data)
     while pos < end:
         tag, pos = _varint(data, pos)
         field, wire_type = tag >> 3, tag & 7
+        value: int | bytes
         if wire_type == _VARINT:
-            _, pos = _varint(data, pos)
+            value, pos = _varint(data, pos)
         elif wire_type == _FIXED64:
-            pos += 8
+            value, pos = data[pos : pos + 8], pos + 8
         elif wire_type == _FIXED32:
-            pos += 4
+            value, pos = data[pos : pos + 4], pos + 4
         elif wire_type == _LENGTH_DELIMITED:
             length, pos = _varint(data, pos)
-            if field == number:
-                try:
-                    value = data[pos : pos + length].decode()
-                except UnicodeDecodeError as error:
-                    raise MalformedMessageError(f"field {number} is not UTF-8") from error
-            pos += length
+            value, pos = data[pos : pos + length], pos + length
         else:
             raise MalformedMessageError(f"unsupported wire type {wire_type}")
         if pos > end:
             raise MalformedMessageError("truncated field")
+        yield field, wire_type, value
+
+
+def string_field(data: bytes, number: int) -> str:
+    """The value of top-level string field ``number`` (the last one wins), or ``""``."""
+    value = ""
+    for field, wire_type, raw in _fields(data):
+        if field == number and wire_type == _LENGTH_DELIMITED and isinstance(raw, bytes):
+            try:
+                value = raw.decode()
+            except UnicodeDecodeError as error:
+                raise MalformedMessageError(f"field {number} is not UTF-8") from error
+    return value
+
+
+def bool_field(data: bytes, number: int) -> bool:
+    """The value of top-level bool field ``number`` (the last one wins), or False."""
+    value = False
+    for field, wire_type, raw in _fields(data):
+        if field == number and wire_type == _VARINT and isinstance(raw, int):
+            value = raw != 0
     return value

@@ -64,6 +64,7 @@ def environment(value: Environment) -> environment_pb2.Environment:
         create_time=to_timestamp_pb(value.create_time),
         expire_time=to_timestamp_pb(value.expire_time),
         last_activity_time=to_timestamp_pb(value.last_activity_time),
+        queue_position=value.queue_position,
     )
     if value.terminate_time is not None:
         message.terminate_time.CopyFrom(to_timestamp_pb(value.terminate_time))

@@ -33,6 +33,7 @@ from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.ports import CommandResult, UsageSample
 from sandbox_sdk.server.orchestrator.sandbox import page_tokens, validation
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
+from sandbox_sdk.server.orchestrator.sandbox.admission import Admission, Claim
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
@@ -41,6 +42,7 @@ from sandbox_sdk.server.orchestrator.sandbox.commands import (
     kill_marked_processes,
     spawn_request,
 )
+from sandbox_sdk.server.orchestrator.sandbox.create_queue import CreateQueue, QueuedCreate
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
 from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher, write_resolv_conf
 from sandbox_sdk.server.orchestrator.sandbox.metrics import SandboxMetrics
@@ -154,6 +156,8 @@ class SandboxManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Environment]] = set()
         self._sandbox_launcher: SandboxLauncher | None = None
+        self._admission = Admission(settings, self.workspace_root)
+        self._queue = CreateQueue(settings.max_queued_environments)
         self._egress_missing: list[str] = []
 
     # --- start and stop ----------------------------------------------------------------
@@ -262,23 +266,28 @@ class SandboxManager:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def create_environment(self, tenant: str, new: NewEnvironment) -> Environment:
-        """Creates an environment and returns it RUNNING.
+        """Creates an environment and returns it RUNNING (or QUEUED, see below).
 
         A repeated ``request_id`` of the tenant returns the first environment.
-        Raises RESOURCE_EXHAUSTED (CAPACITY_EXHAUSTED) when the orchestrator is full.
+        Raises RESOURCE_EXHAUSTED (CAPACITY_EXHAUSTED) when there is no room for it
+        (see :mod:`.admission`), unless ``new.queue_when_full`` asks to wait: then
+        it is returned QUEUED and started as soon as room frees up.
         """
         if new.request_id:
             existing = self._store.find_by_request(tenant, new.request_id)
             if existing is not None:
                 return await self._settled(existing)
         self._check_network(tenant, new.spec.network)
-        self._admit(new.spec)
+        refusals = self._refusals(tenant, new.spec)
+        queued = bool(refusals) and new.queue_when_full and not self._queue.full
+        if refusals and not queued:
+            raise self._no_room(refusals, queue_full=new.queue_when_full)
         now = time.time()
         environment = Environment(
             id=ids.new_id(ids.ENVIRONMENT, self.orchestrator_id),
             tenant=tenant,
             spec=new.spec,
-            state=EnvironmentState.CREATING,
+            state=EnvironmentState.QUEUED if queued else EnvironmentState.CREATING,
             termination_reason=TerminationReason.UNSPECIFIED,
             termination_message="",
             isolation=self.isolation.level,
@@ -296,16 +305,29 @@ class SandboxManager:
             if existing is None:
                 raise
             return await self._settled(existing)
-        runtime = _Runtime(tenant, new.spec, environment.expire_time, now, now)
+        if queued:
+            position = self._queue.add(QueuedCreate(environment, new.files))
+            log.info("environment %s queued at %d: %s", environment.id, position, refusals)
+            return replace(environment, queue_position=position)
+        return await asyncio.shield(self._start_creating(environment, new.files))
+
+    def _start_creating(
+        self, environment: Environment, files: Sequence[FileWrite]
+    ) -> asyncio.Future[Environment]:
+        """Holds the environment's room at once and sets it up in the background."""
+        active = environment.last_activity_time
+        runtime = _Runtime(
+            environment.tenant, environment.spec, environment.expire_time, active, active
+        )
         self._runtimes[environment.id] = runtime
         self._publish_allocation()
         # The set-up outlives a caller that goes away (a deadline, a cut connection):
         # its retry with the same request_id then finds the environment RUNNING,
         # never one killed half-way, and no mount or loop device is left behind.
-        setup = asyncio.ensure_future(self._bring_up(environment, runtime, new.files))
+        setup = asyncio.ensure_future(self._bring_up(environment, runtime, files))
         self._background.add(setup)
         setup.add_done_callback(_forget_background(self._background))
-        return await asyncio.shield(setup)
+        return setup
 
     async def _bring_up(
         self, environment: Environment, runtime: _Runtime, files: Sequence[FileWrite]
@@ -334,7 +356,23 @@ class SandboxManager:
         runtime = self._runtimes.get(environment.id)
         if environment.state is EnvironmentState.CREATING and runtime is not None:
             await runtime.ready.wait()
-        return self._store.get(environment.id) or environment
+        return self._decorated(self._store.get(environment.id) or environment)
+
+    def _admit_queued(self) -> None:
+        """Starts the waiting creates that fit now, oldest first."""
+        for entry in self._queue:
+            environment = entry.environment
+            if self._refusals(environment.tenant, environment.spec):
+                continue
+            self._queue.remove(environment.id)
+            now = time.time()
+            environment = self._store.update(
+                environment,
+                state=EnvironmentState.CREATING,
+                expire_time=now + environment.spec.ttl_seconds,
+                last_activity_time=now,
+            )
+            self._start_creating(environment, entry.files)
 
     def _check_network(self, tenant: str, network: NetworkPolicy) -> None:
         if network is NetworkPolicy.HOST and tenant not in self.settings.host_network_tenants:
@@ -355,37 +393,48 @@ class SandboxManager:
                 "(apt-get install slirp4netns nftables), or use NETWORK_POLICY_NONE",
             )
 
-    def _admit(self, spec: EnvironmentSpec) -> None:
-        settings = self.settings
-        count, cpu, memory = self._allocation()
-        violations = []
-        if count + 1 > settings.max_environments:
-            violations.append(
-                ("environments", f"{count} of at most {settings.max_environments} are running")
+    def _refusals(self, tenant: str, spec: EnvironmentSpec) -> list[tuple[str, str]]:
+        claim = Claim(
+            tenant, spec.limits.cpu_cores, spec.limits.memory_bytes, spec.limits.disk_bytes
+        )
+        return self._admission.refusals(claim, self._claims(), check_disk=self.isolation.loop_quota)
+
+    def _claims(self) -> list[Claim]:
+        return [
+            Claim(
+                runtime.tenant,
+                runtime.spec.limits.cpu_cores,
+                runtime.spec.limits.memory_bytes,
+                runtime.spec.limits.disk_bytes,
+                self._layout(environment_id).image,
             )
-        if cpu + spec.limits.cpu_cores > settings.cpu_cores_total + 1e-9:
-            violations.append(
-                ("cpu_cores", f"{cpu:g} of {settings.cpu_cores_total:g} cores are promised")
-            )
-        if memory + spec.limits.memory_bytes > settings.memory_bytes_total:
-            violations.append(
-                ("memory_bytes", f"{memory} of {settings.memory_bytes_total} bytes are promised")
-            )
-        if violations:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                ErrorReason.CAPACITY_EXHAUSTED,
-                "this orchestrator has no room for the environment; retry later, ask for "
-                "smaller limits, or delete environments you no longer need",
-                quota_violations=violations,
-                retry_after=self._retry_after(),
-            )
+            for environment_id, runtime in self._runtimes.items()
+        ]
+
+    def _no_room(self, refusals: list[tuple[str, str]], *, queue_full: bool) -> ServiceError:
+        queue = (
+            f"the queue of waiting creates is full too ({self._queue.limit})"
+            if queue_full
+            else "or pass queue_when_full (queue=True in the SDK) to wait for room"
+        )
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ErrorReason.CAPACITY_EXHAUSTED,
+            "this orchestrator has no room for the environment now; retry in a moment, ask "
+            f"for smaller limits, delete environments you no longer need, {queue}",
+            quota_violations=refusals,
+            retry_after=self._retry_after(),
+        )
 
     def _retry_after(self) -> float:
-        """Seconds until the next environment expires by ttl, between 1 and 60."""
-        now = time.time()
-        soonest = min((r.expire_time - now for r in self._runtimes.values()), default=60.0)
-        return min(60.0, max(1.0, soonest))
+        """The RetryInfo delay of CAPACITY_EXHAUSTED: about a second, spread.
+
+        Deletes free room within a second; waiting for the next ttl expiry
+        would outlast the SDK's whole retry deadline.
+        """
+        from sandbox_sdk.server.retry_delays import capacity_retry_delay
+
+        return capacity_retry_delay()
 
     def _allocation(self) -> tuple[int, float, int]:
         runtimes = self._runtimes.values()
@@ -521,6 +570,7 @@ class SandboxManager:
     async def _run_termination(
         self, environment_id: str, reason: TerminationReason, message: str
     ) -> Environment:
+        self._queue.remove(environment_id)
         runtime = self._runtimes.get(environment_id)
         if runtime is not None:
             await runtime.ready.wait()
@@ -553,6 +603,7 @@ class SandboxManager:
             if runtime is not None:
                 runtime.terminated.set()
             self._notify_terminated(environment_id)
+            self._admit_queued()
         log.info("environment %s terminated: %s (%s)", environment_id, reason.value, message)
         return environment
 
@@ -863,7 +914,8 @@ class SandboxManager:
 
     async def _reap(self) -> None:
         """Saves activity kept in memory; terminates environments whose ttl ran out or that
-        sat idle too long."""
+        sat idle too long; starts waiting creates that fit now."""
+        self._admit_queued()
         now = time.time()
         due: list[tuple[str, TerminationReason, str]] = []
         for environment_id, runtime in list(self._runtimes.items()):
@@ -997,11 +1049,17 @@ class SandboxManager:
             runtime.saved_activity = runtime.last_activity
 
     def _with_activity(self, environment: Environment) -> Environment:
-        """The record with the activity not saved yet."""
+        """The record with the activity not saved yet (and its queue position)."""
+        environment = self._decorated(environment)
         runtime = self._runtimes.get(environment.id)
         if runtime is None or runtime.last_activity <= environment.last_activity_time:
             return environment
         return replace(environment, last_activity_time=runtime.last_activity)
+
+    def _decorated(self, environment: Environment) -> Environment:
+        if environment.state is not EnvironmentState.QUEUED:
+            return environment
+        return replace(environment, queue_position=self._queue.position(environment.id))
 
     def on_terminated(self, callback: Callable[[str], None]) -> None:
         """Calls ``callback(environment_id)`` when an environment ends for any reason."""

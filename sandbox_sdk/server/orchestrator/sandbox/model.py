@@ -20,6 +20,7 @@ class EnvironmentState(enum.StrEnum):
     RUNNING = "RUNNING"
     TERMINATING = "TERMINATING"
     TERMINATED = "TERMINATED"
+    QUEUED = "QUEUED"
 
 
 class TerminationReason(enum.StrEnum):
@@ -97,6 +98,7 @@ class NewEnvironment:
     spec: EnvironmentSpec
     files: tuple[FileWrite, ...] = ()
     request_id: str = ""
+    queue_when_full: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Environment:
     last_activity_time: float
     terminate_time: float | None
     request_id: str = ""
+    queue_position: int = 0
 
     @property
     def running(self) -> bool:

@@ -53,6 +53,12 @@ class SandboxSettings(BaseModel):
             because bubblewrap resolves its bind sources as that uid.
         address_space_headroom_bytes: RLIMIT_AS is the memory limit plus this,
             since virtual memory is not resident memory.
+        tenant_share_max: the most of any total (environments, cores, memory)
+            one tenant may hold, so that others always find room.
+        fair_share_headroom: when less than this fraction of a total would be
+            left, tenants above their fair share are refused (see admission.py).
+        disk_reserve_bytes: disk space never promised to workspaces.
+        max_queued_environments: creates that may wait for room (queue_when_full).
         host_network_tenants: the tenants whose environments may use the
             host's own network (NETWORK_POLICY_HOST), which exposes the host's
             loopback and every service on it. Empty by default: no tenant.
@@ -108,6 +114,10 @@ class SandboxSettings(BaseModel):
     mount_root: Path = Path("/run/sandbox-sdk")
     address_space_headroom_bytes: int = Field(default=1 * GiB, ge=0)
     max_open_files: int = Field(default=1024, gt=0)
+    tenant_share_max: float = Field(default=0.75, gt=0, le=1)
+    fair_share_headroom: float = Field(default=0.25, ge=0, lt=1)
+    disk_reserve_bytes: int = Field(default=64 * MiB, ge=0)
+    max_queued_environments: int = Field(default=256, ge=0)
     host_network_tenants: tuple[str, ...] = ()
     egress_denied_cidrs: tuple[str, ...] = DEFAULT_DENIED_CIDRS
     egress_mtu: int = Field(default=65520, ge=1280, le=65521)

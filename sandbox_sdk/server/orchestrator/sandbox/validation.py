@@ -342,7 +342,12 @@ def new_environment(
             "request_id", "use a UUID (1-128 characters of letters, digits, '.', '_', ':', '-')"
         )
     violations.raise_if_any()
-    return NewEnvironment(spec=resolved, files=files, request_id=request.request_id)
+    return NewEnvironment(
+        spec=resolved,
+        files=files,
+        request_id=request.request_id,
+        queue_when_full=request.queue_when_full,
+    )
 
 
 def environment_update(
