@@ -32,8 +32,8 @@ from sandbox_sdk.server import ids
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.ports import CommandResult, UsageSample
 from sandbox_sdk.server.orchestrator.sandbox import page_tokens, validation
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
 from sandbox_sdk.server.orchestrator.sandbox.admission import Admission, Claim
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
@@ -1071,8 +1071,8 @@ def _forget_background(tasks: set[asyncio.Future[Environment]]) -> Callable[[Any
 
     def forget(task: asyncio.Future[Environment]) -> None:
         tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            if not isinstance(error, ServiceError):
-                log.error("a background environment task failed: %r", error)
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, ServiceError):
+            log.error("a background environment task failed: %r", error)
 
     return forget
