@@ -13,7 +13,9 @@ trailer stays well under gRPC's metadata limit (8 KiB by default): see
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -33,6 +35,8 @@ from sandbox_sdk.server.clipping import (
 )
 
 log = logging.getLogger(__name__)
+
+_DISK_FULL_RETRY_SECONDS = 5.0
 
 
 class ServiceError(Exception):
@@ -159,6 +163,9 @@ _StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterat
 async def _abort(
     context: grpc.aio.ServicerContext[Any, Any], error: BaseException, request_id: str, method: str
 ) -> None:
+    if out_of_space(error):
+        log.error("out of disk space in %s (request id %s): %s", method, request_id, error)
+        error = disk_full()
     if isinstance(error, ServiceError):
         status = error.to_status(request_id)
     else:
@@ -173,6 +180,26 @@ async def _abort(
         )
     # grpc-stubs lacks aio's abort_with_status.
     await cast(Any, context).abort_with_status(status)
+
+
+def disk_full() -> ServiceError:
+    """RESOURCE_EXHAUSTED (DISK_FULL): the server's own disk is full, so nothing was written."""
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorReason.DISK_FULL,
+        "the server's disk is full, so nothing was written; delete environments you no "
+        "longer need to free space (deleting always works), or retry later",
+        retry_after=_DISK_FULL_RETRY_SECONDS,
+    )
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` says a disk is full (SQLite's SQLITE_FULL, ENOSPC, EDQUOT)."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+            "disk is full" in str(error)
+        )
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _wrap_unary(handler: _UnaryHandler, method: str) -> _UnaryHandler:

@@ -71,7 +71,7 @@ async def test_output_is_streamed_before_the_command_exits(tmp_path: Path) -> No
         first = await anext(events)
         assert first == ExecOutput("stdout", b"first\n")
         assert pid_alive(started.pid)
-        manager.write_file(TENANT, environment.id, FileWrite("go", b""))
+        await manager.write_file(TENANT, environment.id, FileWrite("go", b""))
         rest = [event async for event in events]
         assert ExecOutput("stdout", b"second\n") in rest
         assert isinstance(rest[-1], ExecExited)
@@ -190,7 +190,7 @@ async def test_commands_that_cannot_run_exit_127_or_126_saying_why(tmp_path: Pat
         # The command's own PATH is searched, not the agent's.
         found = await run(manager, environment.id, ["tool"], env_vars={"PATH": "/workspace/bin"})
         assert found.result.exit_code == 127
-        manager.write_file(
+        await manager.write_file(
             TENANT, environment.id, FileWrite("bin/tool", b"#!/bin/sh\necho tool\n", 0o755)
         )
         found = await run(manager, environment.id, ["tool"], env_vars={"PATH": "/workspace/bin"})

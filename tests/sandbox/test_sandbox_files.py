@@ -18,7 +18,7 @@ pytestmark = needs_isolation
 async def test_files_written_are_seen_by_commands_and_back(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         environment = await create(manager, files=[FileWrite("in/start.txt", b"from create")])
-        entry = manager.write_file(
+        entry = await manager.write_file(
             TENANT, environment.id, FileWrite("in/run.sh", b"echo ran > out.txt", 0o755)
         )
         assert (entry.path, entry.size_bytes, entry.mode, entry.is_dir) == (
@@ -29,7 +29,7 @@ async def test_files_written_are_seen_by_commands_and_back(tmp_path: Path) -> No
         )
         result = await run(manager, environment.id, ["sh", "-c", "cat in/start.txt; ./in/run.sh"])
         assert result.out == "from create"
-        info, content = manager.read_workspace_file(TENANT, environment.id, "out.txt")
+        info, content = await manager.read_workspace_file(TENANT, environment.id, "out.txt")
         assert (info.path, content) == ("out.txt", b"ran\n")
         assert manager.read_file(environment.id, "./out.txt") == b"ran\n"
 
@@ -73,7 +73,7 @@ async def test_paths_leaving_the_workspace_are_invalid(
             (lambda: manager.read_workspace_file(TENANT, environment.id, path), "path"),
         ):
             with pytest.raises(ServiceError) as error:
-                call()
+                await call()
             assert error.value.code is grpc.StatusCode.INVALID_ARGUMENT
             ((violation_field, description),) = error.value.field_violations
             assert violation_field == field
@@ -91,17 +91,17 @@ async def test_symlinks_out_of_the_workspace_are_not_followed(tmp_path: Path) ->
         await run(manager, environment.id, ["sh", "-c", setup])
         for path in ("passwd", "etc/passwd", "etc/shadow"):
             with pytest.raises(ServiceError) as error:
-                manager.read_workspace_file(TENANT, environment.id, path)
+                await manager.read_workspace_file(TENANT, environment.id, path)
             assert "symlink" in error.value.field_violations[0][1]
         with pytest.raises(ServiceError) as error:
-            manager.write_file(TENANT, environment.id, FileWrite("etc/evil", b"x"))
+            await manager.write_file(TENANT, environment.id, FileWrite("etc/evil", b"x"))
         assert "symlink" in error.value.field_violations[0][1]
         with pytest.raises(ServiceError) as error:
-            manager.write_file(TENANT, environment.id, FileWrite("passwd", b"x"))
+            await manager.write_file(TENANT, environment.id, FileWrite("passwd", b"x"))
         assert "symlink" in error.value.field_violations[0][1]
         _assert_unchanged_passwd()
         with pytest.raises(ServiceError) as error:
-            manager.read_workspace_file(TENANT, environment.id, "pipe")
+            await manager.read_workspace_file(TENANT, environment.id, "pipe")
         assert "regular file" in error.value.field_violations[0][1]
         with pytest.raises(ServiceError) as error:
             manager.list_files(TENANT, environment.id, "etc", 10, "")
@@ -114,7 +114,7 @@ async def test_missing_files_are_not_found(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         environment = await create(manager)
         with pytest.raises(ServiceError) as error:
-            manager.read_workspace_file(TENANT, environment.id, "nope/missing.txt")
+            await manager.read_workspace_file(TENANT, environment.id, "nope/missing.txt")
         assert error.value.code is grpc.StatusCode.NOT_FOUND
         assert error.value.reason == "FILE_NOT_FOUND"
 
@@ -122,9 +122,9 @@ async def test_missing_files_are_not_found(tmp_path: Path) -> None:
 async def test_writes_past_the_disk_quota_are_refused(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         environment = await create(manager, make_spec(disk_bytes=4 * MiB))
-        manager.write_file(TENANT, environment.id, FileWrite("small", b"x" * 1000))
+        await manager.write_file(TENANT, environment.id, FileWrite("small", b"x" * 1000))
         with pytest.raises(ServiceError) as error:
-            manager.write_file(TENANT, environment.id, FileWrite("big", b"x" * (6 * MiB)))
+            await manager.write_file(TENANT, environment.id, FileWrite("big", b"x" * (6 * MiB)))
         assert error.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.value.reason == "QUOTA_EXCEEDED"
 
@@ -134,5 +134,5 @@ async def test_files_larger_than_one_read_are_refused_with_advice(tmp_path: Path
         environment = await create(manager)
         await run(manager, environment.id, ["sh", "-c", "head -c 5000000 /dev/zero > big"])
         with pytest.raises(ServiceError) as error:
-            manager.read_workspace_file(TENANT, environment.id, "big")
+            await manager.read_workspace_file(TENANT, environment.id, "big")
         assert "read it in pieces" in error.value.field_violations[0][1]

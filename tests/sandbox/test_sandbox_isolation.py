@@ -139,7 +139,7 @@ async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
         filled = await run(manager, environment.id, ["sh", "-c", fill], timeout=60)
         assert filled.result.reason is ExitReason.CANCELLED
         with pytest.raises(ServiceError) as error:
-            manager.write_file(TENANT, environment.id, FileWrite("more", b"x"))
+            await manager.write_file(TENANT, environment.id, FileWrite("more", b"x"))
         assert error.value.reason == "QUOTA_EXCEEDED"
 
         await manager.delete_environment(TENANT, environment.id)

@@ -90,7 +90,7 @@ class EnvironmentHandlers:
         """Writes a workspace file."""
         environment_id = validation.environment_id(request.environment_id)
         file: FileWrite = validation.file_write(request)
-        entry = self._manager.write_file(tenant_of(context), environment_id, file)
+        entry = await self._manager.write_file(tenant_of(context), environment_id, file)
         return requests_pb2.WriteFileResponse(file=convert.file_info(entry))
 
     async def ReadFile(
@@ -99,7 +99,9 @@ class EnvironmentHandlers:
         """Reads a workspace file."""
         environment_id = validation.environment_id(request.environment_id)
         path = validation.file_path(request.path)
-        entry, content = self._manager.read_workspace_file(tenant_of(context), environment_id, path)
+        entry, content = await self._manager.read_workspace_file(
+            tenant_of(context), environment_id, path
+        )
         return requests_pb2.ReadFileResponse(file=convert.file_info(entry), content=content)
 
     async def ListFiles(

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT_SECONDS = 10.0
 _LOOP_PROBE_BYTES = 1 << 20
+_MEMORY_DIR = "/dev/shm"  # noqa: S108  (a tmpfs: the probe needs no disk space)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ def detect_isolation(
 
     ``settings.bwrap_path`` and ``mounts_file`` are the injection points: a
     missing bwrap path or an empty mounts file forces the fallbacks.
-    ``probe_dir`` is where the loop probe puts its image (a temp dir if None).
+    ``probe_dir`` is where the loop probe puts its image; by default memory
+    (``/dev/shm``), so that a full disk at start does not silently turn the
+    kernel's disk quotas off.
     """
     is_root = os.geteuid() == 0
     setpriv_path = shutil.which("setpriv")
@@ -246,6 +249,8 @@ def _probe_loop_quota(
             "no loop-mounted workspaces (needs root, /dev/loop-control, mkfs.ext4): "
             "the disk quota is checked by the monitor instead of the kernel"
         )
+    if probe_dir is None and os.access(_MEMORY_DIR, os.W_OK):
+        probe_dir = Path(_MEMORY_DIR)
     with tempfile.TemporaryDirectory(prefix="sandbox-loop-probe-", dir=probe_dir) as scratch:
         image, mount_point = Path(scratch) / "probe.img", Path(scratch) / "mnt"
         mount_point.mkdir()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -156,6 +157,7 @@ class SandboxManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Environment]] = set()
         self._sandbox_launcher: SandboxLauncher | None = None
+        self._unsaved: dict[str, Environment] = {}
         self._admission = Admission(settings, self.workspace_root)
         self._queue = CreateQueue(settings.max_queued_environments)
         self._egress_missing: list[str] = []
@@ -173,9 +175,7 @@ class SandboxManager:
         """Detects isolation, cleans up after a previous run, starts the reaper and monitor."""
         self.workspace_root.mkdir(parents=True, exist_ok=True)
         if self._isolation is None:
-            self._isolation = await asyncio.to_thread(
-                detect_isolation, self.settings, probe_dir=self.workspace_root
-            )
+            self._isolation = await asyncio.to_thread(detect_isolation, self.settings)
         if self.isolation.sandbox_user is not None:
             self.settings.mount_root.mkdir(parents=True, exist_ok=True)
             self.settings.mount_root.chmod(0o711)
@@ -474,8 +474,10 @@ class SandboxManager:
         workspace = runtime.files()
         for index, file in enumerate(files):
             field_path = f"files[{index}].path"
-            with file_errors(field_path, file.path, limits.disk_bytes):
-                workspace.write_file(split_path(file.path), file.content, file.mode)
+            with file_errors(field_path, file.path, limits.disk_bytes, self.workspace_root):
+                await asyncio.to_thread(
+                    workspace.write_file, split_path(file.path), file.content, file.mode
+                )
 
     async def _fail_setup(
         self, environment: Environment, runtime: _Runtime, error: BaseException
@@ -499,7 +501,7 @@ class SandboxManager:
 
     def get_environment(self, tenant: str, environment_id: str) -> Environment:
         """The tenant's environment; NOT_FOUND for unknown ids and other tenants' ones."""
-        environment = self._store.get(environment_id)
+        environment = self._record(environment_id)
         if environment is None or environment.tenant != tenant:
             raise environment_not_found(environment_id)
         return self._with_activity(environment)
@@ -557,7 +559,7 @@ class SandboxManager:
     ) -> Environment:
         task = self._terminations.get(environment_id)
         if task is None:
-            environment = self._store.get(environment_id)
+            environment = self._record(environment_id)
             if environment is None:
                 raise environment_not_found(environment_id)
             if environment.state is EnvironmentState.TERMINATED:
@@ -575,12 +577,12 @@ class SandboxManager:
         if runtime is not None:
             await runtime.ready.wait()
             self._save_activity(environment_id, runtime)
-        environment = self._store.get(environment_id)
+        environment = self._record(environment_id)
         if environment is None:
             raise environment_not_found(environment_id)
         if environment.state is EnvironmentState.TERMINATED:
             return environment
-        environment = self._store.update(environment, state=EnvironmentState.TERMINATING)
+        environment = self._save(environment, state=EnvironmentState.TERMINATING)
         try:
             if runtime is not None:
                 await self._release(environment_id, runtime)
@@ -591,7 +593,7 @@ class SandboxManager:
             log.exception("cleaning up environment %s failed", environment_id)
         finally:
             self._runtimes.pop(environment_id, None)
-            environment = self._store.update(
+            environment = self._save(
                 environment,
                 state=EnvironmentState.TERMINATED,
                 termination_reason=reason,
@@ -606,6 +608,28 @@ class SandboxManager:
             self._admit_queued()
         log.info("environment %s terminated: %s (%s)", environment_id, reason.value, message)
         return environment
+
+    def _save(self, environment: Environment, **changes: Any) -> Environment:
+        """Applies ``changes`` and saves them; on a full disk the record waits in memory
+        (the reaper saves it later) so that ending an environment, which frees space,
+        never fails for want of space."""
+        updated = replace(environment, **changes)
+        try:
+            self._store.save(updated)
+        except sqlite3.Error as error:
+            log.warning("could not save environment %s yet: %s", environment.id, error)
+            self._unsaved[environment.id] = updated
+        else:
+            self._unsaved.pop(environment.id, None)
+        return updated
+
+    def _save_pending(self) -> None:
+        for environment in list(self._unsaved.values()):
+            self._save(environment)
+
+    def _record(self, environment_id: str) -> Environment | None:
+        """The environment's record, with changes not saved yet."""
+        return self._unsaved.get(environment_id) or self._store.get(environment_id)
 
     async def _release(self, environment_id: str, runtime: _Runtime) -> None:
         """Kills the environment's processes and removes its cgroups and workspace."""
@@ -834,22 +858,25 @@ class SandboxManager:
 
     # --- files -------------------------------------------------------------------------
 
-    def write_file(
+    async def write_file(
         self, tenant: str, environment_id: str, file: FileWrite, *, field_path: str = "file.path"
     ) -> FileEntry:
-        """Writes a workspace file, creating its directories."""
+        """Writes a workspace file, creating its directories; once this returns, the
+        bytes are on disk (a full disk is RESOURCE_EXHAUSTED, never a lost write)."""
         _, runtime = self._running(tenant, environment_id)
         workspace = runtime.files()
         self.touch(environment_id)
-        with file_errors(field_path, file.path, workspace.quota_bytes):
-            return workspace.write_file(split_path(file.path), file.content, file.mode)
+        with file_errors(field_path, file.path, workspace.quota_bytes, self.workspace_root):
+            return await asyncio.to_thread(
+                workspace.write_file, split_path(file.path), file.content, file.mode
+            )
 
-    def read_workspace_file(
+    async def read_workspace_file(
         self, tenant: str, environment_id: str, path: str
     ) -> tuple[FileEntry, bytes]:
-        """A workspace file's metadata and bytes."""
+        """A workspace file's metadata and bytes (read off the event loop)."""
         _, runtime = self._running(tenant, environment_id)
-        return self._read(environment_id, runtime, path)
+        return await asyncio.to_thread(self._read, environment_id, runtime, path)
 
     def _read(self, environment_id: str, runtime: _Runtime, path: str) -> tuple[FileEntry, bytes]:
         workspace = runtime.files()
@@ -915,6 +942,7 @@ class SandboxManager:
     async def _reap(self) -> None:
         """Saves activity kept in memory; terminates environments whose ttl ran out or that
         sat idle too long; starts waiting creates that fit now."""
+        self._save_pending()
         self._admit_queued()
         now = time.time()
         due: list[tuple[str, TerminationReason, str]] = []
@@ -1037,15 +1065,22 @@ class SandboxManager:
         now = time.time()
         runtime = self._runtimes.get(environment_id)
         if runtime is None:
-            self._store.record_activity(environment_id, now)
+            with contextlib.suppress(sqlite3.Error):
+                self._store.record_activity(environment_id, now)
             return
         runtime.last_activity = max(runtime.last_activity, now)
         if now - runtime.saved_activity >= _ACTIVITY_SAVE_INTERVAL_SECONDS:
             self._save_activity(environment_id, runtime)
 
     def _save_activity(self, environment_id: str, runtime: _Runtime) -> None:
+        """Saves the activity kept in memory; best effort, so that a read or a command
+        never fails for want of a database write (a full disk): memory stays right."""
         if runtime.last_activity > runtime.saved_activity:
-            self._store.record_activity(environment_id, runtime.last_activity)
+            try:
+                self._store.record_activity(environment_id, runtime.last_activity)
+            except sqlite3.Error as error:
+                log.warning("could not save the activity of %s: %s", environment_id, error)
+                return
             runtime.saved_activity = runtime.last_activity
 
     def _with_activity(self, environment: Environment) -> Environment:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
@@ -15,7 +17,10 @@ from sandbox_sdk.server.orchestrator.sandbox.workspace import (
     WorkspacePathError,
     WorkspaceQuotaExceeded,
 )
-from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
+from sandbox_sdk.server.status import ServiceError, disk_full, invalid_argument, not_found
+
+# Less than this free on the host's file system counts as full.
+_HOST_DISK_FULL_BYTES = 1 << 20
 
 
 def not_running(environment: Environment) -> ServiceError:
@@ -49,9 +54,25 @@ def quota_exceeded(quota_bytes: int) -> ServiceError:
     )
 
 
+def _host_disk_full(host_root: Path | None) -> bool:
+    if host_root is None:
+        return False
+    try:
+        info = os.statvfs(host_root)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < _HOST_DISK_FULL_BYTES
+
+
 @contextlib.contextmanager
-def file_errors(field_path: str, path: str, quota_bytes: int) -> Iterator[None]:
-    """Turns workspace errors into the statuses the file calls promise."""
+def file_errors(
+    field_path: str, path: str, quota_bytes: int, host_root: Path | None = None
+) -> Iterator[None]:
+    """Turns workspace errors into the statuses the file calls promise.
+
+    ``host_root`` is where workspaces live on the host: a write that failed for
+    want of space there is DISK_FULL, not the workspace's quota.
+    """
     try:
         yield
     except WorkspacePathError as error:
@@ -66,6 +87,9 @@ def file_errors(field_path: str, path: str, quota_bytes: int) -> Iterator[None]:
     except WorkspaceQuotaExceeded as error:
         raise quota_exceeded(quota_bytes) from error
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise quota_exceeded(quota_bytes) from error
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            if _host_disk_full(host_root):
+                raise disk_full() from error
+            if error.errno != errno.EIO:
+                raise quota_exceeded(quota_bytes) from error
         raise

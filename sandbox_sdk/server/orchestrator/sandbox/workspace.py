@@ -275,6 +275,9 @@ class Workspace:
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]
+            # Acknowledged means on disk: a full host disk shows up here (the loop
+            # device's flush fails), not as a file lost after the answer.
+            os.fsync(fd)
             return _entry(parts, os.fstat(fd))
         finally:
             os.close(fd)
