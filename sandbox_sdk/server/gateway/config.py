@@ -40,7 +40,14 @@ class TenantLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_environments: int | None = Field(default=100, ge=0, description="Live environments.")
+    max_environments: int | None = Field(
+        default=48,
+        ge=0,
+        description=(
+            "Live environments. The default is what one orchestrator admits for one tenant"
+            " (75% of its 64), so the quota and the orchestrators agree."
+        ),
+    )
     max_concurrent_experiments: int | None = Field(
         default=50, ge=0, description="Experiments QUEUED or RUNNING at once."
     )

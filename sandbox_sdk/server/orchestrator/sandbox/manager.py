@@ -210,9 +210,10 @@ class SandboxManager:
                     TerminationReason.ORCHESTRATOR_RESTARTED,
                     "the orchestrator shut down; environments do not outlive it",
                 )
-                for environment_id in list(self._runtimes)
+                for environment_id in [*self._runtimes, *(q.environment.id for q in self._queue)]
             )
         )
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _recover(self) -> None:
         for environment in self._store.unfinished(self.orchestrator_id):
