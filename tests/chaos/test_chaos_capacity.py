@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import BackgroundLoop, EmbeddedStack
+from chaos_support import own_stack
+from e2e_support import EmbeddedStack
 
 from sandbox_sdk import (
     CapacityExhaustedError,
@@ -27,13 +28,8 @@ CONFIG = {"orchestrator": {"sandbox": {"max_environments": 8}}}
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
-    background = BackgroundLoop()
-    started = EmbeddedStack.start(background, tmp_path / "data", CONFIG)
-    try:
+    with own_stack(tmp_path / "data", CONFIG) as started:
         yield started
-    finally:
-        started.stop()
-        background.close()
 
 
 def _create_until_refused(client: SandboxClient) -> tuple[list[Sandbox], Exception]:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from e2e_support import BackgroundLoop, EmbeddedStack
+from chaos_support import own_stack
+from e2e_support import EmbeddedStack
 
 from sandbox_sdk import ResourceExhaustedError, RetryPolicy
 
@@ -45,13 +46,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def stack(small_disk: Path) -> Iterator[EmbeddedStack]:
-    background = BackgroundLoop()
-    started = EmbeddedStack.start(background, small_disk / "data", CONFIG)
-    try:
+    with own_stack(small_disk / "data", CONFIG) as started:
         yield started
-    finally:
-        started.stop()
-        background.close()
 
 
 def _fill(disk: Path, leave_bytes: int) -> Path:
