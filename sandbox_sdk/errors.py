@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -80,9 +80,11 @@ class SandboxError(Exception):
         request_id: the server's id for the failed call; quote it in bug reports.
         metadata: ``ErrorInfo.metadata``, extra facts about the failure.
         retry_after: seconds the server asked the client to wait, if any.
+        advice: what to do about this kind of error when retrying is not enough.
     """
 
     default_code: grpc.StatusCode | None = None
+    advice: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -158,13 +160,51 @@ class FailedPreconditionError(SandboxError):
 
 
 class ResourceExhaustedError(SandboxError):
-    """The service has no capacity now; ``retry_after`` says when to try again."""
+    """Something ran out; the subclass says what: capacity, a quota or the rate limit.
+
+    ``retry_after`` is how long the server asked the caller to wait, when it did.
+    """
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    advice: ClassVar[str] = "retry later, or ask for less"
+
+
+class CapacityExhaustedError(ResourceExhaustedError):
+    """The orchestrators have no room now (reason CAPACITY_EXHAUSTED), for every tenant.
+
+    Deletes free room within a second, so ``retry_after`` is short and the SDK
+    retries by itself within its retry deadline.
+    """
+
+    advice: ClassVar[str] = (
+        "delete environments you no longer need, ask for smaller limits, or allow a longer "
+        "wait with a larger retry deadline (RetryPolicy(deadline=...), retry.deadline)"
+    )
 
 
 class QuotaExceededError(ResourceExhaustedError):
-    """A per-tenant quota or rate limit was hit; ``retry_after`` says when to come back."""
+    """A quota of the tenant or the environment is used up (reason QUOTA_EXCEEDED).
+
+    ``quota_violations`` names the quota; waiting helps only once something is freed.
+    """
+
+    advice: ClassVar[str] = (
+        "free what the quota counts (delete environments, wait for or cancel experiments, "
+        "delete files) or ask the operator to raise the tenant's quota"
+    )
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """The tenant sent more calls per second than its rate limit (reason RATE_LIMITED).
+
+    ``retry_after`` is when the tenant's token bucket has a token again for this caller.
+    """
+
+    advice: ClassVar[str] = (
+        "send fewer calls per second (spread them out, or share one client), allow a longer "
+        "wait with a larger retry deadline, or ask the operator to raise the tenant's "
+        "requests_per_second or burst"
+    )
 
 
 class SandboxTimeoutError(SandboxError):
@@ -214,7 +254,13 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[SandboxError]] = {
     grpc.StatusCode.ABORTED: UnavailableError,
 }
 
-_QUOTA_REASONS = frozenset({ErrorReason.QUOTA_EXCEEDED, ErrorReason.RATE_LIMITED})
+# The reason refines the code: the class follows the ErrorInfo reason, whichever
+# service (gateway or orchestrator) produced the error.
+_CLASS_BY_REASON: dict[str, type[SandboxError]] = {
+    ErrorReason.CAPACITY_EXHAUSTED: CapacityExhaustedError,
+    ErrorReason.QUOTA_EXCEEDED: QuotaExceededError,
+    ErrorReason.RATE_LIMITED: RateLimitedError,
+}
 
 
 @dataclass
@@ -266,6 +312,20 @@ def _metadata_value(metadata: Any, key: str) -> str | bytes | None:
     return None
 
 
+def error_class(code: grpc.StatusCode, reason: str) -> type[SandboxError]:
+    """The class of an error with this status code and ``ErrorInfo`` reason.
+
+    The reason picks the class when it names a narrower one of the code's class
+    (CAPACITY_EXHAUSTED, QUOTA_EXCEEDED and RATE_LIMITED under RESOURCE_EXHAUSTED);
+    otherwise the code does.
+    """
+    by_code = _CLASS_BY_CODE.get(code, SandboxError)
+    by_reason = _CLASS_BY_REASON.get(reason)
+    if by_reason is not None and issubclass(by_reason, by_code):
+        return by_reason
+    return by_code
+
+
 def from_rpc_error(error: grpc.RpcError) -> SandboxError:
     """Turns a gRPC error (sync or aio) into the matching :class:`SandboxError`."""
     code: grpc.StatusCode = error.code()
@@ -279,11 +339,7 @@ def from_rpc_error(error: grpc.RpcError) -> SandboxError:
     if not details.request_id:
         request_id = _metadata_value(trailing, REQUEST_ID_KEY)
         details.request_id = request_id if isinstance(request_id, str) else ""
-    cls = _CLASS_BY_CODE.get(code, SandboxError)
-    if cls is ResourceExhaustedError and (
-        details.quota_violations or details.reason in _QUOTA_REASONS
-    ):
-        cls = QuotaExceededError
+    cls = error_class(code, details.reason)
     return cls(
         message,
         code=code,

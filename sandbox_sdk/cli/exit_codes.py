@@ -13,7 +13,7 @@ Code  Meaning
 7     InvalidArgumentError: the request was rejected
 8     FailedPreconditionError: e.g. the environment is not running
 9     AlreadyExistsError
-10    ResourceExhaustedError / QuotaExceededError: retry later
+10    ResourceExhaustedError (capacity, quota, rate limit)
 11    SandboxTimeoutError: a deadline or wait ran out
 12    UnavailableError: the gateway or orchestrator is unreachable
 13    ExperimentFailedError: FAILED, TIMED_OUT or CANCELLED

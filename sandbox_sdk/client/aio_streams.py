@@ -11,7 +11,7 @@ import grpc.aio
 
 from sandbox_sdk.auth.credentials import RefreshOnce
 from sandbox_sdk.client.aio_transport import AsyncTransport
-from sandbox_sdk.client.calls import Rpc, translate, with_attempts_note
+from sandbox_sdk.client.calls import Rpc, translate
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
 from sandbox_sdk.client.stream_state import ExecCollector
 from sandbox_sdk.errors import SandboxError, SandboxTimeoutError
@@ -85,8 +85,8 @@ class AsyncServerStream(Generic[T]):
         delay = self._retry_delay(converted)
         if delay is None:
             self._finish(converted.code.name if converted.code else "UNKNOWN")
-            made = self._attempts.made if self._attempts else 1
-            raise with_attempts_note(converted, made) from error
+            attempts = self._attempts
+            raise (attempts.annotate(converted) if attempts else converted) from error
         if delay:
             await self._policy.async_sleep(delay)
         self._reconnects += 1

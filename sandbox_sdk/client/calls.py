@@ -84,10 +84,3 @@ def translate(error: grpc.RpcError, target: str, method: str) -> SandboxError:
         converted.message = f"{method}: {converted.message}; {hint.format(target=target)}"
         converted.args = (converted.message,)
     return converted
-
-
-def with_attempts_note(error: SandboxError, attempts: int) -> SandboxError:
-    """Notes how many attempts were made before giving up."""
-    if attempts > 1:
-        error.add_note(f"gave up after {attempts} attempts")
-    return error

@@ -2,8 +2,14 @@
 
 A :class:`RetryPolicy` is a frozen value object. Each attempt's timeout is cut
 to what is left of the overall ``deadline``; the wait between attempts is
-full-jitter exponential backoff, or the server's ``RetryInfo.retry_delay``
-when it sent one.
+full-jitter exponential backoff, or, when the server sent a
+``RetryInfo.retry_delay`` (capacity, quota, rate limit), that delay stretched
+by a random factor between 1 and ``1 + retry_after_jitter``: never shorter
+than the server asked, and spread out so that callers refused together do not
+come back together. A server delay longer than what is left of the deadline
+does not end the call early: the SDK waits until shortly before the deadline
+and makes one last attempt, then raises the server's error with a note on what
+to do.
 
 A failed attempt (UNAVAILABLE, say) may still have been carried out, so only
 calls whose repetition cannot change the outcome are retried (the lists are in
@@ -62,7 +68,11 @@ class RetryPolicy:
         deadline: seconds for all attempts and waits together, or ``None``.
         retryable_codes: status codes worth another attempt. RESOURCE_EXHAUSTED
             is also retried, in any case, when the server sent ``RetryInfo``.
-        jitter: wait a uniform random time up to the ceiling ("full jitter").
+        jitter: wait a uniform random time up to the ceiling ("full jitter"),
+            and stretch server-given delays by up to ``retry_after_jitter``.
+            ``False`` waits exactly the ceiling or the server's delay.
+        retry_after_jitter: how far a server-given delay is stretched at most,
+            as a fraction of it (0.5: between 1x and 1.5x the delay).
         clock, sleep, async_sleep, random: injectable for tests.
     """
 
@@ -73,6 +83,7 @@ class RetryPolicy:
     deadline: float | None = 60.0
     retryable_codes: frozenset[grpc.StatusCode] = DEFAULT_RETRYABLE
     jitter: bool = True
+    retry_after_jitter: float = 0.5
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
     async_sleep: Callable[[float], Awaitable[None]] = field(
@@ -90,6 +101,8 @@ class RetryPolicy:
             problems.append("multiplier must be at least 1")
         if self.deadline is not None and self.deadline <= 0:
             problems.append("deadline must be positive seconds, or None for no deadline")
+        if self.retry_after_jitter < 0:
+            problems.append("retry_after_jitter must be 0 or more (0.5 waits up to 1.5x)")
         if problems:
             raise ConfigError("invalid RetryPolicy: " + "; ".join(problems))
 
@@ -126,8 +139,20 @@ class RetryPolicy:
     def delay(self, error: SandboxError, retry_number: int) -> float:
         """The wait before retry ``retry_number``: the server's RetryInfo if sent, else backoff."""
         if error.retry_after is not None:
-            return max(0.0, error.retry_after)
+            return self.paced(error.retry_after)
         return self.backoff(retry_number)
+
+    def paced(self, server_delay: float) -> float:
+        """The wait for a server-given delay: at least that delay, stretched by jitter.
+
+        The stretch is uniform between 1x and ``1 + retry_after_jitter`` times the
+        delay, so callers the server refused together spread out instead of
+        coming back at the same instant.
+        """
+        floor = max(0.0, server_delay)
+        if not self.jitter:
+            return floor
+        return floor * (1.0 + self.retry_after_jitter * self.random())
 
     def start(self, *, stream: bool = False) -> Attempts:
         """Begins tracking one call's attempts against this policy.
@@ -138,15 +163,29 @@ class RetryPolicy:
         return Attempts(self, max_attempts=math.inf if unbounded else self.max_attempts)
 
 
-class Attempts:
-    """One call's attempts: what timeout the next one gets and whether to retry."""
+# A server delay that outlasts the deadline is cut so that one last attempt starts
+# this long before the deadline; with less than the minimum left, the call gives up.
+LAST_ATTEMPT_SECONDS = 1.0
+MIN_LAST_ATTEMPT_SECONDS = 0.05
 
-    __slots__ = ("_deadline_at", "_max_attempts", "made", "policy")
+
+class Attempts:
+    """One call's attempts: what timeout the next one gets and whether to retry.
+
+    Attributes:
+        made: attempts that failed so far.
+        out_of_time: the deadline, not the error or the attempt count, ended
+            (or is about to end) the retries.
+    """
+
+    __slots__ = ("_deadline_at", "_last", "_max_attempts", "made", "out_of_time", "policy")
 
     def __init__(self, policy: RetryPolicy, *, max_attempts: float) -> None:
         self.policy = policy
         self._max_attempts = max_attempts
         self.made = 0
+        self.out_of_time = False
+        self._last = False
         self._deadline_at = (
             policy.clock() + policy.deadline if policy.deadline is not None else math.inf
         )
@@ -162,16 +201,41 @@ class Attempts:
         """Records a failed attempt; the wait before the next one, or ``None`` to give up."""
         policy = self.policy
         self.made += 1
-        if not policy.is_retryable(error) or self.made >= self._max_attempts:
+        if self._last or not policy.is_retryable(error) or self.made >= self._max_attempts:
             return None
         wait = policy.delay(error, self.made)
-        if policy.clock() + wait >= self._deadline_at:
+        remaining = self._deadline_at - policy.clock()
+        if wait < remaining:
+            return wait
+        self.out_of_time = True
+        if error.retry_after is None or remaining <= MIN_LAST_ATTEMPT_SECONDS:
             return None
-        return wait
+        # The server asked for longer than the deadline leaves. Its delay is an
+        # estimate (room is often freed sooner), so rather than give up now, make
+        # one last attempt just before the deadline.
+        self._last = True
+        return max(0.0, remaining - LAST_ATTEMPT_SECONDS)
+
+    def annotate(self, error: SandboxError) -> SandboxError:
+        """Adds notes to the call's final error: attempts made, and what to do when out of time.
+
+        The second note appears when the deadline cut short a wait the server asked for.
+        """
+        if self.made > 1:
+            error.add_note(f"gave up after {self.made} attempts")
+        if self.out_of_time and error.retry_after is not None:
+            what_to_do = error.advice or "retry later"
+            error.add_note(
+                f"the retry deadline of {self.policy.deadline:g}s ran out while waiting as "
+                f"the server asked; {what_to_do}"
+            )
+        return error
 
     def restart_deadline(self) -> None:
         """Starts a new deadline window and attempt count (a stream made progress)."""
         self.made = 0
+        self.out_of_time = False
+        self._last = False
         policy = self.policy
         self._deadline_at = (
             policy.clock() + policy.deadline if policy.deadline is not None else math.inf

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from sandbox_sdk.auth.credentials import RefreshOnce
-from sandbox_sdk.client.calls import Rpc, translate, with_attempts_note
+from sandbox_sdk.client.calls import Rpc, translate
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
 from sandbox_sdk.client.stream_state import ExecCollector
 from sandbox_sdk.client.transport import Transport
@@ -81,8 +81,8 @@ class ServerStream(Generic[T]):
         delay = self._retry_delay(converted)
         if delay is None:
             self._finish(converted.code.name if converted.code else "UNKNOWN")
-            made = self._attempts.made if self._attempts else 1
-            raise with_attempts_note(converted, made) from error
+            attempts = self._attempts
+            raise (attempts.annotate(converted) if attempts else converted) from error
         if delay:
             self._policy.sleep(delay)
         self._reconnects += 1

@@ -13,7 +13,7 @@ import grpc
 
 from sandbox.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.auth.credentials import BearerAuth, RefreshOnce
-from sandbox_sdk.client.calls import Rpc, method_table, translate, with_attempts_note
+from sandbox_sdk.client.calls import Rpc, method_table, translate
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.monitoring.rpc_metrics import RpcObserver
@@ -73,7 +73,7 @@ class Transport:
             else:
                 delay = attempts.next_delay(converted) if rpc.retry_safe else None
             if delay is None:
-                raise with_attempts_note(converted, attempts.made) from error
+                raise attempts.annotate(converted) from error
             if delay:
                 policy.sleep(delay)
             try:

@@ -135,7 +135,8 @@ async def test_rate_limit(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await caller.stub.ListEnvironments(listing, metadata=caller.metadata)
     delay = _assert_limited(caught.value, "RATE_LIMITED", "tenant:team-a/requests")
-    assert delay <= 20.0  # one token takes 20 s at 0.05 per second
+    # One token takes 20 s at 0.05 per second; the delay is spread up to 1.5 times that.
+    assert 19.0 <= delay <= 30.0
     assert orchestrator.state.calls["ListEnvironments"] == 3
 
     # Tenants do not share buckets.

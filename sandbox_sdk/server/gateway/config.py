@@ -76,7 +76,10 @@ class LimitsConfig(BaseModel):
     default: TenantLimits = Field(default_factory=TenantLimits)
     tenants: dict[str, TenantLimitOverrides] = Field(default_factory=dict)
     quota_retry_after_seconds: float = Field(
-        default=5.0, gt=0, description="RetryInfo delay sent with QUOTA_EXCEEDED."
+        default=5.0,
+        gt=0,
+        description="RetryInfo delay sent with QUOTA_EXCEEDED (spread up to 1.5x so that"
+        " refused callers do not return together).",
     )
 
     def for_tenant(self, tenant: str) -> TenantLimits:

@@ -28,6 +28,7 @@ from sandbox_sdk.server.gateway.orchestrators import (
     OrchestratorPool,
     call_metadata,
 )
+from sandbox_sdk.server.retry_delays import spread
 from sandbox_sdk.server.status import ServiceError
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class QuotaEnforcer:
             ErrorReason.QUOTA_EXCEEDED,
             f"tenant {tenant} already has {limit} {what}, its quota; {action} and retry",
             quota_violations=[(f"tenant:{tenant}/{quota.value}", f"at most {limit} {what}")],
-            retry_after=self._limits.quota_retry_after_seconds,
+            retry_after=spread(self._limits.quota_retry_after_seconds),
             metadata={"tenant": tenant, "quota": quota.value, "limit": str(limit)},
         )
 
