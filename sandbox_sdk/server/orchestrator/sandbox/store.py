@@ -147,7 +147,9 @@ class EnvironmentStore:
     def find_by_request(self, tenant: str, request_id: str) -> Environment | None:
         """The tenant's environment created with ``request_id``, or None."""
         rows = self._db.query(
-            f"SELECT {_COLUMNS} FROM env_environments WHERE tenant = ? AND request_id = ?",  # noqa: S608
+            # "request_id <> ''" lets SQLite use the partial unique index on it.
+            f"SELECT {_COLUMNS} FROM env_environments "  # noqa: S608
+            "WHERE tenant = ? AND request_id = ? AND request_id <> ''",
             (tenant, request_id),
         )
         return _from_row(rows[0]) if rows else None
