@@ -1,31 +1,31 @@
-"""Database writes off the event loop: one writer thread, many jobs per transaction.
+"""Database writes off the event loop: a writer task that hands whole batches to one thread.
 
-A job is a function of a SQLite connection. Jobs run on a dedicated thread
-with its own connection, in submission order. The thread takes every job
-waiting when it wakes (up to ``max_batch``) and runs them in one
+A job is a function of a SQLite connection. :meth:`BatchWriter.submit`
+(called on the event loop) queues it and returns a future at once. A writer
+task takes every job waiting (up to ``max_batch``) and hands the batch to the
+writer thread, which has its own connection and runs the jobs in one
 transaction, each inside its own savepoint: a job that raises rolls back
 only its own changes and fails only its own future, and the batch commits
-once. A job's future completes only after the transaction that holds it has
-committed, so "done" always means durable (in WAL mode with
-``synchronous=NORMAL``, a commit survives the process being killed).
+once. Futures are completed on the loop only after that commit, so "done"
+always means durable (in WAL mode with ``synchronous=NORMAL``, a commit
+survives the process being killed). Jobs run in submission order.
 
 Group commit is what makes this cheap: a fast experiment submits a job per
-sample, and one commit carries hundreds of them. ``on_commit`` is called on
-the writer thread after each commit with the keys of the jobs committed, so
-readers can be woken once per batch.
+sample, and while one batch commits the next one gathers, so one thread hop
+and one commit carry hundreds of jobs. ``on_commit`` is called on the loop
+after each commit with the keys of the jobs committed, so readers can be
+woken once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import logging
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -37,28 +37,33 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
 
-DEFAULT_MAX_BATCH = 512
+DEFAULT_MAX_BATCH = 1024
 # A batch stops taking jobs after this long, so one transaction never holds
 # SQLite's write lock long enough to stall other writers of the same file.
 MAX_BATCH_SECONDS = 0.05
 
 
 class WriterClosedError(RuntimeError):
-    """A job was submitted after :meth:`BatchWriter.close`."""
+    """A job was submitted after :meth:`BatchWriter.aclose`."""
 
 
 @dataclass
 class _Pending(Generic[T]):
     job: Job[T]
-    future: concurrent.futures.Future[T]
+    future: asyncio.Future[T]
     key: str
 
 
-_STOP = object()
+@dataclass
+class _Outcome:
+    """What the writer thread did with one job of a batch."""
+
+    result: Any = None
+    error: BaseException | None = None
 
 
 class BatchWriter:
-    """Runs write jobs on one thread, batching those that wait into one transaction."""
+    """Runs write jobs on one thread, many per transaction; see the module docstring."""
 
     def __init__(
         self,
@@ -71,123 +76,116 @@ class BatchWriter:
         self.path = path
         self.max_batch = max_batch
         self.on_commit = on_commit
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._pending: list[_Pending[Any]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._thread: threading.Thread | None = None
-        self._name = name
-        # Jobs a batch ran out of time for; the writer thread takes them first.
-        self._carried: collections.deque[_Pending[Any]] = collections.deque()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
 
-    def submit(self, job: Job[T], key: str = "") -> concurrent.futures.Future[T]:
-        """Queues ``job``; the future completes after the transaction holding it commits.
+    def submit(self, job: Job[T], key: str = "") -> asyncio.Future[T]:
+        """Queues ``job`` (call on the event loop); the future completes once the
+        transaction holding it has committed.
 
-        A submitted job always runs: cancelling the future does not stop it,
-        so a caller that stops waiting never leaves a half-known write.
+        A submitted job always runs: cancelling the future does not stop it.
         ``key`` (for example an experiment id) is passed to ``on_commit``.
         """
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
-        with self._lock:
-            if self._closed:
-                raise WriterClosedError("the database writer is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-                self._thread.start()
-            self._queue.put(_Pending(job, future, key))
+        if self._closed:
+            raise WriterClosedError("the database writer is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Pending(job, future, key))
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._serve(), name="db-writer")
+        assert self._wake is not None  # noqa: S101 -- made with the task
+        self._wake.set()
         return future
 
     async def run(self, job: Job[T], key: str = "") -> T:
         """Submits ``job`` and waits, without blocking the loop, until it has committed."""
-        return await asyncio.wrap_future(self.submit(job, key))
-
-    def close(self) -> None:
-        """Runs the jobs already submitted, then stops the thread. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            thread = self._thread
-            if thread is not None:
-                self._queue.put(_STOP)
-        if thread is not None:
-            thread.join()
+        return await asyncio.shield(self.submit(job, key))
 
     async def aclose(self) -> None:
-        """:meth:`close` without blocking the event loop."""
-        await asyncio.to_thread(self.close)
+        """Commits every job already submitted, then stops the writer. Idempotent."""
+        self._closed = True
+        if self._task is not None and self._wake is not None:
+            self._wake.set()
+            await self._task
+        await asyncio.to_thread(self._shut_down)
 
-    # --- the writer thread ---------------------------------------------------------
-
-    def _serve(self) -> None:
-        connection = open_connection(self.path)
-        try:
-            stopping = False
-            while not (stopping and not self._carried):
-                batch, stopping = self._gather(stopping)
-                if batch:
-                    self._commit(connection, batch)
-        finally:
+    def _shut_down(self) -> None:
+        self._executor.shutdown(wait=True)
+        for connection in self._connections:
             connection.close()
+        self._connections.clear()
 
-    def _gather(self, stopping: bool) -> tuple[list[_Pending[Any]], bool]:
-        """The next batch: carried-over jobs first, then queued ones; and whether to stop."""
-        batch: list[_Pending[Any]] = []
-        while self._carried and len(batch) < self.max_batch:
-            batch.append(self._carried.popleft())
-        block = not batch
-        while not stopping and len(batch) < self.max_batch:
-            try:
-                item = self._queue.get(block=block)
-            except queue.Empty:
-                break
-            block = False
-            if item is _STOP:
-                stopping = True
+    # --- the writer task, on the loop ------------------------------------------------
+
+    async def _serve(self) -> None:
+        assert self._wake is not None  # noqa: S101 -- set before the task starts
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
+                # Jobs the batch had no time for go back to the front of the line.
+                self._pending[:0] = batch[len(outcomes) :]
+                self._settle(batch, outcomes)
+            if self._closed:
+                return
+
+    def _settle(self, batch: list[_Pending[Any]], outcomes: list[_Outcome]) -> None:
+        keys: dict[str, None] = {}
+        for item, outcome in zip(batch, outcomes, strict=False):
+            if item.future.done():  # cancelled by its caller; the job ran all the same
+                continue
+            if outcome.error is None:
+                item.future.set_result(outcome.result)
+                if item.key:
+                    keys[item.key] = None
             else:
-                batch.append(item)
-        return batch, stopping
+                item.future.set_exception(outcome.error)
+        if keys and self.on_commit is not None:
+            try:
+                self.on_commit(list(keys))
+            except Exception:  # a broken listener must not stop the writer
+                log.exception("on_commit listener failed")
 
-    def _commit(self, connection: sqlite3.Connection, batch: list[_Pending[Any]]) -> None:
-        outcomes: list[tuple[_Pending[Any], Any, BaseException | None]] = []
+    # --- the writer thread -----------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = open_connection(self.path)
+            self._local.connection = connection
+            self._connections.append(connection)
+        return connection
+
+    def _commit(self, batch: list[_Pending[Any]]) -> list[_Outcome]:
+        """Runs a prefix of ``batch`` in one transaction; one outcome per job it ran."""
+        connection = self._connection()
+        outcomes: list[_Outcome] = []
         started = time.monotonic()
         try:
             connection.execute("BEGIN IMMEDIATE")
-            for index, item in enumerate(batch):
-                if index and time.monotonic() - started > MAX_BATCH_SECONDS:
-                    self._carried.extendleft(reversed(batch[index:]))
+            for item in batch:
+                if outcomes and time.monotonic() - started > MAX_BATCH_SECONDS:
                     break
-                outcomes.append((item, *_run_in_savepoint(connection, item.job)))
+                outcomes.append(_run_in_savepoint(connection, item.job))
             connection.execute("COMMIT")
         except sqlite3.Error as error:
             _rollback(connection)
             log.error("a database write failed and was rolled back: %s", error)
-            carried = {id(item) for item in self._carried}
-            for item in batch:
-                if id(item) not in carried:
-                    item.future.set_exception(error)
-            return
-        for item, result, failure in outcomes:
-            if failure is None:
-                item.future.set_result(result)
-            else:
-                item.future.set_exception(failure)
-        self._notify(outcomes)
-
-    def _notify(self, outcomes: list[tuple[_Pending[Any], Any, BaseException | None]]) -> None:
-        if self.on_commit is None:
-            return
-        keys = list(dict.fromkeys(item.key for item, _, _ in outcomes if item.key))
-        if keys:
-            try:
-                self.on_commit(keys)
-            except Exception:  # a broken listener must not stop the writer
-                log.exception("on_commit listener failed")
+            return [_Outcome(error=error) for _ in batch]
+        return outcomes
 
 
-def _run_in_savepoint(
-    connection: sqlite3.Connection, job: Job[Any]
-) -> tuple[Any, BaseException | None]:
+def _run_in_savepoint(connection: sqlite3.Connection, job: Job[Any]) -> _Outcome:
     connection.execute("SAVEPOINT job")
     try:
         result = job(connection)
@@ -196,9 +194,9 @@ def _run_in_savepoint(
     except Exception as error:  # the job's own failure is its caller's to handle
         connection.execute("ROLLBACK TO job")
         connection.execute("RELEASE job")
-        return None, error
+        return _Outcome(error=error)
     connection.execute("RELEASE job")
-    return result, None
+    return _Outcome(result=result)
 
 
 def _rollback(connection: sqlite3.Connection) -> None:

@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -265,16 +265,47 @@ class ErrorInterceptor(ServerInterceptorBase):
 
     @staticmethod
     def _wrap(handler: MethodHandler, method: str) -> MethodHandler:
+        # The request is parsed inside the wrapper, not by grpc: grpc answers a
+        # request it cannot parse with UNKNOWN, this answers INVALID_ARGUMENT.
+        parse = _parser(handler.request_deserializer, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(cast(_UnaryHandler, handler.unary_unary), method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(_parsing(cast(_UnaryHandler, handler.unary_unary), parse), method),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(cast(_StreamHandler, handler.unary_stream), method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(_parsing(cast(_StreamHandler, handler.unary_stream), parse), method),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    """Parses a request, raising INVALID_ARGUMENT (not grpc's UNKNOWN) for corrupt bytes."""
+    if deserializer is None:
+        return lambda raw: raw
+    name = method.rsplit("/", 1)[-1]
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # protobuf's DecodeError and its relatives
+            raise invalid_argument(
+                [
+                    (
+                        "request",
+                        f"is not a valid serialized {name} request; send the protobuf message",
+                    )
+                ]
+            ) from None
+
+    return parse
+
+
+_H = TypeVar("_H", _UnaryHandler, _StreamHandler)
+
+
+def _parsing(handler: _H, parse: Callable[[bytes], Any]) -> _H:
+    """``handler`` taking raw bytes, parsed first by ``parse``."""
+    return cast(_H, lambda raw, context: handler(parse(raw), context))

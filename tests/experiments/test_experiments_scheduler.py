@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sandbox.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers, ExperimentSettings
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentState, StateEvent
@@ -64,8 +66,9 @@ async def test_two_hundred_experiments_finish_fairly_with_positions(
         )
         return response.experiment
 
-    first_a = [await submit("tenant-a") for _ in range(100)]
-    then_b = [await submit("tenant-b") for _ in range(100)]
+    # Submitted as concurrent clients would: each create answers once it is durable.
+    first_a = list(await asyncio.gather(*(submit("tenant-a") for _ in range(100))))
+    then_b = list(await asyncio.gather(*(submit("tenant-b") for _ in range(100))))
 
     # Everything past the four running slots waited in the queue with a position.
     queued = [e for e in first_a + then_b if e.state == experiment_pb2.EXPERIMENT_STATE_QUEUED]

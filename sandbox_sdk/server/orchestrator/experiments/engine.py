@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -71,10 +71,12 @@ from sandbox_sdk.server.status import ServiceError, not_found
 
 log = logging.getLogger(__name__)
 
-_Committed: TypeAlias = "concurrent.futures.Future[list[StoredEvent]]"
+_Committed: TypeAlias = "asyncio.Future[list[StoredEvent]]"
 # How long CancelExperiment waits for a running experiment to record its end.
 CANCEL_WAIT_SECONDS = 10.0
 _SHUTDOWN = "shutdown"
+# Queued experiments with at most this many inline inputs keep their record in memory.
+_REMEMBERED_INPUTS = 1000
 
 
 @dataclass
@@ -87,6 +89,10 @@ class _Run:
     writer: ExperimentWriter
     task: asyncio.Task[None] | None = None
     started: _Committed | None = None
+    start_time: float = 0.0
+    record: ExperimentRecord | None = None
+    discarded: bool = False
+    holds_slot: bool = True
     stop: tuple[ExperimentState, Failure] | str | None = None
     recorded: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -121,9 +127,13 @@ class ExperimentEngine:
         self.models = ModelRegistry(settings.models)
         self.metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
         self._queue = FairQueue()
-        self._inserting = 0
+        # Records of experiments created here and still queued, so starting one needs no
+        # read (only for specs with few inline inputs, to bound memory).
+        self._records: dict[str, ExperimentRecord] = {}
+        self._inserts: dict[str, asyncio.Future[None]] = {}
         self._running: dict[str, _Run] = {}
         self._running_per_tenant: collections.Counter[str] = collections.Counter()
+        self._slots_used = 0
         self._aggregates = AggregateCache()
         self._background: set[asyncio.Task[None]] = set()
         self._next_order = 0
@@ -133,7 +143,6 @@ class ExperimentEngine:
     async def start(self) -> None:
         """Recovers experiments a previous process left, then starts dispatching."""
         self._loop = asyncio.get_running_loop()
-        self.events.attach(self._loop)
         self._next_order = self.store.last_queue_order()
         await self._recover()
         self.sandbox.on_terminated(self._on_environment_terminated)
@@ -185,29 +194,56 @@ class ExperimentEngine:
             total_samples=len(spec.inputs) * spec.repeats,
             request_id=request.request_id,
             queue_order=entry.order,
+            create_time=time.time(),
         )
         queued = StateEvent(ExperimentState.QUEUED, queue_position=self._position_if_added(entry))
-        self._inserting += 1
+        inserted = self.store.submit_insert(new, queued)
+        record = new.record()
+        if len(spec.inputs) <= _REMEMBERED_INPUTS:
+            self._records[new.id] = record
+        # Queued and dispatched at once: the writer runs jobs in order, so whatever a run
+        # commits lands after the insert, usually in the same transaction.
+        self._inserts[new.id] = inserted
+        self._queue.add(entry)
+        self._dispatch()
         try:
-            record = await self.store.insert(new, queued)
+            await asyncio.shield(inserted)
         except DuplicateRequestError:
+            self._discard(entry.experiment_id)
             existing = await self.store.afind_request(tenant, request.request_id)
             if existing is None:  # pragma: no cover -- the unique index just said it exists
                 raise
             return existing
+        except BaseException:
+            self._discard(entry.experiment_id)
+            raise
         finally:
-            self._inserting -= 1
-        # Queued only once committed: dispatch never sees an experiment the database lacks.
-        self._queue.add(entry)
+            self._inserts.pop(new.id, None)
         self.metrics.created.labels(new.model_name).inc()
-        self._dispatch()
         run = self._running.get(new.id)
         if run is None or run.started is None:
-            return record
-        # It started at once: answer with the committed RUNNING state, as it stands.
-        with contextlib.suppress(Exception):  # the run records its own failure
-            await asyncio.shield(asyncio.wrap_future(run.started))
-        return await self._get(new.id)
+            # Still queued (answer with its live position), or already ended (read it).
+            return record if new.id in self._queue else await self._get(new.id)
+        # It started meanwhile: answer with the committed RUNNING state.
+        try:
+            events = await asyncio.shield(run.started)
+        except Exception:  # the run records its own failure
+            return await self._get(new.id)
+        return dataclasses.replace(
+            record,
+            state=ExperimentState.RUNNING,
+            start_time=run.start_time,
+            last_sequence=events[-1].sequence,
+        )
+
+    def _discard(self, experiment_id: str) -> None:
+        """Forgets an experiment whose insert failed, queued or already started."""
+        self._records.pop(experiment_id, None)
+        self._queue.remove(experiment_id)
+        run = self._running.get(experiment_id)
+        if run is not None:
+            run.discarded = True
+            self._interrupt(run, _SHUTDOWN)
 
     async def cancel(self, tenant: str, experiment_id: str) -> ExperimentRecord:
         """Cancels a queued or running experiment; a finished one is returned unchanged."""
@@ -287,7 +323,7 @@ class ExperimentEngine:
                 retry_after=1.0,
             )
         limit = self.settings.scheduler.max_queue_length
-        if len(self._queue) + self._inserting >= limit:
+        if len(self._queue) >= limit:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 ErrorReason.CAPACITY_EXHAUSTED,
@@ -300,7 +336,7 @@ class ExperimentEngine:
         return limit is None or self._running_per_tenant[tenant] < limit
 
     def _dispatch(self) -> None:
-        while self._accepting and len(self._running) < self.settings.scheduler.max_concurrent:
+        while self._accepting and self._slots_used < self.settings.scheduler.max_concurrent:
             entry = self._queue.pop_next(self._tenant_has_room)
             if entry is None:
                 break
@@ -317,26 +353,38 @@ class ExperimentEngine:
             writer=writer,
         )
         self._running[entry.experiment_id] = run
+        self._slots_used += 1
         self._running_per_tenant[entry.tenant] += 1
+        run.record = self._records.pop(entry.experiment_id, None)
+        run.start_time = time.time()
         run.started = writer.submit(
             [StateEvent(ExperimentState.RUNNING)],
-            ExperimentChanges(state=ExperimentState.RUNNING, start_time=time.time()),
+            ExperimentChanges(state=ExperimentState.RUNNING, start_time=run.start_time),
         )
         run.task = asyncio.create_task(self._execute(run), name=entry.experiment_id)
         run.task.add_done_callback(lambda _: self._run_done(run))
 
     async def _execute(self, run: _Run) -> None:
         writer = run.writer
-        await writer.drain()  # the RUNNING commit
-        record = await self._get(run.experiment_id)
+        inserting = self._inserts.get(run.experiment_id)
+        if inserting is not None:  # started before its insert committed
+            with contextlib.suppress(Exception):
+                await asyncio.shield(inserting)
+            if run.discarded:
+                return
+        record = run.record or await self._get(run.experiment_id)
         outcome = await self._outcome(record, run, writer)
+        if run.discarded:  # its insert failed: there is nothing to record
+            return
         run.recorded = True
         self._finish(writer, outcome)
+        # The slot is free once the end is queued; the run is finished once it is durable.
+        self._free_slot(run)
         await writer.drain()
 
     def _run_done(self, run: _Run) -> None:
         """Bookkeeping after a run's task ended, however it ended."""
-        if run.recorded:
+        if run.recorded or run.discarded:
             self._release(run)
             return
         # Cancelled before it recorded an end (before it started, or by the event
@@ -352,14 +400,27 @@ class ExperimentEngine:
         if loop is None or loop.is_closed():
             self._release(run)
             return
-        future.add_done_callback(lambda _: _call_soon(loop, self._release, run))
+        future.add_done_callback(lambda done: self._released_after(done, run))
+
+    def _released_after(self, committed: _Committed, run: _Run) -> None:
+        if not committed.cancelled() and committed.exception() is not None:
+            log.error("could not record the end of experiment %s", run.experiment_id)
+        self._release(run)
+
+    def _free_slot(self, run: _Run) -> None:
+        """Lets another experiment start in this run's place (once per run)."""
+        if not run.holds_slot:
+            return
+        run.holds_slot = False
+        self._slots_used -= 1
+        self._running_per_tenant[run.tenant] -= 1
+        self._dispatch()
 
     def _release(self, run: _Run) -> None:
         if self._running.pop(run.experiment_id, None) is None:
             return
-        self._running_per_tenant[run.tenant] -= 1
         run.finished.set()
-        self._dispatch()
+        self._free_slot(run)
 
     async def _outcome(
         self, record: ExperimentRecord, run: _Run, writer: ExperimentWriter
@@ -432,6 +493,7 @@ class ExperimentEngine:
         if run is not None:
             self._interrupt(run, (ExperimentState.CANCELLED, failure))
             return run
+        self._records.pop(record.id, None)
         if not self._queue.remove(record.id):
             return None  # it started or ended meanwhile; its own path records that
         await self.events.commit(
@@ -472,23 +534,36 @@ class ExperimentEngine:
             _call_soon(loop, self._environment_ended, environment_id)
 
     def _environment_ended(self, environment_id: str) -> None:
-        """Interrupts the environment's running experiments now (before they notice
-        the environment is gone and fail), then cancels its queued ones."""
+        """Interrupts the environment's running experiments and dequeues its queued ones
+        now (before a freed slot could start one), then records the cancellations."""
         failure = _environment_ended_failure(environment_id)
         for run in list(self._running.values()):
             if run.environment_id == environment_id:
                 self._interrupt(run, (ExperimentState.CANCELLED, failure))
-        self._spawn(self._cancel_environment(environment_id))
+        dequeued = self._queue.remove_where(lambda e: e.environment_id == environment_id)
+        for entry in dequeued:
+            self._records.pop(entry.experiment_id, None)
+        self._spawn(self._cancel_dequeued([e.experiment_id for e in dequeued], failure))
+
+    async def _cancel_dequeued(self, experiment_ids: Sequence[str], failure: Failure) -> None:
+        for experiment_id in experiment_ids:
+            try:
+                await self.events.commit(
+                    experiment_id,
+                    [StateEvent(ExperimentState.CANCELLED, failure)],
+                    ExperimentChanges(
+                        state=ExperimentState.CANCELLED, failure=failure, end_time=time.time()
+                    ),
+                )
+            except KeyError:  # its insert failed; it never existed
+                continue
+            self.metrics.finished.labels(ExperimentState.CANCELLED.value).inc()
+        self._dispatch()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _cancel_environment(self, environment_id: str) -> None:
-        failure = _environment_ended_failure(environment_id)
-        for record in await self.store.ain_environment(environment_id):
-            await self._stop_experiment(record, failure)
 
     # Recovery
 

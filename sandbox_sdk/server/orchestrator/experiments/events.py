@@ -5,7 +5,7 @@ each reads the events it has not seen from the database. A slow consumer
 therefore never holds up the experiment and never loses an event, and every
 streamed event is one that survives a crash.
 
-Commits go through the store's writer thread, which wakes the streams once
+Commits go through the store's batch writer, which wakes the streams once
 per committed batch; streams read on the store's reader threads. The event
 loop never waits for SQLite.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 from collections.abc import AsyncIterator, Sequence
 
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -44,12 +43,7 @@ class EventLog:
     def __init__(self, store: ExperimentStore) -> None:
         self.store = store
         self._waiters: dict[str, asyncio.Event] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         store.writer.on_commit = self._committed
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The loop whose streams commits wake (the writer thread calls back into it)."""
-        self._loop = loop
 
     def submit(
         self,
@@ -59,7 +53,7 @@ class EventLog:
         sample: SampleRecord | None = None,
         *,
         has_output: bool = False,
-    ) -> concurrent.futures.Future[list[StoredEvent]]:
+    ) -> asyncio.Future[list[StoredEvent]]:
         """Queues the events (and changes) as one atomic commit; streams wake once it is
         committed. The future holds the committed events."""
         return self.store.submit_commit(
@@ -77,7 +71,7 @@ class EventLog:
     ) -> list[StoredEvent]:
         """Commits the events (and changes) atomically and waits until they are durable."""
         future = self.submit(experiment_id, payloads, changes, sample, has_output=has_output)
-        return await asyncio.wrap_future(future)
+        return await asyncio.shield(future)
 
     def notify(self, experiment_id: str) -> None:
         """Wakes every stream waiting on the experiment (on the loop)."""
@@ -86,16 +80,7 @@ class EventLog:
             waiter.set()
 
     def _committed(self, experiment_ids: Sequence[str]) -> None:
-        """Writer-thread callback after a commit: wake the streams on the loop."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._notify_all, list(experiment_ids))
-        except RuntimeError:  # the loop closed meanwhile: nobody is listening
-            return
-
-    def _notify_all(self, experiment_ids: list[str]) -> None:
+        """Called by the writer after each commit: wakes the streams of those experiments."""
         for experiment_id in experiment_ids:
             self.notify(experiment_id)
 
@@ -162,9 +147,7 @@ class ExperimentWriter:
         self.experiment_id = experiment_id
         self._buffer: list[EventPayload] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._in_flight: collections.deque[concurrent.futures.Future[list[StoredEvent]]] = (
-            collections.deque()
-        )
+        self._in_flight: collections.deque[asyncio.Future[list[StoredEvent]]] = collections.deque()
         self.has_output = False
 
     def output(self, event: OutputEvent) -> None:
@@ -186,14 +169,14 @@ class ExperimentWriter:
         self.submit(payloads, changes, sample)
         self._raise_failed()
         while len(self._in_flight) > MAX_COMMITS_IN_FLIGHT:
-            await asyncio.wrap_future(self._in_flight.popleft())
+            await asyncio.shield(self._in_flight.popleft())
 
     def submit(
         self,
         payloads: Sequence[EventPayload] = (),
         changes: ExperimentChanges | None = None,
         sample: SampleRecord | None = None,
-    ) -> concurrent.futures.Future[list[StoredEvent]]:
+    ) -> asyncio.Future[list[StoredEvent]]:
         """Queues the commit :meth:`emit` would, without waiting at all."""
         pending, self._buffer = self._buffer, []
         self._cancel_timer()
@@ -212,7 +195,7 @@ class ExperimentWriter:
     async def drain(self) -> None:
         """Waits until every queued commit is durable; raises the first that failed."""
         while self._in_flight:
-            await asyncio.wrap_future(self._in_flight.popleft())
+            await asyncio.shield(self._in_flight.popleft())
 
     def flush(self) -> None:
         """Queues buffered output for commit now."""
@@ -224,7 +207,7 @@ class ExperimentWriter:
         """Forgets commits that are done; raises the first that failed."""
         while self._in_flight and self._in_flight[0].done():
             done = self._in_flight.popleft()
-            error = done.exception()
+            error = None if done.cancelled() else done.exception()
             if error is not None:
                 raise error
 

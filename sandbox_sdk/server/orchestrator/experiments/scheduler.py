@@ -62,6 +62,13 @@ class FairQueue:
         self._forget_if_empty(entry.tenant)
         return True
 
+    def remove_where(self, condition: Callable[[QueueEntry], bool]) -> list[QueueEntry]:
+        """Takes every entry for which ``condition`` holds out of the queue; returns them."""
+        chosen = [entry for entry in self._entries.values() if condition(entry)]
+        for entry in chosen:
+            self.remove(entry.experiment_id)
+        return chosen
+
     def pop_next(self, may_start: Callable[[str], bool]) -> QueueEntry | None:
         """The next experiment to run among tenants for which ``may_start(tenant)`` holds."""
         for tenant in self._round_robin_order():

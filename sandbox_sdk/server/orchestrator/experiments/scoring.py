@@ -4,9 +4,11 @@ A scorer that fails (a command that crashes, times out, prints too much or
 prints no number) yields an error message for that metric instead of a
 score; it never fails the experiment.
 
-Built-in checks run on a small pool of worker threads, never on the event
-loop, each with a time limit (``BUILTIN_TIME_LIMIT_SECONDS``): one that runs
-over gives a scorer error on that sample instead of holding anything up.
+Built-in checks of long texts run on a small pool of worker threads, never
+on the event loop, each with a time limit (``BUILTIN_TIME_LIMIT_SECONDS``):
+one that runs over gives a scorer error on that sample instead of holding
+anything up. Every built-in check is linear in its input, so checks of short
+texts (``INLINE_CHECK_CHARS``) run inline, which is cheaper than a thread hop.
 Regular expressions are RE2 (linear time; see ``patterns``), and subjects
 longer than ``MAX_SUBJECT_CHARS`` are refused with a scorer error.
 """
@@ -43,6 +45,9 @@ _DETAIL_CHARS = 200
 # keeps at most one of them busy, never the event loop.
 _BUILTIN_THREADS = 2
 _executor = ThreadPoolExecutor(max_workers=_BUILTIN_THREADS, thread_name_prefix="scorer")
+# Checks of texts this short run inline: every built-in check is linear in its
+# input (RE2 included), so they take microseconds, less than a thread hop.
+INLINE_CHECK_CHARS = 8192
 
 
 class ScorerLimitError(ValueError):
@@ -91,7 +96,10 @@ class Scorer:
     async def _run_builtin(
         self, scorer: ScorerSpec, output: str, expected: str
     ) -> tuple[float, str | None]:
-        """A built-in check on a scorer thread, within the time limit."""
+        """A built-in check: inline for short texts, else on a scorer thread within the
+        time limit."""
+        if len(output) + len(expected) <= INLINE_CHECK_CHARS:
+            return self._builtin(scorer, output, expected), None
         check: Callable[[], float] = lambda: self._builtin(scorer, output, expected)  # noqa: E731
         future = asyncio.get_running_loop().run_in_executor(_executor, check)
         try:

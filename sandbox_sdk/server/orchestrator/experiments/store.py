@@ -8,15 +8,17 @@ killed at any moment leaves either all of a change or none of it.
 Nothing here blocks the event loop: writes are jobs of a
 :class:`~sandbox_sdk.server.db_writer.BatchWriter` (one thread, many jobs per
 transaction, a job's future done only once committed) and the ``a``-prefixed
-reads run on a :class:`~sandbox_sdk.server.db_readers.ReadPool`. The
-synchronous reads use the shared :class:`Database` connection; they are for
-tests, tools and start-up.
+reads that scan (listings, event pages, samples, aggregates) run on a
+:class:`~sandbox_sdk.server.db_readers.ReadPool`. Reads of one row by its key
+are bounded work and run inline on a connection of the loop's own (a thread
+hop would cost more than the read); parsing a large, uncached spec from such
+a row goes to a thread. The synchronous reads use the shared
+:class:`Database` connection; they are for tests, tools and start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import json
 import sqlite3
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.db_connection import open_connection
 from sandbox_sdk.server.db_readers import ReadPool
 from sandbox_sdk.server.db_writer import BatchWriter
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -132,6 +135,28 @@ class NewExperiment:
     total_samples: int
     request_id: str
     queue_order: int
+    create_time: float
+
+    def record(self) -> ExperimentRecord:
+        """The record the insert creates (QUEUED, first event committed)."""
+        return ExperimentRecord(
+            id=self.id,
+            tenant=self.tenant,
+            environment_id=self.environment_id,
+            spec=self.spec,
+            model_name=self.model_name,
+            state=ExperimentState.QUEUED,
+            failure=None,
+            completed_samples=0,
+            total_samples=self.total_samples,
+            create_time=self.create_time,
+            start_time=None,
+            end_time=None,
+            last_sequence=1,
+            request_id=self.request_id,
+            queue_order=self.queue_order,
+            has_output=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -149,6 +174,8 @@ class DuplicateRequestError(Exception):
 
 Query = Callable[[str, Sequence[Any]], list[sqlite3.Row]]
 _SPEC_CACHE_SIZE = 256
+# Specs longer than this (as JSON) are parsed on a thread when not cached.
+INLINE_SPEC_CHARS = 65_536
 
 
 class _SpecCache:
@@ -159,6 +186,16 @@ class _SpecCache:
         self._size = size
         self._specs: OrderedDict[str, ExperimentSpec] = OrderedDict()
         self._lock = threading.Lock()
+
+    def put(self, experiment_id: str, spec: ExperimentSpec) -> None:
+        with self._lock:
+            self._specs[experiment_id] = spec
+            while len(self._specs) > self._size:
+                self._specs.popitem(last=False)
+
+    def has(self, experiment_id: str) -> bool:
+        with self._lock:
+            return experiment_id in self._specs
 
     def get(self, experiment_id: str, text: str) -> ExperimentSpec:
         with self._lock:
@@ -185,26 +222,29 @@ class ExperimentStore:
         self.specs = _SpecCache()
         self.writer = BatchWriter(db.path, name="exp-writer")
         self.readers = ReadPool(db.path, name="exp-reader")
+        self._loop_connection: sqlite3.Connection | None = None
 
     async def aclose(self) -> None:
-        """Commits every submitted write, then stops the writer and reader threads."""
+        """Commits every submitted write, then stops the writer and the reader threads."""
         await self.writer.aclose()
         await self.readers.aclose()
+        if self._loop_connection is not None:
+            self._loop_connection.close()
+            self._loop_connection = None
 
     # --- writes ----------------------------------------------------------------------
 
     async def insert(self, new: NewExperiment, queued: StateEvent) -> ExperimentRecord:
         """Inserts a QUEUED experiment with its first event; DuplicateRequestError on a reused
         request id. Returns once committed."""
+        await asyncio.shield(self.submit_insert(new, queued))
+        return new.record()
 
-        def job(conn: sqlite3.Connection) -> ExperimentRecord:
-            _insert_experiment(conn, new, queued)
-            record = _select_experiment(_query_on(conn), self.specs, new.id)
-            if record is None:  # pragma: no cover -- inserted in this transaction
-                raise RuntimeError(f"experiment {new.id} vanished after insert")
-            return record
-
-        return await self.writer.run(job, new.id)
+    def submit_insert(self, new: NewExperiment, queued: StateEvent) -> asyncio.Future[None]:
+        """Queues :meth:`insert`'s job (call on the event loop); the future completes once
+        committed, or holds DuplicateRequestError."""
+        self.specs.put(new.id, new.spec)
+        return self.writer.submit(lambda conn: _insert_experiment(conn, new, queued), new.id)
 
     def submit_commit(
         self,
@@ -214,9 +254,9 @@ class ExperimentStore:
         sample: SampleRecord | None = None,
         *,
         has_output: bool = False,
-    ) -> concurrent.futures.Future[list[StoredEvent]]:
-        """Queues events, changes and a sample as one atomic job; the future holds the
-        committed events once their transaction has committed."""
+    ) -> asyncio.Future[list[StoredEvent]]:
+        """Queues events, changes and a sample as one atomic job (call on the event loop);
+        the future holds the committed events once their transaction has committed."""
 
         def job(conn: sqlite3.Connection) -> list[StoredEvent]:
             return _commit_events(
@@ -241,32 +281,40 @@ class ExperimentStore:
     ) -> list[StoredEvent]:
         """:meth:`submit_commit`, waiting until committed."""
         future = self.submit_commit(experiment_id, payloads, changes, sample, has_output=has_output)
-        return await _wait(future)
+        return await asyncio.shield(future)
 
     # --- reads on the event loop's behalf --------------------------------------------
 
     async def aget(self, experiment_id: str) -> ExperimentRecord | None:
         """The experiment, or None."""
-        return await self.readers.run(
-            lambda conn: _select_experiment(_query_on(conn), self.specs, experiment_id)
-        )
+        rows = self._key_read("SELECT * FROM exp_experiments WHERE id = ?", (experiment_id,))
+        return await self._record_of(rows[0]) if rows else None
 
     async def afind_request(self, tenant: str, request_id: str) -> ExperimentRecord | None:
         """The tenant's experiment created with ``request_id``, or None."""
-        return await self.readers.run(
-            lambda conn: _select_request(_query_on(conn), self.specs, tenant, request_id)
+        rows = self._key_read(
+            "SELECT * FROM exp_experiments WHERE tenant = ? AND request_id = ?",
+            (tenant, request_id),
         )
+        return await self._record_of(rows[0]) if rows else None
 
     async def aprogress(self, experiment_id: str) -> tuple[ExperimentState, int] | None:
         """An experiment's state and last sequence number, or None: what a stream needs."""
+        rows = self._key_read(
+            "SELECT state, last_sequence FROM exp_experiments WHERE id = ?", (experiment_id,)
+        )
+        return (ExperimentState(rows[0][0]), int(rows[0][1])) if rows else None
 
-        def read(conn: sqlite3.Connection) -> tuple[ExperimentState, int] | None:
-            row = conn.execute(
-                "SELECT state, last_sequence FROM exp_experiments WHERE id = ?", (experiment_id,)
-            ).fetchone()
-            return (ExperimentState(row[0]), int(row[1])) if row is not None else None
+    def _key_read(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+        """A one-row read by key on the loop's own connection (bounded work)."""
+        if self._loop_connection is None:
+            self._loop_connection = open_connection(self.db.path)
+        return self._loop_connection.execute(sql, params).fetchall()
 
-        return await self.readers.run(read)
+    async def _record_of(self, row: sqlite3.Row) -> ExperimentRecord:
+        if self.specs.has(row["id"]) or len(row["spec_json"]) <= INLINE_SPEC_CHARS:
+            return _record(row, self.specs)
+        return await asyncio.to_thread(_record, row, self.specs)
 
     async def ain_environment(self, environment_id: str) -> list[ExperimentRecord]:
         """Every queued or running experiment of an environment."""
@@ -366,10 +414,6 @@ class ExperimentStore:
         return _select_samples(self.db.query, experiment_id, limit, after)
 
 
-async def _wait(future: concurrent.futures.Future[list[StoredEvent]]) -> list[StoredEvent]:
-    return await asyncio.wrap_future(future)
-
-
 def _query_on(conn: sqlite3.Connection) -> Query:
     def query(sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return conn.execute(sql, params).fetchall()
@@ -381,7 +425,7 @@ def _query_on(conn: sqlite3.Connection) -> Query:
 
 
 def _insert_experiment(conn: sqlite3.Connection, new: NewExperiment, queued: StateEvent) -> None:
-    now = time.time()
+    now = new.create_time
     try:
         conn.execute(
             "INSERT INTO exp_experiments (id, tenant, environment_id, spec_json,"

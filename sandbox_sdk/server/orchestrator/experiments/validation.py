@@ -152,8 +152,9 @@ def _inputs(
         violations.add(
             "spec.inputs",
             f"has {len(proto.inputs)} inputs; a request carries at most"
-            f" {limits.MAX_INLINE_INPUTS}: put a larger dataset in a JSONL file in the workspace"
-            f" and pass its path as spec.dataset_path (up to {limits.MAX_INPUTS} inputs)",
+            f" {limits.MAX_INLINE_INPUTS}: write the dataset as a JSONL file in the workspace"
+            f" and pass its path as spec.dataset_path (up to {limits.MAX_INPUTS} inputs in a"
+            " file ReadFile can return), or split it into several experiments",
         )
         return []
     if len(proto.inputs) * repeats > limits.MAX_TOTAL_SAMPLES:
@@ -168,8 +169,9 @@ def _inputs(
         violations.add(
             "spec.inputs",
             f"hold {inline_chars} characters; a request carries at most"
-            f" {limits.MAX_INLINE_CHARS}: put the dataset in a JSONL file in the workspace"
-            " and pass its path as spec.dataset_path",
+            f" {limits.MAX_INLINE_CHARS}: write the dataset as a JSONL file in the workspace"
+            " and pass its path as spec.dataset_path (a file ReadFile can return), or split"
+            " it into several experiments",
         )
         return []
     inputs = []
