@@ -58,8 +58,9 @@ def method_table(stub: object) -> dict[str, Rpc]:
 
 _HINTS: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: (
-        "the gateway at {target} cannot be reached; check that it runs "
-        "(`sandbox-sdk serve` starts a local one) and that target / SANDBOX_TARGET is right"
+        "the gateway at {target} cannot be reached or the connection to it broke; check that "
+        "it runs (`sandbox-sdk serve` starts a local one) and that target / SANDBOX_TARGET is "
+        "right"
     ),
     grpc.StatusCode.DEADLINE_EXCEEDED: (
         "the call did not finish within its timeout; pass a larger timeout= or set SANDBOX_TIMEOUT"
@@ -75,10 +76,19 @@ _HINTS: dict[grpc.StatusCode, str] = {
 }
 
 
+# Added to the hint of a call that is never retried, when its connection failed.
+_NOT_RETRIED_HINT = (
+    "; {method} is not retried by itself, as running a command twice may do its work "
+    "twice: the command may have run, so check the environment before running it again"
+)
+
+
 def translate(error: grpc.RpcError, target: str, method: str) -> SandboxError:
     """The typed SDK error for a failed call, with advice when the server gave none."""
     converted = from_rpc_error(error)
     hint = _HINTS.get(converted.code) if converted.code is not None else None
+    if hint and converted.code == grpc.StatusCode.UNAVAILABLE and method in NOT_RETRY_SAFE:
+        hint += _NOT_RETRIED_HINT.format(method=method)
     if hint and not converted.reason:
         # No ErrorInfo: the failure came from the transport, not from a handler.
         converted.message = f"{method}: {converted.message}; {hint.format(target=target)}"

@@ -9,6 +9,7 @@ here asserts on latency.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The servers are the end-to-end tests' (tests/e2e/e2e_support.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 import grpc
 from e2e_support import BackgroundLoop, EmbeddedStack, unique_tenant
@@ -187,6 +191,21 @@ def bystander(
     finally:
         stop.set()
         thread.join(BYSTANDER_DEADLINE_SECONDS * 3)
+
+
+def processes_with(argument: str) -> list[int]:
+    """Pids of live processes with ``argument`` in their command line (to find leaks)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command_line = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if argument.encode() in command_line:
+            found.append(int(proc.name))
+    return found
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -26,6 +26,7 @@ from sandbox_sdk.server.gateway.orchestrators import (
 from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
 from sandbox_sdk.server.gateway.service import GatewayService
+from sandbox_sdk.server.keepalive import SERVER_KEEPALIVE_OPTIONS
 from sandbox_sdk.server.ops import (
     MetricsServer,
     add_health_and_reflection,
@@ -41,6 +42,7 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    *SERVER_KEEPALIVE_OPTIONS,
 ]
 
 

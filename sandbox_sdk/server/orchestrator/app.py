@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.keepalive import SERVER_KEEPALIVE_OPTIONS
 from sandbox_sdk.server.ops import (
     MetricsServer,
     add_health_and_reflection,
@@ -35,6 +36,7 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    *SERVER_KEEPALIVE_OPTIONS,
 ]
 
 
