@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
 
-DEFAULT_MAX_BATCH = 1024
+DEFAULT_MAX_BATCH = 256
 # A batch stops taking jobs after this long, so one transaction never holds
 # SQLite's write lock long enough to stall other writers of the same file.
 MAX_BATCH_SECONDS = 0.05

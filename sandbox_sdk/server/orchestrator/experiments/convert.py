@@ -50,12 +50,17 @@ def state_from_proto(value: int) -> ExperimentState | None:
         return None
 
 
-def experiment_to_proto(record: ExperimentRecord, queue_position: int) -> experiment_pb2.Experiment:
-    """The Experiment message of a record, with its current queue position."""
+def experiment_to_proto(
+    record: ExperimentRecord,
+    queue_position: int,
+    spec: experiment_pb2.ExperimentSpec | None = None,
+) -> experiment_pb2.Experiment:
+    """The Experiment message of a record, with its current queue position; ``spec`` is the
+    spec's message when the caller has it built already."""
     message = experiment_pb2.Experiment(
         id=record.id,
         environment_id=record.environment_id,
-        spec=spec_to_proto(record.spec),
+        spec=spec if spec is not None else spec_to_proto(record.spec),
         state=state_to_proto(record.state),
         queue_position=queue_position if record.state is ExperimentState.QUEUED else 0,
         completed_samples=record.completed_samples,

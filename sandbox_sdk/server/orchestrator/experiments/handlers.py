@@ -24,6 +24,7 @@ from sandbox_sdk.server.orchestrator.experiments.paging import (
     query_digest,
 )
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord, ExperimentState
+from sandbox_sdk.server.orchestrator.experiments.spec_messages import SpecMessages
 from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
 from sandbox_sdk.server.orchestrator.experiments.validation import (
     validate_create,
@@ -52,6 +53,7 @@ class ExperimentHandlers:
 
     def __init__(self, engine: ExperimentEngine) -> None:
         self.engine = engine
+        self._specs = SpecMessages()
 
     async def CreateExperiment(
         self, request: requests_pb2.CreateExperimentRequest, context: Context
@@ -74,7 +76,7 @@ class ExperimentHandlers:
         if existing is None:
             self.engine.sandbox.require_running(tenant, validated.environment_id)
             existing = await self.engine.create(tenant, validated)
-        message = await _maybe_in_thread(large, self._message, existing)
+        message = await _maybe_in_thread(self._large(existing), self._message, existing)
         return requests_pb2.CreateExperimentResponse(experiment=message)
 
     async def GetExperiment(
@@ -82,8 +84,7 @@ class ExperimentHandlers:
     ) -> requests_pb2.GetExperimentResponse:
         """One experiment of the tenant."""
         record = await self.engine.get(tenant_of(context), _experiment_id(request.experiment_id))
-        large = len(record.spec.inputs) > _INLINE_WORK_INPUTS
-        message = await _maybe_in_thread(large, self._message, record)
+        message = await _maybe_in_thread(self._large(record), self._message, record)
         return requests_pb2.GetExperimentResponse(experiment=message)
 
     async def ListExperiments(
@@ -114,8 +115,7 @@ class ExperimentHandlers:
     ) -> requests_pb2.CancelExperimentResponse:
         """Cancels a queued or running experiment; a finished one comes back unchanged."""
         record = await self.engine.cancel(tenant_of(context), _experiment_id(request.experiment_id))
-        large = len(record.spec.inputs) > _INLINE_WORK_INPUTS
-        message = await _maybe_in_thread(large, self._message, record)
+        message = await _maybe_in_thread(self._large(record), self._message, record)
         return requests_pb2.CancelExperimentResponse(experiment=message)
 
     async def GetExperimentResults(
@@ -174,7 +174,12 @@ class ExperimentHandlers:
         )
 
     def _message(self, record: ExperimentRecord) -> experiment_pb2.Experiment:
-        return convert.experiment_to_proto(record, self.engine.queue_position(record.id))
+        spec = self._specs.of(record)
+        return convert.experiment_to_proto(record, self.engine.queue_position(record.id), spec)
+
+    def _large(self, record: ExperimentRecord) -> bool:
+        """Whether building the record's message is worth a worker thread."""
+        return len(record.spec.inputs) > _INLINE_WORK_INPUTS and not self._specs.cached(record.id)
 
 
 def _experiment_id(experiment_id: str) -> str:

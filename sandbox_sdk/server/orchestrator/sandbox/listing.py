@@ -22,6 +22,8 @@ in no order, so some step has to see every name once. Doing that (and a
   since may be missed, as in any listing taken while a directory changes).
 * Until a large directory's first snapshot is ready, :meth:`page` raises
   :class:`ListingNotReady`; the caller asks the client to retry shortly.
+* A page holds at most ``MAX_PAGE_ENTRIES`` entries (fewer than a large
+  ``page_size`` asks for, with a next token), so one call's stats stay short.
 
 No call made on the event loop reads more than ``INLINE_SCAN_ENTRIES`` names.
 """
@@ -39,6 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 INLINE_SCAN_ENTRIES = 2048
+# A page holds at most this many entries whatever page_size asks for (each is
+# stat'ed on the request path); a shorter page still carries a next token.
+MAX_PAGE_ENTRIES = 250
 MAX_SNAPSHOT_ENTRIES = 2_000_000
 MAX_SNAPSHOTS = 16
 SNAPSHOT_IDLE_SECONDS = 60.0
@@ -82,9 +87,10 @@ class DirectoryListings:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="listing")
 
     def page(self, dir_fd: int, scope: Hashable, after: str, limit: int) -> tuple[list[str], bool]:
-        """Up to ``limit`` names greater than ``after`` in sorted order, and whether more
-        follow. ``scope`` names the directory (its workspace and path); raises
-        ListingNotReady or DirectoryTooLarge."""
+        """Up to ``limit`` (at most MAX_PAGE_ENTRIES) names greater than ``after`` in
+        sorted order, and whether more follow. ``scope`` names the directory (its
+        workspace and path); raises ListingNotReady or DirectoryTooLarge."""
+        limit = min(limit, MAX_PAGE_ENTRIES)
         info = os.fstat(dir_fd)
         key = (scope, info.st_dev, info.st_ino)
         names = None if self._known_large(key) else self._small_directory(dir_fd)
