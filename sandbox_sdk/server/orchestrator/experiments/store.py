@@ -663,7 +663,12 @@ def _insert_sample(conn: sqlite3.Connection, experiment_id: str, sample: SampleR
 
 
 def _encode(payload: EventPayload) -> tuple[str, str]:
-    return _KIND_OF[type(payload)], json.dumps(dataclasses.asdict(payload))
+    # Flat dataclasses but one (StateEvent's Failure): vars() is several times cheaper than
+    # dataclasses.asdict, and this runs for every event.
+    fields = dict(vars(payload))
+    if isinstance(payload, StateEvent):
+        fields["failure"] = vars(payload.failure) if payload.failure is not None else None
+    return _KIND_OF[type(payload)], json.dumps(fields)
 
 
 def _decode(kind: str, text: str) -> EventPayload:
