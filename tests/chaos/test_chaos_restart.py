@@ -172,9 +172,6 @@ def test_kill_9_under_load_keeps_what_was_acknowledged(server: ServerProcess) ->
         for sandbox in client.list_environments():
             sandbox.delete()
 
-    # Known bug (issue 10 item 5, manager.py): a create in flight at the kill, retried
-    # with its request_id after the restart, is answered OK with the environment the
-    # restart ended (TERMINATED, ORCHESTRATOR_RESTARTED). Checked last, so that only
-    # this property is marked until it is fixed; then make it `assert not dead, dead`.
-    if dead:
-        pytest.xfail(f"a retried create after the restart returned dead environments {dead}")
+    # A create in flight at the kill, retried with its request_id after the restart,
+    # starts afresh: never the environment the restart ended.
+    assert not dead, dead

@@ -223,6 +223,9 @@ class SandboxManager:
                 environment.state.value,
             )
             await self._remove_leftovers(environment.id)
+            # A create still in flight at the crash never answered: its retry (same
+            # request_id) must start afresh, not get this dead environment back.
+            unanswered = environment.state in (EnvironmentState.CREATING, EnvironmentState.QUEUED)
             self._store.update(
                 environment,
                 state=EnvironmentState.TERMINATED,
@@ -230,6 +233,7 @@ class SandboxManager:
                 termination_message="the orchestrator restarted and the environment's "
                 "processes were gone",
                 terminate_time=time.time(),
+                request_id="" if unanswered else environment.request_id,
             )
             self._metrics.environments_terminated.labels(
                 TerminationReason.ORCHESTRATOR_RESTARTED.value
