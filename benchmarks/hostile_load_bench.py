@@ -203,9 +203,16 @@ def _measure(target: str, admin_key: str, load: str) -> tuple[float, float, floa
         other, other_environment, lambda: not thread.is_alive() or time.perf_counter() > deadline
     )
     thread.join()
+    elapsed = time.perf_counter() - started
+    for tenant, environment_id in ((hostile, hostile_environment), (other, other_environment)):
+        tenant.call(
+            "DeleteEnvironment",
+            requests_pb2.DeleteEnvironmentRequest(environment_id=environment_id),
+        )
+        tenant.channel.close()
     if failures:
         raise failures[0]
-    return _p99(idle), _p99(loaded), time.perf_counter() - started
+    return _p99(idle), _p99(loaded), elapsed
 
 
 def run(loads: list[str] | None = None) -> list[dict[str, object]]:
@@ -234,7 +241,7 @@ def run(loads: list[str] | None = None) -> list[dict[str, object]]:
                 )
         finally:
             parent.close()
-            server.join(30)
+            server.join(120)  # it terminates its environments before it exits
     return rows
 
 
