@@ -119,12 +119,16 @@ class ChaosServer:
     def delete_all_environments(self) -> None:
         """Deletes every environment of every tenant made here."""
         for tenant in self.tenants:
-            listed = tenant.call("ListEnvironments", requests_pb2.ListEnvironmentsRequest())
-            for environment in listed.environments:
-                tenant.call(
-                    "DeleteEnvironment",
-                    requests_pb2.DeleteEnvironmentRequest(environment_id=environment.id),
-                )
+            # Deleting ends an environment, so the first page is always the next one.
+            while True:
+                listed = tenant.call("ListEnvironments", requests_pb2.ListEnvironmentsRequest())
+                for environment in listed.environments:
+                    tenant.call(
+                        "DeleteEnvironment",
+                        requests_pb2.DeleteEnvironmentRequest(environment_id=environment.id),
+                    )
+                if not listed.next_page_token:
+                    break
 
     def healthy(self) -> bool:
         """Whether the gateway's health check answers SERVING within the deadline."""

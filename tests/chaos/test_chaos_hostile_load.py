@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
+import pytest
 from chaos_support import ChaosServer, Tenant, bystander, wait_until
 
 from sandbox.v1 import experiment_pb2, requests_pb2
@@ -21,6 +23,13 @@ from sandbox.v1 import experiment_pb2, requests_pb2
 # Enough calls that the bystander demonstrably ran alongside the load.
 MIN_BYSTANDER_CALLS = 10
 EXPERIMENT_TIMEOUT_SECONDS = 180.0
+
+
+@pytest.fixture(autouse=True)
+def _environments_deleted_after(chaos_server: ChaosServer) -> Iterator[None]:
+    """Each test's environments go when it ends, so the shared server keeps its room."""
+    yield
+    chaos_server.delete_all_environments()
 
 
 def _experiment(tenant: Tenant, environment_id: str, spec: experiment_pb2.ExperimentSpec) -> str:

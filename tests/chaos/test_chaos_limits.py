@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -30,9 +30,14 @@ def _trailer_bytes(error: grpc.RpcError) -> int:
 
 
 @pytest.fixture(scope="module")
-def limits_tenant(chaos_server: ChaosServer) -> tuple[Tenant, str]:
+def limits_tenant(chaos_server: ChaosServer) -> Iterator[tuple[Tenant, str]]:
+    """A tenant with one environment, deleted after the module."""
     tenant = chaos_server.tenant("limits")
-    return tenant, tenant.create_environment()
+    environment = tenant.create_environment()
+    yield tenant, environment
+    tenant.call(
+        "DeleteEnvironment", requests_pb2.DeleteEnvironmentRequest(environment_id=environment)
+    )
 
 
 @pytest.mark.parametrize(
