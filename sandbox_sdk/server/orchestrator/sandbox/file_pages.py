@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grpc
 
+from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import signed_tokens
 from sandbox_sdk.server.orchestrator.sandbox.listing import (
     MAX_SNAPSHOT_ENTRIES,
@@ -23,7 +24,7 @@ from sandbox_sdk.server.status import ServiceError, invalid_argument
 
 _LISTING_KIND = "files"
 # The reason of the transient UNAVAILABLE a large directory's first page may get.
-LISTING_IN_PROGRESS = "LISTING_IN_PROGRESS"
+LISTING_IN_PROGRESS = ErrorReason.LISTING_IN_PROGRESS
 
 
 def files_page(
@@ -47,7 +48,7 @@ def files_page(
         except DirectoryTooLarge:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "DIRECTORY_TOO_LARGE",
+                ErrorReason.DIRECTORY_TOO_LARGE,
                 f"the directory has more than {MAX_SNAPSHOT_ENTRIES} entries, more than a"
                 " listing holds; list it with a command such as `find` through ExecCommand",
             ) from None
