@@ -270,19 +270,6 @@ class ExperimentStore:
 
         return self.writer.submit(job, experiment_id)
 
-    async def commit(
-        self,
-        experiment_id: str,
-        payloads: Sequence[EventPayload],
-        changes: ExperimentChanges | None = None,
-        sample: SampleRecord | None = None,
-        *,
-        has_output: bool = False,
-    ) -> list[StoredEvent]:
-        """:meth:`submit_commit`, waiting until committed."""
-        future = self.submit_commit(experiment_id, payloads, changes, sample, has_output=has_output)
-        return await asyncio.shield(future)
-
     # --- reads on the event loop's behalf --------------------------------------------
 
     async def aget(self, experiment_id: str) -> ExperimentRecord | None:
