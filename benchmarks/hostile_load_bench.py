@@ -41,9 +41,11 @@ EXPERIMENT_INPUTS = 10_000
 def _serve(data_dir: str, conn: Connection) -> None:
     """Child process: runs the embedded server until the parent closes the pipe."""
     from sandbox_sdk.server.embedded import run_embedded
+    from sandbox_sdk.server.garbage import freeze_startup_objects
 
     async def main() -> None:
         server = await run_embedded("127.0.0.1", 0, data_dir)
+        freeze_startup_objects()  # as `sandbox-sdk serve` does once started
         conn.send(
             {
                 "gateway": f"127.0.0.1:{server.port}",

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sandbox_sdk.config.local_server import socket_path
 from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server import local_socket
+from sandbox_sdk.server.garbage import freeze_startup_objects
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
 from sandbox_sdk.server.gateway.in_process import InProcessLink, RpcHandler
@@ -242,6 +243,7 @@ async def _run_until_signalled(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     service = await start()
+    freeze_startup_objects()
     print(ready_line(service), flush=True)
     try:
         await stopping.wait()
