@@ -19,6 +19,7 @@ from sandbox_support import (
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
 from sandbox_sdk.server.orchestrator.sandbox.model import (
     EnvironmentState,
+    FileWrite,
     NewEnvironment,
 )
 from sandbox_sdk.server.status import ServiceError
@@ -122,3 +123,30 @@ async def test_disk_quotas_are_promised_only_against_real_free_space(tmp_path: P
             await create(manager, make_spec(disk_bytes=half))
         await manager.delete_environment(TENANT, first.id)
         await create(manager, make_spec(disk_bytes=half))
+
+
+async def test_the_queue_holds_a_bounded_amount_of_files(tmp_path: Path) -> None:
+    settings = fast_settings(
+        max_environments=1,
+        tenant_share_max=1.0,
+        fair_share_headroom=0.0,
+        max_queued_file_bytes=3 << 20,
+    )
+    async with running_manager(tmp_path, settings=settings) as manager:
+        await create(manager, SMALL)
+        payload = (FileWrite("data.bin", b"x" * (2 << 20)),)
+        first = await manager.create_environment(
+            "patient", NewEnvironment(SMALL, files=payload, queue_when_full=True)
+        )
+        assert first.state is EnvironmentState.QUEUED
+        with pytest.raises(ServiceError) as refused:
+            await manager.create_environment(
+                "patient", NewEnvironment(SMALL, files=payload, queue_when_full=True)
+            )
+        assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "bytes of their files" in str(refused.value)
+        await manager.delete_environment("patient", first.id)
+        again = await manager.create_environment(
+            "patient", NewEnvironment(SMALL, files=payload, queue_when_full=True)
+        )
+        assert again.state is EnvironmentState.QUEUED

@@ -18,20 +18,23 @@ class QueuedCreate:
 
 
 class CreateQueue:
-    """At most ``limit`` waiting creates, in arrival order."""
+    """At most ``limit`` waiting creates, in arrival order, holding at most
+    ``limit_bytes`` of their files in memory together."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, limit_bytes: int) -> None:
         self.limit = limit
+        self.limit_bytes = limit_bytes
         self._entries: OrderedDict[str, QueuedCreate] = OrderedDict()
+        self._bytes = 0
 
-    @property
-    def full(self) -> bool:
-        """Whether another create would exceed the limit."""
-        return len(self._entries) >= self.limit
+    def takes(self, files: tuple[FileWrite, ...]) -> bool:
+        """Whether a create with ``files`` fits within both limits."""
+        return len(self._entries) < self.limit and self._bytes + _size(files) <= self.limit_bytes
 
     def add(self, entry: QueuedCreate) -> int:
         """Queues ``entry`` last; returns its 1-based position."""
         self._entries[entry.environment.id] = entry
+        self._bytes += _size(entry.files)
         return len(self._entries)
 
     def position(self, environment_id: str) -> int:
@@ -43,10 +46,17 @@ class CreateQueue:
 
     def remove(self, environment_id: str) -> QueuedCreate | None:
         """Takes a create out of the queue (admitted or deleted)."""
-        return self._entries.pop(environment_id, None)
+        entry = self._entries.pop(environment_id, None)
+        if entry is not None:
+            self._bytes -= _size(entry.files)
+        return entry
 
     def __iter__(self) -> Iterator[QueuedCreate]:
         return iter(list(self._entries.values()))
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _size(files: tuple[FileWrite, ...]) -> int:
+    return sum(len(file.content) for file in files)

@@ -159,7 +159,7 @@ class SandboxManager:
         self._sandbox_launcher: SandboxLauncher | None = None
         self._unsaved: dict[str, Environment] = {}
         self._admission = Admission(settings, self.workspace_root)
-        self._queue = CreateQueue(settings.max_queued_environments)
+        self._queue = CreateQueue(settings.max_queued_environments, settings.max_queued_file_bytes)
         self._egress_missing: list[str] = []
 
     # --- start and stop ----------------------------------------------------------------
@@ -284,7 +284,7 @@ class SandboxManager:
                 return await self._settled(existing)
         self._check_network(tenant, new.spec.network)
         refusals = self._refusals(tenant, new.spec)
-        queued = bool(refusals) and new.queue_when_full and not self._queue.full
+        queued = bool(refusals) and new.queue_when_full and self._queue.takes(new.files)
         if refusals and not queued:
             raise self._no_room(refusals, queue_full=new.queue_when_full)
         now = time.time()
@@ -364,11 +364,17 @@ class SandboxManager:
         return self._decorated(self._store.get(environment.id) or environment)
 
     def _admit_queued(self) -> None:
-        """Starts the waiting creates that fit now, oldest first."""
+        """Starts the waiting creates that fit now, oldest first (what is held is read
+        from the disk once per pass, not once per waiting create)."""
+        if not len(self._queue):
+            return
+        held = self._claims()
         for entry in self._queue:
             environment = entry.environment
-            if self._refusals(environment.tenant, environment.spec):
+            claim = _claim(environment.tenant, environment.spec)
+            if self._admission.refusals(claim, held, check_disk=self.isolation.loop_quota):
                 continue
+            held.append(claim)
             self._queue.remove(environment.id)
             now = time.time()
             environment = self._store.update(
@@ -399,26 +405,20 @@ class SandboxManager:
             )
 
     def _refusals(self, tenant: str, spec: EnvironmentSpec) -> list[tuple[str, str]]:
-        claim = Claim(
-            tenant, spec.limits.cpu_cores, spec.limits.memory_bytes, spec.limits.disk_bytes
+        return self._admission.refusals(
+            _claim(tenant, spec), self._claims(), check_disk=self.isolation.loop_quota
         )
-        return self._admission.refusals(claim, self._claims(), check_disk=self.isolation.loop_quota)
 
     def _claims(self) -> list[Claim]:
         return [
-            Claim(
-                runtime.tenant,
-                runtime.spec.limits.cpu_cores,
-                runtime.spec.limits.memory_bytes,
-                runtime.spec.limits.disk_bytes,
-                self._layout(environment_id).image,
-            )
+            _claim(runtime.tenant, runtime.spec, self._layout(environment_id).image)
             for environment_id, runtime in self._runtimes.items()
         ]
 
     def _no_room(self, refusals: list[tuple[str, str]], *, queue_full: bool) -> ServiceError:
         queue = (
-            f"the queue of waiting creates is full too ({self._queue.limit})"
+            f"the queue of waiting creates is full too (at most {self._queue.limit} creates "
+            f"and {self._queue.limit_bytes} bytes of their files)"
             if queue_full
             else "or pass queue_when_full (queue=True in the SDK) to wait for room"
         )
@@ -1116,3 +1116,8 @@ def _forget_background(tasks: set[asyncio.Future[Environment]]) -> Callable[[Any
             log.error("a background environment task failed: %r", error)
 
     return forget
+
+
+def _claim(tenant: str, spec: EnvironmentSpec, image: Path | None = None) -> Claim:
+    limits = spec.limits
+    return Claim(tenant, limits.cpu_cores, limits.memory_bytes, limits.disk_bytes, image)

@@ -59,6 +59,8 @@ class SandboxSettings(BaseModel):
             left, tenants above their fair share are refused (see admission.py).
         disk_reserve_bytes: disk space never promised to workspaces.
         max_queued_environments: creates that may wait for room (queue_when_full).
+        max_queued_file_bytes: the files those creates carry, held in memory
+            while they wait, together.
         host_network_tenants: the tenants whose environments may use the
             host's own network (NETWORK_POLICY_HOST), which exposes the host's
             loopback and every service on it. Empty by default: no tenant.
@@ -118,6 +120,7 @@ class SandboxSettings(BaseModel):
     fair_share_headroom: float = Field(default=0.25, ge=0, lt=1)
     disk_reserve_bytes: int = Field(default=64 * MiB, ge=0)
     max_queued_environments: int = Field(default=256, ge=0)
+    max_queued_file_bytes: int = Field(default=256 * MiB, ge=0)
     host_network_tenants: tuple[str, ...] = ()
     egress_denied_cidrs: tuple[str, ...] = DEFAULT_DENIED_CIDRS
     egress_mtu: int = Field(default=65520, ge=1280, le=65521)
