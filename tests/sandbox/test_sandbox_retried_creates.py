@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from leak_checks import loop_devices_under, mounts_under
 from sandbox_support import TENANT, create, eventually, make_spec, needs_isolation, running_manager
 
 from sandbox_sdk.server.orchestrator.sandbox.model import (
@@ -22,21 +23,6 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
 from sandbox_sdk.server.status import ServiceError
 
 pytestmark = needs_isolation
-
-
-def _loop_devices_backed_by(root: Path) -> list[str]:
-    found = []
-    for device in Path("/sys/block").glob("loop*"):
-        backing = device / "loop" / "backing_file"
-        if backing.exists() and str(root) in backing.read_text():
-            found.append(device.name)
-    return found
-
-
-def _mounts_naming(names: list[str]) -> list[str]:
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        points = [line.split()[4] for line in mountinfo]
-    return [point for point in points if any(name in point for name in names)]
 
 
 async def test_a_cancelled_create_finishes_for_its_retry(tmp_path: Path) -> None:
@@ -89,7 +75,8 @@ async def test_cancelled_creates_leak_no_mount_or_loop_device(tmp_path: Path) ->
         ids = [(await create(manager, request_id=f"leak-{attempt}")).id for attempt in range(4)]
         for environment_id in ids:
             await manager.delete_environment(TENANT, environment_id)
+    mount_points = [manager.settings.mount_root / environment_id for environment_id in ids]
     await eventually(
-        lambda: not _mounts_naming(ids) and not _loop_devices_backed_by(tmp_path),
+        lambda: not any(map(mounts_under, mount_points)) and not loop_devices_under(tmp_path),
         what="every mount and loop device of the deleted environments released",
     )

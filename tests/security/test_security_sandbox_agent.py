@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import json
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -29,8 +28,16 @@ from sandbox_attack_support import (
     running_manager,
 )
 
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
+    AgentClient,
+    AgentError,
+    SpawnRequest,
+)
 from sandbox_sdk.server.orchestrator.sandbox.model import EnvironmentState, TerminationReason
+
+pytestmark = needs_isolation
+
+_NO_COMMAND = SpawnRequest(argv=["true"], cwd="/", env={}, rlimits=[])
 
 _ATTACKS_ON_PID_1 = python_in_sandbox(
     """
@@ -221,11 +228,6 @@ async def test_an_fd_flood_does_not_exhaust_the_orchestrator() -> None:
     assert _open_fds() <= before
 
 
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import SpawnRequest  # noqa: E402
-
-_NO_COMMAND = SpawnRequest(argv=["true"], cwd="/", env={}, rlimits=[])
-
-
 async def test_a_compromised_agent_ends_only_its_own_environment(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         victim = await create(manager)
@@ -284,7 +286,3 @@ def _steal_fd(pid: int, fd: int) -> int:
         return int(stolen)
     finally:
         os.close(pidfd)
-
-
-pytestmark = needs_isolation
-_ = signal  # the attack script names signals inside the sandbox
