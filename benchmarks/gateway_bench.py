@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_common import serve_in_child
 
 from sandbox.v1 import gateway_service_pb2_grpc, orchestrator_service_pb2_grpc, requests_pb2
 
@@ -37,31 +38,6 @@ MODES = {
     "in-process": "embedded, in-process link",
     "grpc": "embedded, in_process=False: loopback gRPC hop",
 }
-
-
-def _serve(data_dir: str, in_process: bool, conn: Connection) -> None:
-    """Child process: runs the embedded server until the parent closes the pipe."""
-    from sandbox_sdk.server.embedded import run_embedded
-
-    async def main() -> None:
-        server = await run_embedded("127.0.0.1", 0, data_dir, in_process=in_process)
-        conn.send(
-            {
-                "gateway": f"127.0.0.1:{server.port}",
-                "orchestrator": server.orchestrator.address,
-                "internal_token": server.orchestrator.config.internal_token,
-                "admin_key": server.admin_key_path.read_text().strip(),
-            }
-        )
-        try:
-            # Returns (or raises EOFError) when the parent closes its end.
-            await asyncio.get_running_loop().run_in_executor(None, conn.recv_bytes)
-        except EOFError:
-            pass
-        finally:
-            await server.stop(1.0)
-
-    asyncio.run(main())
 
 
 def _percentile(samples: list[float], fraction: float) -> float:
@@ -141,8 +117,8 @@ def _start_servers(
         for mode in MODES:
             parent, child = context.Pipe()
             server = context.Process(
-                target=_serve,
-                args=(str(data_dir / mode), mode == "in-process", child),
+                target=serve_in_child,
+                args=(str(data_dir / mode), child, mode == "in-process"),
                 daemon=True,
             )
             server.start()

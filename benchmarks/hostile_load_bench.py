@@ -17,17 +17,16 @@ samples are taken back to back, so both see the same machine.
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
+from bench_common import serve_in_child
 
 from sandbox.v1 import experiment_pb2, gateway_service_pb2_grpc, requests_pb2
 
@@ -36,30 +35,6 @@ GOAL_RATIO = 3.0
 LOAD_TIMEOUT_SECONDS = 300.0
 LISTED_ENTRIES = 300_000
 EXPERIMENT_INPUTS = 10_000
-
-
-def _serve(data_dir: str, conn: Connection) -> None:
-    """Child process: runs the embedded server until the parent closes the pipe."""
-    from sandbox_sdk.server.embedded import run_embedded
-    from sandbox_sdk.server.garbage import freeze_startup_objects
-
-    async def main() -> None:
-        server = await run_embedded("127.0.0.1", 0, data_dir)
-        freeze_startup_objects()  # as `sandbox-sdk serve` does once started
-        conn.send(
-            {
-                "gateway": f"127.0.0.1:{server.port}",
-                "admin_key": server.admin_key_path.read_text().strip(),
-            }
-        )
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, conn.recv_bytes)
-        except EOFError:
-            pass
-        finally:
-            await server.stop(1.0)
-
-    asyncio.run(main())
 
 
 def _p99(samples: list[float]) -> float:
@@ -223,7 +198,7 @@ def run(loads: list[str] | None = None) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as directory:
         parent, child = context.Pipe()
-        server = context.Process(target=_serve, args=(directory, child), daemon=True)
+        server = context.Process(target=serve_in_child, args=(directory, child), daemon=True)
         server.start()
         endpoint = parent.recv()
         try:

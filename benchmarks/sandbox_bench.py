@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_common import ratio_row
+
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.model import (
@@ -115,15 +117,7 @@ async def _measure(root: Path) -> dict[str, Any]:
 
 
 def _row(metric: str, value: float, baseline: float, goal: str, isolation: str) -> dict[str, Any]:
-    return {
-        "benchmark": f"sandbox ({isolation})",
-        "metric": metric,
-        "value": value * 1000,
-        "baseline": baseline * 1000,
-        "ratio": value / baseline,
-        "unit": "ms",
-        "goal": goal,
-    }
+    return ratio_row(f"sandbox ({isolation})", metric, value, baseline, goal)
 
 
 def run() -> list[dict[str, Any]]:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_common import ratio_row
+
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.isolation import detect_isolation
@@ -98,15 +100,7 @@ async def _measure(root: Path) -> dict[str, Any]:
 
 def _row(metric: str, value: list[float], baseline: list[float], goal: str) -> dict[str, Any]:
     median, base = statistics.median(value), statistics.median(baseline)
-    return {
-        "benchmark": "security layers",
-        "metric": metric,
-        "value": median * 1000,
-        "baseline": base * 1000,
-        "ratio": median / base,
-        "unit": "ms",
-        "goal": goal,
-    }
+    return ratio_row("security layers", metric, median, base, goal)
 
 
 def run() -> list[dict[str, Any]]:
