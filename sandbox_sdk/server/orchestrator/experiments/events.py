@@ -45,21 +45,6 @@ class EventLog:
         self._waiters: dict[str, asyncio.Event] = {}
         store.writer.on_commit = self._committed
 
-    def submit(
-        self,
-        experiment_id: str,
-        payloads: Sequence[EventPayload],
-        changes: ExperimentChanges | None = None,
-        sample: SampleRecord | None = None,
-        *,
-        has_output: bool = False,
-    ) -> asyncio.Future[list[StoredEvent]]:
-        """Queues the events (and changes) as one atomic commit; streams wake once it is
-        committed. The future holds the committed events."""
-        return self.store.submit_commit(
-            experiment_id, payloads, changes, sample, has_output=has_output
-        )
-
     async def commit(
         self,
         experiment_id: str,
@@ -70,7 +55,9 @@ class EventLog:
         has_output: bool = False,
     ) -> list[StoredEvent]:
         """Commits the events (and changes) atomically and waits until they are durable."""
-        future = self.submit(experiment_id, payloads, changes, sample, has_output=has_output)
+        future = self.store.submit_commit(
+            experiment_id, payloads, changes, sample, has_output=has_output
+        )
         return await asyncio.shield(future)
 
     def notify(self, experiment_id: str) -> None:
@@ -182,7 +169,7 @@ class ExperimentWriter:
         self._cancel_timer()
         first_output = bool(pending) and not self.has_output
         self.has_output = self.has_output or bool(pending)
-        future = self.log.submit(
+        future = self.log.store.submit_commit(
             self.experiment_id,
             [*pending, *payloads],
             changes,
