@@ -6,7 +6,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
-PROTO_FILES := $(wildcard proto/sandbox/v1/*.proto)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install system-deps node-deps generate check-generated lint test test-fast demo bench serve clean
@@ -48,22 +47,17 @@ tests/polyglot/node_modules/.installed: tests/polyglot/package.json | system-dep
 	cd tests/polyglot && npm ci --no-audit --no-fund --silent
 	touch $@
 
-GRPC_INCLUDE = $(shell $(PY) -c "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))")
+# Code generated from other code, committed, and checked by CI against its source.
+GENERATED := sandbox_sdk/api
 
-# Regenerates generated/ from proto/ with the pinned grpcio-tools and mypy-protobuf.
+# Regenerates sandbox_sdk/api/ from proto/ with the pinned grpcio-tools and mypy-protobuf.
 generate: $(STAMP)
-	rm -rf generated/sandbox
-	mkdir -p generated
-	$(PY) -m grpc_tools.protoc -I proto -I $(GRPC_INCLUDE) \
-	  --python_out=generated --grpc_python_out=generated \
-	  --mypy_out=generated --mypy_grpc_out=generated \
-	  $(PROTO_FILES)
-	touch generated/sandbox/__init__.py generated/sandbox/v1/__init__.py generated/sandbox/py.typed
+	$(PY) scripts/generate_api.py
 
 check-generated: generate
-	@git diff --exit-code --stat -- generated || \
-	  { echo "generated/ is out of date with proto/: run 'make generate' and commit the result" >&2; exit 1; }
-	@untracked=$$(git ls-files --others --exclude-standard -- generated); \
+	@git diff --exit-code --stat -- $(GENERATED) || \
+	  { echo "generated code is out of date with its source: run 'make generate' and commit the result" >&2; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- $(GENERATED)); \
 	  if [ -n "$$untracked" ]; then echo "untracked generated files: $$untracked" >&2; exit 1; fi
 
 lint: install

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments import ExperimentEngine, ExperimentSettings
 from sandbox_sdk.server.orchestrator.experiments.providers.base import (

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from bench_common import serve_in_child
 
-from sandbox.v1 import gateway_service_pb2_grpc, orchestrator_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, orchestrator_service_pb2_grpc, requests_pb2
 
 WARMUP_CALLS = 300
 MEASURED_CALLS = 3000

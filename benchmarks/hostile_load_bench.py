@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from bench_common import serve_in_child
 
-from sandbox.v1 import experiment_pb2, gateway_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, gateway_service_pb2_grpc, requests_pb2
 
 IDLE_CALLS = 1000
 GOAL_RATIO = 3.0

@@ -13,8 +13,8 @@ from typing import Any
 
 from experiments_bench import ENVIRONMENT, _IdleSandbox
 
-from sandbox.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk import Sandbox, SandboxClient
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.embedded import run_embedded
 from sandbox_sdk.server.orchestrator.experiments import ExperimentEngine, ExperimentSettings

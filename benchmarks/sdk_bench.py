@@ -34,12 +34,6 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from sandbox.v1 import (
-    environment_pb2,
-    experiment_pb2,
-    gateway_service_pb2_grpc,
-    requests_pb2,
-)
 from sandbox_sdk import (
     AsyncExperiment,
     AsyncSandboxClient,
@@ -47,6 +41,12 @@ from sandbox_sdk import (
     ExperimentInfo,
     ExperimentState,
     SandboxClient,
+)
+from sandbox_sdk.api.v1 import (
+    environment_pb2,
+    experiment_pb2,
+    gateway_service_pb2_grpc,
+    requests_pb2,
 )
 
 API_KEY = "sk-bench-0123456789abcdef"

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
-from sandbox.v1 import gateway_service_pb2, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2, requests_pb2
 from sandbox_sdk.auth.credentials import TokenProvider
 from sandbox_sdk.client import requests as build
 from sandbox_sdk.client.aio_experiment import AsyncExperiment

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.client.aio_streams import AsyncServerStream
 from sandbox_sdk.client.outcome import ensure_succeeded, still_running_error
 from sandbox_sdk.client.requests import seconds

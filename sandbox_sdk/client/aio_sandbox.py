@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sandbox.v1 import environment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
 from sandbox_sdk.client import requests as build
 from sandbox_sdk.client.aio_experiment import AsyncExperiment
 from sandbox_sdk.client.aio_streams import AsyncExecStream, AsyncServerStream

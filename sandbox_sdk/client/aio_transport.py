@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from sandbox.v1 import gateway_service_pb2_grpc
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.auth.credentials import BearerAuth, RefreshOnce
 from sandbox_sdk.client.calls import Rpc, method_table, translate
 from sandbox_sdk.client.retry import Attempts, RetryPolicy

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from google.protobuf import field_mask_pb2, struct_pb2
 
-from sandbox.v1 import (
+from sandbox_sdk.api.v1 import (
     common_pb2,
     environment_pb2,
     experiment_pb2,

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sandbox.v1 import environment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
 from sandbox_sdk.client import requests as build
 from sandbox_sdk.client.experiment import Experiment
 from sandbox_sdk.client.retry import RetryPolicy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.errors import InternalError
 from sandbox_sdk.models.execution import ExecResult, OutputChunk
 from sandbox_sdk.models.experiment import ExperimentEvent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox.v1 import experiment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2
 
 
 @dataclass(frozen=True, slots=True)

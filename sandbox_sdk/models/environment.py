@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sandbox.v1 import common_pb2, environment_pb2
+from sandbox_sdk.api.v1 import common_pb2, environment_pb2
 from sandbox_sdk.models._enums import enum_numbers, enum_table
 from sandbox_sdk.utils.units import from_duration_pb, from_timestamp_pb
 

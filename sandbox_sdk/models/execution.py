@@ -6,7 +6,7 @@ import enum
 import shlex
 from dataclasses import dataclass, field
 
-from sandbox.v1 import environment_pb2
+from sandbox_sdk.api.v1 import environment_pb2
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.models._enums import enum_table
 from sandbox_sdk.models.usage import ResourceUsage

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sandbox.v1 import environment_pb2
+from sandbox_sdk.api.v1 import environment_pb2
 from sandbox_sdk.utils.units import from_timestamp_pb
 
 

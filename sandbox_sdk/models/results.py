@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.v1 import experiment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.models.experiment import ExperimentInfo
 from sandbox_sdk.utils.units import from_duration_pb
 

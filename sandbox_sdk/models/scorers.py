@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox.v1 import experiment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.utils.units import to_duration_pb
 
 

@@ -25,7 +25,7 @@ import grpc
 from e2e_support import BackgroundLoop, EmbeddedStack, unique_tenant
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandbox.v1 import gateway_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, requests_pb2
 
 BYSTANDER_DEADLINE_SECONDS = 5.0
 GATEWAY_SERVICE = "sandbox.v1.GatewayService"

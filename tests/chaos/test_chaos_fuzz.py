@@ -21,7 +21,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox.v1 import gateway_service_pb2, orchestrator_service_pb2, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2, orchestrator_service_pb2, requests_pb2
 
 GATEWAY = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 ORCHESTRATOR = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from chaos_support import ChaosServer, Tenant, bystander, wait_until
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 
 # Enough calls that the bystander demonstrably ran alongside the load.
 MIN_BYSTANDER_CALLS = 10

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from chaos_support import ChaosServer, Tenant
 
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import requests_pb2
 
 # gRPC clients refuse trailers past 8 KiB; a clipped status stays well under it.
 TRAILER_BUDGET_BYTES = 6 * 1024

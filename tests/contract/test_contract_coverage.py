@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.v1 import gateway_service_pb2, orchestrator_service_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2, orchestrator_service_pb2
 from sandbox_sdk.client import calls
 from sandbox_sdk.server.gateway import methods
 from sandbox_sdk.server.orchestrator import servicer

@@ -29,7 +29,7 @@ def test_wheel_installs_and_imports_in_a_clean_venv(tmp_path: Path) -> None:
     )
     probe = (
         "import sandbox_sdk;"
-        "import sandbox.v1.gateway_service_pb2_grpc as g, sandbox.v1.requests_pb2 as r;"
+        "from sandbox_sdk.api.v1 import gateway_service_pb2_grpc as g, requests_pb2 as r;"
         "import pathlib, sys;"
         "assert 'site-packages' in sandbox_sdk.__file__, sandbox_sdk.__file__;"
         "assert g.GatewayServiceStub and r.CreateEnvironmentRequest(request_id='x').request_id;"

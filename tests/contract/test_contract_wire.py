@@ -7,7 +7,7 @@ from google.protobuf import descriptor, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from sandbox.v1 import gateway_service_pb2, orchestrator_service_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2, orchestrator_service_pb2
 
 SERVICES = [
     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"],

@@ -17,7 +17,6 @@ from e2e_support import EmbeddedStack, unique_tenant
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
-from sandbox.v1 import common_pb2, environment_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -27,6 +26,7 @@ from sandbox_sdk import (
     SandboxClient,
     SandboxError,
 )
+from sandbox_sdk.api.v1 import common_pb2, environment_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import from_rpc_error
 
 TenantClient = Callable[..., SandboxClient]

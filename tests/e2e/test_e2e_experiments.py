@@ -10,7 +10,6 @@ import grpc
 import pytest
 from e2e_support import EmbeddedStack
 
-from sandbox.v1 import experiment_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk import (
     ExperimentFailedError,
     ExperimentState,
@@ -18,6 +17,7 @@ from sandbox_sdk import (
     SandboxClient,
     StateChange,
 )
+from sandbox_sdk.api.v1 import experiment_pb2, gateway_service_pb2_grpc, requests_pb2
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(200))
 CONFIG = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from sandbox.v1 import experiment_pb2, orchestrator_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, orchestrator_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.orchestrator.experiments import ExperimentEngine, ExperimentHandlers

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments import (
     ExperimentEngine,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import duration_pb2
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers, ExperimentSettings
 from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentState,

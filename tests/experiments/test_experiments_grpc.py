@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from sandbox.v1 import orchestrator_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import orchestrator_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import InvalidArgumentError, NotFoundError, from_rpc_error
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers, ExperimentSettings
 

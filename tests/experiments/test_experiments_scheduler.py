@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers, ExperimentSettings
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentState, StateEvent
 from sandbox_sdk.server.orchestrator.experiments.scheduler import FairQueue, QueueEntry

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway_testkit import FakeOrchestrator
 
-from sandbox.v1 import gateway_service_pb2_grpc
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.server.gateway.server import GatewayServer
 
 StartOrchestrator = Callable[..., Awaitable[FakeOrchestrator]]

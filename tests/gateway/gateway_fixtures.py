@@ -14,7 +14,7 @@ import pytest
 from gateway_callers import Caller, Stack, StartGateway, StartOrchestrator
 from gateway_testkit import FakeOrchestrator, FakeState
 
-from sandbox.v1 import gateway_service_pb2_grpc
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.server.gateway.api_keys import Scope
 from sandbox_sdk.server.gateway.config import GatewayConfig, OrchestratorEndpoint
 from sandbox_sdk.server.gateway.server import GatewayServer

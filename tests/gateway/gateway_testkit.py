@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from sandbox.v1 import (
+from sandbox_sdk.api.v1 import (
     common_pb2,
     environment_pb2,
     experiment_pb2,

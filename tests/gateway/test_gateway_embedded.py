@@ -10,7 +10,7 @@ import pydantic
 import pytest
 from gateway_testkit import reason
 
-from sandbox.v1 import gateway_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.server.embedded import ServerConfigFile, run_embedded
 
 

@@ -18,7 +18,7 @@ import pytest
 from gateway_testkit import detail, reason
 from google.rpc import error_details_pb2
 
-from sandbox.v1 import common_pb2, environment_pb2, gateway_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import common_pb2, environment_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server.embedded import EmbeddedServer, run_embedded
 from sandbox_sdk.server.gateway.api_keys import Scope

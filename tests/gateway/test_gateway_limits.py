@@ -11,7 +11,7 @@ from gateway_callers import Caller, StartGateway, StartOrchestrator
 from gateway_testkit import detail, reason
 from google.rpc import error_details_pb2
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.gateway.config import (
     LimitsConfig,
     TenantLimitOverrides,

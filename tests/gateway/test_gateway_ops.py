@@ -11,7 +11,7 @@ import grpc
 from gateway_callers import Caller, Stack, StartGateway, StartOrchestrator
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import requests_pb2
 
 
 def _fetch(url: str) -> str:

@@ -14,7 +14,7 @@ from gateway_callers import Caller, Stack, StartGateway, StartOrchestrator
 from gateway_testkit import FakeOrchestrator, detail, reason
 from google.rpc import error_details_pb2
 
-from sandbox.v1 import (
+from sandbox_sdk.api.v1 import (
     common_pb2,
     environment_pb2,
     orchestrator_service_pb2_grpc,

@@ -9,7 +9,7 @@ import pytest
 from gateway_callers import StartGateway, StartOrchestrator
 from gateway_pki import CertificateAuthority, Issued
 
-from sandbox.v1 import gateway_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.server.gateway.api_keys import Scope
 from sandbox_sdk.server.gateway.config import TlsConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.v1 import environment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
 from sandbox_sdk.server.gateway.wire import MalformedMessageError, string_field
 
 

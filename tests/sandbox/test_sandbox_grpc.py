@@ -17,7 +17,7 @@ from sandbox_support import (
     running_manager,
 )
 
-from sandbox.v1 import (
+from sandbox_sdk.api.v1 import (
     common_pb2,
     environment_pb2,
     orchestrator_service_pb2,

@@ -11,8 +11,8 @@ import grpc.aio
 import grpc_testing
 from sdk_fake_gateway import API_KEY, FakeServer
 
-from sandbox.v1 import gateway_service_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk import ApiKey, RetryPolicy, Token
+from sandbox_sdk.api.v1 import gateway_service_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.auth import AsyncAuthInterceptor, AuthInterceptor, BearerAuth
 from sandbox_sdk.client.transport import Transport
 

@@ -9,7 +9,6 @@ from sdk_clock import FakeClock
 from sdk_drivers import Driver
 from sdk_fake_gateway import Failure, FakeGateway
 
-from sandbox.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sandbox_sdk import (
     AuthenticationError,
     EnvironmentState,
@@ -19,6 +18,7 @@ from sandbox_sdk import (
     RetryPolicy,
     UnavailableError,
 )
+from sandbox_sdk.api.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from sandbox_sdk.client.calls import method_table
 from sandbox_sdk.errors import ConfigError, ErrorReason, SandboxError
 

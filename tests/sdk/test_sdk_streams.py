@@ -11,8 +11,8 @@ import pytest
 from sdk_drivers import DRIVERS, Driver
 from sdk_fake_gateway import API_KEY, FakeGateway, FakeServer
 
-from sandbox.v1 import experiment_pb2
 from sandbox_sdk import RetryPolicy, SandboxClient, UnavailableError
+from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.models import (
     ExperimentEvent,
     ExperimentFailure,

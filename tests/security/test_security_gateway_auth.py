@@ -19,8 +19,8 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandbox.v1 import gateway_service_pb2 as gw
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2 as gw
+from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.server.gateway.api_keys import Scope
 
 CREATE = requests_pb2.CreateEnvironmentRequest()

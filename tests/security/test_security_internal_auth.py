@@ -22,7 +22,7 @@ from gateway_pki import SERVER_NAME, CertificateAuthority
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from sandbox.v1 import (
+from sandbox_sdk.api.v1 import (
     gateway_service_pb2_grpc,
     orchestrator_service_pb2,
     orchestrator_service_pb2_grpc,

@@ -15,7 +15,7 @@ import pytest
 from gateway_callers import Caller, Stack
 from gateway_testkit import reason
 
-from sandbox.v1 import gateway_service_pb2 as gw
+from sandbox_sdk.api.v1 import gateway_service_pb2 as gw
 from sandbox_sdk.server.gateway.api_keys import Scope
 
 KEY_RPCS = ["CreateApiKey", "ListApiKeys", "RevokeApiKey"]

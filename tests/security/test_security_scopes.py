@@ -21,9 +21,9 @@ from e2e_support import EmbeddedStack
 from gateway_callers import Caller, Stack
 from gateway_testkit import reason
 
-from sandbox.v1 import gateway_service_pb2 as gw
-from sandbox.v1 import requests_pb2
 from sandbox_sdk import ApiKeyScope, NotFoundError, PermissionDeniedError, SandboxClient
+from sandbox_sdk.api.v1 import gateway_service_pb2 as gw
+from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.server.gateway.api_keys import Scope
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 

@@ -19,13 +19,6 @@ from e2e_support import EmbeddedStack, unique_tenant
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
-from sandbox.v1 import (
-    environment_pb2,
-    experiment_pb2,
-    gateway_service_pb2,
-    gateway_service_pb2_grpc,
-    requests_pb2,
-)
 from sandbox_sdk import (
     ApiKeyScope,
     AuthenticationError,
@@ -36,6 +29,13 @@ from sandbox_sdk import (
     RetryPolicy,
     SandboxClient,
     SandboxError,
+)
+from sandbox_sdk.api.v1 import (
+    environment_pb2,
+    experiment_pb2,
+    gateway_service_pb2,
+    gateway_service_pb2_grpc,
+    requests_pb2,
 )
 from sandbox_sdk.errors import from_rpc_error
 

@@ -18,8 +18,8 @@ from gateway_callers import Caller, StartGateway, StartOrchestrator
 from gateway_testkit import FakeOrchestrator, reason
 from google.protobuf import field_mask_pb2
 
-from sandbox.v1 import environment_pb2, experiment_pb2, requests_pb2
-from sandbox.v1 import gateway_service_pb2 as gw
+from sandbox_sdk.api.v1 import environment_pb2, experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2 as gw
 from sandbox_sdk.server.gateway.api_keys import Scope
 from sandbox_sdk.server.gateway.methods import GATEWAY_SERVICE
 from sandbox_sdk.server.gateway.server import GatewayServer

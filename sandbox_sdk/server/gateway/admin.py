@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from sandbox.v1 import gateway_service_pb2 as gw
+from sandbox_sdk.api.v1 import gateway_service_pb2 as gw
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.gateway.api_keys import (
     KEY_ID_PATTERN,

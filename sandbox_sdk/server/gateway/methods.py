@@ -14,7 +14,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from sandbox.v1 import gateway_service_pb2, orchestrator_service_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2, orchestrator_service_pb2
 from sandbox_sdk.server.gateway.api_keys import Scope
 
 GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]

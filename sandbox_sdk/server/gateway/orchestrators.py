@@ -19,7 +19,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandbox.v1 import orchestrator_service_pb2
+from sandbox_sdk.api.v1 import orchestrator_service_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server.gateway.config import OrchestratorEndpoint
 from sandbox_sdk.server.keepalive import CHANNEL_KEEPALIVE_OPTIONS

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.gateway.config import LimitsConfig
 from sandbox_sdk.server.gateway.methods import Quota

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import Message
 
-from sandbox.v1 import requests_pb2
+from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.gateway.admin import Administrator, ApiKeyAdmin, parse_request

@@ -7,7 +7,7 @@ from typing import cast
 
 import grpc
 
-from sandbox.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from sandbox_sdk.api.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
-from sandbox.v1 import experiment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentRecord,
     ExperimentState,

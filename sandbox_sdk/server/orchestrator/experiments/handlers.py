@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.orchestrator.experiments import convert
 from sandbox_sdk.server.orchestrator.experiments.engine import ExperimentEngine

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from sandbox.v1 import experiment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.server.orchestrator.experiments.convert import spec_to_proto
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord
 

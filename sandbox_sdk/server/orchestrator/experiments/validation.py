@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from sandbox.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.clipping import echo

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox.v1 import (
+from sandbox_sdk.api.v1 import (
     common_pb2,
     environment_pb2,
     orchestrator_service_pb2,

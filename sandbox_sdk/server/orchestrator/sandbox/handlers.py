@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from sandbox.v1 import orchestrator_service_pb2, requests_pb2
+from sandbox_sdk.api.v1 import orchestrator_service_pb2, requests_pb2
 from sandbox_sdk.server.orchestrator.sandbox import convert, validation
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
 from sandbox_sdk.server.orchestrator.sandbox.model import FileWrite

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from sandbox.v1 import orchestrator_service_pb2 as sandbox_dot_v1_dot_orchestrator__service__pb2
-from sandbox.v1 import requests_pb2 as sandbox_dot_v1_dot_requests__pb2
+from sandbox_sdk.api.v1 import orchestrator_service_pb2 as sandbox_dot_v1_dot_orchestrator__service__pb2
+from sandbox_sdk.api.v1 import requests_pb2 as sandbox_dot_v1_dot_requests__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

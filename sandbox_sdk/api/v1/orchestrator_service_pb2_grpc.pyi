@@ -5,8 +5,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from sandbox.v1 import orchestrator_service_pb2 as _orchestrator_service_pb2
-from sandbox.v1 import requests_pb2 as _requests_pb2
+from sandbox_sdk.api.v1 import orchestrator_service_pb2 as _orchestrator_service_pb2
+from sandbox_sdk.api.v1 import requests_pb2 as _requests_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

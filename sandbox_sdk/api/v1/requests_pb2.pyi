@@ -9,9 +9,9 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from sandbox.v1 import common_pb2 as _common_pb2
-from sandbox.v1 import environment_pb2 as _environment_pb2
-from sandbox.v1 import experiment_pb2 as _experiment_pb2
+from sandbox_sdk.api.v1 import common_pb2 as _common_pb2
+from sandbox_sdk.api.v1 import environment_pb2 as _environment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2 as _experiment_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

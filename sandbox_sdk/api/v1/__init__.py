@@ -1,0 +1,1 @@
+"""Messages and stubs of the sandbox.v1 proto package (generated, do not edit)."""
