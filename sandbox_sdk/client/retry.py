@@ -52,6 +52,13 @@ import grpc
 
 from sandbox_sdk.config.settings import RetrySettings
 from sandbox_sdk.errors import ConfigError, SandboxError
+from sandbox_sdk.utils.backoff import (
+    backoff_ceiling,
+    ends_in_time,
+    full_jitter,
+    stretched,
+    wait_for_last_attempt,
+)
 
 DEFAULT_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
@@ -125,10 +132,13 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int) -> float:
         """The wait before retry ``retry_number`` (1 for the first retry), without RetryInfo."""
-        ceiling = min(
-            self.max_backoff, self.initial_backoff * self.multiplier ** (retry_number - 1)
+        ceiling = backoff_ceiling(
+            retry_number,
+            initial=self.initial_backoff,
+            multiplier=self.multiplier,
+            maximum=self.max_backoff,
         )
-        return self.random() * ceiling if self.jitter else ceiling
+        return full_jitter(ceiling, self.random) if self.jitter else ceiling
 
     def is_retryable(self, error: SandboxError) -> bool:
         """Whether ``error`` is worth another attempt of a call that is safe to repeat."""
@@ -149,10 +159,9 @@ class RetryPolicy:
         delay, so callers the server refused together spread out instead of
         coming back at the same instant.
         """
-        floor = max(0.0, server_delay)
         if not self.jitter:
-            return floor
-        return floor * (1.0 + self.retry_after_jitter * self.random())
+            return max(0.0, server_delay)
+        return stretched(server_delay, self.retry_after_jitter, self.random)
 
     def start(self, *, stream: bool = False) -> Attempts:
         """Begins tracking one call's attempts against this policy.
@@ -205,16 +214,19 @@ class Attempts:
             return None
         wait = policy.delay(error, self.made)
         remaining = self._deadline_at - policy.clock()
-        if wait < remaining:
+        if ends_in_time(wait, remaining):
             return wait
         self.out_of_time = True
-        if error.retry_after is None or remaining <= MIN_LAST_ATTEMPT_SECONDS:
+        if error.retry_after is None:
             return None
         # The server asked for longer than the deadline leaves. Its delay is an
         # estimate (room is often freed sooner), so rather than give up now, make
         # one last attempt just before the deadline.
-        self._last = True
-        return max(0.0, remaining - LAST_ATTEMPT_SECONDS)
+        last_wait = wait_for_last_attempt(
+            remaining, margin=LAST_ATTEMPT_SECONDS, minimum=MIN_LAST_ATTEMPT_SECONDS
+        )
+        self._last = last_wait is not None
+        return last_wait
 
     def annotate(self, error: SandboxError) -> SandboxError:
         """Adds notes to the call's final error: attempts made, and what to do when out of time.

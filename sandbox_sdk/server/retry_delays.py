@@ -18,6 +18,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from sandbox_sdk.utils.backoff import stretched
+
 SPREAD = 0.5
 CAPACITY_RETRY_SECONDS = 1.0
 
@@ -27,7 +29,7 @@ def spread(seconds: float, draw: Callable[[], float] = random.random) -> float:
 
     ``draw`` returns a number in [0, 1), as ``random.random`` does.
     """
-    return max(0.0, seconds) * (1.0 + SPREAD * draw())
+    return stretched(seconds, SPREAD, draw)
 
 
 def capacity_retry_delay(draw: Callable[[], float] = random.random) -> float:
