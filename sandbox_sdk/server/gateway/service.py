@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -43,6 +44,7 @@ from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
 from sandbox_sdk.server.gateway.wire import MalformedMessageError, bool_field, string_field
 from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
+from sandbox_sdk.utils.backoff import backoff_ceiling, ends_in_time, full_jitter
 
 access_log = logging.getLogger("sandbox_sdk.server.gateway.access")
 
@@ -354,15 +356,25 @@ class GatewayService(_GenericRpcHandler):
 
     # -- forwarding ----------------------------------------------------------------------
 
-    def _backoff(self, attempt: int) -> float:
-        delay = self._retry.initial_backoff_seconds * self._retry.multiplier ** (attempt - 1)
-        return float(min(delay, self._retry.max_backoff_seconds))
+    def _retry_delay(
+        self, error: grpc.aio.AioRpcError, attempt: int, context: Context
+    ) -> float | None:
+        """The wait before retrying a forwarded call, or ``None`` to give up.
 
-    def _may_retry(self, error: grpc.aio.AioRpcError, attempt: int, context: Context) -> bool:
+        Only UNAVAILABLE is retried, within the caller's deadline; the wait is
+        fully jittered so that the calls an orchestrator dropped together (it
+        restarted, say) do not all come back to it at once.
+        """
         if error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self._retry.max_attempts:
-            return False
-        remaining = context.time_remaining()
-        return remaining is None or remaining > self._backoff(attempt)
+            return None
+        ceiling = backoff_ceiling(
+            attempt,
+            initial=self._retry.initial_backoff_seconds,
+            multiplier=self._retry.multiplier,
+            maximum=self._retry.max_backoff_seconds,
+        )
+        wait = full_jitter(ceiling, random.random)
+        return wait if ends_in_time(wait, context.time_remaining()) else None
 
     async def _forward_unary(
         self,
@@ -384,8 +396,9 @@ class GatewayService(_GenericRpcHandler):
                 )
                 return response
             except grpc.aio.AioRpcError as error:
-                if spec.retryable(request_id) and self._may_retry(error, attempt, context):
-                    await asyncio.sleep(self._backoff(attempt))
+                delay = self._retry_delay(error, attempt, context)
+                if spec.retryable(request_id) and delay is not None:
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 if is_transport_failure(error):
@@ -415,8 +428,9 @@ class GatewayService(_GenericRpcHandler):
             except grpc.aio.AioRpcError as error:
                 # A stream is retried only before its first message: after that the
                 # client has seen output and resumes on its own terms.
-                if not received and spec.idempotent and self._may_retry(error, attempt, context):
-                    await asyncio.sleep(self._backoff(attempt))
+                delay = self._retry_delay(error, attempt, context)
+                if not received and spec.idempotent and delay is not None:
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 if is_transport_failure(error):
