@@ -23,13 +23,13 @@ from bench_common import ratio_row
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
-from sandbox_sdk.server.orchestrator.sandbox.isolation import detect_isolation
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentSpec,
     Limits,
     NetworkPolicy,
     NewEnvironment,
 )
+from sandbox_sdk.server.orchestrator.sandbox.isolation import detect_isolation
 
 EXECS = 100
 CREATES = 30

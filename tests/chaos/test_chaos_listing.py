@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from sandbox_sdk.server.orchestrator.sandbox import listing
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.file_pages import LISTING_IN_PROGRESS, files_page
-from sandbox_sdk.server.orchestrator.sandbox.model import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace, WorkspaceLayout
 from sandbox_sdk.server.status import ServiceError
 

@@ -25,13 +25,13 @@ from .conftest import TenantContext
 from .exp_support import create_request, eventually, make_spec, wait_final
 
 try:
-    from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
-    from sandbox_sdk.server.orchestrator.sandbox.model import (
+    from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
         EnvironmentSpec,
         Limits,
         NetworkPolicy,
         NewEnvironment,
     )
+    from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
     from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 except ImportError as error:  # the sandbox layer is built by another engineer
     pytest.skip(f"the real SandboxManager is not importable: {error}", allow_module_level=True)

@@ -17,8 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
-from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     Environment,
     EnvironmentSpec,
@@ -30,6 +29,7 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     NetworkPolicy,
     NewEnvironment,
 )
+from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.settings import LimitValues, MiB
 
 TENANT = "tenant-a"

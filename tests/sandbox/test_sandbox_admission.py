@@ -16,12 +16,12 @@ from sandbox_support import (
     running_manager,
 )
 
-from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentState,
     FileWrite,
     NewEnvironment,
 )
+from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
 from sandbox_sdk.server.status import ServiceError
 
 pytestmark = needs_isolation

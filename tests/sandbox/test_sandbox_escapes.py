@@ -21,7 +21,7 @@ from sandbox_support import (
     running_manager,
 )
 
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     ExecExited,
     ExecStarted,

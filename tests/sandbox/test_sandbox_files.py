@@ -8,7 +8,7 @@ import grpc
 import pytest
 from sandbox_support import TENANT, create, make_spec, needs_isolation, run, running_manager
 
-from sandbox_sdk.server.orchestrator.sandbox.model import FileWrite
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.settings import MiB
 from sandbox_sdk.server.status import ServiceError
 

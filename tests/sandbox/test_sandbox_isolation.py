@@ -25,8 +25,8 @@ from sandbox_sdk.server.orchestrator.sandbox.cgroups import (
     CgroupV2Driver,
     read_cgroup_mounts,
 )
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import ExitReason, FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.isolation import detect_isolation
-from sandbox_sdk.server.orchestrator.sandbox.model import ExitReason, FileWrite
 from sandbox_sdk.server.status import ServiceError
 
 # Starts a sleep in its own session and reports its pid once it has left the group.

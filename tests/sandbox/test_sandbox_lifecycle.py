@@ -30,7 +30,7 @@ from sandbox_support import (
 )
 
 from sandbox_sdk.server.database import Database
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     EnvironmentState,
     EnvironmentUpdate,
@@ -285,7 +285,7 @@ sys.path.insert(0, {support!r})
 from sandbox_support import create, fast_settings
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager
-from sandbox_sdk.server.orchestrator.sandbox.model import Command
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import Command
 
 async def main():
     root = Path({root!r})

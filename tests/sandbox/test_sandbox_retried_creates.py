@@ -15,7 +15,7 @@ import pytest
 from leak_checks import loop_devices_under, mounts_under
 from sandbox_support import TENANT, create, eventually, make_spec, needs_isolation, running_manager
 
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentState,
     ListQuery,
     TerminationReason,

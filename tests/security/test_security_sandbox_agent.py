@@ -33,7 +33,10 @@ from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
     AgentError,
     SpawnRequest,
 )
-from sandbox_sdk.server.orchestrator.sandbox.model import EnvironmentState, TerminationReason
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
+    EnvironmentState,
+    TerminationReason,
+)
 
 pytestmark = needs_isolation
 

@@ -26,7 +26,7 @@ from sandbox_attack_support import (
     running_manager,
 )
 
-from sandbox_sdk.server.orchestrator.sandbox.model import FileWrite
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 
 pytestmark = needs_isolation
 

@@ -27,8 +27,8 @@ from sandbox_attack_support import (
     running_manager,
 )
 
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPolicy
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
-from sandbox_sdk.server.orchestrator.sandbox.model import NetworkPolicy
 from sandbox_sdk.server.orchestrator.sandbox.network import nft_ruleset
 from sandbox_sdk.server.status import ServiceError
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from sandbox_sdk.server.orchestrator.sandbox.model import NetworkPolicy
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPolicy
 
 WORKSPACE_MOUNT = PurePosixPath("/workspace")
 TMP_MOUNT = PurePosixPath("/tmp")  # noqa: S108  (the sandbox's own /tmp, not the host's)

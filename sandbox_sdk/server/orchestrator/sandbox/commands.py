@@ -20,14 +20,14 @@ from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import (
     WORKSPACE_MOUNT,
     bwrap_command,
 )
-from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PATH, host_process_env
-from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     EnvironmentSpec,
     ExecExited,
     ExitReason,
 )
+from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PATH, host_process_env
+from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.process import Cancellation, ProcessExit
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout

@@ -8,7 +8,7 @@ from sandbox_sdk.api.v1 import (
     orchestrator_service_pb2,
     requests_pb2,
 )
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Capacity,
     Environment,
     EnvironmentSpec,

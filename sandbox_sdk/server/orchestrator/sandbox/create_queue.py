@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sandbox_sdk.server.orchestrator.sandbox.model import Environment, FileWrite
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import Environment, FileWrite
 
 
 @dataclass(frozen=True)

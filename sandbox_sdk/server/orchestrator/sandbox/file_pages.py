@@ -12,12 +12,12 @@ import grpc
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import signed_tokens
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.listing import (
     MAX_SNAPSHOT_ENTRIES,
     DirectoryTooLarge,
     ListingNotReady,
 )
-from sandbox_sdk.server.orchestrator.sandbox.model import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
 from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace, split_path
 from sandbox_sdk.server.status import ServiceError, invalid_argument

@@ -15,8 +15,8 @@ import grpc
 
 from sandbox_sdk.api.v1 import orchestrator_service_pb2, requests_pb2
 from sandbox_sdk.server.orchestrator.sandbox import convert, validation
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
-from sandbox_sdk.server.orchestrator.sandbox.model import FileWrite
 from sandbox_sdk.server.tenancy import tenant_of
 
 Context = grpc.aio.ServicerContext[Any, Any]

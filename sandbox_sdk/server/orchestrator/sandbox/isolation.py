@@ -27,8 +27,8 @@ from sandbox_sdk.server.orchestrator.sandbox.cgroups import (
     read_cgroup_mounts,
     v2_controllers_available,
 )
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPolicy
 from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PROCESS_ENV, host_process_env
-from sandbox_sdk.server.orchestrator.sandbox.model import NetworkPolicy
 from sandbox_sdk.server.orchestrator.sandbox.seccomp import (
     SeccompProgram,
     SeccompUnavailable,

@@ -18,8 +18,11 @@ from typing import Any
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.commands import agent_launch
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
+    EnvironmentSpec,
+    NetworkPolicy,
+)
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
-from sandbox_sdk.server.orchestrator.sandbox.model import EnvironmentSpec, NetworkPolicy
 from sandbox_sdk.server.orchestrator.sandbox.network import (
     RESOLV_CONF,
     EgressNetwork,

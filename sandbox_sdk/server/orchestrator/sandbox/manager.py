@@ -44,10 +44,7 @@ from sandbox_sdk.server.orchestrator.sandbox.commands import (
     spawn_request,
 )
 from sandbox_sdk.server.orchestrator.sandbox.create_queue import CreateQueue, QueuedCreate
-from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
-from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher, write_resolv_conf
-from sandbox_sdk.server.orchestrator.sandbox.metrics import SandboxMetrics
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Capacity,
     Command,
     Environment,
@@ -65,6 +62,9 @@ from sandbox_sdk.server.orchestrator.sandbox.model import (
     TerminationReason,
     Usage,
 )
+from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
+from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher, write_resolv_conf
+from sandbox_sdk.server.orchestrator.sandbox.metrics import SandboxMetrics
 from sandbox_sdk.server.orchestrator.sandbox.monitor import UsageTracker
 from sandbox_sdk.server.orchestrator.sandbox.network import (
     EgressNetwork,

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import psutil
 
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
-from sandbox_sdk.server.orchestrator.sandbox.model import Usage
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import Usage
 from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace
 
 _MIN_CPU_WINDOW_SECONDS = 0.05

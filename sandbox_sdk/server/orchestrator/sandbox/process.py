@@ -27,7 +27,7 @@ from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
     CommandExit,
     SpawnRequest,
 )
-from sandbox_sdk.server.orchestrator.sandbox.model import ExecOutput, ExecStarted
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import ExecOutput, ExecStarted
 
 _DRAIN_AFTER_EXIT_SECONDS = 2.0
 _REAP_TIMEOUT_SECONDS = 10.0

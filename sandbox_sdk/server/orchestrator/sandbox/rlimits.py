@@ -14,7 +14,7 @@ import math
 import resource
 from dataclasses import dataclass
 
-from sandbox_sdk.server.orchestrator.sandbox.model import Limits
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import Limits
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ from pathlib import Path
 import grpc
 
 from sandbox_sdk.errors import ErrorReason
-from sandbox_sdk.server.orchestrator.sandbox.model import Environment, TerminationReason
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
+    Environment,
+    TerminationReason,
+)
 from sandbox_sdk.server.orchestrator.sandbox.workspace import (
     WorkspaceFileTooLarge,
     WorkspacePathError,

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from sandbox_sdk.server.database import Database
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Environment,
     EnvironmentSpec,
     EnvironmentState,

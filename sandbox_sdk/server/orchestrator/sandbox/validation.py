@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 
 from sandbox_sdk.api.v1 import common_pb2, environment_pb2, requests_pb2
 from sandbox_sdk.server import ids
-from sandbox_sdk.server.orchestrator.sandbox.model import (
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     EnvironmentSpec,
     EnvironmentUpdate,

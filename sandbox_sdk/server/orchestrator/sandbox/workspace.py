@@ -28,9 +28,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.listing import LISTINGS
-from sandbox_sdk.server.orchestrator.sandbox.model import FileEntry
 
 _MAX_PATH_BYTES = 4096
 _MAX_NAME_BYTES = 255
