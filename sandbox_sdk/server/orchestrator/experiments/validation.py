@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.clipping import echo
+from sandbox_sdk.server.field_violations import FieldViolations
 from sandbox_sdk.server.orchestrator.experiments import limits
 from sandbox_sdk.server.orchestrator.experiments.patterns import PatternError, compile_pattern
 from sandbox_sdk.server.orchestrator.experiments.providers.base import ExtraParameter, ModelProvider
@@ -47,14 +48,6 @@ _LABEL_KEY = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,62})$")
 _SCORER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-@dataclass
-class _Violations:
-    items: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, path: str, description: str) -> None:
-        self.items.append((path, description))
-
-
 @dataclass(frozen=True)
 class ValidatedRequest:
     """A valid CreateExperiment request, in internal form."""
@@ -72,7 +65,7 @@ def validate_create(
 ) -> ValidatedRequest:
     """The request in internal form; ServiceError INVALID_ARGUMENT, NOT_FOUND (model) or
     FAILED_PRECONDITION (model not installed)."""
-    violations = _Violations()
+    violations = FieldViolations()
     _check_environment_id(request.environment_id, violations)
     if len(request.request_id) > limits.MAX_REQUEST_ID_CHARS:
         violations.add("request_id", f"use at most {limits.MAX_REQUEST_ID_CHARS} characters")
@@ -85,15 +78,14 @@ def validate_create(
         raise invalid_argument(violations.items)
     model = registry.resolve(proto.model)
     spec = _spec(proto, model, scheduler, violations)
-    if violations.items:
-        raise invalid_argument(violations.items)
+    violations.raise_if_any()
     reason = model.provider.unavailable_reason()
     if reason is not None:
         raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.MODEL_ERROR, reason)
     return ValidatedRequest(request.environment_id, spec, model, request.request_id)
 
 
-def _check_environment_id(environment_id: str, violations: _Violations) -> None:
+def _check_environment_id(environment_id: str, violations: FieldViolations) -> None:
     if not environment_id:
         violations.add("environment_id", "set the id of a RUNNING environment")
     elif not ids.is_valid(environment_id, ids.ENVIRONMENT):
@@ -106,7 +98,7 @@ def _spec(
     proto: experiment_pb2.ExperimentSpec,
     model: ServedModel,
     scheduler: SchedulerSettings,
-    violations: _Violations,
+    violations: FieldViolations,
 ) -> ExperimentSpec:
     repeats = _repeats(proto, violations)
     inputs = _inputs(proto, repeats, violations)
@@ -132,7 +124,7 @@ def _spec(
     )
 
 
-def _repeats(proto: experiment_pb2.ExperimentSpec, violations: _Violations) -> int:
+def _repeats(proto: experiment_pb2.ExperimentSpec, violations: FieldViolations) -> int:
     if proto.repeats < 0 or proto.repeats > limits.MAX_REPEATS:
         violations.add("spec.repeats", f"use 1 to {limits.MAX_REPEATS}, or 0 for 1")
         return 1
@@ -140,7 +132,7 @@ def _repeats(proto: experiment_pb2.ExperimentSpec, violations: _Violations) -> i
 
 
 def _inputs(
-    proto: experiment_pb2.ExperimentSpec, repeats: int, violations: _Violations
+    proto: experiment_pb2.ExperimentSpec, repeats: int, violations: FieldViolations
 ) -> list[InputSpec]:
     if proto.inputs and proto.dataset_path:
         violations.add("spec.dataset_path", "set either inputs or dataset_path, not both")
@@ -186,7 +178,7 @@ def _inputs(
     return inputs
 
 
-def _check_dataset_path(path: str, violations: _Violations) -> None:
+def _check_dataset_path(path: str, violations: FieldViolations) -> None:
     parts = path.split("/")
     if path.startswith("/") or ".." in parts or len(path) > limits.MAX_PATH_CHARS:
         violations.add(
@@ -199,7 +191,7 @@ def _parameters(
     proto: experiment_pb2.GenerationParameters,
     model: ServedModel,
     repeats: int,
-    violations: _Violations,
+    violations: FieldViolations,
 ) -> Parameters:
     path = "spec.parameters"
     temperature = top_p = None
@@ -241,7 +233,7 @@ def _parameters(
     )
 
 
-def _check_stop(stop: list[str], violations: _Violations) -> None:
+def _check_stop(stop: list[str], violations: FieldViolations) -> None:
     if len(stop) > limits.MAX_STOP_SEQUENCES:
         violations.add(
             "spec.parameters.stop", f"use at most {limits.MAX_STOP_SEQUENCES} stop sequences"
@@ -258,7 +250,7 @@ def _extra(
     values: dict[str, struct_pb2.Value],
     provider: ModelProvider,
     provider_kind: str,
-    violations: _Violations,
+    violations: FieldViolations,
 ) -> dict[str, ExtraValue]:
     known = provider.extra_parameters
     accepted: dict[str, ExtraValue] = {}
@@ -298,7 +290,7 @@ def _extra_value(value: struct_pb2.Value, parameter: ExtraParameter) -> ExtraVal
     return int(number) if parameter.kind is int else number
 
 
-def _scorers(protos: Any, violations: _Violations) -> list[ScorerSpec]:
+def _scorers(protos: Any, violations: FieldViolations) -> list[ScorerSpec]:
     if len(protos) > limits.MAX_SCORERS:
         violations.add("spec.scorers", f"use at most {limits.MAX_SCORERS} scorers")
     scorers: list[ScorerSpec] = []
@@ -318,7 +310,9 @@ def _scorers(protos: Any, violations: _Violations) -> list[ScorerSpec]:
     return scorers
 
 
-def _check(proto: experiment_pb2.Scorer, path: str, violations: _Violations) -> ScorerCheck | None:
+def _check(
+    proto: experiment_pb2.Scorer, path: str, violations: FieldViolations
+) -> ScorerCheck | None:
     kind = proto.WhichOneof("kind")
     if kind == "exact_match":
         return ExactMatch(ignore_case=proto.exact_match.ignore_case)
@@ -334,7 +328,7 @@ def _check(proto: experiment_pb2.Scorer, path: str, violations: _Violations) -> 
     return None
 
 
-def _regex(pattern: str, path: str, violations: _Violations) -> RegexMatch | None:
+def _regex(pattern: str, path: str, violations: FieldViolations) -> RegexMatch | None:
     if not pattern or len(pattern) > limits.MAX_REGEX_CHARS:
         violations.add(path, f"give a pattern of 1 to {limits.MAX_REGEX_CHARS} characters")
         return None
@@ -347,7 +341,7 @@ def _regex(pattern: str, path: str, violations: _Violations) -> RegexMatch | Non
 
 
 def _command(
-    proto: experiment_pb2.CommandScorer, path: str, violations: _Violations
+    proto: experiment_pb2.CommandScorer, path: str, violations: FieldViolations
 ) -> CommandCheck | None:
     timeout = proto.timeout.seconds + proto.timeout.nanos / 1e9
     valid = True
@@ -372,7 +366,7 @@ def _command(
 
 
 def _timeout(
-    proto: experiment_pb2.ExperimentSpec, scheduler: SchedulerSettings, violations: _Violations
+    proto: experiment_pb2.ExperimentSpec, scheduler: SchedulerSettings, violations: FieldViolations
 ) -> float:
     timeout = proto.timeout.seconds + proto.timeout.nanos / 1e9
     if not 0 <= timeout <= scheduler.max_timeout_seconds:
@@ -391,7 +385,7 @@ def validate_list_filters(environment_id: str, labels: dict[str, str]) -> None:
     The label selector is capped like an experiment's labels, so a selector
     can never grow the query past what the database accepts.
     """
-    found = _Violations()
+    found = FieldViolations()
     if environment_id and not ids.is_valid(environment_id, ids.ENVIRONMENT):
         found.add(
             "environment_id",
@@ -399,12 +393,11 @@ def validate_list_filters(environment_id: str, labels: dict[str, str]) -> None:
             " empty for every environment",
         )
     _check_labels(labels, found, "label_selector")
-    if found.items:
-        raise invalid_argument(found.items)
+    found.raise_if_any()
 
 
 def _check_labels(
-    labels: dict[str, str], violations: _Violations, path: str = "spec.labels"
+    labels: dict[str, str], violations: FieldViolations, path: str = "spec.labels"
 ) -> None:
     if len(labels) > limits.MAX_LABELS:
         violations.add(

@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2
 
 from sandbox_sdk.api.v1 import common_pb2, environment_pb2, requests_pb2
 from sandbox_sdk.server import ids
+from sandbox_sdk.server.field_violations import FieldViolations
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     EnvironmentSpec,
@@ -58,20 +59,6 @@ def _show(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
-class _Violations:
-    """Collects (field path, what to do) pairs and raises them together."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, field_path: str, description: str) -> None:
-        self.items.append((field_path, description))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise invalid_argument(self.items)
-
-
 def _seconds(duration: duration_pb2.Duration) -> float | None:
     """A Duration in seconds, or None if it is malformed (nanos out of range or sign)."""
     if abs(duration.nanos) >= 1_000_000_000 or duration.seconds * duration.nanos < 0:
@@ -80,7 +67,7 @@ def _seconds(duration: duration_pb2.Duration) -> float | None:
 
 
 def _duration(
-    violations: _Violations,
+    violations: FieldViolations,
     field_path: str,
     duration: duration_pb2.Duration,
     *,
@@ -106,7 +93,7 @@ def _duration(
 
 
 def _bounded(
-    violations: _Violations,
+    violations: FieldViolations,
     field_path: str,
     value: _Number,
     *,
@@ -131,7 +118,7 @@ def _bounded(
 
 
 def _limits(
-    violations: _Violations, limits: common_pb2.ResourceLimits, settings: SandboxSettings
+    violations: FieldViolations, limits: common_pb2.ResourceLimits, settings: SandboxSettings
 ) -> Limits:
     defaults, maximums = settings.default_limits, settings.max_limits
     prefix = "spec.limits."
@@ -178,7 +165,9 @@ def _limits(
     )
 
 
-def _labels(violations: _Violations, field_path: str, labels: Mapping[str, str]) -> dict[str, str]:
+def _labels(
+    violations: FieldViolations, field_path: str, labels: Mapping[str, str]
+) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         violations.add(field_path, f"has {len(labels)} labels; at most {MAX_LABELS} are allowed")
     for key, value in labels.items():
@@ -194,7 +183,7 @@ def _labels(violations: _Violations, field_path: str, labels: Mapping[str, str])
 
 
 def _env_vars(
-    violations: _Violations, field_path: str, env_vars: Mapping[str, str]
+    violations: FieldViolations, field_path: str, env_vars: Mapping[str, str]
 ) -> dict[str, str]:
     if len(env_vars) > MAX_ENV_VARS:
         violations.add(field_path, f"has {len(env_vars)} variables; at most {MAX_ENV_VARS}")
@@ -219,7 +208,7 @@ _NETWORK_POLICIES: dict[int, NetworkPolicy] = {
 }
 
 
-def _network(violations: _Violations, value: int) -> NetworkPolicy:
+def _network(violations: FieldViolations, value: int) -> NetworkPolicy:
     policy = _NETWORK_POLICIES.get(int(value))
     if policy is None:
         violations.add(
@@ -230,7 +219,7 @@ def _network(violations: _Violations, value: int) -> NetworkPolicy:
 
 
 def _cidrs(
-    violations: _Violations, field_path: str, values: Sequence[str], network: NetworkPolicy
+    violations: FieldViolations, field_path: str, values: Sequence[str], network: NetworkPolicy
 ) -> tuple[str, ...]:
     """CIDR blocks in canonical form (the only form that reaches the firewall)."""
     if not values:
@@ -249,7 +238,7 @@ def _cidrs(
 
 
 def _path(
-    violations: _Violations, field_path: str, path: str, *, allow_root: bool
+    violations: FieldViolations, field_path: str, path: str, *, allow_root: bool
 ) -> tuple[str, ...]:
     try:
         return split_path(path, allow_root=allow_root)
@@ -258,7 +247,7 @@ def _path(
         return ()
 
 
-def _mode(violations: _Violations, field_path: str, mode: int) -> int:
+def _mode(violations: FieldViolations, field_path: str, mode: int) -> int:
     if mode & ~0o777:
         violations.add(field_path, "only permission bits (at most 0o777) are allowed")
         return 0o644
@@ -266,7 +255,7 @@ def _mode(violations: _Violations, field_path: str, mode: int) -> int:
 
 
 def _files(
-    violations: _Violations, files: Sequence[environment_pb2.FileContent], limits: Limits
+    violations: FieldViolations, files: Sequence[environment_pb2.FileContent], limits: Limits
 ) -> tuple[FileWrite, ...]:
     if len(files) > MAX_FILES:
         violations.add("files", f"has {len(files)} files; at most {MAX_FILES} are allowed")
@@ -304,7 +293,7 @@ def new_environment(
     request: requests_pb2.CreateEnvironmentRequest, settings: SandboxSettings
 ) -> NewEnvironment:
     """A CreateEnvironment request with defaults filled in."""
-    violations = _Violations()
+    violations = FieldViolations()
     spec = request.spec
     limits = _limits(violations, spec.limits, settings)
     resolved = EnvironmentSpec(
@@ -354,7 +343,7 @@ def environment_update(
     request: requests_pb2.UpdateEnvironmentRequest, settings: SandboxSettings
 ) -> EnvironmentUpdate:
     """The changes an UpdateEnvironment request names in its update_mask."""
-    violations = _Violations()
+    violations = FieldViolations()
     paths = [path.removeprefix("spec.") for path in request.update_mask.paths]
     if not paths:
         violations.add("update_mask", f"name the fields to change: {', '.join(UPDATABLE_PATHS)}")
@@ -392,7 +381,7 @@ def environment_update(
 
 def list_query(request: requests_pb2.ListEnvironmentsRequest) -> ListQuery:
     """A ListEnvironments page request."""
-    violations = _Violations()
+    violations = FieldViolations()
     page_size = _page_size(violations, request.page_size, DEFAULT_LIST_PAGE)
     selector = _labels(violations, "label_selector", request.label_selector)
     violations.raise_if_any()
@@ -404,14 +393,14 @@ def list_query(request: requests_pb2.ListEnvironmentsRequest) -> ListQuery:
     )
 
 
-def _page_size(violations: _Violations, page_size: int, default: int) -> int:
+def _page_size(violations: FieldViolations, page_size: int, default: int) -> int:
     if page_size < 0:
         violations.add("page_size", f"must not be negative; 0 takes the default of {default}")
         return default
     return min(page_size or default, MAX_PAGE)
 
 
-def _argv(violations: _Violations, argv: Sequence[str]) -> None:
+def _argv(violations: FieldViolations, argv: Sequence[str]) -> None:
     if not argv or not argv[0]:
         violations.add("argv", "name the program and its arguments, such as ['python3', 'main.py']")
     for index, argument in enumerate(argv):
@@ -421,7 +410,7 @@ def _argv(violations: _Violations, argv: Sequence[str]) -> None:
 
 def command(request: requests_pb2.ExecCommandRequest, settings: SandboxSettings) -> Command:
     """An ExecCommand request; a zero timeout means the environment's exec_timeout (0 here)."""
-    violations = _Violations()
+    violations = FieldViolations()
     _argv(violations, request.argv)
     _path(violations, "cwd", request.cwd, allow_root=True)
     env_vars = _env_vars(violations, "env_vars", request.env_vars)
@@ -452,7 +441,7 @@ def internal_command(
     output_cap_bytes: int,
 ) -> Command:
     """A command from inside the orchestrator (``SandboxPort.run_command``), checked alike."""
-    violations = _Violations()
+    violations = FieldViolations()
     _argv(violations, argv)
     checked_env = _env_vars(violations, "env_vars", env_vars)
     violations.raise_if_any()
@@ -467,7 +456,7 @@ def internal_command(
 
 def file_write(request: requests_pb2.WriteFileRequest) -> FileWrite:
     """The file of a WriteFile request."""
-    violations = _Violations()
+    violations = FieldViolations()
     if not request.HasField("file"):
         violations.add("file", "set file.path and file.content")
     _path(violations, "file.path", request.file.path, allow_root=False)
@@ -478,7 +467,7 @@ def file_write(request: requests_pb2.WriteFileRequest) -> FileWrite:
 
 def file_path(path: str) -> str:
     """The path of a ReadFile request."""
-    violations = _Violations()
+    violations = FieldViolations()
     _path(violations, "path", path, allow_root=False)
     violations.raise_if_any()
     return path
@@ -486,7 +475,7 @@ def file_path(path: str) -> str:
 
 def directory_listing(request: requests_pb2.ListFilesRequest) -> tuple[str, int]:
     """The directory and page size of a ListFiles request."""
-    violations = _Violations()
+    violations = FieldViolations()
     _path(violations, "path", request.path, allow_root=True)
     page_size = _page_size(violations, request.page_size, DEFAULT_FILES_PAGE)
     violations.raise_if_any()
@@ -495,7 +484,7 @@ def directory_listing(request: requests_pb2.ListFilesRequest) -> tuple[str, int]
 
 def usage_interval(request: requests_pb2.StreamEnvironmentUsageRequest) -> float:
     """The sampling interval of a StreamEnvironmentUsage request; zero means 1 second."""
-    violations = _Violations()
+    violations = FieldViolations()
     interval = _duration(
         violations,
         "interval",
