@@ -60,13 +60,13 @@ from sandbox_sdk.server.orchestrator.experiments.runner import (
 from sandbox_sdk.server.orchestrator.experiments.scheduler import FairQueue, QueueEntry
 from sandbox_sdk.server.orchestrator.experiments.settings import ExperimentSettings
 from sandbox_sdk.server.orchestrator.experiments.store import (
-    DuplicateRequestError,
     ExperimentStore,
     ListFilter,
     NewExperiment,
 )
 from sandbox_sdk.server.orchestrator.experiments.validation import ValidatedRequest
 from sandbox_sdk.server.orchestrator.ports import SandboxPort
+from sandbox_sdk.server.request_ids import DuplicateRequestError
 from sandbox_sdk.server.status import ServiceError, not_found
 
 log = logging.getLogger(__name__)

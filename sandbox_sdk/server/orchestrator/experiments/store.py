@@ -49,6 +49,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
 )
 from sandbox_sdk.server.orchestrator.experiments.results import Aggregates, aggregate
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
+from sandbox_sdk.server.request_ids import DuplicateRequestError, is_duplicate_request
 
 COMPONENT = "experiments"
 MIGRATIONS = [
@@ -166,10 +167,6 @@ class ListFilter:
     environment_id: str = ""
     states: tuple[ExperimentState, ...] = ()
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-class DuplicateRequestError(Exception):
-    """Another experiment of the tenant was created with the same request id."""
 
 
 Query = Callable[[str, Sequence[Any]], list[sqlite3.Row]]
@@ -433,7 +430,7 @@ def _insert_experiment(conn: sqlite3.Connection, new: NewExperiment, queued: Sta
             ),
         )
     except sqlite3.IntegrityError as error:
-        if new.request_id and "request_id" in str(error):
+        if is_duplicate_request(error, new.request_id):
             raise DuplicateRequestError(new.request_id) from error
         raise
     conn.executemany(

@@ -79,13 +79,14 @@ from sandbox_sdk.server.orchestrator.sandbox.statuses import (
     file_errors,
     not_running,
 )
-from sandbox_sdk.server.orchestrator.sandbox.store import DuplicateRequest, EnvironmentStore
+from sandbox_sdk.server.orchestrator.sandbox.store import EnvironmentStore
 from sandbox_sdk.server.orchestrator.sandbox.workspace import (
     Workspace,
     WorkspaceLayout,
     destroy_layout,
     split_path,
 )
+from sandbox_sdk.server.request_ids import DuplicateRequestError
 from sandbox_sdk.server.status import ServiceError, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ class SandboxManager:
         )
         try:
             self._store.insert(environment)
-        except DuplicateRequest:
+        except DuplicateRequestError:
             existing = self._store.find_by_request(tenant, new.request_id)
             if existing is None:
                 raise

@@ -17,6 +17,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     NetworkPolicy,
     TerminationReason,
 )
+from sandbox_sdk.server.request_ids import DuplicateRequestError, is_duplicate_request
 
 COMPONENT = "sandbox"
 MIGRATIONS = [
@@ -48,10 +49,6 @@ _COLUMNS = (
     "id, tenant, request_id, orchestrator_id, state, termination_reason, termination_message, "
     "isolation, spec, create_time, expire_time, last_activity_time, terminate_time"
 )
-
-
-class DuplicateRequest(Exception):
-    """Another environment of the tenant was created with the same request_id."""
 
 
 def _spec_to_json(spec: EnvironmentSpec) -> str:
@@ -117,7 +114,7 @@ class EnvironmentStore:
         db.migrate(COMPONENT, MIGRATIONS)
 
     def insert(self, environment: Environment) -> None:
-        """Adds a new record; raises DuplicateRequest if its request_id is taken."""
+        """Adds a new record; raises DuplicateRequestError if its request_id is taken."""
         e = environment
         try:
             with self._db.transaction() as conn:
@@ -132,8 +129,8 @@ class EnvironmentStore:
                     ),
                 )  # fmt: skip
         except sqlite3.IntegrityError as error:
-            if e.request_id and "request_id" in str(error):
-                raise DuplicateRequest(e.request_id) from error
+            if is_duplicate_request(error, e.request_id):
+                raise DuplicateRequestError(e.request_id) from error
             raise
 
     def get(self, environment_id: str) -> Environment | None:
