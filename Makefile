@@ -48,11 +48,13 @@ tests/polyglot/node_modules/.installed: tests/polyglot/package.json | system-dep
 	touch $@
 
 # Code generated from other code, committed, and checked by CI against its source.
-GENERATED := sandbox_sdk/api
+GENERATED := sandbox_sdk/api sandbox_sdk/client/_sync
 
-# Regenerates sandbox_sdk/api/ from proto/ with the pinned grpcio-tools and mypy-protobuf.
+# Regenerates sandbox_sdk/api/ from proto/ with the pinned grpcio-tools and
+# mypy-protobuf, and the sync client from the asyncio one with unasync.
 generate: $(STAMP)
 	$(PY) scripts/generate_api.py
+	$(PY) scripts/generate_sync_client.py
 
 check-generated: generate
 	@git diff --exit-code --stat -- $(GENERATED) || \

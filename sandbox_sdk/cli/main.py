@@ -18,8 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from sandbox_sdk.cli.exit_codes import INTERRUPTED, exit_code_for
-from sandbox_sdk.client.experiment import Experiment
-from sandbox_sdk.client.sync_client import SandboxClient
+from sandbox_sdk.client import Experiment, SandboxClient
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.models.experiment import LogLine, MetricSample, OutputDelta, StateChange
 from sandbox_sdk.monitoring.metric_views import metrics_table, plot_metrics
@@ -252,7 +251,7 @@ def env_exec(
                 target = sys.stdout if chunk.stream == "stdout" else sys.stderr
                 target.write(chunk.text)
                 target.flush()
-            result = stream.result
+            result = stream.result()
         if check:
             result.check()
         raise typer.Exit(result.exit_code if result.exit_code >= 0 else 128 + result.signal)

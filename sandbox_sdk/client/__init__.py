@@ -1,14 +1,19 @@
-"""The clients and the handles they return (sync and asyncio)."""
+"""The clients and the handles they return.
 
-from sandbox_sdk.client.aio_client import AsyncSandboxClient
-from sandbox_sdk.client.aio_experiment import AsyncExperiment
-from sandbox_sdk.client.aio_sandbox import AsyncSandbox
-from sandbox_sdk.client.aio_streams import AsyncExecStream, AsyncServerStream
-from sandbox_sdk.client.experiment import Experiment
+The asyncio client (``_async/``) is written by hand; the sync client
+(``_sync/``) is generated from it by ``make generate``. Only ``glue`` (how a
+channel is opened, a stream read, a pause made) is written twice.
+"""
+
+from sandbox_sdk.client._async.client import AsyncSandboxClient
+from sandbox_sdk.client._async.experiment import AsyncExperiment
+from sandbox_sdk.client._async.sandbox import AsyncSandbox
+from sandbox_sdk.client._async.streams import AsyncExecStream, AsyncServerStream
+from sandbox_sdk.client._sync.client import SandboxClient
+from sandbox_sdk.client._sync.experiment import Experiment
+from sandbox_sdk.client._sync.sandbox import Sandbox
+from sandbox_sdk.client._sync.streams import ExecStream, ServerStream
 from sandbox_sdk.client.retry import RetryPolicy
-from sandbox_sdk.client.sandbox import Sandbox
-from sandbox_sdk.client.streams import ExecStream, ServerStream
-from sandbox_sdk.client.sync_client import SandboxClient
 
 __all__ = [
     "AsyncExecStream",

@@ -1,4 +1,4 @@
-"""What both clients derive from their constructor arguments: settings, auth, retry, metrics."""
+"""What a client derives from its constructor arguments: settings, auth, retry, metrics."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ TlsArgument = bool | TlsSettings | Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
-class ClientSetup:
+class ClientOptions:
     """Everything a client needs besides its channel."""
 
     settings: ClientSettings
@@ -28,7 +28,7 @@ class ClientSetup:
     observer: RpcObserver | None
 
 
-def prepare_client(
+def resolve_options(
     *,
     target: str | None,
     api_key: str | None,
@@ -38,7 +38,7 @@ def prepare_client(
     retry: RetryArgument,
     config_path: str | os.PathLike[str] | None,
     settings: ClientSettings | None,
-) -> ClientSetup:
+) -> ClientOptions:
     """Resolves settings (argument > environment > file > default), the key and the policy.
 
     With no key anywhere the client sends none (the server then says how to get
@@ -67,7 +67,7 @@ def prepare_client(
         provider = ApiKey(resolved.secret) if resolved.secret is not None else None
         if resolved.target != settings.target:
             settings = settings.model_copy(update={"target": resolved.target})
-    return ClientSetup(
+    return ClientOptions(
         settings=settings,
         auth=BearerAuth(provider),
         retry=policy,

@@ -1,8 +1,9 @@
-"""Errors for experiments that did not succeed or are still running."""
+"""Errors for experiments that did not succeed or are still running, and for queued creates."""
 
 from __future__ import annotations
 
 from sandbox_sdk.errors import ExperimentFailedError, SandboxTimeoutError
+from sandbox_sdk.models.environment import EnvironmentInfo
 from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
 
 
@@ -32,4 +33,17 @@ def still_running_error(info: ExperimentInfo, waited: float) -> SandboxTimeoutEr
         f"({info.completed_samples}/{info.total_samples} samples); wait again with a larger "
         "timeout (or set SANDBOX_WAIT_TIMEOUT), or cancel() it",
         metadata={"experiment_id": info.id, "state": info.state.value},
+    )
+
+
+QUEUE_POLL_SECONDS = (0.2, 2.0)
+"""The first and the longest pause between looks at a queued environment."""
+
+
+def still_queued(info: EnvironmentInfo) -> SandboxTimeoutError:
+    """The error of a create whose wait in the queue ran out of time."""
+    return SandboxTimeoutError(
+        f"environment {info.id} is still {info.state.value.lower()} "
+        f"(position {info.queue_position} in the queue) when the timeout ran out; it keeps "
+        "its place: wait for it with get_environment, or delete it if you no longer need it"
     )

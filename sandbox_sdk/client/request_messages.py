@@ -1,6 +1,4 @@
-"""Turning the SDK's keyword arguments into request messages.
-
-Shared by the sync and async clients. Values of the wrong type or shape fail
+"""Turning the SDK's keyword arguments into request messages. Values of the wrong type or shape fail
 here, before any call, with the same :class:`InvalidArgumentError` and field
 paths the server would use.
 """
@@ -22,13 +20,10 @@ from sandbox_sdk.api.v1 import (
     gateway_service_pb2,
     requests_pb2,
 )
-from sandbox_sdk.errors import FieldViolation, InvalidArgumentError, SandboxTimeoutError
+from sandbox_sdk.errors import FieldViolation, InvalidArgumentError
 from sandbox_sdk.models.api_keys import SCOPE_NUMBERS, ApiKeyScope
-from sandbox_sdk.models.environment import (
-    NETWORK_POLICY_NUMBERS,
-    EnvironmentInfo,
-    NetworkPolicy,
-)
+from sandbox_sdk.models.environment import NETWORK_POLICY_NUMBERS, NetworkPolicy
+from sandbox_sdk.models.experiment import STATE_NUMBERS, ExperimentState
 from sandbox_sdk.models.scorers import Command, Contains, ExactMatch, JsonValid, Regex, Scorer
 from sandbox_sdk.utils.units import DurationLike, Size, parse_duration, parse_size, to_duration_pb
 
@@ -151,19 +146,6 @@ def create_environment_request(
         files=file_contents(files),
         request_id=new_request_id(),
         queue_when_full=queue,
-    )
-
-
-QUEUE_POLL_SECONDS = (0.2, 2.0)
-"""The first and the longest pause between looks at a queued environment."""
-
-
-def still_queued(info: EnvironmentInfo) -> SandboxTimeoutError:
-    """The error of a create whose wait in the queue ran out of time."""
-    return SandboxTimeoutError(
-        f"environment {info.id} is still {info.state.value.lower()} "
-        f"(position {info.queue_position} in the queue) when the timeout ran out; it keeps "
-        "its place: wait for it with get_environment, or delete it if you no longer need it"
     )
 
 
@@ -406,6 +388,22 @@ def create_experiment_request(
         spec.timeout.CopyFrom(to_duration_pb(_duration("spec.timeout", timeout)))
     return requests_pb2.CreateExperimentRequest(
         environment_id=environment_id, spec=spec, request_id=new_request_id()
+    )
+
+
+def list_experiments_request(
+    *,
+    labels: Mapping[str, str] | None,
+    environment_id: str,
+    states: Iterable[ExperimentState | str],
+    page_size: int,
+) -> requests_pb2.ListExperimentsRequest:
+    """The first page's request of an experiment listing."""
+    return requests_pb2.ListExperimentsRequest(
+        page_size=page_size,
+        label_selector=_string_map("label_selector", labels),
+        environment_id=environment_id,
+        states=[STATE_NUMBERS[ExperimentState(str(state).upper())] for state in states],  # type: ignore[misc]
     )
 
 

@@ -23,8 +23,9 @@ _ORCHESTRATOR_SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["Or
 GATEWAY = {m.name for m in _GATEWAY_SERVICE.methods}
 ORCHESTRATOR = {m.name for m in _ORCHESTRATOR_SERVICE.methods}
 CLIENT = Path(calls.__file__).parent
-SYNC_FILES = ["sync_client.py", "sandbox.py", "experiment.py", "streams.py"]
-ASYNC_FILES = ["aio_client.py", "aio_sandbox.py", "aio_experiment.py", "aio_streams.py"]
+HANDLES = ["client.py", "sandbox.py", "experiment.py", "streams.py"]
+SYNC_FILES = [f"_sync/{name}" for name in HANDLES]
+ASYNC_FILES = [f"_async/{name}" for name in HANDLES]
 
 
 def _rpcs_called_in(files: list[str]) -> set[str]:

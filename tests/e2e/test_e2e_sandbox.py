@@ -79,7 +79,7 @@ def test_deleting_an_environment_ends_its_command_and_usage_streams(
     deleter.start()
     try:
         list(usage)  # ends, rather than following a dead environment forever
-        assert command.result.reason is ExitReason.CANCELLED
+        assert command.result().reason is ExitReason.CANCELLED
     finally:
         deleter.join(60)
         usage.close()

@@ -14,7 +14,8 @@ from sdk_fake_gateway import API_KEY, FakeServer
 from sandbox_sdk import ApiKey, RetryPolicy, Token
 from sandbox_sdk.api.v1 import gateway_service_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.auth import AsyncAuthInterceptor, AuthInterceptor, BearerAuth
-from sandbox_sdk.client.transport import Transport
+from sandbox_sdk.client._sync.transport import Transport
+from sandbox_sdk.config.settings import ClientSettings
 
 SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 
@@ -104,7 +105,10 @@ def test_interceptor_retries_once_with_a_new_token_when_rejected() -> None:
 def test_transport_retries_with_grpc_testing_channel(policy: RetryPolicy, clock: Any) -> None:
     fake = grpc_testing.channel([SERVICE], grpc_testing.strict_real_time())
     transport = Transport(
-        fake, auth=BearerAuth(ApiKey(API_KEY)), timeout=5.0, retry=policy, target="fake"
+        fake,
+        settings=ClientSettings(target="fake", timeout=5.0),
+        auth=BearerAuth(ApiKey(API_KEY)),
+        retry=policy,
     )
     method = SERVICE.methods_by_name["GetEnvironment"]
     results: list[Any] = []

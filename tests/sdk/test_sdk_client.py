@@ -103,7 +103,23 @@ def test_exec_stream_yields_chunks_then_result(client: SandboxClient) -> None:
     stream = sandbox.exec_stream(["printf", "a\\nb\\n"])
     chunks = [chunk.text for chunk in stream]
     assert chunks == ["a\n", "b\n"]
-    assert stream.result.exit_code == 0
+    assert stream.result().exit_code == 0
+
+
+def test_what_were_properties_still_read_as_values_with_a_warning(
+    gateway: FakeGateway, client: SandboxClient
+) -> None:
+    sandbox = client.create_environment()
+    stream = sandbox.exec_stream(["printf", "a"])
+    with pytest.warns(DeprecationWarning, match=r"ExecStream\.result is a method now"):
+        assert stream.result.exit_code == 0
+    gateway.auto_complete = False
+    experiment = sandbox.run_experiment(model="gpt-3", prompt="x")
+    with pytest.warns(DeprecationWarning, match=r"write \.status\(\)"):
+        assert experiment.status == ExperimentState.QUEUED
+    with pytest.warns(DeprecationWarning, match=r"Experiment\.state is a method now"):
+        assert str(experiment.state) == str(ExperimentState.QUEUED)
+    assert experiment.status() is ExperimentState.QUEUED
 
 
 def test_files_and_usage(client: SandboxClient) -> None:
@@ -290,7 +306,7 @@ def test_wait_times_out_with_advice(gateway: FakeGateway, client: SandboxClient)
     experiment = client.create_environment().run_experiment(model="gpt-3", prompt="x")
     with pytest.raises(SandboxTimeoutError, match="still QUEUED"):
         experiment.wait(timeout=0.3)
-    assert experiment.status is ExperimentState.QUEUED
+    assert experiment.status() is ExperimentState.QUEUED
     assert experiment.cancel().state is ExperimentState.CANCELLED
 
 

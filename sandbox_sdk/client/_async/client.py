@@ -1,39 +1,35 @@
-"""The asyncio client."""
+"""The client: environments, commands, experiments, models and API keys."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
 
 from sandbox_sdk.api.v1 import gateway_service_pb2, requests_pb2
 from sandbox_sdk.auth.credentials import TokenProvider
-from sandbox_sdk.client import requests as build
-from sandbox_sdk.client.aio_experiment import AsyncExperiment
-from sandbox_sdk.client.aio_sandbox import AsyncSandbox
-from sandbox_sdk.client.aio_transport import AsyncTransport
-from sandbox_sdk.client.channel import open_aio_channel
+from sandbox_sdk.client import request_messages as messages
+from sandbox_sdk.client._async import glue
+from sandbox_sdk.client._async.experiment import AsyncExperiment
+from sandbox_sdk.client._async.sandbox import AsyncSandbox
+from sandbox_sdk.client._async.transport import AsyncTransport
+from sandbox_sdk.client.options import RetryArgument, TlsArgument, resolve_options
+from sandbox_sdk.client.outcome import QUEUE_POLL_SECONDS, still_queued
 from sandbox_sdk.client.retry import RetryPolicy
-from sandbox_sdk.client.setup import RetryArgument, TlsArgument, prepare_client
 from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
 from sandbox_sdk.models.catalog import ModelInfo
 from sandbox_sdk.models.comparison import ExperimentComparison, compare_results
 from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy
-from sandbox_sdk.models.experiment import STATE_NUMBERS, ExperimentInfo, ExperimentState
+from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
 from sandbox_sdk.models.results import ExperimentResults
 from sandbox_sdk.utils.units import DurationLike, Size
 
 
 class AsyncSandboxClient:
-    """The asyncio counterpart of :class:`~sandbox_sdk.SandboxClient`, on ``grpc.aio``.
+    """Talks to a sandbox gateway: environments, commands, experiments, models, API keys.
 
-    Same arguments, settings and methods; calls are coroutines, listings and
-    streams are async iterators. Use ``async with`` or ``await client.close()``.
-
-    Settings: arguments override environment variables, which override the YAML file at
+    Arguments override environment variables, which override the YAML file at
     ``config_path`` (or ``$SANDBOX_CONFIG``), which overrides the defaults; see
     :mod:`sandbox_sdk.config`. Without a target and a key, the client talks to
     the local server's Unix socket ``<data_dir>/gateway.sock`` with its
@@ -55,7 +51,7 @@ class AsyncSandboxClient:
         config_path: str | os.PathLike[str] | None = None,
         settings: ClientSettings | None = None,
     ) -> None:
-        setup = prepare_client(
+        options = resolve_options(
             target=target,
             api_key=api_key,
             token_provider=token_provider,
@@ -65,40 +61,15 @@ class AsyncSandboxClient:
             config_path=config_path,
             settings=settings,
         )
-        self.settings = setup.settings
-        self.retry_policy = setup.retry
+        self.settings = options.settings
+        self.retry_policy = options.retry
         self._transport = AsyncTransport(
-            open_aio_channel(setup.settings),
-            auth=setup.auth,
-            timeout=setup.settings.timeout,
-            retry=setup.retry,
-            target=setup.settings.target,
-            observer=setup.observer,
+            glue.open_channel(options.settings),
+            settings=options.settings,
+            auth=options.auth,
+            retry=options.retry,
+            observer=options.observer,
         )
-
-    # -- plumbing shared with the handles -------------------------------------------------
-
-    async def _call(
-        self,
-        method: str,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> Any:
-        return await self._transport.unary(
-            self._transport.rpcs[method], request, timeout=timeout, retry=retry
-        )
-
-    async def _pages(
-        self, method: str, request: Any, *, timeout: float | None = None
-    ) -> AsyncIterator[Any]:
-        while True:
-            page = await self._call(method, request, timeout=timeout)
-            yield page
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
 
     # -- environments ----------------------------------------------------------------------
 
@@ -136,7 +107,7 @@ class AsyncSandboxClient:
         (``sandbox.info.queue_position``) instead of failing with
         :class:`CapacityExhaustedError`; ``timeout`` bounds the whole wait.
         """
-        request = build.create_environment_request(
+        request = messages.create_environment_request(
             cpu=cpu,
             memory=memory,
             disk=disk,
@@ -153,19 +124,21 @@ class AsyncSandboxClient:
             queue=queue,
         )
         deadline = None if timeout is None else time.monotonic() + timeout
-        response = await self._call("CreateEnvironment", request, timeout=timeout, retry=retry)
-        sandbox = AsyncSandbox(self, response.environment)
+        response = await self._transport.call(
+            "CreateEnvironment", request, timeout=timeout, retry=retry
+        )
+        sandbox = AsyncSandbox(self._transport, response.environment)
         if not queue:
             return sandbox
         return await self._until_admitted(sandbox, deadline)
 
     async def _until_admitted(self, sandbox: AsyncSandbox, deadline: float | None) -> AsyncSandbox:
         """Looks again, less and less often, until a queued environment is no longer waiting."""
-        pause, longest = build.QUEUE_POLL_SECONDS
+        pause, longest = QUEUE_POLL_SECONDS
         while sandbox.info.state in (EnvironmentState.QUEUED, EnvironmentState.CREATING):
             if deadline is not None and time.monotonic() + pause > deadline:
-                raise build.still_queued(sandbox.info)
-            await asyncio.sleep(pause)
+                raise still_queued(sandbox.info)
+            await glue.sleep(pause)
             pause = min(2 * pause, longest)
             sandbox = await self.get_environment(sandbox.id)
         return sandbox
@@ -174,13 +147,13 @@ class AsyncSandboxClient:
         self, environment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> AsyncSandbox:
         """The environment with this id (:class:`NotFoundError` if it is not yours)."""
-        response = await self._call(
+        response = await self._transport.call(
             "GetEnvironment",
             requests_pb2.GetEnvironmentRequest(environment_id=environment_id),
             timeout=timeout,
             retry=retry,
         )
-        return AsyncSandbox(self, response.environment)
+        return AsyncSandbox(self._transport, response.environment)
 
     async def list_environments(
         self,
@@ -194,9 +167,9 @@ class AsyncSandboxClient:
         request = requests_pb2.ListEnvironmentsRequest(
             page_size=page_size, label_selector=dict(labels or {}), show_terminated=show_terminated
         )
-        async for page in self._pages("ListEnvironments", request, timeout=timeout):
+        async for page in self._transport.pages("ListEnvironments", request, timeout=timeout):
             for environment in page.environments:
-                yield AsyncSandbox(self, environment)
+                yield AsyncSandbox(self._transport, environment)
 
     # -- experiments -----------------------------------------------------------------------
 
@@ -204,13 +177,13 @@ class AsyncSandboxClient:
         self, experiment_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> AsyncExperiment:
         """The experiment with this id."""
-        response = await self._call(
+        response = await self._transport.call(
             "GetExperiment",
             requests_pb2.GetExperimentRequest(experiment_id=experiment_id),
             timeout=timeout,
             retry=retry,
         )
-        return AsyncExperiment(self, ExperimentInfo.from_proto(response.experiment))
+        return AsyncExperiment(self._transport, ExperimentInfo.from_proto(response.experiment))
 
     async def list_experiments(
         self,
@@ -222,15 +195,12 @@ class AsyncSandboxClient:
         timeout: float | None = None,
     ) -> AsyncIterator[AsyncExperiment]:
         """Your experiments, newest first, fetched page by page as you iterate."""
-        request = requests_pb2.ListExperimentsRequest(
-            page_size=page_size,
-            label_selector=dict(labels or {}),
-            environment_id=environment_id,
-            states=[STATE_NUMBERS[ExperimentState(str(s).upper())] for s in states],  # type: ignore[misc]
+        request = messages.list_experiments_request(
+            labels=labels, environment_id=environment_id, states=states, page_size=page_size
         )
-        async for page in self._pages("ListExperiments", request, timeout=timeout):
+        async for page in self._transport.pages("ListExperiments", request, timeout=timeout):
             for experiment in page.experiments:
-                yield AsyncExperiment(self, ExperimentInfo.from_proto(experiment))
+                yield AsyncExperiment(self._transport, ExperimentInfo.from_proto(experiment))
 
     async def get_results(
         self, experiment_id: str, timeout: DurationLike | None = None
@@ -261,7 +231,7 @@ class AsyncSandboxClient:
         request = requests_pb2.ListModelsRequest()
         return [
             ModelInfo.from_proto(model)
-            async for page in self._pages("ListModels", request, timeout=timeout)
+            async for page in self._transport.pages("ListModels", request, timeout=timeout)
             for model in page.models
         ]
 
@@ -280,10 +250,10 @@ class AsyncSandboxClient:
         keys of its own tenant only (another tenant is :class:`PermissionDeniedError`);
         an operator key creates keys of any tenant, and only it creates operator keys.
         """
-        request = build.create_api_key_request(
+        request = messages.create_api_key_request(
             tenant=tenant, scopes=scopes, display_name=display_name, ttl=ttl
         )
-        response = await self._call("CreateApiKey", request, timeout=timeout)
+        response = await self._transport.call("CreateApiKey", request, timeout=timeout)
         return CreatedApiKey(ApiKeyInfo.from_proto(response.api_key), response.secret)
 
     async def list_api_keys(
@@ -295,7 +265,7 @@ class AsyncSandboxClient:
         or only ``tenant``'s when it is given.
         """
         request = gateway_service_pb2.ListApiKeysRequest(tenant=tenant, show_revoked=show_revoked)
-        async for page in self._pages("ListApiKeys", request, timeout=timeout):
+        async for page in self._transport.pages("ListApiKeys", request, timeout=timeout):
             for key in page.api_keys:
                 yield ApiKeyInfo.from_proto(key)
 
@@ -308,7 +278,7 @@ class AsyncSandboxClient:
         :class:`NotFoundError`); only an operator key revokes operator keys.
         """
         request = gateway_service_pb2.RevokeApiKeyRequest(api_key_id=api_key_id)
-        response = await self._call("RevokeApiKey", request, timeout=timeout, retry=retry)
+        response = await self._transport.call("RevokeApiKey", request, timeout=timeout, retry=retry)
         return ApiKeyInfo.from_proto(response.api_key)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -324,4 +294,4 @@ class AsyncSandboxClient:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"AsyncSandboxClient(target={self.settings.target!r})"
+        return f"{type(self).__name__}(target={self.settings.target!r})"

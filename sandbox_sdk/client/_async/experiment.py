@@ -1,14 +1,15 @@
-"""A handle on one experiment (asyncio)."""
+"""A handle on one experiment."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from sandbox_sdk.api.v1 import requests_pb2
-from sandbox_sdk.client.aio_streams import AsyncServerStream
+from sandbox_sdk.client._async import glue
+from sandbox_sdk.client._async.streams import AsyncServerStream
+from sandbox_sdk.client._async.transport import AsyncTransport
 from sandbox_sdk.client.outcome import ensure_succeeded, still_running_error
-from sandbox_sdk.client.requests import seconds
+from sandbox_sdk.client.request_messages import seconds
 from sandbox_sdk.client.retry import RetryPolicy
 from sandbox_sdk.client.stream_state import EventCursor
 from sandbox_sdk.errors import SandboxTimeoutError
@@ -23,20 +24,14 @@ from sandbox_sdk.models.experiment import (
 from sandbox_sdk.models.results import ExperimentResults
 from sandbox_sdk.utils.units import DurationLike
 
-if TYPE_CHECKING:
-    from sandbox_sdk.client.aio_client import AsyncSandboxClient
-
 RESULTS_PAGE_SIZE = 1000
 
 
 class AsyncExperiment:
-    """The asyncio counterpart of :class:`~sandbox_sdk.Experiment`.
+    """An experiment; ``info`` is the last snapshot, ``status()`` asks the service again."""
 
-    ``status``/``state`` are coroutines here: ``await experiment.status()``.
-    """
-
-    def __init__(self, client: AsyncSandboxClient, info: ExperimentInfo) -> None:
-        self._client = client
+    def __init__(self, transport: AsyncTransport, info: ExperimentInfo) -> None:
+        self._transport = transport
         self.info = info
 
     @property
@@ -44,10 +39,12 @@ class AsyncExperiment:
         """The experiment's id."""
         return self.info.id
 
+    @glue.was_a_sync_property
     async def status(self) -> ExperimentState:
         """The current state, fetched from the service."""
         return (await self.refresh()).state
 
+    @glue.was_a_sync_property
     async def state(self) -> ExperimentState:
         """The current state, fetched from the service (same as ``status``)."""
         return await self.status()
@@ -56,7 +53,7 @@ class AsyncExperiment:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> ExperimentInfo:
         """Fetches the latest snapshot into ``info`` and returns it."""
-        response = await self._client._call(
+        response = await self._transport.call(
             "GetExperiment",
             requests_pb2.GetExperimentRequest(experiment_id=self.id),
             timeout=timeout,
@@ -69,7 +66,7 @@ class AsyncExperiment:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> ExperimentInfo:
         """Cancels the experiment if it has not finished; returns the new snapshot."""
-        response = await self._client._call(
+        response = await self._transport.call(
             "CancelExperiment",
             requests_pb2.CancelExperimentRequest(experiment_id=self.id),
             timeout=timeout,
@@ -79,9 +76,13 @@ class AsyncExperiment:
         return self.info
 
     async def wait(self, timeout: DurationLike | None = None) -> ExperimentInfo:
-        """Waits until the experiment reaches a final state (see ``Experiment.wait``)."""
-        limit = seconds(timeout) or self._client.settings.wait_timeout
-        clock = self._client.retry_policy.clock
+        """Waits until the experiment reaches a final state, following its events.
+
+        ``timeout`` defaults to the ``wait_timeout`` setting (600 s); when it runs
+        out, :class:`SandboxTimeoutError` is raised and the experiment goes on.
+        """
+        limit = seconds(timeout) or self._transport.settings.wait_timeout
+        clock = self._transport.retry.clock
         ends_at = clock() + limit
         info = await self.refresh()
         while not info.state.is_final:
@@ -104,7 +105,7 @@ class AsyncExperiment:
     async def get_results(
         self, timeout: DurationLike | None = None, *, raise_on_failure: bool = True
     ) -> ExperimentResults:
-        """Waits for the experiment to finish, then fetches all results.
+        """Waits for the experiment to finish (see :meth:`wait`), then fetches all results.
 
         Raises :class:`ExperimentFailedError` if it ended FAILED, TIMED_OUT or
         CANCELLED, unless ``raise_on_failure`` is false.
@@ -115,7 +116,7 @@ class AsyncExperiment:
         request = requests_pb2.GetExperimentResultsRequest(
             experiment_id=self.id, page_size=RESULTS_PAGE_SIZE
         )
-        pages = [page async for page in self._client._pages("GetExperimentResults", request)]
+        pages = [page async for page in self._transport.pages("GetExperimentResults", request)]
         return ExperimentResults.from_pages(pages)
 
     def events(
@@ -126,13 +127,16 @@ class AsyncExperiment:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> AsyncServerStream[ExperimentEvent]:
-        """The experiment's events after ``after_sequence``, each exactly once and in order,
-        resumed from the last one seen if the connection breaks."""
+        """The experiment's events after ``after_sequence``, each exactly once and in order.
+
+        With ``follow`` the stream stays open until the experiment finishes. A
+        broken connection is resumed from the last event seen until the retry
+        policy's deadline passes without progress.
+        """
         cursor = EventCursor(self.id, after_sequence, follow)
-        transport = self._client._transport
         return AsyncServerStream(
-            transport,
-            transport.rpcs["StreamExperimentEvents"],
+            self._transport,
+            self._transport.rpcs["StreamExperimentEvents"],
             cursor.request,
             cursor.convert,
             timeout=timeout,
@@ -141,18 +145,18 @@ class AsyncExperiment:
         )
 
     async def stream_logs(self, *, follow: bool = True) -> AsyncIterator[LogLine]:
-        """The experiment's log lines."""
+        """The experiment's log lines (close the iterator to stop early)."""
         async with self.events(follow=follow) as stream:
             async for event in stream:
                 if isinstance(event.payload, LogLine):
                     yield event.payload
 
     async def stream_metrics(self, *, follow: bool = True) -> AsyncIterator[MetricSample]:
-        """The experiment's metric samples."""
+        """The experiment's metric samples (close the iterator to stop early)."""
         async with self.events(follow=follow) as stream:
             async for event in stream:
                 if isinstance(event.payload, MetricSample):
                     yield event.payload
 
     def __repr__(self) -> str:
-        return f"AsyncExperiment(id={self.id!r}, state={self.info.state.value})"
+        return f"{type(self).__name__}(id={self.id!r}, state={self.info.state.value})"

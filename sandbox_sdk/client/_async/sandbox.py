@@ -1,42 +1,38 @@
-"""A handle on one environment (asyncio)."""
+"""A handle on one environment."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
-from sandbox_sdk.client import requests as build
-from sandbox_sdk.client.aio_experiment import AsyncExperiment
-from sandbox_sdk.client.aio_streams import AsyncExecStream, AsyncServerStream
+from sandbox_sdk.client import request_messages as messages
+from sandbox_sdk.client._async.experiment import AsyncExperiment
+from sandbox_sdk.client._async.streams import AsyncExecStream, AsyncServerStream
+from sandbox_sdk.client._async.transport import AsyncTransport
 from sandbox_sdk.client.retry import RetryPolicy
 from sandbox_sdk.client.stream_state import usage_from_response
 from sandbox_sdk.errors import NotFoundError
 from sandbox_sdk.models.environment import EnvironmentInfo, EnvironmentState, ResourceLimits
 from sandbox_sdk.models.execution import ExecResult
-from sandbox_sdk.models.experiment import ExperimentInfo
+from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
 from sandbox_sdk.models.files import FileInfo
 from sandbox_sdk.models.usage import ResourceUsage, UsageReport
 from sandbox_sdk.utils.units import DurationLike, to_duration_pb
-
-if TYPE_CHECKING:
-    from sandbox_sdk.client.aio_client import AsyncSandboxClient
 
 # Extra time the exec call gets beyond the command's own limit, to report the exit.
 EXEC_DEADLINE_MARGIN = 30.0
 
 
 class AsyncSandbox:
-    """The asyncio counterpart of :class:`~sandbox_sdk.Sandbox`; ``async with`` deletes it.
+    """An environment; leaving a ``with`` block on it deletes it.
 
     ``info`` is the last snapshot; :meth:`refresh` fetches a new one.
     """
 
-    def __init__(
-        self, client: AsyncSandboxClient, environment: environment_pb2.Environment
-    ) -> None:
-        self._client = client
+    def __init__(self, transport: AsyncTransport, environment: environment_pb2.Environment) -> None:
+        self._transport = transport
         self._set(environment)
 
     def _set(self, environment: environment_pb2.Environment) -> None:
@@ -65,7 +61,7 @@ class AsyncSandbox:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> EnvironmentInfo:
         """Fetches the latest snapshot into ``info`` and returns it."""
-        response = await self._client._call(
+        response = await self._transport.call(
             "GetEnvironment",
             requests_pb2.GetEnvironmentRequest(environment_id=self.id),
             timeout=timeout,
@@ -84,10 +80,10 @@ class AsyncSandbox:
         retry: RetryPolicy | None = None,
     ) -> EnvironmentInfo:
         """Replaces the labels and/or changes the ttl or idle timeout."""
-        request = build.update_environment_request(
+        request = messages.update_environment_request(
             self.id, labels=labels, ttl=ttl, idle_timeout=idle_timeout
         )
-        response = await self._client._call(
+        response = await self._transport.call(
             "UpdateEnvironment", request, timeout=timeout, retry=retry
         )
         self._set(response.environment)
@@ -97,7 +93,7 @@ class AsyncSandbox:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> EnvironmentInfo:
         """Kills the environment's processes and removes its workspace (idempotent)."""
-        response = await self._client._call(
+        response = await self._transport.call(
             "DeleteEnvironment",
             requests_pb2.DeleteEnvironmentRequest(environment_id=self.id),
             timeout=timeout,
@@ -137,12 +133,14 @@ class AsyncSandbox:
     ) -> AsyncExecStream:
         """Runs a command, yielding :class:`OutputChunk` s as they are written.
 
-        After iteration, ``await stream.result()`` is the :class:`ExecResult`.
+        After iteration, ``stream.result()`` is the :class:`ExecResult`.
         """
-        request = build.exec_request(self.id, cmd, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
-        limit = build.seconds(timeout)
+        request = messages.exec_request(
+            self.id, cmd, cwd=cwd, env=env, stdin=stdin, timeout=timeout
+        )
+        limit = messages.seconds(timeout)
         deadline = limit + EXEC_DEADLINE_MARGIN if limit else None
-        return AsyncExecStream(self._client._transport, request, timeout=deadline)
+        return AsyncExecStream(self._transport, request, timeout=deadline)
 
     async def write_file(
         self,
@@ -163,13 +161,13 @@ class AsyncSandbox:
             environment_id=self.id,
             file=environment_pb2.FileContent(path=path, content=data, mode=mode),
         )
-        response = await self._client._call("WriteFile", request, timeout=timeout, retry=retry)
+        response = await self._transport.call("WriteFile", request, timeout=timeout, retry=retry)
         return FileInfo.from_proto(response.file)
 
     async def read_file(self, path: str, *, timeout: float | None = None) -> bytes:
         """The bytes of the workspace file at ``path``."""
         request = requests_pb2.ReadFileRequest(environment_id=self.id, path=path)
-        response = await self._client._call("ReadFile", request, timeout=timeout)
+        response = await self._transport.call("ReadFile", request, timeout=timeout)
         content: bytes = response.content
         return content
 
@@ -182,14 +180,14 @@ class AsyncSandbox:
         request = requests_pb2.ListFilesRequest(
             environment_id=self.id, path=path, page_size=page_size
         )
-        async for page in self._client._pages("ListFiles", request):
+        async for page in self._transport.pages("ListFiles", request):
             for item in page.files:
                 yield FileInfo.from_proto(item)
 
     async def usage(self, *, timeout: float | None = None) -> UsageReport:
         """The latest resource usage sample next to the limits."""
         request = requests_pb2.GetEnvironmentUsageRequest(environment_id=self.id)
-        response = await self._client._call("GetEnvironmentUsage", request, timeout=timeout)
+        response = await self._transport.call("GetEnvironmentUsage", request, timeout=timeout)
         return UsageReport(
             usage=ResourceUsage.from_proto(response.usage),
             limits=ResourceLimits.from_proto(response.limits),
@@ -200,12 +198,11 @@ class AsyncSandbox:
     ) -> AsyncServerStream[ResourceUsage]:
         """Usage samples every ``interval`` until the environment ends (reconnects if broken)."""
         request = requests_pb2.StreamEnvironmentUsageRequest(
-            environment_id=self.id, interval=to_duration_pb(build.seconds(interval) or 1.0)
+            environment_id=self.id, interval=to_duration_pb(messages.seconds(interval) or 1.0)
         )
-        transport = self._client._transport
         return AsyncServerStream(
-            transport,
-            transport.rpcs["StreamEnvironmentUsage"],
+            self._transport,
+            self._transport.rpcs["StreamEnvironmentUsage"],
             lambda: request,
             usage_from_response,
             timeout=timeout,
@@ -218,10 +215,10 @@ class AsyncSandbox:
         model: str,
         prompt: str | None = None,
         prompts: Iterable[str] | None = None,
-        inputs: Iterable[build.InputLike] | None = None,
+        inputs: Iterable[messages.InputLike] | None = None,
         dataset_path: str | None = None,
         parameters: Mapping[str, Any] | None = None,
-        scorers: Iterable[build.ScorerLike] | None = None,
+        scorers: Iterable[messages.ScorerLike] | None = None,
         repeats: int | None = None,
         system_prompt: str | None = None,
         timeout: DurationLike | None = None,
@@ -236,7 +233,7 @@ class AsyncSandbox:
         stop are typed; other keys go to the provider. ``timeout`` bounds the
         whole experiment on the server.
         """
-        request = build.create_experiment_request(
+        request = messages.create_experiment_request(
             self.id,
             model=model,
             prompt=prompt,
@@ -251,12 +248,24 @@ class AsyncSandbox:
             priority=priority,
             labels=labels,
         )
-        response = await self._client._call("CreateExperiment", request)
-        return AsyncExperiment(self._client, ExperimentInfo.from_proto(response.experiment))
+        response = await self._transport.call("CreateExperiment", request)
+        return AsyncExperiment(self._transport, ExperimentInfo.from_proto(response.experiment))
 
-    def list_experiments(self, **filters: Any) -> AsyncIterator[AsyncExperiment]:
-        """This environment's experiments (see ``AsyncSandboxClient.list_experiments``)."""
-        return self._client.list_experiments(environment_id=self.id, **filters)
+    async def list_experiments(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        states: Iterable[ExperimentState | str] = (),
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[AsyncExperiment]:
+        """This environment's experiments, newest first, fetched page by page as you iterate."""
+        request = messages.list_experiments_request(
+            labels=labels, environment_id=self.id, states=states, page_size=page_size
+        )
+        async for page in self._transport.pages("ListExperiments", request, timeout=timeout):
+            for experiment in page.experiments:
+                yield AsyncExperiment(self._transport, ExperimentInfo.from_proto(experiment))
 
     async def __aenter__(self) -> AsyncSandbox:
         return self
@@ -266,4 +275,4 @@ class AsyncSandbox:
             await self.delete()
 
     def __repr__(self) -> str:
-        return f"AsyncSandbox(id={self.id!r}, state={self.info.state.value})"
+        return f"{type(self).__name__}(id={self.id!r}, state={self.info.state.value})"

@@ -1,4 +1,4 @@
-"""Server streams (asyncio) as closable async iterators that resume after a broken connection."""
+"""Server streams as closable iterators that resume after a broken connection."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
-import grpc.aio
 
 from sandbox_sdk.auth.credentials import RefreshOnce
-from sandbox_sdk.client.aio_transport import AsyncTransport
+from sandbox_sdk.client._async import glue
+from sandbox_sdk.client._async.transport import AsyncTransport
 from sandbox_sdk.client.calls import Rpc, translate
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
 from sandbox_sdk.client.stream_state import ExecCollector
@@ -21,10 +21,15 @@ T = TypeVar("T")
 
 
 class AsyncServerStream(Generic[T]):
-    """The ``async for`` counterpart of :class:`~sandbox_sdk.client.streams.ServerStream`.
+    """Iterates over one server-streaming call, converting each message.
 
-    The call starts on the first ``__anext__``. ``aclose()`` (or ``async with``)
-    cancels it.
+    ``convert`` may return ``None`` to skip a message. When ``resumable``, a
+    retryable failure (per the retry policy; UNAVAILABLE by default) reopens the
+    call with ``request()`` (which should ask to continue where the stream
+    stopped) until the policy's deadline passes without progress. ``timeout``
+    bounds the whole stream. The call starts with the first item asked for;
+    closing the stream (``close``, leaving a ``with`` block, or garbage
+    collection) cancels it.
     """
 
     def __init__(
@@ -65,15 +70,14 @@ class AsyncServerStream(Generic[T]):
             if self._closed:
                 raise StopAsyncIteration
             try:
-                message = await self._call.read()
+                message = await glue.next_message(self._call)
             except grpc.RpcError as error:
                 await self._reopen_or_raise(error)
                 continue
-            if message is grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc-stubs
+            if message is None:
                 self._finish("OK")
                 raise StopAsyncIteration
-            if self._attempts is not None:
-                self._attempts = None
+            self._attempts = None  # progress: a later outage gets a fresh deadline
             item = self._convert(message)
             if item is not None:
                 return item
@@ -141,7 +145,10 @@ class AsyncServerStream(Generic[T]):
 
 
 class AsyncExecStream(AsyncServerStream[OutputChunk]):
-    """A running command's output, chunk by chunk; ``await result()`` once it has ended."""
+    """The output of a running command, chunk by chunk; ``result()`` once it has ended.
+
+    ``result()`` holds the exit status and the whole output (capped by the server).
+    """
 
     def __init__(self, transport: AsyncTransport, request: Any, *, timeout: float | None) -> None:
         self._collector = ExecCollector(tuple(request.argv))
@@ -153,6 +160,7 @@ class AsyncExecStream(AsyncServerStream[OutputChunk]):
             timeout=timeout,
         )
 
+    @glue.was_a_sync_property
     async def result(self) -> ExecResult:
         """The command's result, reading any output left first."""
         if not self._collector.finished:

@@ -1,41 +1,71 @@
-"""Sending calls (asyncio): the ``grpc.aio`` counterpart of :mod:`.transport`."""
+"""Sending calls: credentials, timeouts, retries, error translation, metrics.
+
+The hot path of a successful unary call is one stub call with precomputed
+metadata; retry and metrics bookkeeping happen only on failure or when enabled.
+The handles (sandboxes, experiments, streams) call the gateway through this
+object only.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import grpc.aio
 
 from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.auth.credentials import BearerAuth, RefreshOnce
+from sandbox_sdk.client._async import glue
 from sandbox_sdk.client.calls import Rpc, method_table, translate
 from sandbox_sdk.client.retry import Attempts, RetryPolicy
+from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.monitoring.rpc_metrics import RpcObserver
 
 
 class AsyncTransport:
-    """Calls the gateway's methods over one ``grpc.aio`` channel."""
+    """Calls the gateway's methods over one channel."""
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: glue.Channel,
         *,
+        settings: ClientSettings,
         auth: BearerAuth,
-        timeout: float,
         retry: RetryPolicy,
-        target: str,
         observer: RpcObserver | None = None,
     ) -> None:
         self.channel = channel
+        self.settings = settings
         self.auth = auth
-        self.timeout = timeout
+        self.timeout = settings.timeout
         self.retry = retry
-        self.target = target
+        self.target = settings.target
         self.observer = observer
         self.rpcs = method_table(gateway_service_pb2_grpc.GatewayServiceStub(channel))
+
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
+        """Calls the unary GatewayService method named ``method``."""
+        return await self.unary(self.rpcs[method], request, timeout=timeout, retry=retry)
+
+    async def pages(
+        self, method: str, request: Any, *, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Every page of a list method, fetched as the caller iterates."""
+        while True:
+            page = await self.call(method, request, timeout=timeout)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     async def unary(
         self,
@@ -114,9 +144,9 @@ class AsyncTransport:
         return response
 
     async def open_stream(self, rpc: Rpc, request: Any, *, timeout: float | None = None) -> Any:
-        """Starts a server-streaming call; read responses with ``await call.read()``."""
+        """Starts a server-streaming call; read it with :func:`glue.next_message`."""
         return rpc.call(request, timeout=timeout, metadata=await self.auth.metadata_async())
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls in flight."""
-        await self.channel.close(None)
+        await glue.close_channel(self.channel)
