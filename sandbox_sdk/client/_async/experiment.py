@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.client._async import glue
@@ -53,25 +54,21 @@ class AsyncExperiment:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> ExperimentInfo:
         """Fetches the latest snapshot into ``info`` and returns it."""
-        response = await self._transport.call(
-            "GetExperiment",
-            requests_pb2.GetExperimentRequest(experiment_id=self.id),
-            timeout=timeout,
-            retry=retry,
-        )
-        self.info = ExperimentInfo.from_proto(response.experiment)
-        return self.info
+        request = requests_pb2.GetExperimentRequest(experiment_id=self.id)
+        return await self._snapshot_from("GetExperiment", request, timeout, retry)
 
     async def cancel(
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> ExperimentInfo:
         """Cancels the experiment if it has not finished; returns the new snapshot."""
-        response = await self._transport.call(
-            "CancelExperiment",
-            requests_pb2.CancelExperimentRequest(experiment_id=self.id),
-            timeout=timeout,
-            retry=retry,
-        )
+        request = requests_pb2.CancelExperimentRequest(experiment_id=self.id)
+        return await self._snapshot_from("CancelExperiment", request, timeout, retry)
+
+    async def _snapshot_from(
+        self, method: str, request: Any, timeout: float | None, retry: RetryPolicy | None
+    ) -> ExperimentInfo:
+        """Calls a method answering with the experiment, and keeps that snapshot."""
+        response = await self._transport.call(method, request, timeout=timeout, retry=retry)
         self.info = ExperimentInfo.from_proto(response.experiment)
         return self.info
 

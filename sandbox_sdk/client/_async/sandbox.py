@@ -61,14 +61,8 @@ class AsyncSandbox:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> EnvironmentInfo:
         """Fetches the latest snapshot into ``info`` and returns it."""
-        response = await self._transport.call(
-            "GetEnvironment",
-            requests_pb2.GetEnvironmentRequest(environment_id=self.id),
-            timeout=timeout,
-            retry=retry,
-        )
-        self._set(response.environment)
-        return self.info
+        request = requests_pb2.GetEnvironmentRequest(environment_id=self.id)
+        return await self._snapshot_from("GetEnvironment", request, timeout, retry)
 
     async def update(
         self,
@@ -83,22 +77,20 @@ class AsyncSandbox:
         request = messages.update_environment_request(
             self.id, labels=labels, ttl=ttl, idle_timeout=idle_timeout
         )
-        response = await self._transport.call(
-            "UpdateEnvironment", request, timeout=timeout, retry=retry
-        )
-        self._set(response.environment)
-        return self.info
+        return await self._snapshot_from("UpdateEnvironment", request, timeout, retry)
 
     async def delete(
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> EnvironmentInfo:
         """Kills the environment's processes and removes its workspace (idempotent)."""
-        response = await self._transport.call(
-            "DeleteEnvironment",
-            requests_pb2.DeleteEnvironmentRequest(environment_id=self.id),
-            timeout=timeout,
-            retry=retry,
-        )
+        request = requests_pb2.DeleteEnvironmentRequest(environment_id=self.id)
+        return await self._snapshot_from("DeleteEnvironment", request, timeout, retry)
+
+    async def _snapshot_from(
+        self, method: str, request: Any, timeout: float | None, retry: RetryPolicy | None
+    ) -> EnvironmentInfo:
+        """Calls a method answering with the environment, and keeps that snapshot."""
+        response = await self._transport.call(method, request, timeout=timeout, retry=retry)
         self._set(response.environment)
         return self.info
 

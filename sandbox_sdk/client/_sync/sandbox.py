@@ -63,14 +63,8 @@ class Sandbox:
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> EnvironmentInfo:
         """Fetches the latest snapshot into ``info`` and returns it."""
-        response = self._transport.call(
-            "GetEnvironment",
-            requests_pb2.GetEnvironmentRequest(environment_id=self.id),
-            timeout=timeout,
-            retry=retry,
-        )
-        self._set(response.environment)
-        return self.info
+        request = requests_pb2.GetEnvironmentRequest(environment_id=self.id)
+        return self._snapshot_from("GetEnvironment", request, timeout, retry)
 
     def update(
         self,
@@ -85,20 +79,20 @@ class Sandbox:
         request = messages.update_environment_request(
             self.id, labels=labels, ttl=ttl, idle_timeout=idle_timeout
         )
-        response = self._transport.call("UpdateEnvironment", request, timeout=timeout, retry=retry)
-        self._set(response.environment)
-        return self.info
+        return self._snapshot_from("UpdateEnvironment", request, timeout, retry)
 
     def delete(
         self, *, timeout: float | None = None, retry: RetryPolicy | None = None
     ) -> EnvironmentInfo:
         """Kills the environment's processes and removes its workspace (idempotent)."""
-        response = self._transport.call(
-            "DeleteEnvironment",
-            requests_pb2.DeleteEnvironmentRequest(environment_id=self.id),
-            timeout=timeout,
-            retry=retry,
-        )
+        request = requests_pb2.DeleteEnvironmentRequest(environment_id=self.id)
+        return self._snapshot_from("DeleteEnvironment", request, timeout, retry)
+
+    def _snapshot_from(
+        self, method: str, request: Any, timeout: float | None, retry: RetryPolicy | None
+    ) -> EnvironmentInfo:
+        """Calls a method answering with the environment, and keeps that snapshot."""
+        response = self._transport.call(method, request, timeout=timeout, retry=retry)
         self._set(response.environment)
         return self.info
 
