@@ -3,7 +3,9 @@
 The official client's own retries are disabled: failures become
 :class:`ProviderError` values marked retryable (429, 408, 409, 5xx, timeouts,
 dropped connections) with the server's ``Retry-After``, and the engine's
-single retry policy decides what happens next.
+single retry policy decides what happens next. The client's retries honour
+Retry-After too, but cover only the opening request, not a stream that drops
+midway, and would retry unseen by the experiment's log and retry metric.
 """
 
 from __future__ import annotations
