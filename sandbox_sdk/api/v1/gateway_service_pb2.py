@@ -24,32 +24,75 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from sandbox_sdk.api.v1 import options_pb2 as sandbox_dot_v1_dot_options__pb2
 from sandbox_sdk.api.v1 import requests_pb2 as sandbox_dot_v1_dot_requests__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n sandbox/v1/gateway_service.proto\x12\nsandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sandbox/v1/requests.proto\"\xf6\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\'\n\x06scopes\x18\x03 \x03(\x0e\x32\x17.sandbox.v1.ApiKeyScope\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x06scopes\x18\x02 \x03(\x0e\x32\x17.sandbox.v1.ApiKeyScope\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"K\n\x14\x43reateApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.sandbox.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"a\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x04 \x01(\x08\"T\n\x13ListApiKeysResponse\x12$\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x12.sandbox.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\";\n\x14RevokeApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.sandbox.v1.ApiKey*\x92\x01\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41PI_KEY_SCOPE_READ\x10\x01\x12\x17\n\x13\x41PI_KEY_SCOPE_WRITE\x10\x02\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x03\x12\x1a\n\x16\x41PI_KEY_SCOPE_OPERATOR\x10\x04\x32\x87\x0f\n\x0eGatewayService\x12`\n\x11\x43reateEnvironment\x12$.sandbox.v1.CreateEnvironmentRequest\x1a%.sandbox.v1.CreateEnvironmentResponse\x12W\n\x0eGetEnvironment\x12!.sandbox.v1.GetEnvironmentRequest\x1a\".sandbox.v1.GetEnvironmentResponse\x12]\n\x10ListEnvironments\x12#.sandbox.v1.ListEnvironmentsRequest\x1a$.sandbox.v1.ListEnvironmentsResponse\x12`\n\x11UpdateEnvironment\x12$.sandbox.v1.UpdateEnvironmentRequest\x1a%.sandbox.v1.UpdateEnvironmentResponse\x12`\n\x11\x44\x65leteEnvironment\x12$.sandbox.v1.DeleteEnvironmentRequest\x1a%.sandbox.v1.DeleteEnvironmentResponse\x12P\n\x0b\x45xecCommand\x12\x1e.sandbox.v1.ExecCommandRequest\x1a\x1f.sandbox.v1.ExecCommandResponse0\x01\x12H\n\tWriteFile\x12\x1c.sandbox.v1.WriteFileRequest\x1a\x1d.sandbox.v1.WriteFileResponse\x12\x45\n\x08ReadFile\x12\x1b.sandbox.v1.ReadFileRequest\x1a\x1c.sandbox.v1.ReadFileResponse\x12H\n\tListFiles\x12\x1c.sandbox.v1.ListFilesRequest\x1a\x1d.sandbox.v1.ListFilesResponse\x12\x66\n\x13GetEnvironmentUsage\x12&.sandbox.v1.GetEnvironmentUsageRequest\x1a\'.sandbox.v1.GetEnvironmentUsageResponse\x12q\n\x16StreamEnvironmentUsage\x12).sandbox.v1.StreamEnvironmentUsageRequest\x1a*.sandbox.v1.StreamEnvironmentUsageResponse0\x01\x12]\n\x10\x43reateExperiment\x12#.sandbox.v1.CreateExperimentRequest\x1a$.sandbox.v1.CreateExperimentResponse\x12T\n\rGetExperiment\x12 .sandbox.v1.GetExperimentRequest\x1a!.sandbox.v1.GetExperimentResponse\x12Z\n\x0fListExperiments\x12\".sandbox.v1.ListExperimentsRequest\x1a#.sandbox.v1.ListExperimentsResponse\x12]\n\x10\x43\x61ncelExperiment\x12#.sandbox.v1.CancelExperimentRequest\x1a$.sandbox.v1.CancelExperimentResponse\x12i\n\x14GetExperimentResults\x12\'.sandbox.v1.GetExperimentResultsRequest\x1a(.sandbox.v1.GetExperimentResultsResponse\x12q\n\x16StreamExperimentEvents\x12).sandbox.v1.StreamExperimentEventsRequest\x1a*.sandbox.v1.StreamExperimentEventsResponse0\x01\x12K\n\nListModels\x12\x1d.sandbox.v1.ListModelsRequest\x1a\x1e.sandbox.v1.ListModelsResponse\x12Q\n\x0c\x43reateApiKey\x12\x1f.sandbox.v1.CreateApiKeyRequest\x1a .sandbox.v1.CreateApiKeyResponse\x12N\n\x0bListApiKeys\x12\x1e.sandbox.v1.ListApiKeysRequest\x1a\x1f.sandbox.v1.ListApiKeysResponse\x12Q\n\x0cRevokeApiKey\x12\x1f.sandbox.v1.RevokeApiKeyRequest\x1a .sandbox.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n sandbox/v1/gateway_service.proto\x12\nsandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18sandbox/v1/options.proto\x1a\x19sandbox/v1/requests.proto\"\xf6\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\'\n\x06scopes\x18\x03 \x03(\x0e\x32\x17.sandbox.v1.ApiKeyScope\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x06scopes\x18\x02 \x03(\x0e\x32\x17.sandbox.v1.ApiKeyScope\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"K\n\x14\x43reateApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.sandbox.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"a\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x04 \x01(\x08\"T\n\x13ListApiKeysResponse\x12$\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x12.sandbox.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13RevokeApiKeyRequest\x12\x12\n\napi_key_id\x18\x01 \x01(\t\";\n\x14RevokeApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.sandbox.v1.ApiKey*\x92\x01\n\x0b\x41piKeyScope\x12\x1d\n\x19\x41PI_KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41PI_KEY_SCOPE_READ\x10\x01\x12\x17\n\x13\x41PI_KEY_SCOPE_WRITE\x10\x02\x12\x17\n\x13\x41PI_KEY_SCOPE_ADMIN\x10\x03\x12\x1a\n\x16\x41PI_KEY_SCOPE_OPERATOR\x10\x04\x32\x96\x11\n\x0eGatewayService\x12n\n\x11\x43reateEnvironment\x12$.sandbox.v1.CreateEnvironmentRequest\x1a%.sandbox.v1.CreateEnvironmentResponse\"\x0c\xe2\xe0\x18\x08\x08\x01\x10\x02\x18\x01 \x01\x12\x64\n\x0eGetEnvironment\x12!.sandbox.v1.GetEnvironmentRequest\x1a\".sandbox.v1.GetEnvironmentResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x02\x12j\n\x10ListEnvironments\x12#.sandbox.v1.ListEnvironmentsRequest\x1a$.sandbox.v1.ListEnvironmentsResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x04\x12m\n\x11UpdateEnvironment\x12$.sandbox.v1.UpdateEnvironmentRequest\x1a%.sandbox.v1.UpdateEnvironmentResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x02\x18\x02\x12m\n\x11\x44\x65leteEnvironment\x12$.sandbox.v1.DeleteEnvironmentRequest\x1a%.sandbox.v1.DeleteEnvironmentResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x02\x18\x02\x12Z\n\x0b\x45xecCommand\x12\x1e.sandbox.v1.ExecCommandRequest\x1a\x1f.sandbox.v1.ExecCommandResponse\"\x08\xe2\xe0\x18\x04\x10\x02\x18\x02\x30\x01\x12U\n\tWriteFile\x12\x1c.sandbox.v1.WriteFileRequest\x1a\x1d.sandbox.v1.WriteFileResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x02\x18\x02\x12R\n\x08ReadFile\x12\x1b.sandbox.v1.ReadFileRequest\x1a\x1c.sandbox.v1.ReadFileResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x01\x18\x02\x12U\n\tListFiles\x12\x1c.sandbox.v1.ListFilesRequest\x1a\x1d.sandbox.v1.ListFilesResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x01\x18\x02\x12s\n\x13GetEnvironmentUsage\x12&.sandbox.v1.GetEnvironmentUsageRequest\x1a\'.sandbox.v1.GetEnvironmentUsageResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x02\x12~\n\x16StreamEnvironmentUsage\x12).sandbox.v1.StreamEnvironmentUsageRequest\x1a*.sandbox.v1.StreamEnvironmentUsageResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x02\x30\x01\x12k\n\x10\x43reateExperiment\x12#.sandbox.v1.CreateExperimentRequest\x1a$.sandbox.v1.CreateExperimentResponse\"\x0c\xe2\xe0\x18\x08\x08\x01\x10\x02\x18\x02 \x02\x12\x61\n\rGetExperiment\x12 .sandbox.v1.GetExperimentRequest\x1a!.sandbox.v1.GetExperimentResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x03\x12g\n\x0fListExperiments\x12\".sandbox.v1.ListExperimentsRequest\x1a#.sandbox.v1.ListExperimentsResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x04\x12j\n\x10\x43\x61ncelExperiment\x12#.sandbox.v1.CancelExperimentRequest\x1a$.sandbox.v1.CancelExperimentResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x02\x18\x03\x12v\n\x14GetExperimentResults\x12\'.sandbox.v1.GetExperimentResultsRequest\x1a(.sandbox.v1.GetExperimentResultsResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x03\x12~\n\x16StreamExperimentEvents\x12).sandbox.v1.StreamExperimentEventsRequest\x1a*.sandbox.v1.StreamExperimentEventsResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x03\x30\x01\x12X\n\nListModels\x12\x1d.sandbox.v1.ListModelsRequest\x1a\x1e.sandbox.v1.ListModelsResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x01\x18\x05\x12]\n\x0c\x43reateApiKey\x12\x1f.sandbox.v1.CreateApiKeyRequest\x1a .sandbox.v1.CreateApiKeyResponse\"\n\xe2\xe0\x18\x06\x08\x01\x10\x03\x18\x06\x12[\n\x0bListApiKeys\x12\x1e.sandbox.v1.ListApiKeysRequest\x1a\x1f.sandbox.v1.ListApiKeysResponse\"\x0b\x90\x02\x01\xe2\xe0\x18\x04\x10\x03\x18\x06\x12^\n\x0cRevokeApiKey\x12\x1f.sandbox.v1.RevokeApiKeyRequest\x1a .sandbox.v1.RevokeApiKeyResponse\"\x0b\x90\x02\x02\xe2\xe0\x18\x04\x10\x03\x18\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandbox_sdk.api.v1.gateway_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APIKEYSCOPE']._serialized_start=919
-  _globals['_APIKEYSCOPE']._serialized_end=1065
-  _globals['_APIKEY']._serialized_start=141
-  _globals['_APIKEY']._serialized_end=387
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=390
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=550
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=552
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=627
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=629
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=726
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=728
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=812
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=814
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=855
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=857
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=916
-  _globals['_GATEWAYSERVICE']._serialized_start=1068
-  _globals['_GATEWAYSERVICE']._serialized_end=2995
+  _globals['_GATEWAYSERVICE'].methods_by_name['CreateEnvironment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['CreateEnvironment']._serialized_options = b'\342\340\030\010\010\001\020\002\030\001 \001'
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetEnvironment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetEnvironment']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListEnvironments']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListEnvironments']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\004'
+  _globals['_GATEWAYSERVICE'].methods_by_name['UpdateEnvironment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['UpdateEnvironment']._serialized_options = b'\220\002\002\342\340\030\004\020\002\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['DeleteEnvironment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['DeleteEnvironment']._serialized_options = b'\220\002\002\342\340\030\004\020\002\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ExecCommand']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ExecCommand']._serialized_options = b'\342\340\030\004\020\002\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['WriteFile']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['WriteFile']._serialized_options = b'\220\002\002\342\340\030\004\020\002\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ReadFile']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ReadFile']._serialized_options = b'\220\002\002\342\340\030\004\020\001\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListFiles']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListFiles']._serialized_options = b'\220\002\002\342\340\030\004\020\001\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetEnvironmentUsage']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetEnvironmentUsage']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['StreamEnvironmentUsage']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['StreamEnvironmentUsage']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['CreateExperiment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['CreateExperiment']._serialized_options = b'\342\340\030\010\010\001\020\002\030\002 \002'
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetExperiment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetExperiment']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListExperiments']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListExperiments']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\004'
+  _globals['_GATEWAYSERVICE'].methods_by_name['CancelExperiment']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['CancelExperiment']._serialized_options = b'\220\002\002\342\340\030\004\020\002\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetExperimentResults']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['GetExperimentResults']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['StreamExperimentEvents']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['StreamExperimentEvents']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\003'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListModels']._serialized_options = b'\220\002\001\342\340\030\004\020\001\030\005'
+  _globals['_GATEWAYSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\342\340\030\006\010\001\020\003\030\006'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\220\002\001\342\340\030\004\020\003\030\006'
+  _globals['_GATEWAYSERVICE'].methods_by_name['RevokeApiKey']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['RevokeApiKey']._serialized_options = b'\220\002\002\342\340\030\004\020\003\030\006'
+  _globals['_APIKEYSCOPE']._serialized_start=945
+  _globals['_APIKEYSCOPE']._serialized_end=1091
+  _globals['_APIKEY']._serialized_start=167
+  _globals['_APIKEY']._serialized_end=413
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=416
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=576
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=578
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=653
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=655
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=752
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=754
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=838
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=840
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=881
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=883
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=942
+  _globals['_GATEWAYSERVICE']._serialized_start=1094
+  _globals['_GATEWAYSERVICE']._serialized_end=3292
 # @@protoc_insertion_point(module_scope)

@@ -22,20 +22,59 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from sandbox_sdk.api.v1 import options_pb2 as sandbox_dot_v1_dot_options__pb2
 from sandbox_sdk.api.v1 import requests_pb2 as sandbox_dot_v1_dot_requests__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sandbox/v1/orchestrator_service.proto\x12\nsandbox.v1\x1a\x19sandbox/v1/requests.proto\"\x14\n\x12GetCapacityRequest\"\xa4\x02\n\x13GetCapacityResponse\x12\x17\n\x0forchestrator_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65nvironments_running\x18\x02 \x01(\x05\x12\x18\n\x10\x65nvironments_max\x18\x03 \x01(\x05\x12\x1b\n\x13\x63pu_cores_allocated\x18\x04 \x01(\x01\x12\x17\n\x0f\x63pu_cores_total\x18\x05 \x01(\x01\x12\x1e\n\x16memory_bytes_allocated\x18\x06 \x01(\x03\x12\x1a\n\x12memory_bytes_total\x18\x07 \x01(\x03\x12\x1b\n\x13\x65xperiments_running\x18\x08 \x01(\x05\x12\x1a\n\x12\x65xperiments_queued\x18\t \x01(\x05\x12\x11\n\tisolation\x18\n \x01(\t2\xe6\r\n\x13OrchestratorService\x12`\n\x11\x43reateEnvironment\x12$.sandbox.v1.CreateEnvironmentRequest\x1a%.sandbox.v1.CreateEnvironmentResponse\x12W\n\x0eGetEnvironment\x12!.sandbox.v1.GetEnvironmentRequest\x1a\".sandbox.v1.GetEnvironmentResponse\x12]\n\x10ListEnvironments\x12#.sandbox.v1.ListEnvironmentsRequest\x1a$.sandbox.v1.ListEnvironmentsResponse\x12`\n\x11UpdateEnvironment\x12$.sandbox.v1.UpdateEnvironmentRequest\x1a%.sandbox.v1.UpdateEnvironmentResponse\x12`\n\x11\x44\x65leteEnvironment\x12$.sandbox.v1.DeleteEnvironmentRequest\x1a%.sandbox.v1.DeleteEnvironmentResponse\x12P\n\x0b\x45xecCommand\x12\x1e.sandbox.v1.ExecCommandRequest\x1a\x1f.sandbox.v1.ExecCommandResponse0\x01\x12H\n\tWriteFile\x12\x1c.sandbox.v1.WriteFileRequest\x1a\x1d.sandbox.v1.WriteFileResponse\x12\x45\n\x08ReadFile\x12\x1b.sandbox.v1.ReadFileRequest\x1a\x1c.sandbox.v1.ReadFileResponse\x12H\n\tListFiles\x12\x1c.sandbox.v1.ListFilesRequest\x1a\x1d.sandbox.v1.ListFilesResponse\x12\x66\n\x13GetEnvironmentUsage\x12&.sandbox.v1.GetEnvironmentUsageRequest\x1a\'.sandbox.v1.GetEnvironmentUsageResponse\x12q\n\x16StreamEnvironmentUsage\x12).sandbox.v1.StreamEnvironmentUsageRequest\x1a*.sandbox.v1.StreamEnvironmentUsageResponse0\x01\x12]\n\x10\x43reateExperiment\x12#.sandbox.v1.CreateExperimentRequest\x1a$.sandbox.v1.CreateExperimentResponse\x12T\n\rGetExperiment\x12 .sandbox.v1.GetExperimentRequest\x1a!.sandbox.v1.GetExperimentResponse\x12Z\n\x0fListExperiments\x12\".sandbox.v1.ListExperimentsRequest\x1a#.sandbox.v1.ListExperimentsResponse\x12]\n\x10\x43\x61ncelExperiment\x12#.sandbox.v1.CancelExperimentRequest\x1a$.sandbox.v1.CancelExperimentResponse\x12i\n\x14GetExperimentResults\x12\'.sandbox.v1.GetExperimentResultsRequest\x1a(.sandbox.v1.GetExperimentResultsResponse\x12q\n\x16StreamExperimentEvents\x12).sandbox.v1.StreamExperimentEventsRequest\x1a*.sandbox.v1.StreamExperimentEventsResponse0\x01\x12K\n\nListModels\x12\x1d.sandbox.v1.ListModelsRequest\x1a\x1e.sandbox.v1.ListModelsResponse\x12N\n\x0bGetCapacity\x12\x1e.sandbox.v1.GetCapacityRequest\x1a\x1f.sandbox.v1.GetCapacityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sandbox/v1/orchestrator_service.proto\x12\nsandbox.v1\x1a\x18sandbox/v1/options.proto\x1a\x19sandbox/v1/requests.proto\"\x14\n\x12GetCapacityRequest\"\xa4\x02\n\x13GetCapacityResponse\x12\x17\n\x0forchestrator_id\x18\x01 \x01(\t\x12\x1c\n\x14\x65nvironments_running\x18\x02 \x01(\x05\x12\x18\n\x10\x65nvironments_max\x18\x03 \x01(\x05\x12\x1b\n\x13\x63pu_cores_allocated\x18\x04 \x01(\x01\x12\x17\n\x0f\x63pu_cores_total\x18\x05 \x01(\x01\x12\x1e\n\x16memory_bytes_allocated\x18\x06 \x01(\x03\x12\x1a\n\x12memory_bytes_total\x18\x07 \x01(\x03\x12\x1b\n\x13\x65xperiments_running\x18\x08 \x01(\x05\x12\x1a\n\x12\x65xperiments_queued\x18\t \x01(\x05\x12\x11\n\tisolation\x18\n \x01(\t2\xb2\x0f\n\x13OrchestratorService\x12j\n\x11\x43reateEnvironment\x12$.sandbox.v1.CreateEnvironmentRequest\x1a%.sandbox.v1.CreateEnvironmentResponse\"\x08\xe2\xe0\x18\x04\x08\x01(\x01\x12\x62\n\x0eGetEnvironment\x12!.sandbox.v1.GetEnvironmentRequest\x1a\".sandbox.v1.GetEnvironmentResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x01\x12h\n\x10ListEnvironments\x12#.sandbox.v1.ListEnvironmentsRequest\x1a$.sandbox.v1.ListEnvironmentsResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x01\x12k\n\x11UpdateEnvironment\x12$.sandbox.v1.UpdateEnvironmentRequest\x1a%.sandbox.v1.UpdateEnvironmentResponse\"\t\x90\x02\x02\xe2\xe0\x18\x02(\x01\x12k\n\x11\x44\x65leteEnvironment\x12$.sandbox.v1.DeleteEnvironmentRequest\x1a%.sandbox.v1.DeleteEnvironmentResponse\"\t\x90\x02\x02\xe2\xe0\x18\x02(\x01\x12X\n\x0b\x45xecCommand\x12\x1e.sandbox.v1.ExecCommandRequest\x1a\x1f.sandbox.v1.ExecCommandResponse\"\x06\xe2\xe0\x18\x02(\x01\x30\x01\x12S\n\tWriteFile\x12\x1c.sandbox.v1.WriteFileRequest\x1a\x1d.sandbox.v1.WriteFileResponse\"\t\x90\x02\x02\xe2\xe0\x18\x02(\x01\x12P\n\x08ReadFile\x12\x1b.sandbox.v1.ReadFileRequest\x1a\x1c.sandbox.v1.ReadFileResponse\"\t\x90\x02\x02\xe2\xe0\x18\x02(\x01\x12S\n\tListFiles\x12\x1c.sandbox.v1.ListFilesRequest\x1a\x1d.sandbox.v1.ListFilesResponse\"\t\x90\x02\x02\xe2\xe0\x18\x02(\x01\x12q\n\x13GetEnvironmentUsage\x12&.sandbox.v1.GetEnvironmentUsageRequest\x1a\'.sandbox.v1.GetEnvironmentUsageResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x01\x12|\n\x16StreamEnvironmentUsage\x12).sandbox.v1.StreamEnvironmentUsageRequest\x1a*.sandbox.v1.StreamEnvironmentUsageResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x01\x30\x01\x12g\n\x10\x43reateExperiment\x12#.sandbox.v1.CreateExperimentRequest\x1a$.sandbox.v1.CreateExperimentResponse\"\x08\xe2\xe0\x18\x04\x08\x01(\x02\x12_\n\rGetExperiment\x12 .sandbox.v1.GetExperimentRequest\x1a!.sandbox.v1.GetExperimentResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x02\x12\x65\n\x0fListExperiments\x12\".sandbox.v1.ListExperimentsRequest\x1a#.sandbox.v1.ListExperimentsResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x02\x12h\n\x10\x43\x61ncelExperiment\x12#.sandbox.v1.CancelExperimentRequest\x1a$.sandbox.v1.CancelExperimentResponse\"\t\x90\x02\x02\xe2\xe0\x18\x02(\x02\x12t\n\x14GetExperimentResults\x12\'.sandbox.v1.GetExperimentResultsRequest\x1a(.sandbox.v1.GetExperimentResultsResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x02\x12|\n\x16StreamExperimentEvents\x12).sandbox.v1.StreamExperimentEventsRequest\x1a*.sandbox.v1.StreamExperimentEventsResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x02\x30\x01\x12V\n\nListModels\x12\x1d.sandbox.v1.ListModelsRequest\x1a\x1e.sandbox.v1.ListModelsResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x02\x12Y\n\x0bGetCapacity\x12\x1e.sandbox.v1.GetCapacityRequest\x1a\x1f.sandbox.v1.GetCapacityResponse\"\t\x90\x02\x01\xe2\xe0\x18\x02(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandbox_sdk.api.v1.orchestrator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCAPACITYREQUEST']._serialized_start=80
-  _globals['_GETCAPACITYREQUEST']._serialized_end=100
-  _globals['_GETCAPACITYRESPONSE']._serialized_start=103
-  _globals['_GETCAPACITYRESPONSE']._serialized_end=395
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=398
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=2164
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateEnvironment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateEnvironment']._serialized_options = b'\342\340\030\004\010\001(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetEnvironment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetEnvironment']._serialized_options = b'\220\002\001\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListEnvironments']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListEnvironments']._serialized_options = b'\220\002\001\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['UpdateEnvironment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['UpdateEnvironment']._serialized_options = b'\220\002\002\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteEnvironment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteEnvironment']._serialized_options = b'\220\002\002\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ExecCommand']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ExecCommand']._serialized_options = b'\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['WriteFile']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['WriteFile']._serialized_options = b'\220\002\002\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ReadFile']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ReadFile']._serialized_options = b'\220\002\002\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListFiles']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListFiles']._serialized_options = b'\220\002\002\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetEnvironmentUsage']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetEnvironmentUsage']._serialized_options = b'\220\002\001\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StreamEnvironmentUsage']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StreamEnvironmentUsage']._serialized_options = b'\220\002\001\342\340\030\002(\001'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateExperiment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateExperiment']._serialized_options = b'\342\340\030\004\010\001(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetExperiment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetExperiment']._serialized_options = b'\220\002\001\342\340\030\002(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListExperiments']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListExperiments']._serialized_options = b'\220\002\001\342\340\030\002(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CancelExperiment']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CancelExperiment']._serialized_options = b'\220\002\002\342\340\030\002(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetExperimentResults']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetExperimentResults']._serialized_options = b'\220\002\001\342\340\030\002(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StreamExperimentEvents']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StreamExperimentEvents']._serialized_options = b'\220\002\001\342\340\030\002(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListModels']._serialized_options = b'\220\002\001\342\340\030\002(\002'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetCapacity']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetCapacity']._serialized_options = b'\220\002\001\342\340\030\002(\001'
+  _globals['_GETCAPACITYREQUEST']._serialized_start=106
+  _globals['_GETCAPACITYREQUEST']._serialized_end=126
+  _globals['_GETCAPACITYRESPONSE']._serialized_start=129
+  _globals['_GETCAPACITYRESPONSE']._serialized_end=421
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=424
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=2394
 # @@protoc_insertion_point(module_scope)
