@@ -51,6 +51,7 @@ class LogLevel(enum.StrEnum):
 _STATES = enum_table(experiment_pb2.ExperimentState.items(), "EXPERIMENT_STATE_", ExperimentState)
 STATE_NUMBERS = enum_numbers(_STATES)
 _LEVELS = enum_table(experiment_pb2.LogLevel.items(), "LOG_LEVEL_", LogLevel)
+LEVEL_NUMBERS = enum_numbers(_LEVELS)
 
 
 def state_from_number(number: int) -> ExperimentState:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import struct_pb2
 
 from sandbox_sdk.api.v1 import experiment_pb2
+from sandbox_sdk.models.experiment import LEVEL_NUMBERS, STATE_NUMBERS, state_from_number
 from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentRecord,
     ExperimentState,
@@ -29,25 +30,16 @@ from sandbox_sdk.server.orchestrator.experiments.spec import (
 from sandbox_sdk.utils.stats import Summary
 from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
 
-_STATE_PREFIX = "EXPERIMENT_STATE_"
-_LOG_PREFIX = "LOG_LEVEL_"
-
 
 def state_to_proto(state: ExperimentState) -> experiment_pb2.ExperimentState.ValueType:
     """The wire enum value of a state."""
-    return experiment_pb2.ExperimentState.Value(_STATE_PREFIX + state.value)
+    return experiment_pb2.ExperimentState.ValueType(STATE_NUMBERS[state])
 
 
 def state_from_proto(value: int) -> ExperimentState | None:
     """The state of a wire enum value; None for UNSPECIFIED or unknown values."""
-    try:
-        name = experiment_pb2.ExperimentState.Name(value)  # type: ignore[arg-type]
-    except ValueError:
-        return None
-    try:
-        return ExperimentState(name.removeprefix(_STATE_PREFIX))
-    except ValueError:
-        return None
+    state = state_from_number(value)
+    return None if state is ExperimentState.UNSPECIFIED else state
 
 
 def experiment_to_proto(
@@ -134,7 +126,7 @@ def event_to_proto(event: StoredEvent) -> experiment_pb2.ExperimentEvent:
     )
     payload = event.payload
     if isinstance(payload, LogEvent):
-        message.log.level = experiment_pb2.LogLevel.Value(_LOG_PREFIX + payload.level.value)
+        message.log.level = experiment_pb2.LogLevel.ValueType(LEVEL_NUMBERS[payload.level])
         message.log.message = payload.message
     elif isinstance(payload, MetricEvent):
         message.metric.CopyFrom(

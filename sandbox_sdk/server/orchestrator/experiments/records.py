@@ -1,36 +1,31 @@
-"""The engine's records: experiments, their events and their per-sample results."""
+"""The engine's records: experiments, their events and their per-sample results.
+
+An experiment's state and a log event's level are the SDK's own enums
+(:mod:`sandbox_sdk.models.experiment`), so that the engine and its callers
+name them alike; the engine never stores or sends ``UNSPECIFIED``.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
+from sandbox_sdk.models.experiment import ExperimentState, LogLevel
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
 
-
-class ExperimentState(enum.StrEnum):
-    """Lifecycle of an experiment (the wire enum without its prefix)."""
-
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-
-    @property
-    def is_final(self) -> bool:
-        """Whether the experiment can change no more."""
-        return self not in (ExperimentState.QUEUED, ExperimentState.RUNNING)
-
-
-class LogLevel(enum.StrEnum):
-    """Severity of a log event."""
-
-    DEBUG = "DEBUG"
-    INFO = "INFO"
-    WARNING = "WARNING"
-    ERROR = "ERROR"
+__all__ = [
+    "EventPayload",
+    "ExperimentChanges",
+    "ExperimentRecord",
+    "ExperimentState",
+    "Failure",
+    "LogEvent",
+    "LogLevel",
+    "MetricEvent",
+    "OutputEvent",
+    "SampleRecord",
+    "StateEvent",
+    "StoredEvent",
+]
 
 
 @dataclass(frozen=True)
