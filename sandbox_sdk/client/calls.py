@@ -1,40 +1,46 @@
-"""The gateway's methods as the SDK calls them, and turning failures into SDK errors."""
+"""The gateway's methods as the SDK calls them, and turning failures into SDK errors.
+
+Which calls are safe to retry is read from the contract's method options
+(``idempotency_level`` and ``sandbox.v1.rules``), not kept here by hand.
+"""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import grpc
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import MethodDescriptor
 
+from sandbox_sdk.api.v1 import gateway_service_pb2, options_pb2
 from sandbox_sdk.errors import SandboxError, from_rpc_error
 
-# Methods whose repetition changes nothing the first attempt did not: reads,
-# lists, streams, and mutations that set a state or a value. The retry module's
-# docstring says why each mutation is here and why ExecCommand is not.
-IDEMPOTENT_METHODS = frozenset(
-    {
-        "GetEnvironment",
-        "ListEnvironments",
-        "UpdateEnvironment",
-        "DeleteEnvironment",
-        "WriteFile",
-        "ReadFile",
-        "ListFiles",
-        "GetEnvironmentUsage",
-        "StreamEnvironmentUsage",
-        "GetExperiment",
-        "ListExperiments",
-        "CancelExperiment",
-        "GetExperimentResults",
-        "StreamExperimentEvents",
-        "ListModels",
-        "ListApiKeys",
-        "RevokeApiKey",
-    }
+GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+
+
+def declared_idempotent(method: MethodDescriptor) -> bool:
+    """Whether the contract's ``idempotency_level`` says a repeat changes nothing more."""
+    level = method.GetOptions().idempotency_level
+    return level != descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN
+
+
+def deduplicated_by_request_id(method: MethodDescriptor) -> bool:
+    """Whether the server answers a repeated ``request_id`` with the first call's result."""
+    rules = method.GetOptions().Extensions[options_pb2.rules]
+    return rules.idempotent_by_request_id
+
+
+# The retry module's docstring says why each call is, or is not, retried.
+ALL_METHODS = frozenset(m.name for m in GATEWAY_SERVICE.methods)
+IDEMPOTENT_METHODS = frozenset(m.name for m in GATEWAY_SERVICE.methods if declared_idempotent(m))
+# Safe to retry because the SDK gives every create a request_id.
+RETRY_SAFE_CREATES = frozenset(
+    m.name
+    for m in GATEWAY_SERVICE.methods
+    if deduplicated_by_request_id(m) and not declared_idempotent(m)
 )
-RETRY_SAFE_CREATES = frozenset({"CreateEnvironment", "CreateExperiment", "CreateApiKey"})
-# Running a command again may do its work twice.
-NOT_RETRY_SAFE = frozenset({"ExecCommand"})
+RETRY_SAFE_METHODS = IDEMPOTENT_METHODS | RETRY_SAFE_CREATES
+NOT_RETRY_SAFE = ALL_METHODS - RETRY_SAFE_METHODS
 
 
 class Rpc(NamedTuple):
@@ -43,10 +49,6 @@ class Rpc(NamedTuple):
     name: str
     call: Any
     retry_safe: bool
-
-
-RETRY_SAFE_METHODS = IDEMPOTENT_METHODS | RETRY_SAFE_CREATES
-ALL_METHODS = RETRY_SAFE_METHODS | NOT_RETRY_SAFE
 
 
 def method_table(stub: object) -> dict[str, Rpc]:

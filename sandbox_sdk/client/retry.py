@@ -12,8 +12,11 @@ and makes one last attempt, then raises the server's error with a note on what
 to do.
 
 A failed attempt (UNAVAILABLE, say) may still have been carried out, so only
-calls whose repetition cannot change the outcome are retried (the lists are in
-:mod:`sandbox_sdk.client.calls`):
+calls whose repetition cannot change the outcome are retried. The contract
+declares which ones, as method options in ``proto/sandbox/v1``: protobuf's
+``idempotency_level``, and ``sandbox.v1.rules``'s ``idempotent_by_request_id``
+for creates; :mod:`sandbox_sdk.client.calls` reads them from the descriptors.
+Why each of them is safe to repeat:
 
 - Reads, lists and streams; an event stream resumes after the last event seen.
 - Creates: each carries a client-generated ``request_id``, and the server

@@ -1,7 +1,8 @@
-"""What the gateway does for each GatewayService RPC, derived from the service descriptor.
+"""What the gateway does for each GatewayService RPC, read from the service descriptor.
 
-Every RPC gets a scope, a routing rule and a retry rule here. The rules are
-by name and request shape, and an RPC that matches none of them fails at
+The contract declares each RPC's rules as method options: whether a repeat is
+safe (``idempotency_level``), and the scope, routing and quota
+(``sandbox.v1.rules``). An RPC without a scope or a routing rule fails at
 import, so a new RPC in the contract cannot be served by accident.
 """
 
@@ -10,24 +11,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from sandbox_sdk.api.v1 import gateway_service_pb2, orchestrator_service_pb2
+from sandbox_sdk.api.v1 import gateway_service_pb2, options_pb2, orchestrator_service_pb2
 from sandbox_sdk.server.gateway.api_keys import Scope
 
 GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 ORCHESTRATOR_SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
-
-_READ_PREFIXES = ("Get", "List", "Read", "Stream")
-_WRITE_PREFIXES = ("Create", "Update", "Delete")
-_OTHER_WRITES = frozenset({"ExecCommand", "WriteFile", "CancelExperiment"})
-# Writes that leave the same state when repeated, so a lost answer can be retried.
-_IDEMPOTENT_WRITES = frozenset(
-    {"UpdateEnvironment", "DeleteEnvironment", "WriteFile", "CancelExperiment"}
-)
-_FAN_OUT = frozenset({"ListEnvironments", "ListExperiments"})
 
 
 class Routing(enum.Enum):
@@ -69,55 +62,89 @@ class MethodSpec:
         return self.idempotent or bool(request_id)
 
 
-def scope_of(name: str) -> Scope:
-    """The scope an RPC needs, by its name."""
-    if "ApiKey" in name:
-        return Scope.ADMIN
-    if name.startswith(_READ_PREFIXES):
-        return Scope.READ
-    if name.startswith(_WRITE_PREFIXES) or name in _OTHER_WRITES:
-        return Scope.WRITE
-    raise ValueError(f"GatewayService.{name} has no scope rule in {__name__}")
+_Rules = options_pb2.MethodRules
+_SCOPES = {
+    _Rules.SCOPE_READ: Scope.READ,
+    _Rules.SCOPE_WRITE: Scope.WRITE,
+    _Rules.SCOPE_ADMIN: Scope.ADMIN,
+}
+_ROUTINGS = {
+    _Rules.ROUTING_PLACE: Routing.PLACE,
+    _Rules.ROUTING_ENVIRONMENT: Routing.ENVIRONMENT,
+    _Rules.ROUTING_EXPERIMENT: Routing.EXPERIMENT,
+    _Rules.ROUTING_FAN_OUT: Routing.FAN_OUT,
+    _Rules.ROUTING_ANY: Routing.ANY,
+    _Rules.ROUTING_LOCAL: Routing.LOCAL,
+}
+_QUOTAS = {
+    _Rules.QUOTA_ENVIRONMENTS: Quota.ENVIRONMENTS,
+    _Rules.QUOTA_EXPERIMENTS: Quota.EXPERIMENTS,
+}
+# The resource id a routing reads from the request's field 1.
+_ROUTED_BY_FIELD_1 = {Routing.ENVIRONMENT: "environment_id", Routing.EXPERIMENT: "experiment_id"}
+
+
+def rules_of(method: MethodDescriptor) -> options_pb2.MethodRules:
+    """The ``sandbox.v1.rules`` option the contract declares on an RPC (empty when none)."""
+    return method.GetOptions().Extensions[options_pb2.rules]
+
+
+def _scope_of(method: MethodDescriptor) -> Scope:
+    scope = _SCOPES.get(rules_of(method).scope)
+    if scope is None:
+        raise ValueError(f"GatewayService.{method.name} declares no scope in sandbox.v1.rules")
+    return scope
 
 
 def _routing_of(method: MethodDescriptor) -> Routing:
-    name = method.name
-    if "ApiKey" in name:
-        return Routing.LOCAL
-    if name == "CreateEnvironment":
-        return Routing.PLACE
-    if name in _FAN_OUT:
-        return Routing.FAN_OUT
-    if name == "ListModels":
-        return Routing.ANY
+    routing = _ROUTINGS.get(rules_of(method).routing)
+    if routing is None:
+        raise ValueError(f"GatewayService.{method.name} declares no routing in sandbox.v1.rules")
+    id_field = _ROUTED_BY_FIELD_1.get(routing)
     first_field = method.input_type.fields_by_number.get(1)
-    if first_field is not None and first_field.name == "environment_id":
-        return Routing.ENVIRONMENT
-    if first_field is not None and first_field.name == "experiment_id":
-        return Routing.EXPERIMENT
-    raise ValueError(f"GatewayService.{name} has no routing rule in {__name__}")
+    if id_field is not None and (first_field is None or first_field.name != id_field):
+        raise ValueError(
+            f"GatewayService.{method.name} is routed by {id_field}, which is not its request's"
+            " field 1"
+        )
+    return routing
 
 
-def _spec(method: MethodDescriptor) -> MethodSpec:
-    scope = scope_of(method.name)
+def _idempotent(method: MethodDescriptor) -> bool:
+    level = method.GetOptions().idempotency_level
+    return level != descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN
+
+
+def _request_id_field(method: MethodDescriptor) -> int | None:
+    """The request's ``request_id`` field number, when the contract deduplicates by it."""
+    if not rules_of(method).idempotent_by_request_id:
+        return None
+    field = method.input_type.fields_by_name.get("request_id")
+    if field is None:
+        raise ValueError(
+            f"GatewayService.{method.name} is idempotent by request_id, which its request lacks"
+        )
+    return field.number
+
+
+def spec_of(method: MethodDescriptor) -> MethodSpec:
+    """The gateway's rules for one GatewayService RPC; ValueError when the contract lacks some."""
     routing = _routing_of(method)
     if routing is not Routing.LOCAL and method.name not in ORCHESTRATOR_SERVICE.methods_by_name:
         raise ValueError(f"GatewayService.{method.name} has no OrchestratorService counterpart")
-    request_id = method.input_type.fields_by_name.get("request_id")
-    quota = {"CreateEnvironment": Quota.ENVIRONMENTS, "CreateExperiment": Quota.EXPERIMENTS}
     return MethodSpec(
         name=method.name,
         path=f"/{GATEWAY_SERVICE.full_name}/{method.name}",
         upstream_path=f"/{ORCHESTRATOR_SERVICE.full_name}/{method.name}",
-        scope=scope,
+        scope=_scope_of(method),
         routing=routing,
         server_streaming=method.server_streaming,
-        idempotent=scope is Scope.READ or method.name in _IDEMPOTENT_WRITES,
-        request_id_field=request_id.number if request_id is not None else None,
-        quota=quota.get(method.name),
+        idempotent=_idempotent(method),
+        request_id_field=_request_id_field(method),
+        quota=_QUOTAS.get(rules_of(method).quota),
         request_type=GetMessageClass(method.input_type),
         response_type=GetMessageClass(method.output_type),
     )
 
 
-METHODS: dict[str, MethodSpec] = {m.name: _spec(m) for m in GATEWAY_SERVICE.methods}
+METHODS: dict[str, MethodSpec] = {m.name: spec_of(m) for m in GATEWAY_SERVICE.methods}

@@ -1,45 +1,38 @@
 """The OrchestratorService servicer: environment calls go to the sandbox layer,
-experiment calls to the experiment engine."""
+experiment calls to the experiment engine, as each RPC's ``owner`` option says.
+
+An RPC that declares no owner fails at import, so a new RPC in the contract
+cannot go unserved."""
 
 from __future__ import annotations
 
 from typing import cast
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 
-from sandbox_sdk.api.v1 import orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from sandbox_sdk.api.v1 import options_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
 
 SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
 
-ENVIRONMENT_RPCS = frozenset(
-    {
-        "CreateEnvironment",
-        "GetEnvironment",
-        "ListEnvironments",
-        "UpdateEnvironment",
-        "DeleteEnvironment",
-        "ExecCommand",
-        "WriteFile",
-        "ReadFile",
-        "ListFiles",
-        "GetEnvironmentUsage",
-        "StreamEnvironmentUsage",
-        "GetCapacity",
-    }
-)
-EXPERIMENT_RPCS = frozenset(
-    {
-        "CreateExperiment",
-        "GetExperiment",
-        "ListExperiments",
-        "CancelExperiment",
-        "GetExperimentResults",
-        "StreamExperimentEvents",
-        "ListModels",
-    }
-)
+
+def owner_of(method: MethodDescriptor) -> options_pb2.MethodRules.Owner.ValueType:
+    """Which handler object serves an RPC; ValueError when the contract names none."""
+    owner = method.GetOptions().Extensions[options_pb2.rules].owner
+    if owner == options_pb2.MethodRules.OWNER_UNSPECIFIED:
+        raise ValueError(f"OrchestratorService.{method.name} declares no owner in sandbox.v1.rules")
+    return owner
+
+
+def _owned_by(owner: options_pb2.MethodRules.Owner.ValueType) -> frozenset[str]:
+    return frozenset(m.name for m in SERVICE.methods if owner_of(m) == owner)
+
+
+# Which handler object serves each RPC, as the contract's sandbox.v1.rules option declares.
+ENVIRONMENT_RPCS = _owned_by(options_pb2.MethodRules.OWNER_ENVIRONMENTS)
+EXPERIMENT_RPCS = _owned_by(options_pb2.MethodRules.OWNER_EXPERIMENTS)
 
 
 def add_orchestrator_service(
