@@ -1,33 +1,11 @@
 // A Node.js client of the public API that loads proto/ directly: proof that the
-// contract works outside Python. Usage: node client.js <host:port> <api key>
+// contract works outside Python, retry rules included (gateway.js).
+// Usage: node client.js <host:port> <api key>
 // Prints one JSON object describing what it did; exits non-zero on failure.
 "use strict";
 
-const path = require("path");
 const grpc = require("@grpc/grpc-js");
-const protoLoader = require("@grpc/proto-loader");
-
-const PROTO_ROOT = path.resolve(__dirname, "..", "..", "proto");
-
-function loadGateway() {
-  const definition = protoLoader.loadSync("sandbox/v1/gateway_service.proto", {
-    includeDirs: [PROTO_ROOT],
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  return grpc.loadPackageDefinition(definition).sandbox.v1.GatewayService;
-}
-
-function unary(client, method, request, metadata) {
-  return new Promise((resolve, reject) => {
-    client[method](request, metadata, { deadline: Date.now() + 60000 }, (error, response) =>
-      error ? reject(error) : resolve(response),
-    );
-  });
-}
+const { GatewayService, unary } = require("./gateway");
 
 function readStream(client, method, request, metadata) {
   return new Promise((resolve, reject) => {
@@ -44,7 +22,6 @@ async function main() {
   if (!target || !apiKey) {
     throw new Error("usage: node client.js <host:port> <api key>");
   }
-  const GatewayService = loadGateway();
   const client = new GatewayService(target, grpc.credentials.createInsecure());
   const auth = new grpc.Metadata();
   auth.set("authorization", `Bearer ${apiKey}`);
@@ -87,6 +64,7 @@ async function main() {
           ],
           scorers: [{ name: "exact", exact_match: { ignore_case: true } }],
         },
+        request_id: `node-experiment-${process.pid}-${Date.now()}`,
       },
       auth,
     );

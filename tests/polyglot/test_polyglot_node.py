@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -22,19 +21,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 READY = re.compile(r"sandbox-sdk serving on 127\.0\.0\.1:(\d+) \(data dir (.+)\)")
-NODE = shutil.which("node")
-
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed; it runs client.js")
-
-
-def _ensure_node_modules() -> None:
-    if (HERE / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        return
-    npm = shutil.which("npm")
-    assert npm, "npm is needed to install @grpc/grpc-js and @grpc/proto-loader"
-    subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent"], cwd=HERE, check=True, timeout=600
-    )
 
 
 @pytest.fixture
@@ -74,9 +60,8 @@ def embedded_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 def test_node_client_runs_an_experiment_through_the_gateway(
-    embedded_server: tuple[int, Path],
+    node: str, embedded_server: tuple[int, Path]
 ) -> None:
-    _ensure_node_modules()
     port, data_dir = embedded_server
     key_file = data_dir / "admin.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -84,7 +69,7 @@ def test_node_client_runs_an_experiment_through_the_gateway(
     assert "\n" not in key
 
     completed = subprocess.run(
-        [str(NODE), str(HERE / "client.js"), f"127.0.0.1:{port}", key],
+        [node, str(HERE / "client.js"), f"127.0.0.1:{port}", key],
         capture_output=True,
         text=True,
         timeout=240,
