@@ -181,7 +181,8 @@ def _measure_sync(target: str) -> tuple[_Pair, _Pair]:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(client._transport.channel)
         timeout = client.settings.timeout
         experiment = Experiment(
-            client, ExperimentInfo(EXPERIMENT_ID, ENVIRONMENT_ID, ExperimentState.RUNNING)
+            client._transport,
+            ExperimentInfo(EXPERIMENT_ID, ENVIRONMENT_ID, ExperimentState.RUNNING),
         )
         unary = {
             "sdk": lambda: client.get_environment(ENVIRONMENT_ID),
@@ -217,7 +218,8 @@ async def _measure_async(target: str) -> tuple[_Pair, _Pair]:
         stub = gateway_service_pb2_grpc.GatewayServiceStub(client._transport.channel)
         timeout = client.settings.timeout
         experiment = AsyncExperiment(
-            client, ExperimentInfo(EXPERIMENT_ID, ENVIRONMENT_ID, ExperimentState.RUNNING)
+            client._transport,
+            ExperimentInfo(EXPERIMENT_ID, ENVIRONMENT_ID, ExperimentState.RUNNING),
         )
 
         async def sdk_stream() -> int:
