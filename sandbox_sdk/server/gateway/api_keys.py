@@ -9,7 +9,6 @@ primary-key read followed by one constant-time comparison.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import re
 import secrets
@@ -19,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from sqlite3 import Row
 
+from sandbox_sdk.models.api_keys import ApiKeyScope
 from sandbox_sdk.server.database import Database
 
 KEY_PATTERN = re.compile(r"^(sk_[0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
@@ -44,17 +44,8 @@ _MIGRATIONS = [
 ]
 
 
-class Scope(enum.StrEnum):
-    """What a key allows.
-
-    ``admin`` allows reads, writes and managing its own tenant's keys;
-    ``operator`` allows everything, for every tenant.
-    """
-
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
-    OPERATOR = "operator"
+# What a key allows: the SDK's enum, under the name the gateway's modules use.
+Scope = ApiKeyScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +105,20 @@ def _new_key() -> tuple[str, str]:
     return key_id, f"{key_id}_{secrets.token_urlsafe(32)}"
 
 
+# The scopes column holds lower-case names, comma-separated, as it always has.
+def _scopes_column(scopes: Iterable[Scope]) -> str:
+    return ",".join(sorted(scope.lower() for scope in scopes))
+
+
+def _scopes_from_column(text: str) -> frozenset[Scope]:
+    return frozenset(Scope(name.upper()) for name in text.split(","))
+
+
 def _record(row: Row) -> ApiKeyRecord:
     return ApiKeyRecord(
         id=row["id"],
         tenant=row["tenant"],
-        scopes=frozenset(Scope(s) for s in row["scopes"].split(",")),
+        scopes=_scopes_from_column(row["scopes"]),
         display_name=row["display_name"],
         key_hash=bytes(row["key_hash"]),
         create_time=row["create_time"],
@@ -175,7 +175,7 @@ class ApiKeyStore:
                     (
                         record.id,
                         record.tenant,
-                        ",".join(sorted(record.scopes)),
+                        _scopes_column(record.scopes),
                         record.display_name,
                         record.key_hash,
                         record.create_time,
