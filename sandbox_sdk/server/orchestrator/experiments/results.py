@@ -5,16 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sandbox_sdk.models.results import SAMPLE_MEASUREMENTS
 from sandbox_sdk.server.orchestrator.experiments.records import SampleRecord
 from sandbox_sdk.utils.stats import Summary, summarize
-
-_SAMPLE_METRICS = (
-    "latency_seconds",
-    "time_to_first_token_seconds",
-    "tokens_per_second",
-    "prompt_tokens",
-    "completion_tokens",
-)
 
 
 @dataclass(frozen=True)
@@ -31,7 +24,7 @@ def aggregate(samples: Sequence[SampleRecord]) -> Aggregates:
     succeeded = [s for s in samples if not s.error]
     metrics: list[tuple[str, Summary]] = []
     if succeeded:
-        for name in _SAMPLE_METRICS:
+        for name in SAMPLE_MEASUREMENTS:
             metrics.append((name, summarize([float(getattr(s, name)) for s in succeeded])))
     score_names = sorted({name for s in succeeded for name in s.scores})
     for name in score_names:
