@@ -109,7 +109,7 @@ async def test_a_create_may_wait_in_the_queue_with_its_position(tmp_path: Path) 
 
 async def test_disk_quotas_are_promised_only_against_real_free_space(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
-        free = manager._admission.free_disk_bytes()
+        free = manager._capacity.admission.free_disk_bytes()
         too_big = make_spec(disk_bytes=free + (1 << 30))
         with pytest.raises(ServiceError) as refused:
             await create(manager, too_big)

@@ -47,7 +47,7 @@ async def test_a_cancelled_create_finishes_for_its_retry(tmp_path: Path) -> None
 
 async def test_a_failed_setup_frees_its_request_id(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
-        original = manager._set_up
+        original = manager._lifecycle._set_up
         calls = 0
 
         async def flaky(*args: object, **kwargs: object) -> None:
@@ -57,7 +57,7 @@ async def test_a_failed_setup_frees_its_request_id(tmp_path: Path) -> None:
                 raise OSError("the disk hiccuped")
             await original(*args, **kwargs)  # type: ignore[arg-type]
 
-        manager._set_up = flaky  # type: ignore[method-assign]
+        manager._lifecycle._set_up = flaky  # type: ignore[method-assign]
         with pytest.raises(ServiceError, match="try again"):
             await create(manager, make_spec(), request_id="flaky-1")
         retried = await create(manager, make_spec(), request_id="flaky-1")

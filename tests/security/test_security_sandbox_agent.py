@@ -90,14 +90,14 @@ async def test_commands_cannot_trace_read_borrow_from_or_kill_the_agent(
     del repeat  # twice: the signals of the first round must not have hurt the agent
     async with running_manager(tmp_path) as manager:
         environment = await create(manager)
-        agent = manager._runtimes[environment.id].agent
+        agent = manager._environments.runtimes[environment.id].agent
         assert agent is not None
         result = await run(manager, environment.id, _ATTACKS_ON_PID_1)
         lines = result.out.splitlines()
         assert lines[-1] == "done", result.out + result.err
         assert not [line for line in lines if "SUCCEEDED" in line], result.out
         await asyncio.sleep(0.2)  # a signal that killed it would have by now
-        assert manager._runtimes[environment.id].agent is agent
+        assert manager._environments.runtimes[environment.id].agent is agent
         assert not agent.closed
         after = await run(manager, environment.id, ["echo", "still here"])
         assert after.out == "still here\n"
@@ -235,7 +235,7 @@ async def test_a_compromised_agent_ends_only_its_own_environment(tmp_path: Path)
     async with running_manager(tmp_path) as manager:
         victim = await create(manager)
         bystander = await create(manager)
-        runtime = manager._runtimes[victim.id]
+        runtime = manager._environments.runtimes[victim.id]
         assert runtime.agent is not None
         # Take the agent's own socket from outside (root on the host can) and forge
         # what a tampered agent would send: an exit for a command that never ran.

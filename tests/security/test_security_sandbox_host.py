@@ -77,7 +77,7 @@ async def test_loader_and_shell_variables_never_reach_a_host_process(tmp_path: P
                 *(FileWrite(p, c, 0o755) for p, c in _fake_tools(marker_dir).items()),
             ],
         )
-        host_dir = manager._layout(planted.id).files_dir
+        host_dir = manager._environments.layout(planted.id).files_dir
         payload = str(host_dir / "evil.so")
         hostile_env = {
             "LD_PRELOAD": payload,
@@ -95,7 +95,7 @@ async def test_loader_and_shell_variables_never_reach_a_host_process(tmp_path: P
             "IFS": "/",
         }
         victim = await create(manager, make_spec(env_vars=hostile_env))
-        gate = manager._runtimes[victim.id].agent
+        gate = manager._environments.runtimes[victim.id].agent
         assert gate is not None
         for process in [psutil.Process(gate.pid), *psutil.Process(gate.pid).children(True)]:
             environ = process.environ()
@@ -114,7 +114,7 @@ async def test_loader_and_shell_variables_never_reach_a_host_process(tmp_path: P
 async def test_workspaces_are_private_to_root_and_the_sandbox(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         environment = await create(manager, files=[FileWrite("secret.txt", b"tenant data")])
-        layout = manager._layout(environment.id)
+        layout = manager._environments.layout(environment.id)
         uid = manager.settings.sandbox_uid
         for directory in (layout.mount_point, layout.files_dir, layout.tmp_dir):
             info = directory.stat()

@@ -1,0 +1,268 @@
+"""Bringing environments up, and the calls on their records: create, list, update, delete.
+
+A create is admitted (see :mod:`.capacity`), holds its room at once and is
+set up in the background: the set-up outlives a caller that goes away, so a
+retry with the same ``request_id`` finds the environment RUNNING, never one
+killed half-way. A set-up that fails ends the environment SETUP_FAILED and
+frees its ``request_id``. Ending environments is :mod:`.termination`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import grpc
+
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server import ids
+from sandbox_sdk.server.orchestrator.sandbox import page_tokens
+from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
+from sandbox_sdk.server.orchestrator.sandbox.create_queue import QueuedCreate
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
+    Environment,
+    EnvironmentState,
+    EnvironmentUpdate,
+    FileWrite,
+    ListQuery,
+    NewEnvironment,
+    TerminationReason,
+)
+from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments
+from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
+from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
+from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
+from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
+from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace, split_path
+from sandbox_sdk.server.request_ids import DuplicateRequestError
+from sandbox_sdk.server.status import ServiceError, invalid_argument
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    """Creates environments and answers the calls on their records; see the module docstring."""
+
+    def __init__(
+        self,
+        environments: LiveEnvironments,
+        capacity: CapacityGate,
+        execution: Execution,
+        termination: Termination,
+    ) -> None:
+        self._environments = environments
+        self._capacity = capacity
+        self._execution = execution
+        self._termination = termination
+
+    # --- create ------------------------------------------------------------------------
+
+    async def create_environment(self, tenant: str, new: NewEnvironment) -> Environment:
+        """Creates an environment and returns it RUNNING (or QUEUED, see below).
+
+        A repeated ``request_id`` of the tenant returns the first environment.
+        Raises RESOURCE_EXHAUSTED (CAPACITY_EXHAUSTED) when there is no room for it
+        (see :mod:`.admission`), unless ``new.queue_when_full`` asks to wait: then
+        it is returned QUEUED and started as soon as room frees up.
+        """
+        environments = self._environments
+        if new.request_id:
+            existing = environments.store.find_by_request(tenant, new.request_id)
+            if existing is not None:
+                return await self._settled(existing)
+        self._capacity.check_network(tenant, new.spec.network)
+        refusals = self._capacity.refusals(tenant, new.spec)
+        queued = bool(refusals) and new.queue_when_full and environments.queue.takes(new.files)
+        if refusals and not queued:
+            raise self._capacity.no_room(refusals, queue_full=new.queue_when_full)
+        environment = self._new_record(tenant, new, queued=queued)
+        try:
+            environments.store.insert(environment)
+        except DuplicateRequestError:
+            existing = environments.store.find_by_request(tenant, new.request_id)
+            if existing is None:
+                raise
+            return await self._settled(existing)
+        if queued:
+            position = environments.queue.add(QueuedCreate(environment, new.files))
+            log.info("environment %s queued at %d: %s", environment.id, position, refusals)
+            return replace(environment, queue_position=position)
+        return await asyncio.shield(self._start_creating(environment, new.files))
+
+    def _new_record(self, tenant: str, new: NewEnvironment, *, queued: bool) -> Environment:
+        environments = self._environments
+        now = time.time()
+        return Environment(
+            id=ids.new_id(ids.ENVIRONMENT, environments.orchestrator_id),
+            tenant=tenant,
+            spec=new.spec,
+            state=EnvironmentState.QUEUED if queued else EnvironmentState.CREATING,
+            termination_reason=TerminationReason.UNSPECIFIED,
+            termination_message="",
+            isolation=environments.isolation.level,
+            orchestrator_id=environments.orchestrator_id,
+            create_time=now,
+            expire_time=now + new.spec.ttl_seconds,
+            last_activity_time=now,
+            terminate_time=None,
+            request_id=new.request_id,
+        )
+
+    def admit_queued(self) -> None:
+        """Starts the waiting creates that fit now, oldest first."""
+        for admitted in self._capacity.admit_waiting():
+            self._start_creating(admitted.environment, admitted.files)
+
+    def _start_creating(
+        self, environment: Environment, files: Sequence[FileWrite]
+    ) -> asyncio.Future[Environment]:
+        """Holds the environment's room at once and sets it up in the background."""
+        active = environment.last_activity_time
+        runtime = Runtime(
+            environment.tenant, environment.spec, environment.expire_time, active, active
+        )
+        self._environments.runtimes[environment.id] = runtime
+        self._environments.publish_allocation()
+        # The set-up outlives a caller that goes away (a deadline, a cut connection):
+        # its retry with the same request_id then finds the environment RUNNING,
+        # never one killed half-way, and no mount or loop device is left behind.
+        setup = asyncio.ensure_future(self._bring_up(environment, runtime, files))
+        self._environments.run_in_background(setup)
+        return setup
+
+    async def _bring_up(
+        self, environment: Environment, runtime: Runtime, files: Sequence[FileWrite]
+    ) -> Environment:
+        """Sets the environment up and marks it RUNNING; on failure ends it SETUP_FAILED
+        and frees its request_id, so that a retry starts afresh."""
+        started = time.monotonic()
+        try:
+            await self._set_up(environment.id, runtime, files)
+        except BaseException as error:
+            await asyncio.shield(self._fail_setup(environment, runtime, error))
+            if isinstance(error, ServiceError | asyncio.CancelledError):
+                raise
+            log.exception("setting up environment %s failed", environment.id)
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                ErrorReason.INTERNAL,
+                f"could not set up environment {environment.id} ({error}); try again",
+            ) from error
+        environment = self._environments.store.update(environment, state=EnvironmentState.RUNNING)
+        runtime.ready.set()
+        self._environments.metrics.create_seconds.observe(time.monotonic() - started)
+        return environment
+
+    async def _settled(self, environment: Environment) -> Environment:
+        runtime = self._environments.runtimes.get(environment.id)
+        if environment.state is EnvironmentState.CREATING and runtime is not None:
+            await runtime.ready.wait()
+        stored = self._environments.store.get(environment.id)
+        return self._environments.with_queue_position(stored or environment)
+
+    async def _set_up(
+        self, environment_id: str, runtime: Runtime, files: Sequence[FileWrite]
+    ) -> None:
+        environments = self._environments
+        isolation = environments.isolation
+        limits = runtime.spec.limits
+        if isolation.cgroups is not None:
+            runtime.cgroup = isolation.cgroups.environment(environment_id)
+            runtime.cgroup.create(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
+
+        async def make_workspace() -> None:
+            runtime.workspace = await Workspace.create(
+                environments.layout(environment_id),
+                quota_bytes=limits.disk_bytes,
+                loop_quota=isolation.loop_quota,
+                owner=isolation.sandbox_user,
+            )
+
+        # The agent's process waits at its gate while the workspace is made.
+        async with runtime.agent_lock:
+            await self._execution.start_agent(environment_id, runtime, prepare=make_workspace())
+        workspace = runtime.files()
+        for index, file in enumerate(files):
+            field_path = f"files[{index}].path"
+            with file_errors(field_path, file.path, limits.disk_bytes, environments.workspace_root):
+                await asyncio.to_thread(
+                    workspace.write_file, split_path(file.path), file.content, file.mode
+                )
+
+    async def _fail_setup(
+        self, environment: Environment, runtime: Runtime, error: BaseException
+    ) -> None:
+        environments = self._environments
+        try:
+            await self._termination.release(environment.id, runtime)
+        finally:
+            environments.runtimes.pop(environment.id, None)
+            environments.store.update(
+                environment,
+                state=EnvironmentState.TERMINATED,
+                termination_reason=TerminationReason.SETUP_FAILED,
+                termination_message=f"setting up failed: {error}"[:1000],
+                terminate_time=time.time(),
+                request_id="",
+            )
+            runtime.ready.set()
+            runtime.terminated.set()
+            environments.publish_allocation()
+            environments.metrics.environments_terminated.labels(
+                TerminationReason.SETUP_FAILED.value
+            ).inc()
+
+    # --- the records -------------------------------------------------------------------
+
+    def list_environments(self, tenant: str, query: ListQuery) -> tuple[list[Environment], str]:
+        """One page of the tenant's environments, newest first, and the next page token."""
+        query_fingerprint = page_tokens.fingerprint(
+            "environments",
+            {"labels": dict(query.label_selector), "terminated": query.show_terminated},
+        )
+        before: int | None = None
+        if query.page_token:
+            try:
+                position = page_tokens.decode(query.page_token, query_fingerprint)
+            except page_tokens.PageTokenError as error:
+                raise invalid_argument([("page_token", str(error))]) from error
+            if not isinstance(position, int):
+                raise invalid_argument([("page_token", "is not a page token of this listing")])
+            before = position
+        environments, next_seq = self._environments.store.page(
+            tenant,
+            before_seq=before,
+            limit=query.page_size,
+            label_selector=query.label_selector,
+            show_terminated=query.show_terminated,
+        )
+        token = page_tokens.encode(next_seq, query_fingerprint) if next_seq is not None else ""
+        return [self._environments.with_activity(e) for e in environments], token
+
+    def update_environment(
+        self, tenant: str, environment_id: str, update: EnvironmentUpdate
+    ) -> Environment:
+        """Changes labels, ttl (counted from creation) or idle timeout of a running environment."""
+        environment, runtime = self._environments.running(tenant, environment_id)
+        spec = environment.spec
+        if update.labels is not None:
+            spec = replace(spec, labels=dict(update.labels))
+        if update.ttl_seconds is not None:
+            spec = replace(spec, ttl_seconds=update.ttl_seconds)
+        if update.idle_timeout_seconds is not None:
+            spec = replace(spec, idle_timeout_seconds=update.idle_timeout_seconds)
+        runtime.spec = spec
+        runtime.expire_time = environment.create_time + spec.ttl_seconds
+        return self._environments.store.update(
+            environment, spec=spec, expire_time=runtime.expire_time
+        )
+
+    async def delete_environment(self, tenant: str, environment_id: str) -> Environment:
+        """Kills every process, removes the workspace; returns the TERMINATED environment."""
+        environment = self._environments.get(tenant, environment_id)
+        return await self._termination.terminate(
+            environment.id, TerminationReason.USER_DELETED, "deleted by DeleteEnvironment"
+        )
