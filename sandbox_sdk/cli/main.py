@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from sandbox_sdk.cli.exit_codes import INTERRUPTED, exit_code_for
+from sandbox_sdk.cli.extras import require_extra
 from sandbox_sdk.client import Experiment, SandboxClient
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.models.experiment import LogLine, MetricSample, OutputDelta, StateChange
@@ -100,8 +101,9 @@ def _global_options(
 # -- servers -------------------------------------------------------------------------------
 
 
-def _embedded() -> Any:
+def _embedded(command: str) -> Any:
     # The servers are imported only here, so the client CLI works without their deps.
+    require_extra("server", command)
     return importlib.import_module("sandbox_sdk.server.embedded")
 
 
@@ -120,25 +122,27 @@ def serve(
     <data_dir>/admin.key; the SDK sends that key by itself only over that socket.
     """
     with _reported_errors():
-        _embedded().serve_embedded(host=host, port=port, data_dir=data_dir, config_path=config)
+        _embedded("sandbox-sdk serve").serve_embedded(
+            host=host, port=port, data_dir=data_dir, config_path=config
+        )
 
 
-def _server_main(function: str) -> None:
+def _server_main(function: str, command: str) -> None:
     def run(config: Annotated[Path | None, typer.Option(help="YAML config file.")] = None) -> None:
         with _reported_errors():
-            getattr(_embedded(), function)(config)
+            getattr(_embedded(command), function)(config)
 
     typer.run(run)
 
 
 def gateway_main() -> None:
     """Entry point of ``sandbox-gateway``."""
-    _server_main("serve_gateway")
+    _server_main("serve_gateway", "sandbox-gateway")
 
 
 def orchestrator_main() -> None:
     """Entry point of ``sandbox-orchestrator``."""
-    _server_main("serve_orchestrator")
+    _server_main("serve_orchestrator", "sandbox-orchestrator")
 
 
 # -- environments --------------------------------------------------------------------------

@@ -61,8 +61,14 @@ def sparkline(values: Sequence[float], width: int = 30) -> str:
 
 
 def metrics_table(samples: Iterable[MetricSample], *, title: str = "metrics") -> Table:
-    """One row per metric: count, last, mean, min, max and a sparkline."""
-    from rich.table import Table
+    """One row per metric: count, last, mean, min, max and a sparkline; needs rich."""
+    try:
+        from rich.table import Table
+    except ImportError as error:
+        raise ImportError(
+            "metrics_table needs rich, which is not installed: pip install 'sandbox-sdk[cli]', "
+            "or use group_metrics() / sparkline() for plain values"
+        ) from error
 
     table = Table(title=title)
     for column in ("metric", "unit", "n", "last", "mean", "min", "max", "trend"):

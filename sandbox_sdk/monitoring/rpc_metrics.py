@@ -2,8 +2,9 @@
 
 Off by default; ``metrics.prometheus`` / ``metrics.opentelemetry`` in the
 settings turn them on. Prometheus metrics go to the default registry (expose
-them with ``prometheus_client.start_http_server``); OpenTelemetry uses the
-global meter provider and needs ``opentelemetry-api`` installed.
+them with ``prometheus_client.start_http_server``) and need the ``metrics``
+extra (``pip install 'sandbox-sdk[metrics]'``); OpenTelemetry uses the global
+meter provider and needs ``opentelemetry-api`` installed.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ class PrometheusObserver:
         # Registered once per process: the default registry rejects duplicates.
         with cls._lock:
             if cls._metrics is None:
-                from prometheus_client import Counter, Histogram
-
+                try:
+                    from prometheus_client import Counter, Histogram
+                except ImportError as error:
+                    raise ConfigError(
+                        "metrics.prometheus is on but prometheus-client is not installed; "
+                        "pip install 'sandbox-sdk[metrics]', or turn the setting off"
+                    ) from error
                 cls._metrics = (
                     Histogram(
                         "sandbox_client_rpc_duration_seconds",
