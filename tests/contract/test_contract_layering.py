@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,54 @@ def _client_files() -> list[Path]:
 def test_client_module_does_not_import_the_servers(path: Path) -> None:
     server_imports = {m for m in _imported_modules(path) if m.startswith("sandbox_sdk.server")}
     assert not server_imports, f"{path} imports {sorted(server_imports)}"
+
+
+# Third-party modules only the servers or the command line use: their distributions come
+# with the `server` and `cli` extras, which `pip install sandbox-sdk` does not install.
+NOT_CLIENT_MODULES = frozenset(
+    {
+        "psutil",
+        "prometheus_client",
+        "openai",
+        "httpx",
+        "re2",
+        "grpc_status",
+        "grpc_health",
+        "grpc_reflection",
+        "grpc_tools",
+        "typer",
+        "rich",
+        "click",
+        "llama_cpp",
+    }
+)
+
+# grpc imports grpc_tools, grpc_health and grpc_reflection itself when they are installed,
+# so what the SDK imports is what comes after grpc. A fresh interpreter: this one has
+# imported the servers already.
+_IMPORTED_BY_THE_CLIENT = """
+import json, sys
+import grpc
+before = set(sys.modules)
+import sandbox_sdk
+from sandbox_sdk import AsyncSandboxClient, SandboxClient
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
+import sandbox_sdk.cli.entry_points
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_client_and_the_command_entry_points_import_only_client_dependencies() -> None:
+    imported = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", _IMPORTED_BY_THE_CLIENT],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    top_level = {name.partition(".")[0] for name in imported}
+    assert not top_level & NOT_CLIENT_MODULES, sorted(top_level & NOT_CLIENT_MODULES)
+    server_modules = [name for name in imported if name.startswith("sandbox_sdk.server")]
+    assert not server_modules, server_modules
+    assert "sandbox_sdk.cli.main" not in imported
