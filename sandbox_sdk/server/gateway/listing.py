@@ -1,6 +1,7 @@
 """List calls across several orchestrators: fan out, merge newest first, one page token.
 
-The gateway's page token records, per orchestrator still holding items, the
+The gateway's page token (signed and bound to the tenant, see
+``server.page_tokens``) records, per orchestrator still holding items, the
 orchestrator's own token for the page being read and how many items of that
 page were already returned. Each page merges the orchestrators' pages by
 create time (newest first), fetching an orchestrator's next page when its
@@ -10,9 +11,6 @@ current one runs out, so the merged order is exact.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -23,6 +21,7 @@ import grpc
 from google.protobuf.message import Message
 
 from sandbox_sdk.errors import STATUS_DETAILS_KEY, ErrorReason
+from sandbox_sdk.server import page_tokens
 from sandbox_sdk.server.gateway.methods import MethodSpec
 from sandbox_sdk.server.gateway.orchestrators import (
     OrchestratorLink,
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-_CURSOR_PREFIX = "g1."
 _ITEMS_FIELD = {"ListEnvironments": "environments", "ListExperiments": "experiments"}
 
 
@@ -60,28 +58,24 @@ class _Cursor:
     next_token: str = ""
 
 
-def encode_page_token(positions: dict[str, tuple[str, int]]) -> str:
-    """The gateway token for the given per-orchestrator ``(token, consumed)`` positions."""
+def encode_page_token(kind: str, tenant: str, positions: dict[str, tuple[str, int]]) -> str:
+    """The gateway token of a ``kind`` listing of ``tenant`` at the given per-orchestrator
+    ``(token, consumed)`` positions; empty when no orchestrator holds more."""
     if not positions:
         return ""
-    payload = json.dumps({k: list(v) for k, v in positions.items()}, separators=(",", ":"))
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(payload.encode()).decode()
+    return page_tokens.encode(kind, tenant, {k: list(v) for k, v in positions.items()})
 
 
-def decode_page_token(token: str) -> dict[str, tuple[str, int]]:
-    """Per-orchestrator positions of a gateway token; INVALID_ARGUMENT if it is not one."""
-    bad = invalid_argument(
-        [("page_token", "pass the next_page_token of the previous page unchanged")]
-    )
-    if not token.startswith(_CURSOR_PREFIX):
-        raise bad
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token[len(_CURSOR_PREFIX) :]))
-        positions = {str(k): (str(v[0]), int(v[1])) for k, v in raw.items()}
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, binascii.Error):
-        raise bad from None
+def decode_page_token(kind: str, tenant: str, token: str) -> dict[str, tuple[str, int]]:
+    """Per-orchestrator positions of a gateway token; INVALID_ARGUMENT if it is not one
+    this gateway issued for a ``kind`` listing of ``tenant``."""
+    return page_tokens.decode(token, kind, tenant, _parse_positions) or {}
+
+
+def _parse_positions(raw: Any) -> dict[str, tuple[str, int]]:
+    positions = {str(k): (str(v[0]), int(v[1])) for k, v in raw.items()}
     if any(consumed < 0 for _, consumed in positions.values()):
-        raise bad
+        raise ValueError("a position consumes a negative count of items")
     return positions
 
 
@@ -108,7 +102,7 @@ class FanOutLister:
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise invalid_argument([("page_size", f"use 0 (for {DEFAULT_PAGE_SIZE}) to 1000")])
         if request.page_token:
-            positions = decode_page_token(request.page_token)
+            positions = decode_page_token(spec.name, tenant, request.page_token)
         else:
             positions = {link.id: ("", 0) for link in self._pool.links}
         cursors = [
@@ -150,7 +144,9 @@ class FanOutLister:
         merged = await self._merge(live, page_size, fill)
         response = spec.response_type()
         getattr(response, items_field).extend(merged)
-        cast(Any, response).next_page_token = encode_page_token(self._positions(live))
+        cast(Any, response).next_page_token = encode_page_token(
+            spec.name, tenant, self._positions(live)
+        )
         return response
 
     @staticmethod

@@ -14,15 +14,10 @@ from typing import Any, TypeVar
 import grpc
 
 from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
-from sandbox_sdk.server import ids
+from sandbox_sdk.server import ids, page_tokens
 from sandbox_sdk.server.orchestrator.experiments import convert
 from sandbox_sdk.server.orchestrator.experiments.engine import ExperimentEngine
-from sandbox_sdk.server.orchestrator.experiments.paging import (
-    decode_token,
-    encode_token,
-    page_size,
-    query_digest,
-)
+from sandbox_sdk.server.orchestrator.experiments.paging import page_size
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord, ExperimentState
 from sandbox_sdk.server.orchestrator.experiments.spec_messages import SpecMessages
 from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
@@ -98,14 +93,15 @@ class ExperimentHandlers:
             states=_states(request.states),
             labels=dict(request.label_selector),
         )
-        query = query_digest(filters.environment_id, filters.states, sorted(filters.labels.items()))
-        after = decode_token(request.page_token, "experiments", query)
-        before = _listing_key(after)
-        records = await self.engine.list(tenant_of(context), filters, limit + 1, before)
+        tenant = tenant_of(context)
+        scope = [tenant, filters.environment_id, filters.states, sorted(filters.labels.items())]
+        before = page_tokens.decode(request.page_token, "experiments", scope, _listing_key)
+        records = await self.engine.list(tenant, filters, limit + 1, before)
         token = ""
         if len(records) > limit:
             records = records[:limit]
-            token = encode_token("experiments", query, [records[-1].create_time, records[-1].id])
+            last_key = [records[-1].create_time, records[-1].id]
+            token = page_tokens.encode("experiments", scope, last_key)
         return requests_pb2.ListExperimentsResponse(
             experiments=[self._message(r) for r in records], next_page_token=token
         )
@@ -124,13 +120,14 @@ class ExperimentHandlers:
         """A page of samples, and aggregates and token totals over all samples."""
         experiment_id = _experiment_id(request.experiment_id)
         limit = page_size(request.page_size, 100, 1000)
-        after = decode_token(request.page_token, "samples", experiment_id)
-        key = _sample_key(after)
-        page = await self.engine.results(tenant_of(context), experiment_id, limit, key)
+        tenant = tenant_of(context)
+        scope = [tenant, experiment_id]
+        key = page_tokens.decode(request.page_token, "samples", scope, _sample_key)
+        page = await self.engine.results(tenant, experiment_id, limit, key)
         token = ""
         if page.has_more and page.samples:
             last = page.samples[-1]
-            token = encode_token("samples", experiment_id, [last.input_index, last.repeat])
+            token = page_tokens.encode("samples", scope, [last.input_index, last.repeat])
         return requests_pb2.GetExperimentResultsResponse(
             experiment=self._message(page.experiment),
             samples=[convert.sample_to_proto(s) for s in page.samples],
@@ -165,10 +162,10 @@ class ExperimentHandlers:
         """The models served, sorted by name."""
         models = self.engine.models.models()
         limit = page_size(request.page_size, len(models) or 1, max(len(models), 1))
-        after = decode_token(request.page_token, "models", "")
-        start = int(after[0]) if after and isinstance(after[0], int) else 0
+        start = page_tokens.decode(request.page_token, "models", None, _model_index) or 0
         page = models[start : start + limit]
-        token = encode_token("models", "", [start + limit]) if start + limit < len(models) else ""
+        more = start + limit < len(models)
+        token = page_tokens.encode("models", None, start + limit) if more else ""
         return requests_pb2.ListModelsResponse(
             models=[convert.model_to_proto(m.config) for m in page], next_page_token=token
         )
@@ -200,17 +197,32 @@ def _states(values: Any) -> tuple[ExperimentState, ...]:
     return tuple(states)
 
 
-def _listing_key(after: list[Any] | None) -> tuple[float, str] | None:
-    if after is None:
-        return None
-    if len(after) != 2 or not isinstance(after[0], int | float) or not isinstance(after[1], str):
-        raise invalid_argument([("page_token", "pass the previous next_page_token unchanged")])
-    return float(after[0]), after[1]
+def _listing_key(position: Any) -> tuple[float, str]:
+    """An experiments cursor: the create time and id of the last experiment listed."""
+    create_time, experiment_id = position
+    if not _is_number(create_time) or not isinstance(experiment_id, str):
+        raise TypeError("an experiments cursor is [create_time, experiment_id]")
+    return float(create_time), experiment_id
 
 
-def _sample_key(after: list[Any] | None) -> tuple[int, int] | None:
-    if after is None:
-        return None
-    if len(after) != 2 or not all(isinstance(v, int) for v in after):
-        raise invalid_argument([("page_token", "pass the previous next_page_token unchanged")])
-    return int(after[0]), int(after[1])
+def _sample_key(position: Any) -> tuple[int, int]:
+    """A samples cursor: the input index and repeat of the last sample listed."""
+    input_index, repeat = position
+    if not _is_integer(input_index) or not _is_integer(repeat):
+        raise TypeError("a samples cursor is [input_index, repeat]")
+    return input_index, repeat
+
+
+def _model_index(position: Any) -> int:
+    """A models cursor: the index of the next model."""
+    if not _is_integer(position) or position < 0:
+        raise TypeError("a models cursor is an index")
+    return int(position)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

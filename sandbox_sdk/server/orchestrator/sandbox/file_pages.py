@@ -1,8 +1,9 @@
 """ListFiles pages: signed cursors over a workspace directory, and what the errors mean.
 
-The page token is the last name of the previous page and the directory it
-belongs to, signed (``signed_tokens``): the client cannot steer the cursor
-anywhere, and a token from one directory's listing is refused for another.
+The page token is the last name of the previous page, signed and bound to
+the workspace and directory it lists (``server.page_tokens``): the client
+cannot steer the cursor anywhere, and a token from one directory's listing
+(or another environment's) is refused for another.
 The listing itself is ``Workspace.list_page`` (see ``listing``).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import grpc
 
 from sandbox_sdk.errors import ErrorReason
-from sandbox_sdk.server import signed_tokens
+from sandbox_sdk.server import page_tokens
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.listing import (
     MAX_SNAPSHOT_ENTRIES,
@@ -20,7 +21,7 @@ from sandbox_sdk.server.orchestrator.sandbox.listing import (
 )
 from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
 from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace, split_path
-from sandbox_sdk.server.status import ServiceError, invalid_argument
+from sandbox_sdk.server.status import ServiceError
 
 _LISTING_KIND = "files"
 # The reason of the transient UNAVAILABLE a large directory's first page may get.
@@ -31,7 +32,8 @@ def files_page(
     workspace: Workspace, path: str, page_size: int, page_token: str
 ) -> tuple[list[FileEntry], str]:
     """One page of the directory ``path`` after ``page_token``, and the next token."""
-    after = _resume_after(page_token, path)
+    scope = _scope(workspace, path)
+    after = page_tokens.decode(page_token, _LISTING_KIND, scope, _name) or ""
     with file_errors("path", path, workspace.quota_bytes):
         try:
             entries, resume = workspace.list_page(
@@ -54,19 +56,15 @@ def files_page(
             ) from None
     if resume is None:
         return entries, ""
-    return entries, signed_tokens.sign(_LISTING_KIND, {"path": path, "after": resume})
+    return entries, page_tokens.encode(_LISTING_KIND, scope, resume)
 
 
-def _resume_after(page_token: str, path: str) -> str:
-    if not page_token:
-        return ""
-    try:
-        data = signed_tokens.verify(page_token, _LISTING_KIND)
-    except signed_tokens.TokenError as error:
-        raise invalid_argument([("page_token", str(error))]) from error
-    after = data.get("after")
-    if data.get("path") != path or not isinstance(after, str):
-        raise invalid_argument(
-            [("page_token", "belongs to a listing of another directory; start again without it")]
-        )
-    return after
+def _scope(workspace: Workspace, path: str) -> dict[str, str]:
+    """What a token of this listing is bound to: the environment's files and the directory."""
+    return {"workspace": str(workspace.layout.files_dir), "path": path}
+
+
+def _name(position: object) -> str:
+    if not isinstance(position, str):
+        raise TypeError("a files cursor is the last name listed")
+    return position

@@ -18,8 +18,7 @@ from dataclasses import replace
 import grpc
 
 from sandbox_sdk.errors import ErrorReason
-from sandbox_sdk.server import ids
-from sandbox_sdk.server.orchestrator.sandbox import page_tokens
+from sandbox_sdk.server import ids, page_tokens
 from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
 from sandbox_sdk.server.orchestrator.sandbox.create_queue import QueuedCreate
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
@@ -38,7 +37,7 @@ from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
 from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace, split_path
 from sandbox_sdk.server.request_ids import DuplicateRequestError
-from sandbox_sdk.server.status import ServiceError, invalid_argument
+from sandbox_sdk.server.status import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -219,19 +218,12 @@ class Lifecycle:
 
     def list_environments(self, tenant: str, query: ListQuery) -> tuple[list[Environment], str]:
         """One page of the tenant's environments, newest first, and the next page token."""
-        query_fingerprint = page_tokens.fingerprint(
-            "environments",
-            {"labels": dict(query.label_selector), "terminated": query.show_terminated},
-        )
-        before: int | None = None
-        if query.page_token:
-            try:
-                position = page_tokens.decode(query.page_token, query_fingerprint)
-            except page_tokens.PageTokenError as error:
-                raise invalid_argument([("page_token", str(error))]) from error
-            if not isinstance(position, int):
-                raise invalid_argument([("page_token", "is not a page token of this listing")])
-            before = position
+        scope = {
+            "tenant": tenant,
+            "labels": dict(query.label_selector),
+            "terminated": query.show_terminated,
+        }
+        before = page_tokens.decode(query.page_token, "environments", scope, _sequence)
         environments, next_seq = self._environments.store.page(
             tenant,
             before_seq=before,
@@ -239,7 +231,7 @@ class Lifecycle:
             label_selector=query.label_selector,
             show_terminated=query.show_terminated,
         )
-        token = page_tokens.encode(next_seq, query_fingerprint) if next_seq is not None else ""
+        token = "" if next_seq is None else page_tokens.encode("environments", scope, next_seq)
         return [self._environments.with_activity(e) for e in environments], token
 
     def update_environment(
@@ -266,3 +258,10 @@ class Lifecycle:
         return await self._termination.terminate(
             environment.id, TerminationReason.USER_DELETED, "deleted by DeleteEnvironment"
         )
+
+
+def _sequence(position: object) -> int:
+    """An environments cursor: the sequence number to continue before."""
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise TypeError("an environments cursor is a sequence number")
+    return position
