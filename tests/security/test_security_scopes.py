@@ -167,20 +167,52 @@ async def test_an_admin_cannot_list_another_tenants_keys(keys: Keys, tenant: str
 
 
 def _cursor(create_time: float, key_id: str) -> str:
+    """The unsigned cursor the gateway once issued, as an attacker would write it."""
     return "k1." + base64.urlsafe_b64encode(json.dumps([create_time, key_id]).encode()).decode()
 
 
 async def test_an_admins_listing_shows_only_its_own_tenant(keys: Keys) -> None:
     keys.gateway.keys.create("team-b", [Scope.ADMIN])
-    forged_tokens = ["", _cursor(4e9, "sk_ffffffffffffffff"), _cursor(4e9, keys.victim_id)]
-    for token in forged_tokens:
-        for show_revoked in (False, True):
-            listed = await keys.attacker.stub.ListApiKeys(
-                gw.ListApiKeysRequest(page_token=token, show_revoked=show_revoked, page_size=1000),
+    for show_revoked in (False, True):
+        listed = await keys.attacker.stub.ListApiKeys(
+            gw.ListApiKeysRequest(show_revoked=show_revoked, page_size=1000),
+            metadata=keys.attacker.metadata,
+        )
+        assert {key.tenant for key in listed.api_keys} == {"team-a"}
+        assert keys.victim_id not in str(listed)
+
+
+async def test_a_page_token_is_refused_when_forged_or_carried_to_another_tenant(
+    keys: Keys,
+) -> None:
+    for _ in range(2):
+        keys.gateway.keys.create("team-b", [Scope.READ])
+    victims_page = await keys.operator.stub.ListApiKeys(
+        gw.ListApiKeysRequest(tenant="team-b", page_size=1), metadata=keys.operator.metadata
+    )
+    stolen = victims_page.next_page_token
+    assert stolen
+    edited = stolen[:-3] + ("AAA" if not stolen.endswith("AAA") else "BBB")
+    for token in [
+        _cursor(4e9, "sk_ffffffffffffffff"),
+        _cursor(4e9, keys.victim_id),
+        stolen,
+        edited,
+    ]:
+        details = await _refused(
+            keys.attacker.stub.ListApiKeys(
+                gw.ListApiKeysRequest(page_token=token, page_size=1000),
                 metadata=keys.attacker.metadata,
-            )
-            assert {key.tenant for key in listed.api_keys} == {"team-a"}
-            assert keys.victim_id not in str(listed)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+        assert "team-b" not in details
+    next_page = await keys.operator.stub.ListApiKeys(
+        gw.ListApiKeysRequest(tenant="team-b", page_size=1, page_token=stolen),
+        metadata=keys.operator.metadata,
+    )
+    assert [key.tenant for key in next_page.api_keys] == ["team-b"]
 
 
 # -- revoking keys -----------------------------------------------------------------------------

@@ -8,17 +8,16 @@ tenant is NOT_FOUND, as another tenant's environments are.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from sandbox_sdk.api.v1 import gateway_service_pb2 as gw
 from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server import page_tokens
 from sandbox_sdk.server.gateway.api_keys import (
     KEY_ID_PATTERN,
     ApiKeyRecord,
@@ -33,7 +32,6 @@ TENANT_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_TEXT = 200
 _DEFAULT_PAGE_SIZE = 50
 _MAX_PAGE_SIZE = 1000
-_CURSOR_PREFIX = "k1."
 _SCOPE_BY_PROTO = {
     gw.API_KEY_SCOPE_READ: Scope.READ,
     gw.API_KEY_SCOPE_WRITE: Scope.WRITE,
@@ -59,22 +57,9 @@ def api_key_proto(record: ApiKeyRecord) -> gw.ApiKey:
     return key
 
 
-def _encode_cursor(record: ApiKeyRecord) -> str:
-    payload = json.dumps([record.create_time, record.id]).encode()
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(payload).decode()
-
-
-def _decode_cursor(token: str) -> tuple[float, str]:
-    bad = invalid_argument(
-        [("page_token", "pass the next_page_token of the previous page unchanged")]
-    )
-    if not token.startswith(_CURSOR_PREFIX):
-        raise bad
-    try:
-        create_time, key_id = json.loads(base64.urlsafe_b64decode(token[len(_CURSOR_PREFIX) :]))
-        return float(create_time), str(key_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise bad from None
+def _listing_position(position: Any) -> tuple[float, str]:
+    create_time, key_id = position
+    return float(create_time), str(key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +173,8 @@ class ApiKeyAdmin:
                 [("page_size", f"use 0 (for {_DEFAULT_PAGE_SIZE}) to {_MAX_PAGE_SIZE}")]
             )
         page_size = request.page_size or _DEFAULT_PAGE_SIZE
-        before = _decode_cursor(request.page_token) if request.page_token else None
+        scope = (tenant, request.show_revoked)
+        before = page_tokens.decode(request.page_token, "api_keys", scope, _listing_position)
         records = self._store.list(
             tenant=tenant,
             include_inactive=request.show_revoked,
@@ -196,7 +182,9 @@ class ApiKeyAdmin:
             before=before,
         )
         page = records[:page_size]
-        next_token = _encode_cursor(page[-1]) if len(records) > page_size else ""
+        next_token = ""
+        if len(records) > page_size:
+            next_token = page_tokens.encode("api_keys", scope, [page[-1].create_time, page[-1].id])
         return gw.ListApiKeysResponse(
             api_keys=[api_key_proto(r) for r in page], next_page_token=next_token
         )
