@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from sandbox_sdk.models.results import SAMPLE_MEASUREMENTS, ExperimentResults
 from sandbox_sdk.utils import stats
+from sandbox_sdk.utils.rich_tables import table_class
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -58,7 +59,7 @@ class ExperimentComparison:
 
     def to_table(self) -> Table:
         """A rich table: metric, both means, difference with its interval, verdict."""
-        from rich.table import Table
+        Table = table_class("ExperimentComparison.to_table", instead="its metrics")
 
         table = Table(title=f"{self.experiment_a} (a) vs {self.experiment_b} (b)")
         for column in ("metric", "a", "b", "b - a", f"{self.confidence:.0%} CI", "verdict"):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.models.experiment import ExperimentInfo
+from sandbox_sdk.utils.rich_tables import table_class
 from sandbox_sdk.utils.units import from_duration_pb
 
 if TYPE_CHECKING:
@@ -209,8 +210,8 @@ class ExperimentResults:
             )
 
     def to_table(self) -> Table:
-        """A rich table of the aggregate metrics."""
-        from rich.table import Table
+        """A rich table of the aggregate metrics (needs the ``[cli]`` extra)."""
+        Table = table_class("ExperimentResults.to_table", instead="to_csv()")
 
         info = self.experiment
         table = Table(
@@ -231,7 +232,7 @@ class ExperimentResults:
 
     def samples_table(self, width: int = 60) -> Table:
         """A rich table with one row per sample, long texts shortened to ``width``."""
-        from rich.table import Table
+        Table = table_class("ExperimentResults.samples_table", instead="to_csv()")
 
         scores = self.score_names()
         table = Table(title=f"{self.experiment.id} samples")

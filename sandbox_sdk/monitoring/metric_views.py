@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox_sdk.models.experiment import MetricSample
+from sandbox_sdk.utils.rich_tables import table_class
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -62,13 +63,7 @@ def sparkline(values: Sequence[float], width: int = 30) -> str:
 
 def metrics_table(samples: Iterable[MetricSample], *, title: str = "metrics") -> Table:
     """One row per metric: count, last, mean, min, max and a sparkline; needs rich."""
-    try:
-        from rich.table import Table
-    except ImportError as error:
-        raise ImportError(
-            "metrics_table needs rich, which is not installed: pip install 'sandbox-sdk[cli]', "
-            "or use group_metrics() / sparkline() for plain values"
-        ) from error
+    Table = table_class("metrics_table", instead="group_metrics() / sparkline()")
 
     table = Table(title=title)
     for column in ("metric", "unit", "n", "last", "mean", "min", "max", "trend"):

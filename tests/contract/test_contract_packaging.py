@@ -20,7 +20,9 @@ import pytest
 from sandbox_sdk.cli import extras
 from sandbox_sdk.config import MetricsSettings
 from sandbox_sdk.errors import ConfigError
+from sandbox_sdk.models import ExperimentInfo, ExperimentResults, ExperimentState
 from sandbox_sdk.monitoring import rpc_metrics
+from sandbox_sdk.monitoring.metric_views import metrics_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -278,3 +280,15 @@ def test_prometheus_metrics_without_the_metrics_extra_name_it(
     monkeypatch.setattr(rpc_metrics.PrometheusObserver, "_metrics", None)
     with pytest.raises(ConfigError, match=r"pip install 'sandbox-sdk\[metrics\]'"):
         rpc_metrics.observer_from_settings(MetricsSettings(prometheus=True))
+
+
+def test_table_views_without_the_cli_extra_name_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich.table", None)  # import now raises ImportError
+    info = ExperimentInfo(
+        "exp-o1-0000000000000001", "env-o1-0000000000000001", ExperimentState.SUCCEEDED
+    )
+    results = ExperimentResults(experiment=info)
+    with pytest.raises(ImportError, match=r"to_table needs rich.*sandbox-sdk\[cli\].*to_csv"):
+        results.to_table()
+    with pytest.raises(ImportError, match=r"metrics_table needs rich.*sandbox-sdk\[cli\]"):
+        metrics_table([])
