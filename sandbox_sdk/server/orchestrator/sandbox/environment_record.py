@@ -2,7 +2,9 @@
 
 Protobuf stays at the wire (``convert.py``); everything below the handlers
 works with these dataclasses. Enum values are the proto enum names without
-their prefix, so conversion is by name.
+their prefix, so conversion is by name; the states, termination reasons and
+network policies are the SDK's own (``sandbox_sdk.models.environment``), as
+they mean the same on both sides of the wire.
 """
 
 from __future__ import annotations
@@ -12,38 +14,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy, TerminationReason
 
-class EnvironmentState(enum.StrEnum):
-    """Lifecycle of an environment."""
-
-    CREATING = "CREATING"
-    RUNNING = "RUNNING"
-    TERMINATING = "TERMINATING"
-    TERMINATED = "TERMINATED"
-    QUEUED = "QUEUED"
-
-
-class TerminationReason(enum.StrEnum):
-    """Why an environment ended; ``UNSPECIFIED`` while it runs."""
-
-    UNSPECIFIED = "UNSPECIFIED"
-    USER_DELETED = "USER_DELETED"
-    TTL_EXPIRED = "TTL_EXPIRED"
-    IDLE_TIMEOUT = "IDLE_TIMEOUT"
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-    CPU_LIMIT = "CPU_LIMIT"
-    ORCHESTRATOR_RESTARTED = "ORCHESTRATOR_RESTARTED"
-    ORCHESTRATOR_LOST = "ORCHESTRATOR_LOST"
-    SETUP_FAILED = "SETUP_FAILED"
-    SANDBOX_VIOLATION = "SANDBOX_VIOLATION"
-
-
-class NetworkPolicy(enum.StrEnum):
-    """Network access of an environment's commands."""
-
-    NONE = "NONE"
-    HOST = "HOST"
-    EGRESS = "EGRESS"
+__all__ = [
+    "Capacity",
+    "Command",
+    "Environment",
+    "EnvironmentSpec",
+    "EnvironmentState",
+    "EnvironmentUpdate",
+    "ExecEvent",
+    "ExecExited",
+    "ExecOutput",
+    "ExecStarted",
+    "ExitReason",
+    "FileEntry",
+    "FileWrite",
+    "Limits",
+    "ListQuery",
+    "NetworkPolicy",
+    "NewEnvironment",
+    "TerminationReason",
+    "Usage",
+]
 
 
 class ExitReason(enum.StrEnum):
