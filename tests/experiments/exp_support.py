@@ -15,6 +15,7 @@ import grpc
 
 from sandbox_sdk.api.v1 import experiment_pb2, orchestrator_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.models.execution import ExitReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.orchestrator.experiments import ExperimentEngine, ExperimentHandlers
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord
@@ -97,12 +98,12 @@ class SubprocessSandbox:
             env={"PATH": os.environ["PATH"], **(env_vars or {})},
             start_new_session=True,
         )
-        reason = "exited"
+        reason = ExitReason.EXITED
         try:
             async with asyncio.timeout(timeout):
                 stdout, stderr = await process.communicate(stdin)
         except TimeoutError:
-            reason = "timeout"
+            reason = ExitReason.TIMEOUT
             _kill_group(process.pid)
             stdout, stderr = await process.communicate()
         except asyncio.CancelledError:
@@ -110,8 +111,8 @@ class SubprocessSandbox:
             await process.wait()
             raise
         exit_code = process.returncode if process.returncode is not None else -1
-        if reason == "exited" and exit_code < 0:
-            reason = "signaled"
+        if reason is ExitReason.EXITED and exit_code < 0:
+            reason = ExitReason.SIGNALED
         return CommandResult(
             exit_code=exit_code,
             reason=reason,

@@ -155,7 +155,7 @@ async def test_run_command_port_collects_a_result(tmp_path: Path) -> None:
         result = await manager.run_command(
             environment.id, ["sh", "-c", "cat; echo oops >&2; exit 3"], stdin=b"in", timeout=10
         )
-        assert (result.exit_code, result.reason) == (3, "exited")
+        assert (result.exit_code, result.reason) == (3, ExitReason.EXITED)
         assert (result.stdout, result.stderr) == (b"in", b"oops\n")
         capped = await manager.run_command(
             environment.id, ["python3", "-c", "print('y' * 100)"], output_limit_bytes=10

@@ -184,7 +184,7 @@ async def test_ttl_expiry_kills_and_cleans_up(tmp_path: Path) -> None:
         assert expired.termination_reason is TerminationReason.TTL_EXPIRED
         assert "ttl" in expired.termination_message
         result = await task
-        assert result.result.reason.value == "cancelled"
+        assert result.result.reason is ExitReason.CANCELLED
         assert not any(pid_alive(pid) for pid in pids)
         assert not cgroup_dirs(environment.id)
         assert not (manager.settings.mount_root / environment.id).exists()

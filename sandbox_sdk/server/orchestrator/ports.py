@@ -11,13 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sandbox_sdk.models.execution import ExitReason
+
 
 @dataclass(frozen=True)
 class CommandResult:
     """A finished command run inside an environment."""
 
     exit_code: int
-    reason: str  # "exited", "signaled", "timeout", "out_of_memory", "cpu_limit", "cancelled"
+    reason: ExitReason
     stdout: bytes
     stderr: bytes
     stdout_truncated: bool

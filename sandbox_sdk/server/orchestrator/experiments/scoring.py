@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sandbox_sdk.models.execution import ExitReason
 from sandbox_sdk.server.orchestrator.experiments.limits import (
     BUILTIN_TIME_LIMIT_SECONDS,
     MAX_SUBJECT_CHARS,
@@ -169,10 +170,11 @@ def parse_command_score(result: CommandResult, timeout_seconds: float) -> tuple[
 
 
 def _run_problem(result: CommandResult, timeout_seconds: float) -> str | None:
-    if result.reason == "timeout":
+    if result.reason is ExitReason.TIMEOUT:
         return f"the scorer command timed out after {timeout_seconds:g}s"
-    if result.reason != "exited":
-        return f"the scorer command ended abnormally ({result.reason}){_stderr(result)}"
+    if result.reason is not ExitReason.EXITED:
+        ending = result.reason.value.lower()
+        return f"the scorer command ended abnormally ({ending}){_stderr(result)}"
     if result.exit_code != 0:
         return f"the scorer command exited with code {result.exit_code}{_stderr(result)}"
     if result.stdout_truncated:

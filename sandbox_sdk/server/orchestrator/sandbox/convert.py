@@ -99,7 +99,7 @@ def _exited(value: ExecExited) -> environment_pb2.ExecExited:
     return environment_pb2.ExecExited(
         exit_code=value.exit_code,
         signal=value.signal,
-        reason=environment_pb2.ExitReason.Value(f"EXIT_REASON_{value.reason.value.upper()}"),
+        reason=environment_pb2.ExitReason.Value(f"EXIT_REASON_{value.reason.value}"),
         usage=common_pb2.ResourceUsage(
             cpu_seconds=value.cpu_seconds, memory_peak_bytes=value.memory_peak_bytes
         ),

@@ -2,19 +2,19 @@
 
 Protobuf stays at the wire (``convert.py``); everything below the handlers
 works with these dataclasses. Enum values are the proto enum names without
-their prefix, so conversion is by name; the states, termination reasons and
-network policies are the SDK's own (``sandbox_sdk.models.environment``), as
-they mean the same on both sides of the wire.
+their prefix, so conversion is by name; the states, termination reasons, network
+policies and exit reasons are the SDK's own (``sandbox_sdk.models``), as they
+mean the same on both sides of the wire.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy, TerminationReason
+from sandbox_sdk.models.execution import ExitReason
 
 __all__ = [
     "Capacity",
@@ -37,17 +37,6 @@ __all__ = [
     "TerminationReason",
     "Usage",
 ]
-
-
-class ExitReason(enum.StrEnum):
-    """How a command ended; the values are those of ``ports.CommandResult.reason``."""
-
-    EXITED = "exited"
-    SIGNALED = "signaled"
-    TIMEOUT = "timeout"
-    OUT_OF_MEMORY = "out_of_memory"
-    CPU_LIMIT = "cpu_limit"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

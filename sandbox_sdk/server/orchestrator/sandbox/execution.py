@@ -154,7 +154,7 @@ class Execution:
         exited = exit_event(event, oom_kills, limits)
         if runtime.cgroup is None:
             runtime.usage.record_finished_command(exited.cpu_seconds, exited.memory_peak_bytes)
-        self._environments.metrics.execs.labels(exited.reason.value).inc()
+        self._environments.metrics.execs.labels(exited.reason.value.lower()).inc()
         return exited
 
     def _cannot_start(

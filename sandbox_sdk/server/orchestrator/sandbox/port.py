@@ -66,7 +66,7 @@ class SandboxPortAdapter:
             raise RuntimeError(f"command {argv[0]!r} ended without an exit event")
         return CommandResult(
             exit_code=exited.exit_code,
-            reason=exited.reason.value,
+            reason=exited.reason,
             stdout=bytes(output["stdout"]),
             stderr=bytes(output["stderr"]),
             stdout_truncated=exited.stdout_truncated,
