@@ -97,7 +97,7 @@ async def _measure(root: Path) -> dict[str, Any]:
         execs, plain_execs = [], []
         for index in range(EXECS + WARMUP):
             started = time.perf_counter()
-            result = await manager.run_command(environment.id, ["true"])
+            result = await manager.port.run_command(environment.id, ["true"])
             elapsed = time.perf_counter() - started
             if result.exit_code != 0:
                 raise RuntimeError(f"`true` failed in the sandbox: {result}")

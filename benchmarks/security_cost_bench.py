@@ -50,7 +50,7 @@ def _spec(network: NetworkPolicy) -> EnvironmentSpec:
 
 async def _timed_exec(manager: SandboxManager, environment_id: str, argv: list[str]) -> float:
     started = time.perf_counter()
-    result = await manager.run_command(environment_id, argv)
+    result = await manager.port.run_command(environment_id, argv)
     if result.exit_code != 0:
         raise RuntimeError(f"{argv} failed in the sandbox: {result}")
     return time.perf_counter() - started

@@ -50,7 +50,7 @@ async def real_sandbox(tmp_path: Path) -> AsyncIterator[tuple[Any, ExperimentEng
         tmp_path / "workspaces",
     )
     await manager.start()
-    engine = ExperimentEngine(db, ExperimentSettings(), manager, "t1")
+    engine = ExperimentEngine(db, ExperimentSettings(), manager.port, "t1")
     await engine.start()
     yield manager, engine
     await engine.stop()
@@ -73,7 +73,7 @@ async def _environment(manager: Any) -> str:
 
 def _exists(manager: Any, environment_id: str, path: str) -> bool:
     try:
-        manager.read_file(environment_id, path)
+        manager.port.read_file(environment_id, path)
     except Exception:
         return False
     return True

@@ -113,7 +113,7 @@ async def test_filling_the_disk_stops_at_the_quota(tmp_path: Path) -> None:
         result = await run(manager, environment.id, ["python3", "-c", fill])
         assert result.result.exit_code != 0
         assert "No space left" in result.err or "File too large" in result.err, result.err
-        assert manager.usage(environment.id).disk_bytes <= 8 * MiB
+        assert manager.port.usage(environment.id).disk_bytes <= 8 * MiB
 
 
 async def test_system_directories_are_read_only(tmp_path: Path) -> None:

@@ -152,21 +152,21 @@ async def test_many_commands_do_not_exhaust_the_pids_limit(tmp_path: Path) -> No
 async def test_run_command_port_collects_a_result(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         environment = await create(manager)
-        result = await manager.run_command(
+        result = await manager.port.run_command(
             environment.id, ["sh", "-c", "cat; echo oops >&2; exit 3"], stdin=b"in", timeout=10
         )
         assert (result.exit_code, result.reason) == (3, ExitReason.EXITED)
         assert (result.stdout, result.stderr) == (b"in", b"oops\n")
-        capped = await manager.run_command(
+        capped = await manager.port.run_command(
             environment.id, ["python3", "-c", "print('y' * 100)"], output_limit_bytes=10
         )
         assert capped.stdout == b"y" * 10
         assert capped.stdout_truncated
         with pytest.raises(ServiceError) as error:
-            await manager.run_command(environment.id, [])
+            await manager.port.run_command(environment.id, [])
         assert error.value.field_violations[0][0] == "argv"
         with pytest.raises(ServiceError) as error:
-            await manager.run_command(environment.id, ["true"], env_vars={"X": "a\x00b"})
+            await manager.port.run_command(environment.id, ["true"], env_vars={"X": "a\x00b"})
         assert error.value.field_violations[0][0] == "env_vars['X']"
 
 

@@ -31,7 +31,7 @@ async def test_files_written_are_seen_by_commands_and_back(tmp_path: Path) -> No
         assert result.out == "from create"
         info, content = await manager.read_workspace_file(TENANT, environment.id, "out.txt")
         assert (info.path, content) == ("out.txt", b"ran\n")
-        assert manager.read_file(environment.id, "./out.txt") == b"ran\n"
+        assert manager.port.read_file(environment.id, "./out.txt") == b"ran\n"
 
 
 async def test_listing_is_sorted_and_paginated(tmp_path: Path) -> None:

@@ -158,7 +158,7 @@ async def test_without_cgroups_bubblewrap_still_isolates(tmp_path: Path) -> None
         result = await run(manager, environment.id, ["sh", "-c", "pwd; touch /etc/x"])
         assert result.out == "/workspace\n"
         assert "Read-only" in result.err
-        usage = manager.usage(environment.id)
+        usage = manager.port.usage(environment.id)
         assert usage.pids == 2  # the environment's agent and bubblewrap's process around it
         spin = await run(manager, environment.id, ["python3", "-c", "x = [0] * 10**6"])
         assert spin.result.reason is ExitReason.EXITED

@@ -92,7 +92,7 @@ async def test_other_tenants_environments_are_not_found(tmp_path: Path) -> None:
         environment = await create(manager)
         for call in (
             lambda: manager.get_environment("tenant-b", environment.id),
-            lambda: manager.require_running("tenant-b", environment.id),
+            lambda: manager.port.require_running("tenant-b", environment.id),
             lambda: manager.update_environment("tenant-b", environment.id, EnvironmentUpdate()),
         ):
             with pytest.raises(ServiceError) as error:
@@ -169,7 +169,7 @@ async def test_update_changes_labels_ttl_and_idle_timeout(tmp_path: Path) -> Non
 async def test_ttl_expiry_kills_and_cleans_up(tmp_path: Path) -> None:
     terminated: list[str] = []
     async with running_manager(tmp_path) as manager:
-        manager.on_terminated(terminated.append)
+        manager.port.on_terminated(terminated.append)
         environment = await create(manager, make_spec(ttl_seconds=1.0))
         task = asyncio.create_task(run(manager, environment.id, ["sleep", "300"]))
         await eventually(lambda: bool(command_pids(environment.id)), what="sleep started")

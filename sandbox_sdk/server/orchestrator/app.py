@@ -85,7 +85,7 @@ class OrchestratorApp:
             registry=registry,
         )
         experiments = ExperimentEngine(
-            database, config.experiments, sandboxes, config.orchestrator_id, registry=registry
+            database, config.experiments, sandboxes.port, config.orchestrator_id, registry=registry
         )
         await sandboxes.start()
         await experiments.start()

@@ -1,6 +1,6 @@
 """What the experiment engine needs from the sandbox layer, and nothing more.
 
-The sandbox package implements :class:`SandboxPort` (``SandboxManager``);
+The sandbox package implements :class:`SandboxPort` (``SandboxManager.port``);
 the experiments package depends only on this protocol, so either side can be
 tested alone.
 """

@@ -24,13 +24,12 @@ left over ORCHESTRATOR_RESTARTED and removes what remains of them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from sandbox_sdk.server.database import Database
-from sandbox_sdk.server.orchestrator.ports import CommandResult, UsageSample
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.background import BackgroundTasks
 from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
@@ -58,7 +57,7 @@ from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
 
 
 class SandboxManager:
-    """Creates, runs, monitors and expires environments; implements ``ports.SandboxPort``.
+    """Creates, runs, monitors and expires environments; ``port`` serves the experiment engine.
 
     ``isolation`` overrides detection (tests force the fallbacks with it).
     """
@@ -91,7 +90,7 @@ class SandboxManager:
         self._background = BackgroundTasks(
             self._environments, activity, self._lifecycle, self._termination
         )
-        self._port = SandboxPortAdapter(self._environments, activity, self._execution)
+        self.port = SandboxPortAdapter(self._environments, activity, self._execution)
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -202,45 +201,3 @@ class SandboxManager:
     ) -> AsyncGenerator[Usage, None]:
         """A sample every ``interval_seconds`` until the environment terminates."""
         return self._execution.stream_usage(tenant, environment_id, interval_seconds)
-
-    # --- ports.SandboxPort (see port.SandboxPortAdapter) -------------------------------
-
-    def require_running(self, tenant: str, environment_id: str) -> None:
-        """Raises NOT_FOUND (unknown, another tenant's) or FAILED_PRECONDITION (not RUNNING)."""
-        self._port.require_running(tenant, environment_id)
-
-    async def run_command(
-        self,
-        environment_id: str,
-        argv: Sequence[str],
-        *,
-        stdin: bytes = b"",
-        timeout: float = 10.0,
-        env_vars: Mapping[str, str] | None = None,
-        output_limit_bytes: int = 1 << 20,
-    ) -> CommandResult:
-        """Runs a command in the environment's sandbox and waits for it."""
-        return await self._port.run_command(
-            environment_id,
-            argv,
-            stdin=stdin,
-            timeout=timeout,
-            env_vars=env_vars,
-            output_limit_bytes=output_limit_bytes,
-        )
-
-    def read_file(self, environment_id: str, path: str) -> bytes:
-        """Reads a workspace file; INVALID_ARGUMENT or NOT_FOUND on bad paths."""
-        return self._port.read_file(environment_id, path)
-
-    def usage(self, environment_id: str) -> UsageSample:
-        """A fresh usage sample of the environment."""
-        return self._port.usage(environment_id)
-
-    def touch(self, environment_id: str) -> None:
-        """Records activity, which postpones idle expiry."""
-        self._port.touch(environment_id)
-
-    def on_terminated(self, callback: Callable[[str], None]) -> None:
-        """Calls ``callback(environment_id)`` when an environment ends for any reason."""
-        self._port.on_terminated(callback)
