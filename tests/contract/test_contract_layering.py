@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from client_only import NOT_CLIENT_MODULES
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sandbox_sdk"
 CLIENT_PARTS = ["client", "auth", "config", "models", "utils", "monitoring", "errors.py"]
@@ -38,26 +39,6 @@ def test_client_module_does_not_import_the_servers(path: Path) -> None:
     server_imports = {m for m in _imported_modules(path) if m.startswith("sandbox_sdk.server")}
     assert not server_imports, f"{path} imports {sorted(server_imports)}"
 
-
-# Third-party modules only the servers or the command line use: their distributions come
-# with the `server` and `cli` extras, which `pip install sandbox-sdk` does not install.
-NOT_CLIENT_MODULES = frozenset(
-    {
-        "psutil",
-        "prometheus_client",
-        "openai",
-        "httpx",
-        "re2",
-        "grpc_status",
-        "grpc_health",
-        "grpc_reflection",
-        "grpc_tools",
-        "typer",
-        "rich",
-        "click",
-        "llama_cpp",
-    }
-)
 
 # grpc imports grpc_tools, grpc_health and grpc_reflection itself when they are installed,
 # so what the SDK imports is what comes after grpc. A fresh interpreter: this one has

@@ -16,6 +16,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from client_only import NOT_CLIENT_DISTRIBUTIONS, NOT_CLIENT_MODULES
 
 from sandbox_sdk.cli import extras
 from sandbox_sdk.config import MetricsSettings
@@ -26,40 +27,6 @@ from sandbox_sdk.monitoring.metric_views import metrics_table
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Distributions only the `server` and `cli` extras (or the model) bring.
-NOT_CLIENT_DISTRIBUTIONS = frozenset(
-    {
-        "psutil",
-        "prometheus-client",
-        "openai",
-        "httpx",
-        "google-re2",
-        "grpcio-status",
-        "grpcio-health-checking",
-        "grpcio-reflection",
-        "grpcio-tools",
-        "typer",
-        "rich",
-        "llama-cpp-python",
-    }
-)
-# The same, as the top-level modules they install.
-NOT_CLIENT_MODULES = frozenset(
-    {
-        "psutil",
-        "prometheus_client",
-        "openai",
-        "httpx",
-        "re2",
-        "grpc_status",
-        "grpc_health",
-        "grpc_reflection",
-        "grpc_tools",
-        "typer",
-        "rich",
-        "llama_cpp",
-    }
-)
 
 CLIENT_PROBE = """
 import asyncio, json, sys
