@@ -85,7 +85,10 @@ def metrics_table(samples: Iterable[MetricSample], *, title: str = "metrics") ->
 
 
 def plot_metrics(samples: Iterable[MetricSample], path: str | os.PathLike[str]) -> Path:
-    """Saves one line chart per metric to ``path`` (PNG, SVG... by suffix); needs matplotlib."""
+    """Saves one line chart per metric to ``path`` (PNG, SVG... by suffix).
+
+    Needs matplotlib (the ``[analysis]`` extra).
+    """
     try:
         # Imported by name: matplotlib is optional and ships no type stubs here.
         matplotlib = importlib.import_module("matplotlib")
@@ -93,8 +96,9 @@ def plot_metrics(samples: Iterable[MetricSample], path: str | os.PathLike[str]) 
         pyplot = importlib.import_module("matplotlib.pyplot")
     except ImportError as error:
         raise ImportError(
-            "plot_metrics needs matplotlib, which is not installed: pip install matplotlib, "
-            "or use metrics_table() / sparkline() for a text view"
+            "plot_metrics needs matplotlib, which is not installed: "
+            "pip install 'sandbox-sdk[analysis]', or use metrics_table() / sparkline() "
+            "for a text view"
         ) from error
     grouped = group_metrics(samples)
     if not grouped:

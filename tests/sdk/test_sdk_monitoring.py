@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,10 +33,22 @@ def test_grouping_and_table() -> None:
     assert metrics_table(SAMPLES).row_count == 2
 
 
-def test_plot_needs_matplotlib_or_says_how_to_get_it(tmp_path: Path) -> None:
-    target = tmp_path / "m.png"
-    if importlib.util.find_spec("matplotlib") is None:
-        with pytest.raises(ImportError, match="pip install matplotlib"):
-            plot_metrics(SAMPLES, target)
-    else:
-        assert plot_metrics(SAMPLES, target).stat().st_size > 0
+def test_plot_draws_one_chart_per_metric(tmp_path: Path) -> None:
+    pyplot = pytest.importorskip("matplotlib.pyplot", reason="make install adds [analysis]")
+    saved = plot_metrics(SAMPLES, tmp_path / "m.png")
+    assert saved.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    image = pyplot.imread(saved)
+    assert image.shape[0] > image.shape[1] / 4  # two charts stacked, not one strip
+    svg = plot_metrics(SAMPLES, tmp_path / "m.svg").read_text()
+    assert "latency_seconds (s)" in svg
+    assert "tokens_per_second (tokens/s)" in svg
+    with pytest.raises(ValueError, match="no metric samples"):
+        plot_metrics([], tmp_path / "none.png")
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'sandbox-sdk\[analysis\]'"):
+        plot_metrics(SAMPLES, tmp_path / "m.png")
