@@ -11,6 +11,7 @@ next token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.resources
 import importlib.util
@@ -68,6 +69,20 @@ class LoadedModel:
 
 _loaded: dict[tuple[str, int, int, int, bool], LoadedModel] = {}
 _loading_lock = threading.Lock()
+
+
+@atexit.register
+def _free_loaded_models() -> None:
+    """Frees the shared models while llama_cpp still works.
+
+    Left to the garbage collector at interpreter exit, ``Llama.__del__`` runs
+    after llama_cpp's module globals are gone and prints a traceback.
+    """
+    with _loading_lock:
+        for model in _loaded.values():
+            model.executor.shutdown(wait=True, cancel_futures=True)
+            model.llama.close()
+        _loaded.clear()
 
 
 def load_model(path: Path, options: LocalOptions) -> LoadedModel:
