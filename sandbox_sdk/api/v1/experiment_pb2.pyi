@@ -94,6 +94,38 @@ LOG_LEVEL_ERROR: LogLevel.ValueType  # 4
 """Something failed."""
 Global___LogLevel: _TypeAlias = LogLevel  # noqa: Y015
 
+class _IntervalMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IntervalMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IntervalMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INTERVAL_METHOD_UNSPECIFIED: _IntervalMethod.ValueType  # 0
+    """Never set by the server."""
+    INTERVAL_METHOD_NONE: _IntervalMethod.ValueType  # 1
+    """No interval: fewer than two inputs have a value."""
+    INTERVAL_METHOD_WILSON: _IntervalMethod.ValueType  # 2
+    """Wilson score interval of the rate of a 0/1 score; never outside [0, 1]."""
+    INTERVAL_METHOD_T: _IntervalMethod.ValueType  # 3
+    """Student's t interval of the mean, with the standard error clustered by input."""
+    INTERVAL_METHOD_BOOTSTRAP: _IntervalMethod.ValueType  # 4
+    """Percentile bootstrap that resamples inputs (with their repeats)."""
+
+class IntervalMethod(_IntervalMethod, metaclass=_IntervalMethodEnumTypeWrapper):
+    """How the confidence interval of an aggregate was computed."""
+
+INTERVAL_METHOD_UNSPECIFIED: IntervalMethod.ValueType  # 0
+"""Never set by the server."""
+INTERVAL_METHOD_NONE: IntervalMethod.ValueType  # 1
+"""No interval: fewer than two inputs have a value."""
+INTERVAL_METHOD_WILSON: IntervalMethod.ValueType  # 2
+"""Wilson score interval of the rate of a 0/1 score; never outside [0, 1]."""
+INTERVAL_METHOD_T: IntervalMethod.ValueType  # 3
+"""Student's t interval of the mean, with the standard error clustered by input."""
+INTERVAL_METHOD_BOOTSTRAP: IntervalMethod.ValueType  # 4
+"""Percentile bootstrap that resamples inputs (with their repeats)."""
+Global___IntervalMethod: _TypeAlias = IntervalMethod  # noqa: Y015
+
 @_typing.final
 class GenerationParameters(_message.Message):
     """Sampling parameters for generation. Unset fields take the model's defaults."""
@@ -410,6 +442,7 @@ class ExperimentSpec(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    FAIL_ON_SCORER_ERROR_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias served by the orchestrator (see ListModels)."""
     dataset_path: _builtins.str
@@ -420,6 +453,10 @@ class ExperimentSpec(_message.Message):
     """Each input is run this many times with seeds seed, seed+1, ...; zero means 1."""
     priority: _builtins.int
     """Higher runs first among the tenant's queued experiments."""
+    fail_on_scorer_error: _builtins.bool
+    """End the experiment FAILED (reason SCORER_FAILED) as soon as any scorer fails on any
+    sample, instead of recording the failure and going on.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExperimentInput]:
         """The inputs. Either inputs or dataset_path must be set."""
@@ -453,10 +490,11 @@ class ExperimentSpec(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         priority: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        fail_on_scorer_error: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_path", b"dataset_path", "inputs", b"inputs", "labels", b"labels", "model", b"model", "parameters", b"parameters", "priority", b"priority", "repeats", b"repeats", "scorers", b"scorers", "system_prompt", b"system_prompt", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_path", b"dataset_path", "fail_on_scorer_error", b"fail_on_scorer_error", "inputs", b"inputs", "labels", b"labels", "model", b"model", "parameters", b"parameters", "priority", b"priority", "repeats", b"repeats", "scorers", b"scorers", "system_prompt", b"system_prompt", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -904,7 +942,9 @@ Global___SampleResult: _TypeAlias = SampleResult  # noqa: Y015
 
 @_typing.final
 class AggregateMetric(_message.Message):
-    """A metric summarised over all samples."""
+    """A metric summarised over all samples. Repeats of one input are a cluster, not
+    independent samples: the standard error and the interval count inputs.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -914,33 +954,72 @@ class AggregateMetric(_message.Message):
     STDDEV_FIELD_NUMBER: _builtins.int
     CI_LOW_FIELD_NUMBER: _builtins.int
     CI_HIGH_FIELD_NUMBER: _builtins.int
+    STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    INTERVAL_METHOD_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    REPEATS_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Metric name."""
     count: _builtins.int
-    """Number of values."""
+    """Number of values (samples, every repeat counted)."""
     mean: _builtins.float
-    """Arithmetic mean."""
+    """Arithmetic mean of the values."""
     stddev: _builtins.float
-    """Sample standard deviation."""
+    """Sample standard deviation of the values; unset with fewer than two values."""
     ci_low: _builtins.float
-    """Lower bound of the 95% confidence interval of the mean."""
+    """Lower bound of the confidence interval of the mean; unset when interval_method is NONE."""
     ci_high: _builtins.float
-    """Upper bound of the 95% confidence interval of the mean."""
+    """Upper bound of the confidence interval of the mean; unset when interval_method is NONE."""
+    standard_error: _builtins.float
+    """Standard error of the mean, clustered by input; unset with fewer than two inputs."""
+    interval_method: Global___IntervalMethod.ValueType
+    """How ci_low and ci_high were computed."""
+    confidence: _builtins.float
+    """Confidence level of the interval, for example 0.95."""
+    inputs: _builtins.int
+    """Distinct inputs with a value (the clusters)."""
+    repeats: _builtins.int
+    """Most repeats any input has."""
+    failed: _builtins.int
+    """Samples whose scorer failed for this metric, so that have no value."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         count: _builtins.int = ...,
         mean: _builtins.float = ...,
-        stddev: _builtins.float = ...,
-        ci_low: _builtins.float = ...,
-        ci_high: _builtins.float = ...,
+        stddev: _builtins.float | None = ...,
+        ci_low: _builtins.float | None = ...,
+        ci_high: _builtins.float | None = ...,
+        standard_error: _builtins.float | None = ...,
+        interval_method: Global___IntervalMethod.ValueType = ...,
+        confidence: _builtins.float = ...,
+        inputs: _builtins.int = ...,
+        repeats: _builtins.int = ...,
+        failed: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ci_high", b"_ci_high", "_ci_low", b"_ci_low", "_standard_error", b"_standard_error", "_stddev", b"_stddev", "ci_high", b"ci_high", "ci_low", b"ci_low", "standard_error", b"standard_error", "stddev", b"stddev"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "count", b"count", "mean", b"mean", "name", b"name", "stddev", b"stddev"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ci_high", b"_ci_high", "_ci_low", b"_ci_low", "_standard_error", b"_standard_error", "_stddev", b"_stddev", "ci_high", b"ci_high", "ci_low", b"ci_low", "confidence", b"confidence", "count", b"count", "failed", b"failed", "inputs", b"inputs", "interval_method", b"interval_method", "mean", b"mean", "name", b"name", "repeats", b"repeats", "standard_error", b"standard_error", "stddev", b"stddev"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__ci_high: _TypeAlias = _typing.Literal["ci_high"]  # noqa: Y015
+    _WhichOneofArgType__ci_high: _TypeAlias = _typing.Literal["_ci_high", b"_ci_high"]  # noqa: Y015
+    _WhichOneofReturnType__ci_low: _TypeAlias = _typing.Literal["ci_low"]  # noqa: Y015
+    _WhichOneofArgType__ci_low: _TypeAlias = _typing.Literal["_ci_low", b"_ci_low"]  # noqa: Y015
+    _WhichOneofReturnType__standard_error: _TypeAlias = _typing.Literal["standard_error"]  # noqa: Y015
+    _WhichOneofArgType__standard_error: _TypeAlias = _typing.Literal["_standard_error", b"_standard_error"]  # noqa: Y015
+    _WhichOneofReturnType__stddev: _TypeAlias = _typing.Literal["stddev"]  # noqa: Y015
+    _WhichOneofArgType__stddev: _TypeAlias = _typing.Literal["_stddev", b"_stddev"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ci_high) -> _WhichOneofReturnType__ci_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ci_low) -> _WhichOneofReturnType__ci_low | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__standard_error) -> _WhichOneofReturnType__standard_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stddev) -> _WhichOneofReturnType__stddev | None: ...
 
 Global___AggregateMetric: _TypeAlias = AggregateMetric  # noqa: Y015
 
