@@ -84,6 +84,7 @@ def spec_to_proto(spec: ExperimentSpec) -> experiment_pb2.ExperimentSpec:
         timeout=to_duration_pb(spec.timeout_seconds),
         priority=spec.priority,
         labels=spec.labels,
+        fail_on_scorer_error=spec.fail_on_scorer_error,
     )
     parameters = spec.parameters
     target = message.parameters

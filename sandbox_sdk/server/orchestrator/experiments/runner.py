@@ -1,5 +1,9 @@
 """Runs one experiment: every input and repeat through the model, then the scorers.
 
+A scorer that fails on an output is logged once (its first failure) and
+counted at the end; with ``fail_on_scorer_error`` the experiment instead
+ends FAILED (SCORER_FAILED) right after that sample is recorded.
+
 The runner yields to the event loop at least once per sample, whatever the
 provider does, and its slow steps (reading and parsing a dataset, scoring)
 run on threads, so one experiment never stalls other callers.
@@ -40,13 +44,14 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     OutputEvent,
     SampleRecord,
 )
-from sandbox_sdk.server.orchestrator.experiments.scoring import Scorer, Scores
+from sandbox_sdk.server.orchestrator.experiments.scoring import Scorer, ScorerFailures, Scores
 from sandbox_sdk.server.orchestrator.experiments.spec import InputSpec
 from sandbox_sdk.server.orchestrator.ports import SandboxPort
 from sandbox_sdk.server.status import ServiceError
 
 # The environment's usage is recorded with a sample at most this often.
 USAGE_INTERVAL_SECONDS = 1.0
+_LATER_FAILURES_COUNTED = "; its later failures are counted when the experiment ends"
 
 
 class ExperimentFailedError(Exception):
@@ -103,6 +108,7 @@ class ExperimentRunner:
         self.metrics = metrics
         self.retry = RetryPolicy(model.config.retry)
         self.scorer = Scorer(self.spec.scorers, sandbox, record.environment_id)
+        self.scorer_failures = ScorerFailures()
         self._usage_sampled_at = -math.inf
 
     async def run(self) -> None:
@@ -123,6 +129,14 @@ class ExperimentRunner:
                 sample = await self._run_sample(index, repeat, item)
                 if sample.error:
                     failed.append(sample.error)
+                elif sample.score_errors and self.spec.fail_on_scorer_error:
+                    # A scorer that failed because the environment went away is not the
+                    # scorer's fault: that cancels the experiment instead.
+                    self._check_environment()
+                    raise ExperimentFailedError(_scorer_failure(sample))
+        summary = self.scorer_failures.summary()
+        if summary:
+            await self.writer.emit([LogEvent(LogLevel.WARNING, line) for line in summary])
         # Scorers that failed because the environment went away do not make a success.
         self._check_environment()
         if failed and len(failed) == total:
@@ -175,8 +189,10 @@ class ExperimentRunner:
         )
         generation = await self._generate(index, repeat, request)
         scores = Scores()
+        first_failures: list[str] = []
         if not generation.error:
             scores = await self.scorer.score(generation.output, item.expected)
+            first_failures = self.scorer_failures.add(scores)
         sample = SampleRecord(
             input_index=index,
             repeat=repeat,
@@ -194,7 +210,7 @@ class ExperimentRunner:
             finish_reason=generation.finish_reason,
             error=generation.error,
         )
-        events = self._sample_events(sample, scores)
+        events = self._sample_events(sample, scores, first_failures)
         await self.writer.emit(events, sample=sample)
         self._count(sample)
         with contextlib.suppress(ServiceError, KeyError):
@@ -257,7 +273,11 @@ class ExperimentRunner:
             message += "; the retry's output replaces the text streamed so far"
         await self.writer.emit([_log(LogLevel.WARNING, index, repeat, message)])
 
-    def _sample_events(self, sample: SampleRecord, scores: Scores) -> list[EventPayload]:
+    def _sample_events(
+        self, sample: SampleRecord, scores: Scores, first_failures: list[str]
+    ) -> list[EventPayload]:
+        """The sample's metrics, and a warning for each scorer failing for the first time
+        (a scorer failing on every sample would otherwise flood the log)."""
         at = {"input_index": sample.input_index, "repeat": sample.repeat}
         events: list[EventPayload] = []
         if not sample.error:
@@ -271,12 +291,11 @@ class ExperimentRunner:
                 MetricEvent("completion_tokens", sample.completion_tokens, "tokens", **at),
             ]
         events += self._environment_usage(sample.input_index, sample.repeat)
-        for name, reason in scores.errors.items():
-            events.append(
-                _log(
-                    LogLevel.WARNING, sample.input_index, sample.repeat, f"scorer {name}: {reason}"
-                )
+        for name in first_failures:
+            message = f"scorer {name} failed: {scores.errors[name]}" + (
+                "" if self.spec.fail_on_scorer_error else _LATER_FAILURES_COUNTED
             )
+            events.append(_log(LogLevel.WARNING, sample.input_index, sample.repeat, message))
         return events
 
     def _environment_usage(self, index: int, repeat: int) -> list[EventPayload]:
@@ -339,6 +358,17 @@ def parse_dataset(content: bytes, path: str) -> list[InputSpec]:
 
 def _dataset_error(message: str) -> ExperimentFailedError:
     return ExperimentFailedError(Failure(ErrorReason.INVALID_ARGUMENT, message))
+
+
+def _scorer_failure(sample: SampleRecord) -> Failure:
+    """Why an experiment with ``fail_on_scorer_error`` failed on ``sample``."""
+    name, reason = next(iter(sample.score_errors.items()))
+    message = f"scorer {name} failed on input {sample.input_index} repeat {sample.repeat}: {reason}"
+    others = len(sample.score_errors) - 1
+    if others:
+        message += f" ({others} more scorer(s) failed on it; see its score_errors)"
+    message += "; fail_on_scorer_error is set, so the experiment stopped there"
+    return Failure(ErrorReason.SCORER_FAILED, message)
 
 
 def _log(level: LogLevel, index: int, repeat: int, message: str) -> LogEvent:

@@ -2,7 +2,9 @@
 
 A scorer that fails (a command that crashes, times out, prints too much or
 prints no number) yields an error message for that metric instead of a
-score; it never fails the experiment.
+score; the experiment goes on, unless its spec sets ``fail_on_scorer_error``
+(the runner decides that). ``ScorerFailures`` counts the failures so the
+experiment's log says once per scorer that it fails, and how often.
 
 Built-in checks of long texts run on a small pool of worker threads, never
 on the event loop, each with a time limit (``BUILTIN_TIME_LIMIT_SECONDS``):
@@ -16,6 +18,7 @@ longer than ``MAX_SUBJECT_CHARS`` are refused with a scorer error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -61,6 +64,29 @@ class Scores:
 
     values: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ScorerFailures:
+    """How many of an experiment's scored outputs each scorer failed on."""
+
+    scored: int = 0
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, scores: Scores) -> list[str]:
+        """Counts one scored output; returns the scorers that failed on it for the first time."""
+        self.scored += 1
+        first = [name for name in scores.errors if not self.counts[name]]
+        self.counts.update(scores.errors.keys())
+        return first
+
+    def summary(self) -> list[str]:
+        """One line per scorer that failed: on how many of the scored outputs."""
+        return [
+            f"scorer {name} failed on {count} of {self.scored} scored samples;"
+            " each sample's score_errors says why"
+            for name, count in self.counts.items()
+        ]
 
 
 class Scorer:

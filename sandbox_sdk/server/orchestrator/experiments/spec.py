@@ -87,7 +87,8 @@ class ExperimentSpec(_Frozen):
 
     ``model`` is the name the client asked for (possibly an alias);
     ``repeats`` is at least 1 and ``timeout_seconds`` is 0 for the
-    orchestrator default.
+    orchestrator default. ``fail_on_scorer_error`` ends the experiment
+    FAILED (SCORER_FAILED) at the first sample a scorer fails on.
     """
 
     model: str
@@ -100,3 +101,4 @@ class ExperimentSpec(_Frozen):
     timeout_seconds: float = 0.0
     priority: int = 0
     labels: dict[str, str] = {}
+    fail_on_scorer_error: bool = False

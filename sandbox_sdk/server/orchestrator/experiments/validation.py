@@ -121,6 +121,7 @@ def _spec(
         timeout_seconds=timeout,
         priority=proto.priority,
         labels=dict(proto.labels),
+        fail_on_scorer_error=proto.fail_on_scorer_error,
     )
 
 
