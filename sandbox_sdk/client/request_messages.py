@@ -366,6 +366,7 @@ def create_experiment_request(
     timeout: DurationLike | None = None,
     priority: int | None = None,
     labels: Mapping[str, str] | None = None,
+    fail_on_scorer_error: bool = False,
 ) -> requests_pb2.CreateExperimentRequest:
     """The ``CreateExperiment`` request, with a new ``request_id``."""
     if not model:
@@ -383,6 +384,7 @@ def create_experiment_request(
         repeats=repeats or 0,
         priority=priority or 0,
         labels=_string_map("spec.labels", labels),
+        fail_on_scorer_error=fail_on_scorer_error,
     )
     if timeout is not None:
         spec.timeout.CopyFrom(to_duration_pb(_duration("spec.timeout", timeout)))

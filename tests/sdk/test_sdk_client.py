@@ -159,8 +159,10 @@ def test_experiment_request_mapping(gateway: FakeGateway, client: SandboxClient)
         timeout="5m",
         priority=3,
         labels={"k": "v"},
+        fail_on_scorer_error=True,
     )
     spec = gateway.calls("CreateExperiment")[0].request.spec
+    assert spec.fail_on_scorer_error
     assert [i.expected for i in spec.inputs] == ["A", ""]
     assert spec.parameters.temperature == 0.2
     assert spec.parameters.max_tokens == 16

@@ -216,6 +216,7 @@ class Sandbox:
         timeout: DurationLike | None = None,
         priority: int | None = None,
         labels: Mapping[str, str] | None = None,
+        fail_on_scorer_error: bool = False,
     ) -> Experiment:
         """Queues an experiment in this environment and returns its handle at once.
 
@@ -224,6 +225,15 @@ class Sandbox:
         workspace). ``parameters`` keys temperature, top_p, max_tokens, seed and
         stop are typed; other keys go to the provider. ``timeout`` bounds the
         whole experiment on the server.
+
+        A scorer that fails on a sample (a command that crashes, times out or
+        prints no number) leaves that metric out of the sample, with the reason
+        in its ``score_errors``, and the experiment goes on. With
+        ``fail_on_scorer_error=True`` the experiment instead ends FAILED at the
+        first such sample, with reason ``SCORER_FAILED`` and a message naming
+        the scorer, the sample and the error; ``get_results()`` then raises
+        :class:`~sandbox_sdk.errors.ExperimentFailedError`, and
+        ``get_results(raise_on_failure=False)`` returns the samples run so far.
         """
         request = messages.create_experiment_request(
             self.id,
@@ -239,6 +249,7 @@ class Sandbox:
             timeout=timeout,
             priority=priority,
             labels=labels,
+            fail_on_scorer_error=fail_on_scorer_error,
         )
         response = self._transport.call("CreateExperiment", request)
         return Experiment(self._transport, ExperimentInfo.from_proto(response.experiment))
