@@ -17,6 +17,11 @@ def ensure_succeeded(info: ExperimentInfo) -> None:
         ExperimentState.TIMED_OUT: "raise run_experiment(timeout=...) or use fewer inputs",
         ExperimentState.CANCELLED: "it was cancelled; run it again if that was not intended",
     }.get(info.state, f"read its logs with `sandbox-sdk logs {info.id}`, fix the cause and rerun")
+    if reason == "SCORER_FAILED":
+        advice = (
+            "fix the scorer (each sample's score_errors says why it failed), or run without "
+            "fail_on_scorer_error to record scorer failures and go on"
+        )
     raise ExperimentFailedError(
         f"experiment {info.id} ended {info.state.value} ({reason}"
         + (f": {detail}" if detail else "")

@@ -28,6 +28,7 @@ def test_fail_on_scorer_error_fails_the_experiment_at_the_first_failure(
         assert caught.value.reason == "SCORER_FAILED"
         assert "scorer picky failed on input 1 repeat 0" in str(caught.value)
         assert "exited with code 3: boom" in str(caught.value)
+        assert "fix the scorer" in str(caught.value)  # advice that fits the reason
         info = experiment.refresh()
         assert info.state is ExperimentState.FAILED
         assert info.failure is not None
