@@ -8,6 +8,7 @@ experiment = sandbox.run_experiment(model="gpt-3", prompt="Hello, world!")
 results = experiment.get_results()
 """
 
+from sandbox_sdk.analysis import PowerPlan, sample_size
 from sandbox_sdk.auth import ApiKey, Token, TokenProvider
 from sandbox_sdk.client import (
     AsyncExperiment,
@@ -61,6 +62,7 @@ from sandbox_sdk.models import (
     ExperimentResults,
     ExperimentState,
     FileInfo,
+    IntervalMethod,
     JsonValid,
     LogLevel,
     LogLine,
@@ -116,6 +118,7 @@ __all__ = [
     "FieldViolation",
     "FileInfo",
     "InternalError",
+    "IntervalMethod",
     "InvalidArgumentError",
     "JsonValid",
     "LogLevel",
@@ -128,6 +131,7 @@ __all__ = [
     "OutputChunk",
     "OutputDelta",
     "PermissionDeniedError",
+    "PowerPlan",
     "QuotaExceededError",
     "QuotaViolation",
     "RateLimitedError",
@@ -148,4 +152,5 @@ __all__ = [
     "TokenUsage",
     "UnavailableError",
     "UsageReport",
+    "sample_size",
 ]

@@ -23,7 +23,13 @@ from sandbox_sdk.models.experiment import (
     StateChange,
 )
 from sandbox_sdk.models.files import FileInfo
-from sandbox_sdk.models.results import AggregateMetric, ExperimentResults, SampleResult, TokenUsage
+from sandbox_sdk.models.results import (
+    AggregateMetric,
+    ExperimentResults,
+    IntervalMethod,
+    SampleResult,
+    TokenUsage,
+)
 from sandbox_sdk.models.scorers import Command, Contains, ExactMatch, JsonValid, Regex, Scorer
 from sandbox_sdk.models.usage import ResourceUsage, UsageReport
 
@@ -47,6 +53,7 @@ __all__ = [
     "ExperimentResults",
     "ExperimentState",
     "FileInfo",
+    "IntervalMethod",
     "JsonValid",
     "LogLevel",
     "LogLine",

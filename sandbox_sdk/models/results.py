@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import enum
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -48,28 +49,105 @@ class TokenUsage:
         return cls(message.prompt_tokens, message.completion_tokens)
 
 
+class IntervalMethod(enum.StrEnum):
+    """How an aggregate's confidence interval was computed (see docs/statistics.md)."""
+
+    NONE = "NONE"
+    """No interval: fewer than two inputs have a value."""
+    WILSON = "WILSON"
+    """Wilson score interval of the rate of a 0/1 score; never outside [0, 1]."""
+    T = "T"
+    """Student's t interval of the mean, standard error clustered by input."""
+    BOOTSTRAP = "BOOTSTRAP"
+    """Percentile bootstrap over inputs (with their repeats), for non-negative metrics."""
+
+
+_INTERVAL_METHODS = {
+    number: IntervalMethod(name.removeprefix("INTERVAL_METHOD_"))
+    for name, number in experiment_pb2.IntervalMethod.items()
+    if name != "INTERVAL_METHOD_UNSPECIFIED"
+}
+_INTERVAL_METHOD_NUMBERS = {method: number for number, method in _INTERVAL_METHODS.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class AggregateMetric:
-    """A metric over all samples: count, mean, sample stddev and 95% CI of the mean."""
+    """A metric over all samples, repeats of an input counted as one cluster.
+
+    Attributes:
+        name: the score or measurement.
+        count: values (samples with a value, every repeat counted).
+        mean: arithmetic mean of the values (0 when ``count`` is 0).
+        stddev: sample standard deviation of the values; None below two values.
+        ci_low, ci_high: the interval of the mean at ``confidence``; None when
+            ``interval_method`` is NONE.
+        standard_error: standard error of the mean clustered by input; None below
+            two inputs.
+        interval_method: how the interval was made.
+        confidence: the interval's confidence level, for example 0.95.
+        inputs: distinct inputs with a value (the clusters).
+        repeats: most repeats any input has.
+        failed: samples whose scorer failed for this metric, so that have no value.
+    """
 
     name: str
     count: int
     mean: float
-    stddev: float
-    ci_low: float
-    ci_high: float
+    stddev: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    standard_error: float | None = None
+    interval_method: IntervalMethod = IntervalMethod.NONE
+    confidence: float = 0.95
+    inputs: int = 0
+    repeats: int = 0
+    failed: int = 0
+
+    @property
+    def has_interval(self) -> bool:
+        """Whether there is a confidence interval (at least two inputs had a value)."""
+        return self.ci_low is not None and self.ci_high is not None
 
     @classmethod
     def from_proto(cls, message: experiment_pb2.AggregateMetric) -> AggregateMetric:
         """Converts the wire form."""
+        method = _INTERVAL_METHODS.get(message.interval_method, IntervalMethod.NONE)
+        has_interval = message.HasField("ci_low") and message.HasField("ci_high")
         return cls(
-            message.name,
-            message.count,
-            message.mean,
-            message.stddev,
-            message.ci_low,
-            message.ci_high,
+            name=message.name,
+            count=message.count,
+            mean=message.mean,
+            stddev=message.stddev if message.HasField("stddev") else None,
+            ci_low=message.ci_low if has_interval else None,
+            ci_high=message.ci_high if has_interval else None,
+            standard_error=(message.standard_error if message.HasField("standard_error") else None),
+            interval_method=method if has_interval else IntervalMethod.NONE,
+            confidence=message.confidence or 0.95,
+            inputs=message.inputs,
+            repeats=message.repeats,
+            failed=message.failed,
         )
+
+    def to_proto(self) -> experiment_pb2.AggregateMetric:
+        """The wire form."""
+        message = experiment_pb2.AggregateMetric(
+            name=self.name,
+            count=self.count,
+            mean=self.mean,
+            interval_method=_INTERVAL_METHOD_NUMBERS[self.interval_method],
+            confidence=self.confidence,
+            inputs=self.inputs,
+            repeats=self.repeats,
+            failed=self.failed,
+        )
+        if self.stddev is not None:
+            message.stddev = self.stddev
+        if self.ci_low is not None and self.ci_high is not None:
+            message.ci_low = self.ci_low
+            message.ci_high = self.ci_high
+        if self.standard_error is not None:
+            message.standard_error = self.standard_error
+        return message
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +287,21 @@ class ExperimentResults:
                 ]
             )
 
+    def score_failures(self) -> dict[str, int]:
+        """Samples whose scorer failed, by metric name (empty when none failed).
+
+        Counted from the samples when they are here, else from the aggregates."""
+        failures: dict[str, int] = {m.name: m.failed for m in self.metrics.values() if m.failed}
+        if self.samples:
+            failures = {}
+            for sample in self.samples:
+                for name in sample.score_errors:
+                    failures[name] = failures.get(name, 0) + 1
+        return dict(sorted(failures.items()))
+
     def to_table(self) -> Table:
-        """A rich table of the aggregate metrics (needs the ``[cli]`` extra)."""
+        """A rich table of the aggregate metrics (needs the ``[cli]`` extra): each mean with
+        its interval ("n/a" when there is none) and the samples whose scorer failed."""
         Table = table_class("ExperimentResults.to_table", instead="to_csv()")
 
         info = self.experiment
@@ -218,15 +309,20 @@ class ExperimentResults:
             title=f"{info.id} ({info.model}) {info.state.value}: "
             f"{len(self.samples)} samples, {self.total_usage.total_tokens} tokens"
         )
-        for column in ("metric", "n", "mean", "stddev", "95% CI"):
+        confidence = next(iter(self.metrics.values())).confidence if self.metrics else 0.95
+        columns = ("metric", "n", "inputs x repeats", "mean", "stddev", f"{confidence:.0%} CI")
+        for column in (*columns, "interval", "failed"):
             table.add_column(column, justify="left" if column == "metric" else "right")
         for metric in self.metrics.values():
             table.add_row(
                 metric.name,
                 str(metric.count),
-                f"{metric.mean:.4g}",
-                f"{metric.stddev:.3g}",
-                f"[{metric.ci_low:.4g}, {metric.ci_high:.4g}]",
+                f"{metric.inputs}x{metric.repeats}",
+                f"{metric.mean:.4g}" if metric.count else "n/a",
+                f"{metric.stddev:.3g}" if metric.stddev is not None else "n/a",
+                _format_interval(metric),
+                metric.interval_method.value.lower() if metric.has_interval else "",
+                f"[bold red]{metric.failed} failed[/bold red]" if metric.failed else "",
             )
         return table
 
@@ -254,6 +350,13 @@ class ExperimentResults:
         from sandbox_sdk.models.comparison import compare_results
 
         return compare_results(self, other)
+
+    def plot(self, path: str | os.PathLike[str], metrics: Sequence[str] | None = None) -> Path:
+        """Draws each metric's mean with its interval as error bars to ``path`` (needs the
+        ``[analysis]`` extra); see ``sandbox_sdk.analysis.plots.plot_results``."""
+        from sandbox_sdk.analysis.plots import plot_results
+
+        return plot_results(self, path, metrics)
 
     @classmethod
     def from_pages(
@@ -291,6 +394,12 @@ def _csv_base_row(sample: SampleResult) -> Sequence[object]:
         sample.time_to_first_token_seconds,
         sample.tokens_per_second,
     )
+
+
+def _format_interval(metric: AggregateMetric) -> str:
+    if metric.ci_low is None or metric.ci_high is None:
+        return "n/a"
+    return f"[{metric.ci_low:.4g}, {metric.ci_high:.4g}]"
 
 
 def _blank_if_none(value: object) -> object:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Distributions only the `server` and `cli` extras (or the model) bring.
+# Distributions only the `server`, `cli` and `analysis` extras (or the model) bring.
 NOT_CLIENT_DISTRIBUTIONS = frozenset(
     {
         "psutil",
@@ -17,11 +17,13 @@ NOT_CLIENT_DISTRIBUTIONS = frozenset(
         "typer",
         "rich",
         "llama-cpp-python",
+        "scipy",
+        "numpy",
     }
 )
 
-# Third-party modules only the servers or the command line use, as the top-level
-# modules their distributions install (click comes with typer).
+# Third-party modules only the servers, the command line or the statistics use, as the
+# top-level modules their distributions install (click comes with typer, numpy with scipy).
 NOT_CLIENT_MODULES = frozenset(
     {
         "psutil",
@@ -37,5 +39,7 @@ NOT_CLIENT_MODULES = frozenset(
         "rich",
         "click",
         "llama_cpp",
+        "scipy",
+        "numpy",
     }
 )

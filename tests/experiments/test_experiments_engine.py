@@ -68,7 +68,12 @@ async def test_an_experiment_streams_scores_and_aggregates(
     metrics = {m.name: m for m in results.metrics}
     assert metrics["has_answer"].count == 3
     assert metrics["has_answer"].mean == 1.0
-    assert metrics["latency_seconds"].ci_low <= metrics["latency_seconds"].mean
+    # One input repeated three times is one cluster: no interval can be made from it.
+    latency = metrics["latency_seconds"]
+    assert (latency.inputs, latency.repeats, latency.count) == (1, 3, 3)
+    assert latency.interval_method == experiment_pb2.INTERVAL_METHOD_NONE
+    assert not latency.HasField("ci_low")
+    assert not latency.HasField("standard_error")
     assert results.total_usage.completion_tokens == 12
     assert sandbox.environments[environment].touches == 3
 

@@ -6,6 +6,7 @@ from google.protobuf import struct_pb2
 
 from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.models.experiment import LEVEL_NUMBERS, STATE_NUMBERS, state_from_number
+from sandbox_sdk.models.results import AggregateMetric
 from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentRecord,
     ExperimentState,
@@ -27,7 +28,6 @@ from sandbox_sdk.server.orchestrator.experiments.spec import (
     RegexMatch,
     ScorerSpec,
 )
-from sandbox_sdk.utils.stats import Summary
 from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
 
 
@@ -177,16 +177,11 @@ def sample_to_proto(sample: SampleRecord) -> experiment_pb2.SampleResult:
     return message
 
 
-def aggregate_to_proto(name: str, summary: Summary) -> experiment_pb2.AggregateMetric:
-    """The AggregateMetric message of a summarised metric."""
-    return experiment_pb2.AggregateMetric(
-        name=name,
-        count=summary.count,
-        mean=summary.mean,
-        stddev=summary.stddev,
-        ci_low=summary.ci_low,
-        ci_high=summary.ci_high,
-    )
+def aggregate_to_proto(name: str, metric: AggregateMetric) -> experiment_pb2.AggregateMetric:
+    """The AggregateMetric message of an aggregate, under ``name``."""
+    message = metric.to_proto()
+    message.name = name
+    return message
 
 
 def model_to_proto(config: ModelConfig) -> experiment_pb2.Model:
