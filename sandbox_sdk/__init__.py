@@ -8,6 +8,8 @@ experiment = sandbox.run_experiment(model="gpt-3", prompt="Hello, world!")
 results = experiment.get_results()
 """
 
+from importlib import metadata as _metadata
+
 from sandbox_sdk.analysis import PowerPlan, sample_size
 from sandbox_sdk.auth import ApiKey, Token, TokenProvider
 from sandbox_sdk.client import (
@@ -82,6 +84,25 @@ from sandbox_sdk.models import (
     UsageReport,
 )
 
+
+def _installed_version() -> str:
+    """The installed distribution's version; pyproject.toml's for an uninstalled source tree."""
+    try:
+        return _metadata.version("sandbox-sdk")
+    except _metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        try:
+            version: str = tomllib.loads(pyproject.read_text())["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+        return version
+
+
+__version__ = _installed_version()
+
 __all__ = [
     "AggregateMetric",
     "AlreadyExistsError",
@@ -152,5 +173,6 @@ __all__ = [
     "TokenUsage",
     "UnavailableError",
     "UsageReport",
+    "__version__",
     "sample_size",
 ]
