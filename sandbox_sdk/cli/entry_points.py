@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from sandbox_sdk.cli.exit_codes import exit_code_for
+from sandbox_sdk.cli.exit_codes import INTERRUPTED, exit_code_for
 from sandbox_sdk.cli.extras import missing_extra_error, require_extra
 from sandbox_sdk.errors import ConfigError
 
@@ -36,16 +36,25 @@ def _entry_point(function: str, extra: str, command: str) -> Callable[[], None]:
     return entry
 
 
+def _run(function: str, extra: str, command: str) -> None:
+    # Ctrl-C while the command line is still being imported: one line, no traceback.
+    try:
+        _entry_point(function, extra, command)()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+
+
 def main() -> None:
     """Entry point of ``sandbox-sdk``: needs the ``cli`` extra."""
-    _entry_point("main", "cli", "sandbox-sdk")()
+    _run("main", "cli", "sandbox-sdk")
 
 
 def gateway_main() -> None:
     """Entry point of ``sandbox-gateway``: needs the ``server`` extra."""
-    _entry_point("gateway_main", "server", "sandbox-gateway")()
+    _run("gateway_main", "server", "sandbox-gateway")
 
 
 def orchestrator_main() -> None:
     """Entry point of ``sandbox-orchestrator``: needs the ``server`` extra."""
-    _entry_point("orchestrator_main", "server", "sandbox-orchestrator")()
+    _run("orchestrator_main", "server", "sandbox-orchestrator")

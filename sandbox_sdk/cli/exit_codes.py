@@ -20,10 +20,16 @@ Code  Meaning
 14    InternalError: a server bug; quote the request id
 15    CancelledError
 16    CommandFailedError (``env exec --check``)
+17    a local file could not be read or written (``env cp``)
+125   ``env exec`` only: sandbox-sdk itself failed (any of the above)
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 
-``env exec`` without ``--check`` exits with the command's own exit status.
+``env exec`` passes the command's own exit status through (128 + N when a signal N
+killed it, 124 when its timeout did). So that no failure of the CLI can pass for the
+command's status, every failure of ``env exec`` itself (a bad command line, an SDK
+error) exits 125, as ``docker run`` does, with the reason on stderr; with ``--check``
+a failed command exits 16.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ from sandbox_sdk.models.execution import CommandFailedError
 
 GENERIC_ERROR = 1
 USAGE_ERROR = 2
+COMMAND_FAILED = 16
+LOCAL_FILE_ERROR = 17
+COMMAND_NOT_RUN = 125
 INTERRUPTED = 130
 
 EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (

@@ -92,7 +92,7 @@ def test_environments_commands_and_experiments_end_to_end(cli: Cli) -> None:
         experiment_id = match.group(1)
         assert "hello from the cli" in run.stdout
 
-        results = cli("results", experiment_id, "--json")
+        results = cli("results", experiment_id, "--jsonl")
         assert results.exit_code == 0, results.output
         [sample] = [json.loads(line) for line in results.stdout.splitlines()]
         assert sample["experiment_id"] == experiment_id
@@ -110,7 +110,8 @@ def test_environments_commands_and_experiments_end_to_end(cli: Cli) -> None:
     assert _listed(cli, "--all")[environment_id]["state"] == "TERMINATED"
     assert cli("env", "rm", environment_id).exit_code == 0, "deleting twice is fine"
     gone = cli("env", "exec", environment_id, "--", "true")
-    assert gone.exit_code == 8, gone.output  # FailedPreconditionError
+    assert gone.exit_code == 125, gone.output  # env exec's own failures: never the command's
+    assert gone.output.count("error:") == 1, gone.output
 
 
 def test_run_without_an_environment_makes_one_and_deletes_it(cli: Cli) -> None:

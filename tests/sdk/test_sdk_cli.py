@@ -68,7 +68,7 @@ def test_run_no_follow_then_logs_results_metrics(cli, gateway: FakeGateway) -> N
     logs = cli("logs", experiment_id)
     assert "done" in logs.stdout
     assert "SUCCEEDED" in logs.stdout
-    as_json = cli("results", experiment_id, "--json")
+    as_json = cli("results", experiment_id, "--jsonl")
     assert json.loads(as_json.stdout.splitlines()[0])["output"] == "A"
     as_csv = cli("results", experiment_id, "--csv")
     assert as_csv.stdout.splitlines()[0].startswith("input_index,repeat")
