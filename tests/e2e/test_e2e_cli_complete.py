@@ -221,6 +221,17 @@ def test_env_exec_passes_stdin_and_reports_how_the_command_ended(
     assert timed_out.exit_code in (124, 128 + 9), timed_out.output
 
 
+def test_env_exec_says_when_the_command_ran_out_of_memory(cli: Cli) -> None:
+    environment = _created(cli, "--memory", "32Mi")
+    try:
+        hog = "a=$(head -c 200000000 /dev/zero | tr '\\0' x); echo ${#a}"
+        ran = cli("env", "exec", environment, "--", "sh", "-c", hog)
+    finally:
+        cli("env", "rm", environment)
+    assert "command ended by OUT_OF_MEMORY" in ran.stderr, ran.output
+    assert ran.exit_code == 128 + 9
+
+
 def test_env_exec_s_own_failures_exit_125_and_the_command_s_status_passes(
     cli: Cli, environment: str
 ) -> None:
@@ -269,6 +280,16 @@ def test_results_compare_power_plots_and_scorer_failures(
     assert {"ci_low", "ci_high", "standard_error", "interval_method", "confidence"} <= set(contains)
     assert len(document["samples"]) == 6
     assert document["score_failures"] == {}
+
+    events = [json.loads(line) for line in cli("logs", clean, "--json").stdout.splitlines()]
+    assert events[-1]["state"] == "SUCCEEDED"
+    measured = cli("metrics", clean, "--json").stdout.splitlines()
+    assert {json.loads(line)["name"] for line in measured} >= {"latency_seconds"}
+    models = json.loads(cli("models", "--json").stdout)
+    assert "echo" in [alias for model in models for alias in model["aliases"]]
+    got = json.loads(cli("experiments", "get", clean, "--json").stdout)
+    assert got["state"] == "SUCCEEDED"
+    assert got["completed_samples"] == 6
 
     warned = cli("results", failing.group(1))
     assert warned.exit_code == 0, warned.output
