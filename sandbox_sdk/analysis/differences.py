@@ -5,6 +5,7 @@
   (a binomial test on the discordant pairs); anything else the paired t test, or the
   exact sign test when every difference is the same (t is undefined without spread).
 - Different inputs: Welch's unequal-variance t test on the per-input means.
+- No input changed at all: nothing to test (no p-value), the difference is exactly 0.
 - Several metrics compared at once: Holm's step-down adjustment of the p-values.
 """
 
@@ -51,6 +52,10 @@ def paired_difference(
     difference = math.fsum(differences) / len(differences) if differences else 0.0
     if len(shared) < 2:
         return Difference(difference, None, None, None, NO_TEST, paired=True)
+    if not any(differences):
+        # No input changed: both exact tests discard ties, so there is nothing to test,
+        # and a metric that cannot differ must not dilute Holm's correction of the others.
+        return Difference(0.0, 0.0, 0.0, None, NO_TEST, paired=True)
     if binary_single_repeat:
         return _exact_mcnemar(differences, confidence)
     if len(set(differences)) == 1:
@@ -93,8 +98,6 @@ def _exact_mcnemar(differences: Sequence[float], confidence: float) -> Differenc
     wins = sum(1 for d in differences if d > 0)
     discordant = wins + sum(1 for d in differences if d < 0)
     difference = (2 * wins - discordant) / n
-    if discordant == 0:
-        return Difference(0.0, 0.0, 0.0, 1.0, EXACT_MCNEMAR, paired=True)
     test = scipy_stats().binomtest(wins, discordant, 0.5)
     share = test.proportion_ci(confidence_level=confidence, method="exact")
     scale = discordant / n
@@ -112,8 +115,6 @@ def _exact_sign(differences: Sequence[float]) -> Difference:
     """Every input moved by the same amount: the sign test (all n signs alike has
     probability 2 / 2^n under no difference) judges it; there is no spread for an interval."""
     difference = differences[0]
-    if difference == 0.0:
-        return Difference(0.0, 0.0, 0.0, 1.0, EXACT_SIGN, paired=True)
     n = len(differences)
     wins = n if difference > 0 else 0
     p_value = float(scipy_stats().binomtest(wins, n, 0.5).pvalue)

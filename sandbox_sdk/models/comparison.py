@@ -47,7 +47,8 @@ class MetricComparison:
         test: "exact-mcnemar", "exact-sign", "paired-t", "welch-t" or "none".
         paired: whether inputs were paired (both experiments ran the same inputs).
         significant: whether the adjusted p-value is below 1 - confidence; None when
-            there was no test (fewer than two inputs, or no spread on either side).
+            there was no test (fewer than two inputs, no spread on either side, or, paired,
+            no input changed: then the interval is [0, 0]).
     """
 
     name: str
@@ -120,15 +121,16 @@ class ExperimentComparison:
                 interval,
                 f"{metric.p_value_adjusted:.3g}" if metric.p_value_adjusted is not None else "n/a",
                 metric.test,
-                _verdict(metric.significant),
+                _verdict(metric),
             )
         return table
 
 
-def _verdict(significant: bool | None) -> str:
-    if significant is None:
-        return "too few samples"
-    return "[bold]beyond noise[/bold]" if significant else "within noise"
+def _verdict(metric: MetricComparison) -> str:
+    if metric.significant is None:
+        unchanged = metric.paired and metric.ci_low == 0.0 and metric.ci_high == 0.0
+        return "no input changed" if unchanged else "too few samples"
+    return "[bold]beyond noise[/bold]" if metric.significant else "within noise"
 
 
 def compare_results(

@@ -299,9 +299,16 @@ def test_significance_uses_the_holm_adjusted_p_value() -> None:
     assert comparison.significant() == [exact]
 
 
-def test_paired_difference_of_identical_experiments_is_zero() -> None:
+def test_a_metric_no_input_changed_has_nothing_to_test_and_stays_out_of_holm() -> None:
     same = paired_difference({0: 1.0, 1: 0.0}, {0: 1.0, 1: 0.0}, binary_single_repeat=True)
-    assert (same.difference, same.p_value) == (0.0, 1.0)
+    assert (same.difference, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, None)
+    assert same.test == "none"
+    # prompt_tokens is the same on both sides (same prompts): only exact is in the family.
+    a = _results("a", [[0]] * 7 + [[1]])
+    b = _results("b", [[1]] * 7 + [[1]])
+    comparison = a.compare(b)
+    assert comparison["prompt_tokens"].p_value is None
+    assert comparison["exact"].p_value_adjusted == comparison["exact"].p_value
 
 
 # --- failures and tables -------------------------------------------------------------------
