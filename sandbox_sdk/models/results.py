@@ -111,8 +111,9 @@ class AggregateMetric:
     @classmethod
     def from_proto(cls, message: experiment_pb2.AggregateMetric) -> AggregateMetric:
         """Converts the wire form."""
-        method = _INTERVAL_METHODS.get(message.interval_method, IntervalMethod.NONE)
         has_interval = message.HasField("ci_low") and message.HasField("ci_high")
+        # Servers from before interval methods sent only Student's t intervals.
+        method = _INTERVAL_METHODS.get(message.interval_method, IntervalMethod.T)
         return cls(
             name=message.name,
             count=message.count,

@@ -9,6 +9,7 @@ for clustering repeats.
 from __future__ import annotations
 
 import math
+import sys
 from io import StringIO
 
 import pytest
@@ -26,6 +27,7 @@ from sandbox_sdk import (
 from sandbox_sdk.analysis.clusters import Clusters
 from sandbox_sdk.analysis.differences import holm_adjusted, paired_difference
 from sandbox_sdk.analysis.intervals import bootstrap_interval, summarize_metric, wilson_interval
+from sandbox_sdk.analysis.numerics import AnalysisDependencyError
 from sandbox_sdk.analysis.power import PowerInputError
 from sandbox_sdk.api.v1 import experiment_pb2
 
@@ -165,6 +167,19 @@ def test_an_aggregate_crosses_the_wire_intact() -> None:
     assert not message.HasField("stddev")
     assert message.interval_method == experiment_pb2.INTERVAL_METHOD_NONE
     assert AggregateMetric.from_proto(message) == none
+
+
+def test_an_aggregate_from_a_server_without_interval_methods_reads_as_t() -> None:
+    legacy = experiment_pb2.AggregateMetric(name="m", count=3, mean=2.0, ci_low=1.0, ci_high=3.0)
+    metric = AggregateMetric.from_proto(legacy)
+    assert metric.interval_method is IntervalMethod.T
+    assert (metric.ci_low, metric.ci_high) == (1.0, 3.0)
+
+
+def test_statistics_without_scipy_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    with pytest.raises(AnalysisDependencyError, match=r"sandbox-sdk\[analysis\]"):
+        summarize_metric("exact", [(0, 1.0), (1, 0.0)])
 
 
 # --- comparisons -------------------------------------------------------------------------
