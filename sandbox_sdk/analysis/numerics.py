@@ -8,7 +8,7 @@ _EXTRA_HINT = "pip install 'sandbox-sdk[analysis]'"
 
 
 class AnalysisDependencyError(ImportError):
-    """scipy or numpy is missing: statistics need the ``[analysis]`` extra."""
+    """scipy, numpy or matplotlib is missing: statistics and plots need the ``[analysis]`` extra."""
 
 
 def scipy_stats() -> ModuleType:

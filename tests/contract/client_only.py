@@ -19,6 +19,7 @@ NOT_CLIENT_DISTRIBUTIONS = frozenset(
         "llama-cpp-python",
         "scipy",
         "numpy",
+        "matplotlib",
     }
 )
 
@@ -41,5 +42,6 @@ NOT_CLIENT_MODULES = frozenset(
         "llama_cpp",
         "scipy",
         "numpy",
+        "matplotlib",
     }
 )

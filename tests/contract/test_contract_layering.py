@@ -12,7 +12,16 @@ import pytest
 from client_only import NOT_CLIENT_MODULES
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sandbox_sdk"
-CLIENT_PARTS = ["client", "auth", "config", "models", "utils", "monitoring", "errors.py"]
+CLIENT_PARTS = [
+    "client",
+    "auth",
+    "config",
+    "models",
+    "utils",
+    "monitoring",
+    "analysis",
+    "errors.py",
+]
 
 
 def _imported_modules(path: Path) -> set[str]:
