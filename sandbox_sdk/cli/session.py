@@ -42,10 +42,10 @@ def warn(message: str) -> None:
 
 
 def _once(error: SandboxError) -> str:
-    """The error's text without detail lines that repeat its message (a field violation
-    often is the message)."""
+    """The error's text without detail lines that repeat its first line (a field violation
+    often is the message); the lines of a multi-line message stay."""
     first, *details = str(error).splitlines()
-    return "\n".join([first, *(line for line in details if line.strip() not in error.message)])
+    return "\n".join([first, *(line for line in details if line.strip() not in first)])
 
 
 @contextlib.contextmanager

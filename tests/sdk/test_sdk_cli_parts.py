@@ -98,3 +98,16 @@ def test_exec_exit_status_and_termination_line() -> None:
     )
     assert exit_status(_ended(ExitReason.OUT_OF_MEMORY, signal=9)) == 137
     assert termination(_ended(ExitReason.OUT_OF_MEMORY)) == "command ended by OUT_OF_MEMORY"
+
+
+def test_an_error_is_printed_once_but_keeps_every_line_of_its_message() -> None:
+    from sandbox_sdk.cli.session import _once
+    from sandbox_sdk.errors import ConfigError, FieldViolation, InvalidArgumentError
+
+    config = ConfigError("invalid server configuration:\n  orchestrator.internal_token: set it")
+    assert _once(config) == str(config)
+    violation = FieldViolation("repeats", "must be at least 1")
+    repeated = InvalidArgumentError("repeats: must be at least 1", field_violations=[violation])
+    assert _once(repeated) == "repeats: must be at least 1"
+    distinct = InvalidArgumentError("invalid argument repeats", field_violations=[violation])
+    assert _once(distinct) == "invalid argument repeats\n  repeats: must be at least 1"
