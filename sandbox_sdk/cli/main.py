@@ -93,12 +93,15 @@ def _port_in_use(host: str, port: int) -> bool:
     """Whether something listens on ``host:port`` already.
 
     gRPC binds with SO_REUSEPORT, so a second server could share the port silently;
-    a plain bind tells, before anything (the data dir included) is set up.
+    a bind without it tells, before anything (the data dir included) is set up.
+    SO_REUSEADDR lets the probe past the TIME_WAIT connections of a server that
+    just stopped on this port, while a listener still refuses it.
     """
     if port == 0:
         return False
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
