@@ -7,7 +7,11 @@ with where to put it when it is a global option given after the command.
 
 from __future__ import annotations
 
-from typer._click.core import Context, Parameter  # typer vendors click; its classes are these
+from typer._click.core import (  # typer vendors click; its classes are these
+    Command,
+    Context,
+    Parameter,
+)
 from typer._click.exceptions import NoSuchOption
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
@@ -33,27 +37,22 @@ def _explained(error: NoSuchOption) -> NoSuchOption:
     return NoSuchOption(name, message=message, ctx=error.ctx)
 
 
-class CliCommand(TyperCommand):
+class _ReadableOptions(Command):
+    """Flags shown as flags in help, and misspelt options explained (see the module)."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _flags_without_types(super().get_params(ctx))
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except NoSuchOption as error:
+            raise _explained(error) from None
+
+
+class CliCommand(_ReadableOptions, TyperCommand):
     """A command whose help shows flags as flags and whose misspelt options get suggestions."""
 
-    def get_params(self, ctx: Context) -> list[Parameter]:
-        return _flags_without_types(super().get_params(ctx))
 
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except NoSuchOption as error:
-            raise _explained(error) from None
-
-
-class CliGroup(TyperGroup):
+class CliGroup(_ReadableOptions, TyperGroup):
     """A group of commands with the same help and option handling as :class:`CliCommand`."""
-
-    def get_params(self, ctx: Context) -> list[Parameter]:
-        return _flags_without_types(super().get_params(ctx))
-
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except NoSuchOption as error:
-            raise _explained(error) from None
