@@ -16,10 +16,12 @@ install: $(STAMP) node-deps
 # only where we can (root with apt-get): bubblewrap (namespaces), util-linux's
 # setpriv, nsenter and mount, e2fsprogs' mkfs.ext4 (per-environment disk
 # quotas), slirp4netns and nftables (egress networking), iproute2 (the network
-# tests' own hosts), libseccomp2 (the seccomp filter), and Node.js with npm for
-# the polyglot client test.
+# tests' own hosts), libseccomp2 (the seccomp filter), Node.js with npm for
+# the polyglot client test, and PostgreSQL and redis-server, which the shared-store
+# tests start themselves in temp dirs (no service is enabled or used).
 SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux mkfs.ext4:e2fsprogs \
-  slirp4netns:slirp4netns nft:nftables ip:iproute2 node:nodejs npm:npm
+  slirp4netns:slirp4netns nft:nftables ip:iproute2 node:nodejs npm:npm \
+  pg_ctlcluster:postgresql redis-server:redis-server
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
