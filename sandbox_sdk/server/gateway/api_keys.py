@@ -1,4 +1,4 @@
-"""API keys: random secrets shown once, stored only as SHA-256 hashes in SQLite.
+"""API keys: random secrets shown once, stored only as SHA-256 hashes in the shared store.
 
 A key looks like ``sk_<16 hex>_<43 url-safe characters>``. The ``sk_<16 hex>``
 part is the key's id (its visible prefix, safe to log and list); the rest is
@@ -16,33 +16,17 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from sqlite3 import Row
+from pathlib import Path
 
 from sandbox_sdk.models.api_keys import ApiKeyScope
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.store.backends import Row, SqlBackend, SqliteBackend, open_backend
+from sandbox_sdk.server.store.migrate import upgrade
 
 KEY_PATTERN = re.compile(r"^(sk_[0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
 KEY_ID_PATTERN = re.compile(r"^sk_[0-9a-f]{16}$")
 # A retried CreateApiKey (same request_id) gets the secret again only this long.
 _RETRY_WINDOW_SECONDS = 600.0
-
-_MIGRATIONS = [
-    """
-    CREATE TABLE gw_api_keys (
-        id TEXT PRIMARY KEY,
-        tenant TEXT NOT NULL,
-        scopes TEXT NOT NULL,
-        display_name TEXT NOT NULL,
-        key_hash BLOB NOT NULL,
-        create_time REAL NOT NULL,
-        expire_time REAL,
-        revoke_time REAL,
-        request_id TEXT UNIQUE
-    );
-    CREATE INDEX gw_api_keys_newest_first ON gw_api_keys (create_time DESC, id DESC)
-    """
-]
-
 
 # What a key allows: the SDK's enum, under the name the gateway's modules use.
 Scope = ApiKeyScope
@@ -114,6 +98,11 @@ def _scopes_from_column(text: str) -> frozenset[Scope]:
     return frozenset(Scope(name.upper()) for name in text.split(","))
 
 
+def _is_unique_violation(error: Exception) -> bool:
+    # sqlite3.IntegrityError and psycopg.errors.UniqueViolation, without importing either here.
+    return type(error).__name__ in {"IntegrityError", "UniqueViolation"}
+
+
 def _record(row: Row) -> ApiKeyRecord:
     return ApiKeyRecord(
         id=row["id"],
@@ -130,17 +119,44 @@ def _record(row: Row) -> ApiKeyRecord:
 class ApiKeyStore:
     """API keys in the gateway's database, with a short-lived in-memory cache of lookups.
 
-    Revoking through this store drops the cached entry at once; another gateway
-    process sharing the database sees a revocation within ``cache_seconds``.
+    The database is SQLite (embedded) or PostgreSQL (shared by several gateways),
+    with its schema migrated already (see :meth:`open`). Revoking through this
+    store drops the cached entry at once; another gateway process sharing the
+    database sees a revocation within ``cache_seconds``, or at once when it is
+    told to :meth:`forget` the key.
     """
 
-    def __init__(self, database: Database, cache_seconds: float = 10.0) -> None:
-        self._db = database
-        self._db.migrate("gateway_api_keys", _MIGRATIONS)
+    def __init__(self, database: SqlBackend | Database, cache_seconds: float = 10.0) -> None:
+        if isinstance(database, Database):
+            database = SqliteBackend(database)
+            upgrade(database.url)
+        self._db: SqlBackend = database
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[ApiKeyRecord, float]] = {}
         self._recent: dict[str, tuple[CreatedKey, float]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, database_url: str | None, sqlite_path: Path, cache_seconds: float = 10.0
+    ) -> ApiKeyStore:
+        """Migrates the database (PostgreSQL at ``database_url``, else SQLite) and opens it."""
+        backend = open_backend(database_url, sqlite_path)
+        try:
+            upgrade(backend.url)
+        except BaseException:
+            backend.close()
+            raise
+        return cls(backend, cache_seconds)
+
+    @property
+    def backend(self) -> SqlBackend:
+        """The database the keys are in."""
+        return self._db
+
+    def close(self) -> None:
+        """Closes the database."""
+        self._db.close()
 
     def create(
         self,
@@ -168,25 +184,34 @@ class ApiKeyStore:
                 expire_time=now + ttl_seconds if ttl_seconds > 0 else None,
                 revoke_time=None,
             )
-            with self._db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO gw_api_keys (id, tenant, scopes, display_name, key_hash,"
-                    " create_time, expire_time, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.id,
-                        record.tenant,
-                        _scopes_column(record.scopes),
-                        record.display_name,
-                        record.key_hash,
-                        record.create_time,
-                        record.expire_time,
-                        request_id or None,
-                    ),
-                )
+            try:
+                self._insert(record, request_id)
+            except Exception as error:
+                if request_id and _is_unique_violation(error):
+                    # Another gateway created a key with this request_id at the same time.
+                    raise RequestIdReusedError(request_id) from error
+                raise
             created = CreatedKey(record, secret)
             if request_id:
                 self._recent[request_id] = (created, time.monotonic())
             return created
+
+    def _insert(self, record: ApiKeyRecord, request_id: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO gw_api_keys (id, tenant, scopes, display_name, key_hash,"
+                " create_time, expire_time, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.tenant,
+                    _scopes_column(record.scopes),
+                    record.display_name,
+                    record.key_hash,
+                    record.create_time,
+                    record.expire_time,
+                    request_id or None,
+                ),
+            )
 
     def _replay(self, request_id: str) -> CreatedKey | None:
         now = time.monotonic()
@@ -212,6 +237,10 @@ class ApiKeyStore:
         record = _record(rows[0])
         self._cache[key_id] = (record, now)
         return record
+
+    def forget(self, key_id: str) -> None:
+        """Drops the cached lookup of ``key_id`` (it was revoked through another gateway)."""
+        self._cache.pop(key_id, None)
 
     def list(
         self,

@@ -1,0 +1,1 @@
+"""The gateway's shared state (API keys, quota reservations) in SQLite or PostgreSQL."""
