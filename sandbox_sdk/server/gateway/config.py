@@ -130,7 +130,13 @@ class GatewayConfig(BaseModel):
     )
     db_path: Path = Field(
         default_factory=lambda: default_data_dir() / "gateway.db",
-        description="SQLite file holding API key hashes.",
+        description="SQLite file holding API key hashes (when database_url is unset).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL shared by all gateway replicas (postgresql://user@host/db):"
+        " API keys, and quota reservations so a tenant's quota holds across replicas."
+        " Unset: the SQLite file db_path, with quotas counted per gateway.",
     )
     admin_key_path: Path | None = Field(
         default=None,

@@ -7,6 +7,10 @@ having to hear about it. Creates still in flight through this gateway are
 counted too: a create registers itself before counting, so two racing creates
 each see the other and the limit cannot be overshot (at worst a finished
 create is counted twice for a moment, which errs on the safe side).
+
+Gateway replicas sharing a PostgreSQL store count each other's creates in
+flight as well: there a create reserves its slot in the store (see
+``store/reservations.py``), one at a time per tenant and quota.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import grpc
@@ -30,6 +34,7 @@ from sandbox_sdk.server.gateway.orchestrators import (
 )
 from sandbox_sdk.server.retry_delays import spread
 from sandbox_sdk.server.status import ServiceError
+from sandbox_sdk.server.store.reservations import DEFAULT_HOLD_SECONDS, SharedReservations
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,11 @@ _ACTIVE_EXPERIMENT_STATES = (
     experiment_pb2.EXPERIMENT_STATE_QUEUED,
     experiment_pb2.EXPERIMENT_STATE_RUNNING,
 )
+# A reservation outlives its create's deadline by this much, for the gateway to release it.
+_HOLD_MARGIN_SECONDS = 30.0
+
+# How many of a tenant's resources count against a quota: (quota, tenant, request_id, timeout).
+UsageCounter = Callable[[Quota, str, str, float | None], Awaitable[int]]
 
 
 class QuotaEnforcer:
@@ -50,10 +60,15 @@ class QuotaEnforcer:
         pool: OrchestratorPool,
         limits: LimitsConfig,
         on_refused: Callable[[str], None] = lambda tenant: None,
+        shared: SharedReservations | None = None,
+        usage: UsageCounter | None = None,
     ) -> None:
+        """Counts usage on ``pool`` (or with ``usage``); ``shared`` spans gateway replicas."""
         self._pool = pool
         self._limits = limits
         self._on_refused = on_refused
+        self._shared = shared
+        self._usage = usage or self._count
         self._in_flight: Counter[tuple[Quota, str]] = Counter()
 
     @asynccontextmanager
@@ -65,11 +80,17 @@ class QuotaEnforcer:
         if limit is None:
             yield
             return
+        if self._shared is not None:
+            async with self._shared_slot(
+                self._shared, quota, tenant, request_id, timeout, limit=limit
+            ):
+                yield
+            return
         key = (quota, tenant)
         self._in_flight[key] += 1
         try:
             in_flight = self._in_flight[key]
-            used = await self._count(quota, tenant, request_id, timeout)
+            used = await self._usage(quota, tenant, request_id, timeout)
             if used + in_flight > limit:
                 self._on_refused(tenant)
                 raise self._exceeded(quota, tenant, limit)
@@ -78,6 +99,33 @@ class QuotaEnforcer:
             self._in_flight[key] -= 1
             if not self._in_flight[key]:
                 del self._in_flight[key]
+
+    @asynccontextmanager
+    async def _shared_slot(
+        self,
+        shared: SharedReservations,
+        quota: Quota,
+        tenant: str,
+        request_id: str,
+        timeout: float | None,
+        *,
+        limit: int,
+    ) -> AsyncIterator[None]:
+        hold = timeout + _HOLD_MARGIN_SECONDS if timeout is not None else DEFAULT_HOLD_SECONDS
+        reservation = await shared.reserve(
+            tenant,
+            quota.value,
+            limit,
+            lambda: self._usage(quota, tenant, request_id, timeout),
+            hold_seconds=hold,
+        )
+        if reservation is None:
+            self._on_refused(tenant)
+            raise self._exceeded(quota, tenant, limit)
+        try:
+            yield
+        finally:
+            await asyncio.shield(shared.release(reservation))
 
     def _limit(self, quota: Quota, tenant: str) -> int | None:
         limits = self._limits.for_tenant(tenant)

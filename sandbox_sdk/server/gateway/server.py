@@ -11,7 +11,6 @@ import grpc
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import local_socket
-from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
 from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
 from sandbox_sdk.server.gateway.authentication import Authenticator
@@ -34,6 +33,8 @@ from sandbox_sdk.server.ops import (
     serve_metrics,
 )
 from sandbox_sdk.server.status import ErrorInterceptor
+from sandbox_sdk.server.store.backends import SqlBackend, is_postgres_url
+from sandbox_sdk.server.store.reservations import SharedReservations
 from sandbox_sdk.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class GatewayServer:
 
     config: GatewayConfig
     server: grpc.aio.Server
-    database: Database
+    database: SqlBackend
     keys: ApiKeyStore
     authenticator: Authenticator
     pool: OrchestratorPool
@@ -61,6 +62,7 @@ class GatewayServer:
     metrics_port: int | None
     _health: Any
     _metrics_server: MetricsServer | None
+    _reservations: SharedReservations | None = None
 
     @property
     def address(self) -> str:
@@ -76,8 +78,13 @@ class GatewayServer:
         ``in_process`` links (see ``in_process.py``) reach the configured
         orchestrators with their ids in this process instead of over gRPC.
         """
-        database = Database(config.db_path)
-        keys = ApiKeyStore(database, cache_seconds=config.key_cache_seconds)
+        keys = ApiKeyStore.open(
+            config.database_url, config.db_path, cache_seconds=config.key_cache_seconds
+        )
+        database = keys.backend
+        reservations = _shared_reservations(config.database_url)
+        if reservations is not None:
+            await reservations.open()
         metrics = GatewayMetrics()
         authenticator = Authenticator(keys, on_failure=metrics.auth_failed)
         pool = OrchestratorPool(
@@ -98,6 +105,7 @@ class GatewayServer:
                 pool,
                 config.limits,
                 on_refused=lambda tenant: metrics.refused(tenant, ErrorReason.QUOTA_EXCEEDED),
+                shared=reservations,
             ),
             admin=ApiKeyAdmin(keys),
             metrics=metrics,
@@ -142,6 +150,7 @@ class GatewayServer:
             metrics_port,
             health,
             metrics_server,
+            _reservations=reservations,
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -153,4 +162,13 @@ class GatewayServer:
         await self.pool.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
+        if self._reservations is not None:
+            await self._reservations.close()
         self.database.close()
+
+
+def _shared_reservations(database_url: str | None) -> SharedReservations | None:
+    """Quota reservations shared with the other gateways, when they share PostgreSQL."""
+    if database_url and is_postgres_url(database_url):
+        return SharedReservations(database_url)
+    return None
