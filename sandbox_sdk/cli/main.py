@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import importlib
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -148,7 +149,11 @@ def _server_main(function: str, command: str) -> None:
 
 
 def gateway_main() -> None:
-    """Entry point of ``sandbox-gateway``."""
+    """Entry point of ``sandbox-gateway``; ``sandbox-gateway migrate`` only migrates its store."""
+    if sys.argv[1:2] == ["migrate"]:
+        del sys.argv[1]
+        _server_main("migrate_gateway", "sandbox-gateway migrate")
+        return
     _server_main("serve_gateway", "sandbox-gateway")
 
 

@@ -36,6 +36,7 @@ from sandbox_sdk.config.local_server import socket_path
 from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server import local_socket
 from sandbox_sdk.server.garbage import freeze_startup_objects
+from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
 from sandbox_sdk.server.gateway.in_process import InProcessLink, RpcHandler
@@ -290,6 +291,14 @@ def serve_gateway(config_path: Path | str | None = None) -> None:
         )
 
     asyncio.run(_run_until_signalled(start, ready, config.shutdown_grace_seconds))
+
+
+def migrate_gateway(config_path: Path | str | None = None) -> None:
+    """Brings the gateway's store (its database_url, or its SQLite file) to the newest schema."""
+    configure_logging()
+    config = validated(GatewayConfig, ServerConfigFile.load(config_path).gateway, "gateway")
+    ApiKeyStore.open(config.database_url, config.db_path).close()
+    print("sandbox-gateway: the store's schema is up to date")
 
 
 def serve_orchestrator(config_path: Path | str | None = None) -> None:
