@@ -8,6 +8,7 @@ import grpc
 import grpc.aio
 
 from sandbox_sdk.auth.tls import channel_credentials, tls_channel_options
+from sandbox_sdk.client.balancing import channel_target
 from sandbox_sdk.config.settings import ClientSettings
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -49,16 +50,24 @@ def channel_options(settings: ClientSettings) -> list[tuple[str, Any]]:
 
 
 def open_channel(settings: ClientSettings) -> grpc.Channel:
-    """A synchronous channel to ``settings.target``, TLS when configured."""
-    options = channel_options(settings)
+    """A synchronous channel to ``settings.target``, TLS when configured.
+
+    Several gateways (a list or a ``dns:`` target) are used round-robin.
+    """
+    target = channel_target(settings)
+    options = [*channel_options(settings), *target.options]
     if settings.tls.enabled:
-        return grpc.secure_channel(settings.target, channel_credentials(settings.tls), options)
-    return grpc.insecure_channel(settings.target, options)
+        return grpc.secure_channel(target.target, channel_credentials(settings.tls), options)
+    return grpc.insecure_channel(target.target, options)
 
 
 def open_aio_channel(settings: ClientSettings) -> grpc.aio.Channel:
-    """An asyncio channel to ``settings.target``, TLS when configured."""
-    options = channel_options(settings)
+    """An asyncio channel to ``settings.target``, TLS when configured.
+
+    Several gateways (a list or a ``dns:`` target) are used round-robin.
+    """
+    target = channel_target(settings)
+    options = [*channel_options(settings), *target.options]
     if settings.tls.enabled:
-        return grpc.aio.secure_channel(settings.target, channel_credentials(settings.tls), options)
-    return grpc.aio.insecure_channel(settings.target, options)
+        return grpc.aio.secure_channel(target.target, channel_credentials(settings.tls), options)
+    return grpc.aio.insecure_channel(target.target, options)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ class ClientOptions:
 
 def resolve_options(
     *,
-    target: str | None,
+    target: str | Sequence[str] | None,
     api_key: str | None,
     token_provider: TokenProvider | None,
     tls: TlsArgument,

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sandbox_sdk.config.settings import ClientSettings
+from sandbox_sdk.config.targets import merge_targets_key
 from sandbox_sdk.errors import ConfigError
 
 CONFIG_ENV = "SANDBOX_CONFIG"
@@ -88,7 +89,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     section = document.get(CLIENT_SECTION, document)
     if not isinstance(section, dict):
         raise ConfigError(f"'{CLIENT_SECTION}' in config file {path} must be a mapping")
-    return _resolve_relative_paths(_flatten(section), path.parent)
+    flat = _flatten(section)
+    if "targets" in flat:
+        try:
+            flat = merge_targets_key(flat)
+        except ValueError as error:
+            raise ConfigError(f"config file {path}: {error}") from None
+    return _resolve_relative_paths(flat, path.parent)
 
 
 def _override_layer(overrides: Mapping[str, object]) -> dict[str, Any]:

@@ -9,6 +9,12 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from sandbox_sdk.config.local_server import TCP_DEFAULT_TARGET, default_target
+from sandbox_sdk.config.targets import (
+    join_addresses,
+    merge_targets_key,
+    normalize_target,
+    split_addresses,
+)
 
 DEFAULT_TARGET = TCP_DEFAULT_TARGET
 DEFAULT_DATA_DIR = Path("~/.sandbox-sdk")
@@ -76,6 +82,10 @@ class ClientSettings(BaseModel):
 
     Without a ``target``, the target is the local server's Unix socket
     ``<data_dir>/gateway.sock`` when it exists, else ``127.0.0.1:50051``.
+    Several gateways: ``target`` (or ``targets``) as a list of ``host:port``,
+    or one string of them separated by commas, or a ``dns:///name:port``
+    target; calls are then spread round-robin over them (see
+    :mod:`sandbox_sdk.config.targets`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,11 +103,20 @@ class ClientSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _local_socket_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "targets" in data:
+            data = merge_targets_key(data)
         if isinstance(data, dict) and "target" not in data:
             data_dir = data.get("data_dir") or DEFAULT_DATA_DIR
             if isinstance(data_dir, str | Path):
                 return {**data, "target": default_target(Path(data_dir).expanduser())}
         return data
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _joined_target(cls, target: Any) -> Any:
+        if isinstance(target, list | tuple):
+            return join_addresses(target)
+        return target
 
     @field_validator("target")
     @classmethod
@@ -106,7 +125,12 @@ class ClientSettings(BaseModel):
             raise ValueError(
                 "the gateway address is empty; use host:port (e.g. 127.0.0.1:50051) or unix:PATH"
             )
-        return target.strip()
+        return normalize_target(target)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The gateway addresses of a list target; one item for any other target."""
+        return split_addresses(self.target)
 
     @field_validator("data_dir", "api_key_file")
     @classmethod

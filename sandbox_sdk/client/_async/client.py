@@ -34,6 +34,9 @@ class AsyncSandboxClient:
     :mod:`sandbox_sdk.config`. Without a target and a key, the client talks to
     the local server's Unix socket ``<data_dir>/gateway.sock`` with its
     ``<data_dir>/admin.key``; no TCP target ever gets that key by itself.
+    ``target`` may list several gateways (``["a:50051", "b:50051"]``) or be a
+    ``dns:///name:port`` target: calls are spread over them round-robin, and
+    when one dies, retry-safe calls and event streams carry on through another.
     Every call takes ``timeout=`` (seconds) and most take ``retry=`` (a
     :class:`RetryPolicy`) to override the defaults.
     Close the client with :meth:`close` or use it as a context manager.
@@ -41,7 +44,7 @@ class AsyncSandboxClient:
 
     def __init__(
         self,
-        target: str | None = None,
+        target: str | Sequence[str] | None = None,
         *,
         api_key: str | None = None,
         token_provider: TokenProvider | None = None,
