@@ -152,6 +152,13 @@ class GatewayConfig(BaseModel):
     key_cache_seconds: float = Field(
         default=10.0, ge=0, description="How long a looked-up API key is reused from memory."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis shared by all gateway replicas (redis://host:port/db): one rate"
+        " limit per tenant across replicas, and revoked keys refused by every replica within"
+        " a second. Unset: per-gateway limits, and other gateways see a revocation within"
+        " key_cache_seconds.",
+    )
     capacity_cache_seconds: float = Field(
         default=1.0, ge=0, description="How long an orchestrator's GetCapacity answer is reused."
     )

@@ -7,6 +7,10 @@ callers to return, and a newly refused caller is sent after the tokens those
 callers are waiting for. Delays are spread (``retry_delays.spread``), so a burst
 of refused callers returns spread out over the time the tokens need rather
 than all at once.
+
+These buckets live in one gateway's memory; with ``redis_url`` set, the
+gateway uses ``shared_rate_limits.RedisRateLimiter`` instead, so that all
+replicas draw from one bucket per tenant.
 """
 
 from __future__ import annotations
@@ -69,13 +73,13 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Admits or refuses each call of a tenant by its token bucket."""
+    """Admits or refuses each call of a tenant by its token bucket in this process."""
 
     def __init__(self, limits: LimitsConfig) -> None:
         self._limits = limits
         self._buckets: dict[str, TokenBucket] = {}
 
-    def admit(self, tenant: str) -> None:
+    async def admit(self, tenant: str) -> None:
         """Raises RESOURCE_EXHAUSTED RATE_LIMITED when the tenant has no token left."""
         bucket = self._buckets.get(tenant)
         now = time.monotonic()
@@ -87,20 +91,21 @@ class RateLimiter:
             self._buckets[tenant] = bucket
         wait = bucket.take(now)
         if wait > 0:
-            raise _rate_limited(tenant, bucket, wait)
+            raise rate_limited(tenant, bucket.rate, bucket.burst, wait)
 
 
-def _rate_limited(tenant: str, bucket: TokenBucket, wait: float) -> ServiceError:
+def rate_limited(tenant: str, rate: float, burst: float, wait: float) -> ServiceError:
+    """RESOURCE_EXHAUSTED RATE_LIMITED telling the caller to retry after ``wait`` seconds."""
     return ServiceError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         ErrorReason.RATE_LIMITED,
-        f"tenant {tenant} is over its rate limit of {bucket.rate:g} requests per second;"
+        f"tenant {tenant} is over its rate limit of {rate:g} requests per second;"
         f" retry after {wait:.3f}s (the SDK waits by itself), send fewer calls per second,"
         " or ask the operator for a higher requests_per_second",
         quota_violations=[
             (
                 f"tenant:{tenant}/requests",
-                f"at most {bucket.rate:g} requests per second (burst {bucket.burst:g})",
+                f"at most {rate:g} requests per second (burst {burst:g})",
             )
         ],
         retry_after=wait,

@@ -148,7 +148,7 @@ class GatewayService(_GenericRpcHandler):
             code = grpc.StatusCode.OK
             caller: Caller | None = None
             try:
-                caller = self._admit(spec, context)
+                caller = await self._admit(spec, context)
                 return await route(request, context, caller)
             except ServiceError as error:
                 code = error.code
@@ -177,7 +177,7 @@ class GatewayService(_GenericRpcHandler):
             caller: Caller | None = None
             active.inc()
             try:
-                caller = self._admit(spec, context)
+                caller = await self._admit(spec, context)
                 link = self._owner(spec, request)
                 async for message in self._forward_stream(spec, link, request, context, caller):
                     yield message
@@ -201,7 +201,7 @@ class GatewayService(_GenericRpcHandler):
 
     # -- every call ----------------------------------------------------------------------
 
-    def _admit(self, spec: MethodSpec, context: Context) -> Caller:
+    async def _admit(self, spec: MethodSpec, context: Context) -> Caller:
         authorization = ""
         for key, value in context.invocation_metadata() or ():
             if key == AUTHORIZATION_KEY:
@@ -210,7 +210,7 @@ class GatewayService(_GenericRpcHandler):
         record = self._authenticator.authenticate(authorization)
         require_scope(record, spec.scope, spec.name)
         try:
-            self._rate_limiter.admit(record.tenant)
+            await self._rate_limiter.admit(record.tenant)
         except ServiceError as error:
             self._metrics.refused(record.tenant, error.reason)
             raise
