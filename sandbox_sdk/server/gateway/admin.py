@@ -9,6 +9,7 @@ tenant is NOT_FOUND, as another tenant's environments are.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,8 +125,11 @@ def _create_violations(request: gw.CreateApiKeyRequest, tenant: str) -> list[tup
 class ApiKeyAdmin:
     """Creates, lists and revokes API keys in the store, within the caller's reach."""
 
-    def __init__(self, store: ApiKeyStore) -> None:
+    def __init__(
+        self, store: ApiKeyStore, on_revoked: Callable[[str], None] = lambda key_id: None
+    ) -> None:
         self._store = store
+        self._on_revoked = on_revoked
 
     def create(
         self, request: gw.CreateApiKeyRequest, admin: Administrator
@@ -208,6 +212,7 @@ class ApiKeyAdmin:
         if found.is_operator and not admin.operator:
             raise _operator_only(admin, "revoke an operator key")
         record = self._store.revoke(key_id)
+        self._on_revoked(key_id)
         if record is None:
             raise not_found(ErrorReason.API_KEY_NOT_FOUND, f"there is no API key {key_id}")
         return gw.RevokeApiKeyResponse(api_key=api_key_proto(record))

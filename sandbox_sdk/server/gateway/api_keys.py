@@ -242,6 +242,10 @@ class ApiKeyStore:
         """Drops the cached lookup of ``key_id`` (it was revoked through another gateway)."""
         self._cache.pop(key_id, None)
 
+    def forget_all(self) -> None:
+        """Drops every cached lookup (after revocation notices may have been missed)."""
+        self._cache.clear()
+
     def list(
         self,
         *,

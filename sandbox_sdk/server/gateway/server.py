@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from redis.asyncio import Redis
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import local_socket
@@ -24,7 +25,10 @@ from sandbox_sdk.server.gateway.orchestrators import (
 )
 from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
+from sandbox_sdk.server.gateway.redis_connection import open_redis
+from sandbox_sdk.server.gateway.revocations import RevocationFeed
 from sandbox_sdk.server.gateway.service import GatewayService
+from sandbox_sdk.server.gateway.shared_rate_limits import RedisRateLimiter
 from sandbox_sdk.server.keepalive import SERVER_KEEPALIVE_OPTIONS
 from sandbox_sdk.server.ops import (
     MetricsServer,
@@ -62,6 +66,8 @@ class GatewayServer:
     metrics_port: int | None
     _health: Any
     _metrics_server: MetricsServer | None
+    _revocations: RevocationFeed | None = None
+    _redis: Redis | None = None
     _reservations: SharedReservations | None = None
 
     @property
@@ -97,17 +103,27 @@ class GatewayServer:
             in_process=in_process,
         )
         await pool.start()
+        redis = open_redis(config.redis_url) if config.redis_url is not None else None
+        revocations = RevocationFeed(redis, keys) if redis is not None else None
+        if revocations is not None:
+            await revocations.start()
         service = GatewayService(
             pool=pool,
             authenticator=authenticator,
-            rate_limiter=RateLimiter(config.limits),
+            rate_limiter=(
+                RedisRateLimiter(config.limits, redis)
+                if redis is not None
+                else RateLimiter(config.limits)
+            ),
             quotas=QuotaEnforcer(
                 pool,
                 config.limits,
                 on_refused=lambda tenant: metrics.refused(tenant, ErrorReason.QUOTA_EXCEEDED),
                 shared=reservations,
             ),
-            admin=ApiKeyAdmin(keys),
+            admin=ApiKeyAdmin(
+                keys, on_revoked=revocations.announce if revocations is not None else _no_one
+            ),
             metrics=metrics,
             retry=config.retry,
         )
@@ -150,6 +166,8 @@ class GatewayServer:
             metrics_port,
             health,
             metrics_server,
+            _revocations=revocations,
+            _redis=redis,
             _reservations=reservations,
         )
 
@@ -160,11 +178,19 @@ class GatewayServer:
         if self.config.unix_socket is not None:
             local_socket.release(self.config.unix_socket)
         await self.pool.stop()
+        if self._revocations is not None:
+            await self._revocations.stop()
+        if self._redis is not None:
+            await self._redis.aclose()
         if self._metrics_server is not None:
             self._metrics_server.close()
         if self._reservations is not None:
             await self._reservations.close()
         self.database.close()
+
+
+def _no_one(key_id: str) -> None:
+    """Without Redis no other gateway is told: theirs see a revocation when their cache expires."""
 
 
 def _shared_reservations(database_url: str | None) -> SharedReservations | None:
