@@ -18,5 +18,5 @@ def open_redis(url: str) -> Redis:
         socket_timeout=REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         retry=Retry(ConstantBackoff(0.05), retries=1),
-        health_check_interval=5,
+        health_check_interval=REDIS_TIMEOUT_SECONDS,
     )
