@@ -160,3 +160,32 @@ async def test_a_dead_gateway_leaves_calls_and_event_streams_to_the_other(
         for _ in range(10):
             assert (await client.get_environment(sandbox.id)).id == sandbox.id
         assert two_gateways.served(survivor, "GetEnvironment") == before + 10
+
+
+async def test_calls_in_flight_carry_on_when_a_gateway_dies(two_gateways: TwoGateways) -> None:
+    dying, survivor = two_gateways.gateways
+    async with two_gateways.client() as client:
+        sandbox = await client.create_environment()
+        found: list[str] = []
+        both_served = asyncio.Event()
+
+        async def load() -> None:
+            for _ in range(40):
+                found.append((await client.get_environment(sandbox.id)).id)
+                if all(
+                    two_gateways.served(gateway, "GetEnvironment") > 0
+                    for gateway in two_gateways.gateways
+                ):
+                    both_served.set()
+
+        workers = [asyncio.create_task(load()) for _ in range(4)]
+        # Round-robin reaches both gateways within a few calls; the wait is a bound, not a
+        # measurement.
+        await asyncio.wait_for(both_served.wait(), timeout=30)
+        assert two_gateways.served(dying, "GetEnvironment") > 0
+        await dying.stop(0)
+        served_before = two_gateways.served(survivor, "GetEnvironment")
+        await asyncio.gather(*workers)
+
+    assert found == [sandbox.id] * 160
+    assert two_gateways.served(survivor, "GetEnvironment") > served_before
