@@ -34,6 +34,7 @@ from sandbox_sdk.server.gateway.config import (
     GatewayConfig,
     LimitsConfig,
     OrchestratorEndpoint,
+    TenantLimitOverrides,
     TenantLimits,
 )
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
@@ -240,49 +241,78 @@ async def orchestrator() -> AsyncIterator[FakeOrchestrator]:
     await fake.stop(0)
 
 
-async def test_two_gateways_refuse_a_key_revoked_on_one_within_a_second(
+@pytest.fixture
+async def two_gateways(
     tmp_path: Path, redis_server: RedisServer, orchestrator: FakeOrchestrator
-) -> None:
+) -> AsyncIterator[list[tuple[GatewayServer, gateway_service_pb2_grpc.GatewayServiceStub]]]:
+    """Two gateways sharing one key database and one Redis, each with a client stub."""
     config = GatewayConfig(
         listen="127.0.0.1:0",
         orchestrators=[OrchestratorEndpoint(id="o1", address=orchestrator.address)],
         db_path=tmp_path / "gateway.db",
         redis_url=redis_server.url,
         key_cache_seconds=60.0,
+        # Only tenant "limited" is rate-limited, so the revocation test can poll freely.
+        limits=LimitsConfig(
+            default=TenantLimits(requests_per_second=None),
+            tenants={"limited": TenantLimitOverrides(requests_per_second=RATE, burst=BURST)},
+        ),
     )
-    first = await GatewayServer.start(config)
-    second = await GatewayServer.start(config)
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{g.port}") for g in (first, second)]
+    gateways = [await GatewayServer.start(config) for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{g.port}") for g in gateways]
     try:
-        admin = first.keys.create("team-a", [Scope.ADMIN]).secret
-        victim_key = first.keys.create("team-a", [Scope.ADMIN])
-        victim = victim_key.record.id
-        stubs = [gateway_service_pb2_grpc.GatewayServiceStub(channel) for channel in channels]
-
-        async def second_refuses() -> bool:
-            try:
-                await stubs[1].ListApiKeys(
-                    gw.ListApiKeysRequest(),
-                    metadata=(("authorization", f"Bearer {victim_key.secret}"),),
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() is not grpc.StatusCode.UNAUTHENTICATED:
-                    raise
-                return True
-            return False
-
-        assert not await second_refuses()  # cached by the second gateway for 60 s
-        await stubs[0].RevokeApiKey(
-            gw.RevokeApiKeyRequest(api_key_id=victim),
-            metadata=(("authorization", f"Bearer {admin}"),),
-        )
-        started = time.monotonic()
-        while not await second_refuses():
-            assert time.monotonic() - started < 5.0, "the second gateway still admits the key"
-            await asyncio.sleep(0.01)
-        assert time.monotonic() - started < REVOCATION_BOUND_SECONDS
+        yield [
+            (gateway, gateway_service_pb2_grpc.GatewayServiceStub(channel))
+            for gateway, channel in zip(gateways, channels, strict=True)
+        ]
     finally:
         for channel in channels:
             await channel.close()
-        await second.stop(0)
-        await first.stop(0)
+        for gateway in gateways:
+            await gateway.stop(0)
+
+
+def _bearer(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def _status(stub: gateway_service_pb2_grpc.GatewayServiceStub, key: str) -> grpc.StatusCode:
+    """The status of a ListApiKeys call with ``key``."""
+    try:
+        await stub.ListApiKeys(gw.ListApiKeysRequest(), metadata=_bearer(key))
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_two_gateways_refuse_a_key_revoked_on_one_within_a_second(
+    two_gateways: list[tuple[GatewayServer, gateway_service_pb2_grpc.GatewayServiceStub]],
+) -> None:
+    (first, first_stub), (_, second_stub) = two_gateways
+    admin = first.keys.create("team-a", [Scope.ADMIN]).secret
+    victim = first.keys.create("team-a", [Scope.ADMIN])
+    # Now cached by the second gateway for 60 s.
+    assert await _status(second_stub, victim.secret) is grpc.StatusCode.OK
+
+    await first_stub.RevokeApiKey(
+        gw.RevokeApiKeyRequest(api_key_id=victim.record.id), metadata=_bearer(admin)
+    )
+
+    started = time.monotonic()
+    while await _status(second_stub, victim.secret) is grpc.StatusCode.OK:
+        assert time.monotonic() - started < 5.0, "the second gateway still admits the key"
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - started < REVOCATION_BOUND_SECONDS
+    assert await _status(second_stub, victim.secret) is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_two_gateways_admit_a_tenant_s_burst_once_between_them(
+    two_gateways: list[tuple[GatewayServer, gateway_service_pb2_grpc.GatewayServiceStub]],
+) -> None:
+    (first, _), _ = two_gateways
+    key = first.keys.create("limited", [Scope.ADMIN]).secret
+    stubs = [stub for _, stub in two_gateways]
+
+    statuses = [await _status(stubs[call % 2], key) for call in range(BURST + 2)]
+
+    assert statuses == [grpc.StatusCode.OK] * BURST + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
