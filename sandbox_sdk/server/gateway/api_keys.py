@@ -224,6 +224,13 @@ class ApiKeyStore:
             raise RequestIdReusedError(request_id)
         return None
 
+    def cached(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this id if it was read recently, without asking the database."""
+        cached = self._cache.get(key_id)
+        if cached is not None and time.monotonic() - cached[1] < self._cache_seconds:
+            return cached[0]
+        return None
+
     def lookup(self, key_id: str) -> ApiKeyRecord | None:
         """The key with this id, from memory when it was read recently."""
         cached = self._cache.get(key_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable
@@ -56,15 +57,36 @@ class Authenticator:
             self._on_failure(error.reason)
             raise
 
+    async def authenticate_async(self, authorization: str) -> ApiKeyRecord:
+        """:meth:`authenticate` for the event loop: a lookup the key cache cannot answer
+        goes to the database on a thread, so a slow database stalls no other call."""
+        try:
+            key = self._bearer_key(authorization)
+            key_id = self._key_id(key)
+            record = self._store.cached(key_id)
+            if record is None:
+                record = await asyncio.to_thread(self._store.lookup, key_id)
+            return self._checked(key, record)
+        except AuthenticationFailedError as error:
+            self._on_failure(error.reason)
+            raise
+
     def verify_key(self, key: str) -> ApiKeyRecord:
         """The record of a bare key (no ``Bearer``), or raises UNAUTHENTICATED."""
+        return self._checked(key, self._store.lookup(self._key_id(key)))
+
+    @staticmethod
+    def _key_id(key: str) -> str:
         key_id = key_id_of(key)
         if key_id is None:
             raise AuthenticationFailedError(
                 ErrorReason.API_KEY_MALFORMED,
                 "the API key is not of the form sk_<id>_<secret>; copy it again in full",
             )
-        record = self._store.lookup(key_id)
+        return key_id
+
+    @staticmethod
+    def _checked(key: str, record: ApiKeyRecord | None) -> ApiKeyRecord:
         # Compare even when the id is unknown so both failures take the same time.
         expected = record.key_hash if record is not None else bytes(32)
         if not hmac.compare_digest(expected, hash_key(key)) or record is None:
@@ -85,6 +107,10 @@ class Authenticator:
         return record
 
     def _verify(self, authorization: str) -> ApiKeyRecord:
+        return self.verify_key(self._bearer_key(authorization))
+
+    @staticmethod
+    def _bearer_key(authorization: str) -> str:
         if not authorization:
             raise AuthenticationFailedError(ErrorReason.API_KEY_MISSING, MISSING_KEY_MESSAGE)
         if not authorization.startswith(_BEARER):
@@ -92,7 +118,7 @@ class Authenticator:
                 ErrorReason.API_KEY_MALFORMED,
                 "the authorization metadata must be `Bearer <key>`",
             )
-        return self.verify_key(authorization[len(_BEARER) :].strip())
+        return authorization[len(_BEARER) :].strip()
 
 
 def require_scope(record: ApiKeyRecord, scope: Scope, method: str) -> None:

@@ -42,9 +42,11 @@ class RevocationFeed:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._announcing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Starts listening; returns once subscribed, or after one failed attempt."""
+        self._loop = asyncio.get_running_loop()
         self._listener = asyncio.create_task(self._listen(), name="api-key-revocations")
         subscribed = asyncio.create_task(self._subscribed.wait())
         await asyncio.wait([subscribed, self._listener], timeout=_POLL_SECONDS)
@@ -59,7 +61,15 @@ class RevocationFeed:
             await asyncio.gather(self._listener, return_exceptions=True)
 
     def announce(self, key_id: str) -> None:
-        """Tells every gateway that ``key_id`` was revoked (sent in the background)."""
+        """Tells every gateway that ``key_id`` was revoked (sent in the background).
+
+        Safe to call from any thread: the key store's writes run off the event loop.
+        """
+        if self._loop is None:
+            raise RuntimeError("RevocationFeed.announce before start()")
+        self._loop.call_soon_threadsafe(self._spawn_publish, key_id)
+
+    def _spawn_publish(self, key_id: str) -> None:
         task = asyncio.create_task(self._publish(key_id))
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)

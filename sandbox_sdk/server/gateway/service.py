@@ -136,7 +136,9 @@ class GatewayService(_GenericRpcHandler):
 
         async def call(request: bytes, context: Context, caller: Caller) -> Any:
             admin = Administrator(caller.tenant, caller.key_id, caller.operator)
-            return operation(parse_request(request, spec.request_type), admin)
+            parsed = parse_request(request, spec.request_type)
+            # Key writes and listings are database calls (PostgreSQL: over the network).
+            return await asyncio.to_thread(operation, parsed, admin)
 
         return call
 
@@ -207,7 +209,7 @@ class GatewayService(_GenericRpcHandler):
             if key == AUTHORIZATION_KEY:
                 authorization = str(value)
                 break
-        record = self._authenticator.authenticate(authorization)
+        record = await self._authenticator.authenticate_async(authorization)
         require_scope(record, spec.scope, spec.name)
         try:
             await self._rate_limiter.admit(record.tenant)
