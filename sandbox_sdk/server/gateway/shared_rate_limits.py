@@ -25,13 +25,14 @@ import grpc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.gateway.config import LimitsConfig
 from sandbox_sdk.server.gateway.rate_limits import MAX_PROMISED_RETURNS, RateLimiter, rate_limited
 from sandbox_sdk.server.retry_delays import SPREAD
 from sandbox_sdk.server.status import ServiceError
 
 KEY_PREFIX = "sandbox:rate"
-RATE_LIMITER_UNAVAILABLE = "RATE_LIMITER_UNAVAILABLE"
+RATE_LIMITER_UNAVAILABLE = ErrorReason.RATE_LIMITER_UNAVAILABLE
 # What a caller refused because Redis is unreachable is told to wait.
 REDIS_RETRY_SECONDS = 1.0
 
