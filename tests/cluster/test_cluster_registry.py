@@ -1,0 +1,84 @@
+"""The orchestrator registry on SQLite and PostgreSQL: register, renew, expire, drain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox_sdk.server.store.registry import (
+    Announcement,
+    Capacity,
+    Labels,
+    OrchestratorRegistry,
+)
+
+CAPACITY = Capacity(max_environments=8, cpu_cores=4.0, memory_bytes=8 << 30)
+LABELS = Labels(zone="z1", machine_class="m-small")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OrchestratorRegistry]:
+    """A migrated, empty registry on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        url = str(request.getfixturevalue("postgres_database"))
+    opened = OrchestratorRegistry.open(url)
+    yield opened
+    opened.close()
+
+
+def _register(
+    registry: OrchestratorRegistry, orchestrator_id: str, now: float, lease: float = 10.0
+) -> None:
+    announcement = Announcement(
+        orchestrator_id, f"{orchestrator_id}.internal:50051", CAPACITY, LABELS, version="1.2.3"
+    )
+    registry.register(announcement, lease_seconds=lease, now=now)
+
+
+def test_a_registered_orchestrator_is_live_with_what_it_announced(
+    registry: OrchestratorRegistry,
+) -> None:
+    _register(registry, "orc-a", now=1000.0)
+    [live] = registry.list_live(now=1005.0)
+    assert live.id == "orc-a"
+    assert live.address == "orc-a.internal:50051"
+    assert live.capacity == CAPACITY
+    assert live.labels == LABELS
+    assert live.version == "1.2.3"
+    assert live.lease_expire_time == 1010.0
+    assert not live.draining
+
+
+def test_a_lease_not_renewed_expires_and_a_renewed_one_does_not(
+    registry: OrchestratorRegistry,
+) -> None:
+    _register(registry, "orc-a", now=1000.0)
+    _register(registry, "orc-b", now=1000.0)
+    _register(registry, "orc-b", now=1008.0)
+    assert [o.id for o in registry.list_live(now=1011.0)] == ["orc-b"]
+    assert registry.list_live(now=1019.0) == []
+    expired = registry.get("orc-a")
+    assert expired is not None
+    assert not expired.is_live(1011.0)
+
+
+def test_a_drained_orchestrator_stays_draining_when_it_renews(
+    registry: OrchestratorRegistry,
+) -> None:
+    _register(registry, "orc-a", now=1000.0)
+    assert registry.drain("orc-a")
+    _register(registry, "orc-a", now=1005.0)
+    [live] = registry.list_live(now=1012.0)
+    assert live.draining
+    assert not registry.drain("orc-unknown")
+
+
+def test_a_removed_orchestrator_is_gone(registry: OrchestratorRegistry) -> None:
+    _register(registry, "orc-a", now=1000.0)
+    registry.remove("orc-a")
+    assert registry.get("orc-a") is None
+    assert registry.list_live(now=1000.0) == []
