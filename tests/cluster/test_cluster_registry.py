@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from sandbox_sdk.server.orchestrator.app import OrchestratorApp
+from sandbox_sdk.server.orchestrator.config import OrchestratorConfig, RegistrySettings
 from sandbox_sdk.server.store.registry import (
     Announcement,
     Capacity,
@@ -82,3 +86,69 @@ def test_a_removed_orchestrator_is_gone(registry: OrchestratorRegistry) -> None:
     registry.remove("orc-a")
     assert registry.get("orc-a") is None
     assert registry.list_live(now=1000.0) == []
+
+
+# -- An orchestrator's own registration ------------------------------------------------------
+
+
+async def _start_registered(
+    tmp_path: Path, database_url: str, orchestrator_id: str, lease_seconds: float
+) -> OrchestratorApp:
+    config = OrchestratorConfig(
+        orchestrator_id=orchestrator_id,
+        data_dir=tmp_path / orchestrator_id,
+        internal_token=secrets.token_urlsafe(32),
+        registry=RegistrySettings(
+            database_url=database_url, zone="z1", lease_seconds=lease_seconds
+        ),
+    )
+    return await OrchestratorApp.start(config, "127.0.0.1:0")
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], limit: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_orchestrator_registers_renews_its_lease_and_leaves_on_stop(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    registry = OrchestratorRegistry.open(postgres_database)
+    app = await _start_registered(tmp_path, postgres_database, "o1", lease_seconds=0.9)
+    try:
+        first = registry.get("o1")
+        assert first is not None
+        assert first.address == app.address
+        assert first.labels.zone == "z1"
+        assert first.capacity.max_environments == app.config.sandbox.max_environments
+
+        async def renewed() -> bool:
+            row = await asyncio.to_thread(registry.get, "o1")
+            return row is not None and row.lease_expire_time > first.lease_expire_time
+
+        await _until(renewed)
+    finally:
+        await app.stop(0)
+    assert registry.get("o1") is None
+    registry.close()
+
+
+async def test_an_orchestrator_whose_heartbeat_stops_drops_out_after_its_lease(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    registry = OrchestratorRegistry.open(postgres_database)
+    app = await _start_registered(tmp_path, postgres_database, "o1", lease_seconds=0.6)
+    try:
+        assert app.registration is not None
+        await app.registration.stop_heartbeat()
+
+        async def expired() -> bool:
+            return not await asyncio.to_thread(registry.list_live)
+
+        await _until(expired)
+        assert registry.get("o1") is not None
+    finally:
+        await app.stop(0)
+        registry.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from sandbox_sdk import __version__
 from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.keepalive import SERVER_KEEPALIVE_OPTIONS
@@ -24,9 +26,16 @@ from sandbox_sdk.server.orchestrator.internal_auth import (
     InternalTokenInterceptor,
     internal_authentication_problem,
 )
+from sandbox_sdk.server.orchestrator.registration import Registration
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
 from sandbox_sdk.server.orchestrator.servicer import SERVICE, add_orchestrator_service
 from sandbox_sdk.server.status import ErrorInterceptor, ServerInterceptorBase
+from sandbox_sdk.server.store.registry import (
+    Announcement,
+    Capacity,
+    Labels,
+    OrchestratorRegistry,
+)
 from sandbox_sdk.server.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ class OrchestratorApp:
     port: int
     metrics: MetricsServer | None
     _health: Any
+    registration: Registration | None = None
 
     @property
     def address(self) -> str:
@@ -109,10 +119,37 @@ class OrchestratorApp:
             else None
         )
         log.info("orchestrator %s serving on port %d", config.orchestrator_id, port)
-        return cls(config, server, database, sandboxes, experiments, port, metrics, health)
+        app = cls(config, server, database, sandboxes, experiments, port, metrics, health)
+        if config.registry is not None:
+            app.registration = await asyncio.to_thread(app.open_registration)
+            await app.registration.start()
+        return app
+
+    def open_registration(self) -> Registration:
+        """The orchestrator's registration in the configured registry (blocking: migrates)."""
+        settings = self.config.registry
+        if settings is None:
+            raise ConfigError("registry: not configured")
+        sandbox = self.config.sandbox
+        announcement = Announcement(
+            id=self.config.orchestrator_id,
+            address=settings.advertise_address or self.address,
+            capacity=Capacity(
+                sandbox.max_environments, sandbox.cpu_cores_total, sandbox.memory_bytes_total
+            ),
+            labels=Labels(settings.zone, settings.machine_class),
+            version=__version__,
+        )
+        registry = OrchestratorRegistry.open(settings.database_url)
+        return Registration(registry, announcement, settings.lease_seconds)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stops taking calls, drains in-flight ones for ``grace`` seconds, then shuts down."""
+        """Stops taking calls, drains in-flight ones for ``grace`` seconds, then shuts down.
+
+        A registered orchestrator leaves the registry first, so gateways stop placing here.
+        """
+        if self.registration is not None:
+            await self.registration.stop()
         await mark_not_serving(self._health)
         await self.server.stop(grace)
         await self.experiments.stop()

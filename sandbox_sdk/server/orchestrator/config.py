@@ -13,6 +13,29 @@ from sandbox_sdk.server.orchestrator.sandbox import SandboxSettings
 from sandbox_sdk.server.tls import TlsConfig
 
 
+class RegistrySettings(BaseModel):
+    """Where the orchestrator announces itself to the gateways, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str = Field(
+        description="The gateways' shared store (postgresql://...), holding the registry."
+    )
+    advertise_address: str | None = Field(
+        default=None,
+        description="host:port the gateways reach this orchestrator on; default: its listen"
+        " address with the bound port.",
+    )
+    zone: str = Field(default="", description="Label: the zone this orchestrator runs in.")
+    machine_class: str = Field(default="", description="Label: the kind of machine it is.")
+    lease_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a registration lives unless renewed; renewed every third of it."
+        " An orchestrator that dies is dropped by the gateways after at most this long.",
+    )
+
+
 class OrchestratorConfig(BaseModel):
     """Everything an orchestrator process needs to start."""
 
@@ -40,6 +63,11 @@ class OrchestratorConfig(BaseModel):
     )
     metrics_port: int | None = Field(
         default=None, description="Serve Prometheus metrics on this port; 0 picks a free one."
+    )
+    registry: RegistrySettings | None = Field(
+        default=None,
+        description="Register with the gateways' registry (with a lease) instead of being"
+        " listed in their configuration.",
     )
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
