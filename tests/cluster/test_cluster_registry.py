@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from sandbox_sdk import AsyncSandboxClient
+from sandbox_sdk.errors import ErrorReason, UnavailableError
+from sandbox_sdk.server import ids
+from sandbox_sdk.server.gateway.api_keys import Scope
+from sandbox_sdk.server.gateway.config import GatewayConfig
+from sandbox_sdk.server.gateway.server import GatewayServer
 from sandbox_sdk.server.orchestrator.app import OrchestratorApp
 from sandbox_sdk.server.orchestrator.config import OrchestratorConfig, RegistrySettings
 from sandbox_sdk.server.store.registry import (
@@ -92,12 +99,16 @@ def test_a_removed_orchestrator_is_gone(registry: OrchestratorRegistry) -> None:
 
 
 async def _start_registered(
-    tmp_path: Path, database_url: str, orchestrator_id: str, lease_seconds: float
+    tmp_path: Path,
+    database_url: str,
+    orchestrator_id: str,
+    lease_seconds: float,
+    internal_token: str | None = None,
 ) -> OrchestratorApp:
     config = OrchestratorConfig(
         orchestrator_id=orchestrator_id,
         data_dir=tmp_path / orchestrator_id,
-        internal_token=secrets.token_urlsafe(32),
+        internal_token=internal_token or secrets.token_urlsafe(32),
         registry=RegistrySettings(
             database_url=database_url, zone="z1", lease_seconds=lease_seconds
         ),
@@ -152,3 +163,102 @@ async def test_an_orchestrator_whose_heartbeat_stops_drops_out_after_its_lease(
     finally:
         await app.stop(0)
         registry.close()
+
+
+# -- A gateway following the registry ---------------------------------------------------------
+
+
+@dataclass
+class _Cluster:
+    gateway: GatewayServer
+    orchestrators: dict[str, OrchestratorApp]
+    client: AsyncSandboxClient
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, postgres_database: str) -> AsyncIterator[_Cluster]:
+    """A gateway with no static orchestrators and two that registered themselves."""
+    token = secrets.token_urlsafe(32)
+    orchestrators = {
+        orchestrator_id: await _start_registered(
+            tmp_path, postgres_database, orchestrator_id, lease_seconds=1.5, internal_token=token
+        )
+        for orchestrator_id in ("o1", "o2")
+    }
+    gateway = await GatewayServer.start(
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            orchestrators=[],
+            database_url=postgres_database,
+            internal_token=token,
+            db_path=tmp_path / "gateway.db",
+            health_check_interval_seconds=0.2,
+            registry_poll_seconds=0.2,
+        )
+    )
+    key = gateway.keys.create("team-a", (Scope.READ, Scope.WRITE)).secret
+    client = AsyncSandboxClient(f"127.0.0.1:{gateway.port}", api_key=key, retry={"max_attempts": 1})
+    try:
+        yield _Cluster(gateway, orchestrators, client)
+    finally:
+        await client.close()
+        await gateway.stop(0)
+        for app in orchestrators.values():
+            await app.stop(0)
+
+
+async def _create_on(cluster: _Cluster, count: int) -> list[str]:
+    created = [await cluster.client.create_environment() for _ in range(count)]
+    return [ids.owner_of(sandbox.id) or "" for sandbox in created]
+
+
+async def test_a_gateway_following_the_registry_places_on_every_registered_orchestrator(
+    cluster: _Cluster,
+) -> None:
+    assert set(await _create_on(cluster, 4)) == {"o1", "o2"}
+
+
+async def test_a_drained_orchestrator_gets_no_new_environments_and_keeps_serving_its_own(
+    cluster: _Cluster,
+) -> None:
+    before = await cluster.client.create_environment()
+    drained = ids.owner_of(before.id) or ""
+    survivor = "o2" if drained == "o1" else "o1"
+    registration = cluster.orchestrators[drained].registration
+    assert registration is not None
+    await registration.drain()
+
+    async def drain_seen() -> bool:
+        return [link.id for link in cluster.gateway.pool.placeable()] == [survivor]
+
+    await _until(drain_seen)
+    assert await _create_on(cluster, 3) == [survivor] * 3
+    result = await before.exec(["echo", "still here"])
+    assert result.stdout == "still here\n"
+
+
+async def test_an_orchestrator_gone_without_leaving_is_reported_lost_after_its_lease(
+    cluster: _Cluster,
+) -> None:
+    doomed = await cluster.client.create_environment()
+    gone = ids.owner_of(doomed.id) or ""
+    survivor = "o2" if gone == "o1" else "o1"
+    app = cluster.orchestrators[gone]
+    registration = app.registration
+    assert registration is not None
+    await registration.stop_heartbeat()
+    app.registration = None  # stop below without leaving the registry: a crash
+    await app.stop(0)
+
+    async def reported_lost() -> bool:
+        try:
+            await doomed.refresh()
+        except UnavailableError as error:
+            return error.reason == ErrorReason.ORCHESTRATOR_LOST
+        return False
+
+    try:
+        await _until(reported_lost)
+        assert await _create_on(cluster, 2) == [survivor] * 2
+    finally:
+        await registration.stop()

@@ -119,7 +119,17 @@ class GatewayConfig(BaseModel):
     )
     orchestrators: list[OrchestratorEndpoint] = Field(
         default_factory=lambda: [OrchestratorEndpoint(id="o1", address="127.0.0.1:50061")],
-        min_length=1,
+        description="The static list of orchestrators; empty (with database_url) to follow"
+        " the registry instead.",
+    )
+    registry: bool = Field(
+        default=False,
+        description="Follow the orchestrator registry in database_url (orchestrators register"
+        " themselves with a lease) instead of the static orchestrators list. Also on when"
+        " database_url is set and orchestrators is empty.",
+    )
+    registry_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the live registry is read."
     )
     internal_token: str | None = Field(
         default=None, description="Sent to orchestrators as `authorization: Bearer <token>`."
@@ -164,6 +174,21 @@ class GatewayConfig(BaseModel):
     )
     health_check_interval_seconds: float = Field(default=1.0, gt=0)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+
+    @property
+    def follows_registry(self) -> bool:
+        """Whether the orchestrators come from the registry rather than the static list."""
+        return self.database_url is not None and (self.registry or not self.orchestrators)
+
+    @model_validator(mode="after")
+    def _has_orchestrators(self) -> GatewayConfig:
+        if self.registry and self.database_url is None:
+            raise ValueError("registry: true needs database_url, where the registry lives")
+        if not self.orchestrators and self.database_url is None:
+            raise ValueError(
+                "orchestrators: list at least one, or set database_url to use the registry"
+            )
+        return self
 
     @model_validator(mode="after")
     def _orchestrator_ids_are_unique(self) -> GatewayConfig:

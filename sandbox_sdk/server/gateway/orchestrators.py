@@ -25,6 +25,7 @@ from sandbox_sdk.server.gateway.config import OrchestratorEndpoint
 from sandbox_sdk.server.keepalive import CHANNEL_KEEPALIVE_OPTIONS
 from sandbox_sdk.server.retry_delays import capacity_retry_delay
 from sandbox_sdk.server.status import ServiceError
+from sandbox_sdk.server.store.registry import RegisteredOrchestrator
 from sandbox_sdk.server.tenancy import TENANT_KEY
 from sandbox_sdk.server.tls import ClientTlsConfig, channel_credentials, channel_options
 
@@ -208,6 +209,17 @@ def unavailable(orchestrator_id: str) -> ServiceError:
     )
 
 
+def lost(orchestrator_id: str) -> ServiceError:
+    """The error for calls about resources of an orchestrator whose registry lease expired."""
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        ErrorReason.ORCHESTRATOR_LOST,
+        f"orchestrator {orchestrator_id}, which owned this resource, is gone (its registry"
+        " lease expired) and its environments and experiments with it; create them again",
+        metadata={"orchestrator_id": orchestrator_id},
+    )
+
+
 def _free_capacity(capacity: Capacity) -> tuple[float, float, float]:
     slots = capacity.environments_max - capacity.environments_running
     memory = (
@@ -253,21 +265,77 @@ class OrchestratorPool:
         self._health_interval = health_interval
         self._capacity_ttl = capacity_ttl
         self._on_health_change = on_health_change
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._internal_metadata = internal_metadata
+        self._tls = tls
+        # From the registry: orchestrators taking no new environments, and those whose
+        # lease expired (their resources are gone).
+        self._draining: set[str] = set()
+        self._lost: set[str] = set()
 
     async def start(self, first_check_timeout: float = 2.0) -> None:
         """Checks every orchestrator once, then keeps checking in the background."""
         await asyncio.gather(*(self._check(link, first_check_timeout) for link in self.links))
-        self._tasks = [asyncio.create_task(self._watch(link)) for link in self.links]
+        self._tasks = {link.id: asyncio.create_task(self._watch(link)) for link in self.links}
 
     async def stop(self) -> None:
         """Stops health checks and closes the channels."""
-        for task in self._tasks:
+        await asyncio.gather(*(self._stop_watching(link.id) for link in self.links))
+        await asyncio.gather(*(link.close() for link in self.links))
+
+    async def _stop_watching(self, orchestrator_id: str) -> None:
+        task = self._tasks.pop(orchestrator_id, None)
+        if task is not None:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(link.close() for link in self.links))
+
+    async def follow_registry(
+        self, live: Sequence[RegisteredOrchestrator], first_check_timeout: float = 2.0
+    ) -> None:
+        """Makes the pool the registry's live orchestrators: adds new ones, drops expired ones.
+
+        A dropped orchestrator is remembered as lost, so calls for its resources
+        get ORCHESTRATOR_LOST instead of NOT_FOUND.
+        """
+        wanted = {row.id: row for row in live}
+        for link in list(self.links):
+            row = wanted.get(link.id)
+            if row is None or row.address != link.address:
+                await self._drop(link, lost=row is None)
+        for row in live:
+            if row.id not in self.by_id:
+                await self._add(
+                    GrpcOrchestratorLink(
+                        OrchestratorEndpoint(id=row.id, address=row.address),
+                        self._internal_metadata,
+                        self._tls,
+                    ),
+                    first_check_timeout,
+                )
+        self._draining = {row.id for row in live if row.draining}
+
+    async def _add(self, link: OrchestratorLink, first_check_timeout: float) -> None:
+        log.info("orchestrator=%s address=%s joined from the registry", link.id, link.address)
+        self._lost.discard(link.id)
+        await self._check(link, first_check_timeout)
+        self.links.append(link)
+        self.by_id[link.id] = link
+        self._tasks[link.id] = asyncio.create_task(self._watch(link))
+
+    async def _drop(self, link: OrchestratorLink, *, lost: bool) -> None:
+        log.warning("orchestrator=%s address=%s left the registry", link.id, link.address)
+        self.links.remove(link)
+        del self.by_id[link.id]
+        if lost:
+            self._lost.add(link.id)
+        await self._stop_watching(link.id)
+        await link.close()
+
+    def require_not_lost(self, orchestrator_id: str) -> None:
+        """Raises UNAVAILABLE ORCHESTRATOR_LOST when the orchestrator's lease expired."""
+        if orchestrator_id in self._lost:
+            raise lost(orchestrator_id)
 
     async def _watch(self, link: OrchestratorLink) -> None:
         while True:
@@ -312,6 +380,10 @@ class OrchestratorPool:
         """Orchestrators not known to be down, in configuration order."""
         return [link for link in self.links if link.healthy is not False]
 
+    def placeable(self) -> list[OrchestratorLink]:
+        """Available orchestrators that take new environments (not draining)."""
+        return [link for link in self.available() if link.id not in self._draining]
+
     async def place_environment(
         self, timeout: float = 2.0, *, queue_when_full: bool = False
     ) -> OrchestratorLink:
@@ -322,7 +394,7 @@ class OrchestratorPool:
         full, a create that asked to wait (``queue_when_full``) still goes to
         the least full one, which queues it.
         """
-        candidates = self.available()
+        candidates = self.placeable()
         if not candidates:
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sandbox_sdk.server.gateway.orchestrators import (
 from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
 from sandbox_sdk.server.gateway.redis_connection import open_redis
+from sandbox_sdk.server.gateway.registry_watch import RegistryWatch
 from sandbox_sdk.server.gateway.revocations import RevocationFeed
 from sandbox_sdk.server.gateway.service import GatewayService
 from sandbox_sdk.server.gateway.shared_rate_limits import RedisRateLimiter
@@ -38,6 +40,7 @@ from sandbox_sdk.server.ops import (
 )
 from sandbox_sdk.server.status import ErrorInterceptor
 from sandbox_sdk.server.store.backends import SqlBackend, is_postgres_url
+from sandbox_sdk.server.store.registry import OrchestratorRegistry
 from sandbox_sdk.server.store.reservations import SharedReservations
 from sandbox_sdk.server.tls import server_credentials
 
@@ -69,6 +72,7 @@ class GatewayServer:
     _revocations: RevocationFeed | None = None
     _redis: Redis | None = None
     _reservations: SharedReservations | None = None
+    _registry_watch: RegistryWatch | None = None
 
     @property
     def address(self) -> str:
@@ -94,7 +98,7 @@ class GatewayServer:
         metrics = GatewayMetrics()
         authenticator = Authenticator(keys, on_failure=metrics.auth_failed)
         pool = OrchestratorPool(
-            config.orchestrators,
+            [] if config.follows_registry else config.orchestrators,
             internal_token=config.internal_token,
             tls=config.orchestrator_tls,
             health_interval=config.health_check_interval_seconds,
@@ -103,6 +107,7 @@ class GatewayServer:
             in_process=in_process,
         )
         await pool.start()
+        registry_watch = await _watch_registry(config, pool)
         redis = open_redis(config.redis_url) if config.redis_url is not None else None
         revocations = RevocationFeed(redis, keys) if redis is not None else None
         if revocations is not None:
@@ -169,6 +174,7 @@ class GatewayServer:
             _revocations=revocations,
             _redis=redis,
             _reservations=reservations,
+            _registry_watch=registry_watch,
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -177,6 +183,8 @@ class GatewayServer:
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
         if self.config.unix_socket is not None:
             local_socket.release(self.config.unix_socket)
+        if self._registry_watch is not None:
+            await self._registry_watch.stop()
         await self.pool.stop()
         if self._revocations is not None:
             await self._revocations.stop()
@@ -198,3 +206,13 @@ def _shared_reservations(database_url: str | None) -> SharedReservations | None:
     if database_url and is_postgres_url(database_url):
         return SharedReservations(database_url)
     return None
+
+
+async def _watch_registry(config: GatewayConfig, pool: OrchestratorPool) -> RegistryWatch | None:
+    """Follows the orchestrator registry, when the configuration asks for it."""
+    if not config.follows_registry or config.database_url is None:
+        return None
+    registry = await asyncio.to_thread(OrchestratorRegistry.open, config.database_url)
+    watch = RegistryWatch(registry, pool, config.registry_poll_seconds)
+    await watch.start()
+    return watch

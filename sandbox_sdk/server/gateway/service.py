@@ -283,6 +283,7 @@ class GatewayService(_GenericRpcHandler):
         orchestrator_id = ids.owner_of(resource_id) or ""
         link = self._pool.owner(orchestrator_id)
         if link is None:
+            self._pool.require_not_lost(orchestrator_id)
             raise not_found(reason, f"{resource_id} does not exist")
         link.require_available()
         return link
