@@ -158,7 +158,11 @@ def gateway_main() -> None:
 
 
 def orchestrator_main() -> None:
-    """Entry point of ``sandbox-orchestrator``."""
+    """Entry point of ``sandbox-orchestrator``; ``sandbox-orchestrator drain`` drains it."""
+    if sys.argv[1:2] == ["drain"]:
+        del sys.argv[1]
+        _server_main("drain_orchestrator", "sandbox-orchestrator drain")
+        return
     _server_main("serve_orchestrator", "sandbox-orchestrator")
 
 

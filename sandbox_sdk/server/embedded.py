@@ -46,6 +46,7 @@ from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
 from sandbox_sdk.server.orchestrator.servicer import ENVIRONMENT_RPCS, EXPERIMENT_RPCS
+from sandbox_sdk.server.store.registry import OrchestratorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,32 @@ def migrate_gateway(config_path: Path | str | None = None) -> None:
     config = validated(GatewayConfig, ServerConfigFile.load(config_path).gateway, "gateway")
     ApiKeyStore.open(config.database_url, config.db_path).close()
     print("sandbox-gateway: the store's schema is up to date")
+
+
+def drain_orchestrator(config_path: Path | str | None = None) -> None:
+    """Marks the configured orchestrator draining in the registry: no new environments."""
+    configure_logging()
+    config = validated(
+        OrchestratorConfig,
+        {
+            "data_dir": default_data_dir() / "orchestrator",
+            **ServerConfigFile.load(config_path).orchestrator,
+        },
+        "orchestrator",
+    )
+    if config.registry is None:
+        raise ConfigError("orchestrator: drain needs registry.database_url, where it registered")
+    registry = OrchestratorRegistry.open(config.registry.database_url)
+    try:
+        found = registry.drain(config.orchestrator_id)
+    finally:
+        registry.close()
+    if not found:
+        raise ConfigError(f"orchestrator {config.orchestrator_id} is not in the registry")
+    print(
+        f"sandbox-orchestrator: {config.orchestrator_id} is draining; gateways place no new"
+        " environments on it and its own keep running"
+    )
 
 
 def serve_orchestrator(config_path: Path | str | None = None) -> None:

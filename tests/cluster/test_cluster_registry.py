@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sandbox_sdk import AsyncSandboxClient
 from sandbox_sdk.errors import ErrorReason, UnavailableError
@@ -262,3 +266,40 @@ async def test_an_orchestrator_gone_without_leaving_is_reported_lost_after_its_l
         assert await _create_on(cluster, 2) == [survivor] * 2
     finally:
         await registration.stop()
+
+
+def test_sandbox_orchestrator_drain_marks_the_configured_orchestrator_draining(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    registry = OrchestratorRegistry.open(postgres_database)
+    _register(registry, "o7", now=time.time())
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "orchestrator": {
+                    "orchestrator_id": "o7",
+                    "data_dir": str(tmp_path / "o7"),
+                    "internal_token": secrets.token_urlsafe(32),
+                    "registry": {"database_url": postgres_database},
+                }
+            }
+        )
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "sandbox-orchestrator"),
+            "drain",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    drained = registry.get("o7")
+    registry.close()
+    assert drained is not None
+    assert drained.draining
