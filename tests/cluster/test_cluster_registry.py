@@ -76,6 +76,7 @@ def test_a_lease_not_renewed_expires_and_a_renewed_one_does_not(
     _register(registry, "orc-b", now=1008.0)
     assert [o.id for o in registry.list_live(now=1011.0)] == ["orc-b"]
     assert registry.list_live(now=1019.0) == []
+    assert [o.id for o in registry.list_all()] == ["orc-a", "orc-b"]
     expired = registry.get("orc-a")
     assert expired is not None
     assert not expired.is_live(1011.0)
@@ -177,6 +178,27 @@ class _Cluster:
     gateway: GatewayServer
     orchestrators: dict[str, OrchestratorApp]
     client: AsyncSandboxClient
+    database_url: str
+    internal_token: str
+
+
+async def _start_gateway(
+    database_url: str, internal_token: str, db_path: Path
+) -> tuple[GatewayServer, AsyncSandboxClient]:
+    gateway = await GatewayServer.start(
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            orchestrators=[],
+            database_url=database_url,
+            internal_token=internal_token,
+            db_path=db_path,
+            health_check_interval_seconds=0.2,
+            registry_poll_seconds=0.2,
+        )
+    )
+    key = gateway.keys.create("team-a", (Scope.READ, Scope.WRITE)).secret
+    client = AsyncSandboxClient(f"127.0.0.1:{gateway.port}", api_key=key, retry={"max_attempts": 1})
+    return gateway, client
 
 
 @pytest.fixture
@@ -189,21 +211,9 @@ async def cluster(tmp_path: Path, postgres_database: str) -> AsyncIterator[_Clus
         )
         for orchestrator_id in ("o1", "o2")
     }
-    gateway = await GatewayServer.start(
-        GatewayConfig(
-            listen="127.0.0.1:0",
-            orchestrators=[],
-            database_url=postgres_database,
-            internal_token=token,
-            db_path=tmp_path / "gateway.db",
-            health_check_interval_seconds=0.2,
-            registry_poll_seconds=0.2,
-        )
-    )
-    key = gateway.keys.create("team-a", (Scope.READ, Scope.WRITE)).secret
-    client = AsyncSandboxClient(f"127.0.0.1:{gateway.port}", api_key=key, retry={"max_attempts": 1})
+    gateway, client = await _start_gateway(postgres_database, token, tmp_path / "gateway.db")
     try:
-        yield _Cluster(gateway, orchestrators, client)
+        yield _Cluster(gateway, orchestrators, client, postgres_database, token)
     finally:
         await client.close()
         await gateway.stop(0)
@@ -242,7 +252,7 @@ async def test_a_drained_orchestrator_gets_no_new_environments_and_keeps_serving
 
 
 async def test_an_orchestrator_gone_without_leaving_is_reported_lost_after_its_lease(
-    cluster: _Cluster,
+    cluster: _Cluster, tmp_path: Path
 ) -> None:
     doomed = await cluster.client.create_environment()
     gone = ids.owner_of(doomed.id) or ""
@@ -264,8 +274,24 @@ async def test_an_orchestrator_gone_without_leaving_is_reported_lost_after_its_l
     try:
         await _until(reported_lost)
         assert await _create_on(cluster, 2) == [survivor] * 2
+        await _a_gateway_started_later_reports_it_lost_too(cluster, doomed.id, tmp_path)
     finally:
         await registration.stop()
+
+
+async def _a_gateway_started_later_reports_it_lost_too(
+    cluster: _Cluster, environment_id: str, tmp_path: Path
+) -> None:
+    gateway, client = await _start_gateway(
+        cluster.database_url, cluster.internal_token, tmp_path / "later.db"
+    )
+    try:
+        with pytest.raises(UnavailableError) as refused:
+            await client.get_environment(environment_id)
+        assert refused.value.reason == ErrorReason.ORCHESTRATOR_LOST
+    finally:
+        await client.close()
+        await gateway.stop(0)
 
 
 def test_sandbox_orchestrator_drain_marks_the_configured_orchestrator_draining(

@@ -291,29 +291,28 @@ class OrchestratorPool:
                 await task
 
     async def follow_registry(
-        self, live: Sequence[RegisteredOrchestrator], first_check_timeout: float = 2.0
+        self,
+        rows: Sequence[RegisteredOrchestrator],
+        now: float,
+        first_check_timeout: float = 2.0,
     ) -> None:
-        """Makes the pool the registry's live orchestrators: adds new ones, drops expired ones.
+        """Makes the pool the registry's live orchestrators: adds new ones, drops the others.
 
-        A dropped orchestrator is remembered as lost, so calls for its resources
-        get ORCHESTRATOR_LOST instead of NOT_FOUND.
+        Orchestrators whose lease expired, and those dropped for it, are remembered
+        as lost, so calls for their resources get ORCHESTRATOR_LOST, not NOT_FOUND.
         """
-        wanted = {row.id: row for row in live}
+        wanted = {row.id: row for row in rows if row.is_live(now)}
         for link in list(self.links):
             row = wanted.get(link.id)
             if row is None or row.address != link.address:
                 await self._drop(link, lost=row is None)
-        for row in live:
+        for row in wanted.values():
             if row.id not in self.by_id:
-                await self._add(
-                    GrpcOrchestratorLink(
-                        OrchestratorEndpoint(id=row.id, address=row.address),
-                        self._internal_metadata,
-                        self._tls,
-                    ),
-                    first_check_timeout,
-                )
-        self._draining = {row.id for row in live if row.draining}
+                endpoint = OrchestratorEndpoint(id=row.id, address=row.address)
+                link = GrpcOrchestratorLink(endpoint, self._internal_metadata, self._tls)
+                await self._add(link, first_check_timeout)
+        self._lost |= {row.id for row in rows if not row.is_live(now)}
+        self._draining = {row.id for row in wanted.values() if row.draining}
 
     async def _add(self, link: OrchestratorLink, first_check_timeout: float) -> None:
         log.info("orchestrator=%s address=%s joined from the registry", link.id, link.address)

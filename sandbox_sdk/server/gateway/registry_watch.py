@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sandbox_sdk.server.gateway.orchestrators import OrchestratorPool
 from sandbox_sdk.server.store.registry import OrchestratorRegistry
@@ -43,8 +44,8 @@ class RegistryWatch:
 
     async def refresh(self) -> None:
         """Reads the live registrations once and applies them to the pool."""
-        live = await asyncio.to_thread(self._registry.list_live)
-        await self._pool.follow_registry(live)
+        rows = await asyncio.to_thread(self._registry.list_all)
+        await self._pool.follow_registry(rows, time.time())
 
     async def _follow(self) -> None:
         while True:

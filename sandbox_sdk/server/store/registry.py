@@ -155,6 +155,10 @@ class OrchestratorRegistry:
         rows = self._backend.query(_SELECT + " WHERE id = ?", (orchestrator_id,))
         return _from_row(rows[0]) if rows else None
 
+    def list_all(self) -> list[RegisteredOrchestrator]:
+        """Every row, expired leases included (their orchestrators are lost), by id."""
+        return [_from_row(row) for row in self._backend.query(_SELECT + " ORDER BY id")]
+
     def list_live(self, now: float | None = None) -> list[RegisteredOrchestrator]:
         """The orchestrators whose lease has not expired, draining ones included, by id."""
         rows = self._backend.query(
