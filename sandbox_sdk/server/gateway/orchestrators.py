@@ -210,12 +210,12 @@ def unavailable(orchestrator_id: str) -> ServiceError:
 
 
 def lost(orchestrator_id: str) -> ServiceError:
-    """The error for calls about resources of an orchestrator whose registry lease expired."""
+    """The error for calls about resources of an orchestrator that left the registry."""
     return ServiceError(
         grpc.StatusCode.UNAVAILABLE,
         ErrorReason.ORCHESTRATOR_LOST,
-        f"orchestrator {orchestrator_id}, which owned this resource, is gone (its registry"
-        " lease expired) and its environments and experiments with it; create them again",
+        f"orchestrator {orchestrator_id}, which owned this resource, is gone (it left the"
+        " registry or its lease expired) and its environments with it; create them again",
         metadata={"orchestrator_id": orchestrator_id},
     )
 
@@ -332,7 +332,7 @@ class OrchestratorPool:
         await link.close()
 
     def require_not_lost(self, orchestrator_id: str) -> None:
-        """Raises UNAVAILABLE ORCHESTRATOR_LOST when the orchestrator's lease expired."""
+        """Raises UNAVAILABLE ORCHESTRATOR_LOST when the orchestrator left the registry."""
         if orchestrator_id in self._lost:
             raise lost(orchestrator_id)
 
