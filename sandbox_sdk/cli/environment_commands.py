@@ -20,9 +20,11 @@ from sandbox_sdk.cli.session import (
     Labels,
     client_of,
     err,
+    joined_labels,
     out,
     pairs,
     print_error,
+    print_fields,
     reported_errors,
 )
 from sandbox_sdk.client import Sandbox
@@ -135,7 +137,7 @@ def env_ls(
                 f"{info.limits.cpu_cores:g}",
                 _size(info.limits.memory_bytes),
                 _size(info.limits.disk_bytes),
-                ",".join(f"{k}={v}" for k, v in info.labels.items()),
+                joined_labels(info.labels),
                 info.create_time.isoformat(timespec="seconds") if info.create_time else "",
             )
         if not as_json:
@@ -154,7 +156,6 @@ def env_get(
         if as_json:
             print_json(info)
             return
-        table = Table.grid(padding=(0, 2))
         limits = info.limits
         rows: list[tuple[str, Any]] = [
             ("id", info.id),
@@ -164,15 +165,13 @@ def env_get(
             ("disk", _size(limits.disk_bytes)),
             ("pids", limits.max_pids or "-"),
             ("network", info.network.value),
-            ("labels", ",".join(f"{k}={v}" for k, v in info.labels.items())),
+            ("labels", joined_labels(info.labels)),
             ("created", info.create_time),
             ("expires", info.expire_time),
         ]
         if info.termination_reason.value != "UNSPECIFIED":
             rows.append(("ended", f"{info.termination_reason.value} {info.termination_message}"))
-        for name, value in rows:
-            table.add_row(name, "" if value is None else str(value))
-        out.print(table, highlight=False)
+        print_fields(rows)
 
 
 @env_app.command("usage", cls=CliCommand)

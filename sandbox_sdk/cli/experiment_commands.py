@@ -20,9 +20,11 @@ from sandbox_sdk.cli.session import (
     Labels,
     client_of,
     err,
+    joined_labels,
     out,
     pairs,
     print_error,
+    print_fields,
     reported_errors,
     warn,
 )
@@ -416,15 +418,13 @@ def _print_experiment(info: ExperimentInfo, as_json: bool) -> None:
     if as_json:
         print_json(info)
         return
-    table = Table.grid(padding=(0, 2))
     headers = ("id", "state", "environment", "model", "samples", "created", "failure")
-    for name, value in zip(headers, _experiment_row(info), strict=True):
-        table.add_row(name, value)
+    rows = list(zip(headers, _experiment_row(info), strict=True))
     if info.failure and info.failure.message:
-        table.add_row("message", info.failure.message)
+        rows.append(("message", info.failure.message))
     if info.labels:
-        table.add_row("labels", ",".join(f"{k}={v}" for k, v in info.labels.items()))
-    out.print(table, highlight=False)
+        rows.append(("labels", joined_labels(info.labels)))
+    print_fields(rows)
 
 
 @experiments_app.command("get", cls=CliCommand)

@@ -4,12 +4,13 @@ traceback, and ``KEY=VALUE`` options."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from sandbox_sdk.cli.exit_codes import INTERRUPTED, exit_code_for
 from sandbox_sdk.cli.hints import for_the_command_line
@@ -34,6 +35,19 @@ def print_error(message: str) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def print_fields(rows: Iterable[tuple[str, object]]) -> None:
+    """One resource as ``name  value`` lines; ``None`` prints as nothing."""
+    table = Table.grid(padding=(0, 2))
+    for name, value in rows:
+        table.add_row(name, "" if value is None else str(value))
+    out.print(table, highlight=False)
+
+
+def joined_labels(labels: Mapping[str, str]) -> str:
+    """Labels as the ``k=v,k=v`` the --label options take."""
+    return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
 def warn(message: str) -> None:
