@@ -37,6 +37,11 @@ Why each of them is safe to repeat:
   nothing and returns it with its first ``revoke_time``. A revocation should
   not fail for a passing outage.
 
+Besides ``retryable_codes``, a CANCELLED status is retried: the SDK never
+cancels a call and then reads its status, so CANCELLED means the server side
+gave the call up (a gateway stopping without a grace period does this to every
+call it is serving).
+
 ExecCommand is never retried: running a command again may do its work twice.
 Any call rejected as UNAUTHENTICATED is sent once more with a fresh token when
 the token comes from a provider; the server did not act on the rejected call.
@@ -144,8 +149,13 @@ class RetryPolicy:
         return full_jitter(ceiling, self.random) if self.jitter else ceiling
 
     def is_retryable(self, error: SandboxError) -> bool:
-        """Whether ``error`` is worth another attempt of a call that is safe to repeat."""
-        if error.code in self.retryable_codes:
+        """Whether ``error`` is worth another attempt of a call that is safe to repeat.
+
+        CANCELLED is always worth one: the SDK ends its own calls by closing them,
+        which never comes back as an error, so a CANCELLED status was sent by the
+        other side, typically a gateway or proxy abandoning its calls as it stops.
+        """
+        if error.code in self.retryable_codes or error.code == grpc.StatusCode.CANCELLED:
             return True
         return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_after is not None
 

@@ -165,6 +165,21 @@ def test_idempotent_mutation_gives_up_after_max_attempts(
     assert "gave up after 4 attempts" in caught.value.__notes__
 
 
+def test_a_call_the_server_cancelled_is_retried_when_safe(
+    gateway: FakeGateway, driver: Driver, clock: FakeClock
+) -> None:
+    environment_id = _env(gateway, driver)
+    gateway.fail("GetEnvironment", Failure(1, grpc.StatusCode.CANCELLED))
+    assert driver.get_environment(environment_id).id == environment_id
+    assert len(gateway.calls("GetEnvironment")) == 2
+
+    gateway.fail("ExecCommand", Failure(1, grpc.StatusCode.CANCELLED))
+    with pytest.raises(SandboxError) as caught:
+        driver.exec(environment_id, ["echo", "once"])
+    assert caught.value.code == grpc.StatusCode.CANCELLED
+    assert len(gateway.calls("ExecCommand")) == 1
+
+
 def test_exec_is_not_retried(gateway: FakeGateway, driver: Driver, clock: FakeClock) -> None:
     environment_id = _env(gateway, driver)
     gateway.fail("ExecCommand", Failure(1, UNAVAILABLE))
