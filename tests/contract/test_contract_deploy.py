@@ -41,6 +41,9 @@ FAKE_SECRETS = {
     "redis-url": "redis://redis.example:6379/0",
 }
 NODE_NAME = "ip-10-0-1-23.eu-west-1.compute.internal"
+NODE_IP = "10.0.1.23"
+# What the downward API gives the pods' fieldRef environment variables.
+FIELD_VALUES = {"spec.nodeName": NODE_NAME, "status.hostIP": NODE_IP}
 DATASTORE_SETTINGS = ("database_url", "redis_url")
 
 
@@ -115,20 +118,28 @@ def _mounted_volume(container: dict[str, Any], pod: dict[str, Any], path: str) -
     raise AssertionError(f"{path} is on no volume mounted in {container['name']}")
 
 
-def _rendered(pod: dict[str, Any], tmp_path: Path, node_name: str | None) -> dict[str, Any]:
+def _expanded(container: dict[str, Any], argument: str) -> str:
+    """``argument`` with ``$(VAR)`` replaced as Kubernetes does, from fieldRef variables."""
+    for variable in container.get("env", []):
+        field = variable["valueFrom"]["fieldRef"]["fieldPath"]
+        argument = argument.replace(f"$({variable['name']})", FIELD_VALUES[field])
+    assert "$(" not in argument, f"{argument}: a variable the container does not define"
+    return argument
+
+
+def _rendered(pod: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     """The config file the pod's render-config init container writes, with fake Secrets."""
     init = _container(pod, "render-config", init=True)
-    command = init["command"]
+    command = [_expanded(init, argument) for argument in init["command"]]
     assert command[0] == "sandbox-render-config"
     template_path, output_path, *options = command[1:]
     assert "configMap" in _mounted_volume(init, pod, template_path)
     assert "emptyDir" in _mounted_volume(init, pod, output_path)
     assignments: list[str] = []
-    use_node = False
+    node_name = None
     for flag, value in zip(options[::2], options[1::2], strict=True):
         if flag == "--orchestrator-id-from-node":
-            assert value == "$(NODE_NAME)"
-            use_node = True
+            node_name = value
             continue
         assert flag == "--set"
         key, _, source = value.partition("=")
@@ -141,9 +152,7 @@ def _rendered(pod: dict[str, Any], tmp_path: Path, node_name: str | None) -> dic
             source = f"{marker}{fake}"
         assignments.append(f"{key}={source}")
     config: dict[str, Any] = render_config.render(
-        _config_template(_config_map_of(pod, template_path)),
-        assignments,
-        node_name if use_node else None,
+        _config_template(_config_map_of(pod, template_path)), assignments, node_name
     )
     return config
 
@@ -156,13 +165,13 @@ def _config_map_of(pod: dict[str, Any], template_path: str) -> str:
 
 @pytest.fixture
 def gateway_config(tmp_path: Path) -> GatewayConfig:
-    section = ServerConfigFile.model_validate(_rendered(GATEWAY_POD, tmp_path, None)).gateway
+    section = ServerConfigFile.model_validate(_rendered(GATEWAY_POD, tmp_path)).gateway
     return GatewayConfig.model_validate(section)
 
 
 @pytest.fixture
 def orchestrator_config(tmp_path: Path) -> OrchestratorConfig:
-    rendered = _rendered(ORCHESTRATOR_POD, tmp_path, NODE_NAME)
+    rendered = _rendered(ORCHESTRATOR_POD, tmp_path)
     section = ServerConfigFile.model_validate(rendered).orchestrator
     return OrchestratorConfig.model_validate(section)
 
@@ -237,19 +246,21 @@ def test_the_orchestrator_config_is_valid_with_its_node_id_and_token(
     assert any(agent_python.is_relative_to(p) for p in orchestrator_config.sandbox.read_only_paths)
 
 
-@pytest.mark.parametrize("setting", DATASTORE_SETTINGS)
-def test_the_datastore_urls_come_from_the_optional_secret(
-    gateway_config: GatewayConfig, setting: str
+def test_the_gateway_needs_postgresql_and_takes_redis_when_given(
+    gateway_config: GatewayConfig,
 ) -> None:
-    assert getattr(gateway_config, setting) == FAKE_SECRETS[setting.replace("_", "-")]
+    for setting in DATASTORE_SETTINGS:
+        assert getattr(gateway_config, setting) == FAKE_SECRETS[setting.replace("_", "-")]
     init = _container(GATEWAY_POD, "render-config", init=True)["command"]
-    (assignment,) = [a for a in init if a.startswith(f"gateway.{setting}=")]
-    assert assignment.partition("=")[2].startswith("@?")
-    volumes = {v["name"]: v for v in GATEWAY_POD["volumes"]}
-    assert volumes["datastores"]["secret"] == {
-        "secretName": "sandbox-datastores",
-        "optional": True,
+    sources = {
+        key: source
+        for key, _, source in (a.partition("=") for a in init)
+        if key.startswith("gateway.")
     }
+    assert sources["gateway.database_url"].startswith("@/")
+    assert sources["gateway.redis_url"].startswith("@?")
+    volumes = {v["name"]: v for v in GATEWAY_POD["volumes"]}
+    assert volumes["datastores"]["secret"] == {"secretName": "sandbox-datastores"}
 
 
 def test_an_absent_optional_secret_leaves_the_setting_unset(tmp_path: Path) -> None:
@@ -260,14 +271,18 @@ def test_an_absent_optional_secret_leaves_the_setting_unset(tmp_path: Path) -> N
     assert rendered == {"gateway": {"listen": "0.0.0.0:50051"}}
 
 
-def test_the_static_orchestrator_list_names_each_node_by_its_derived_id(
-    gateway_config: GatewayConfig,
+def test_gateways_route_from_the_registry_the_orchestrators_register_in(
+    gateway_config: GatewayConfig, orchestrator_config: OrchestratorConfig
 ) -> None:
+    assert gateway_config.follows_registry
+    assert gateway_config.orchestrators == []
+    registry = orchestrator_config.registry
+    assert registry is not None
+    assert registry.database_url == gateway_config.database_url
     daemonset_port = _container_port(ORCHESTRATOR, "grpc")
-    for endpoint in gateway_config.orchestrators:
-        host, port = endpoint.address.rsplit(":", 1)
-        assert endpoint.id == render_config.orchestrator_id_for_node(host)
-        assert int(port) == daemonset_port
+    (host_port,) = [p["hostPort"] for p in ORCHESTRATOR["ports"] if p["name"] == "grpc"]
+    assert host_port == daemonset_port
+    assert registry.advertise_address == f"{NODE_IP}:{host_port}"
 
 
 @pytest.mark.parametrize(
