@@ -22,7 +22,7 @@ from sandbox_sdk.server.status import ServiceError
 from sandbox_sdk.server.store.migrate import current_revision, upgrade
 from sandbox_sdk.server.store.reservations import SharedReservations
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 # The schema the gateway created before its migrations moved to Alembic (verbatim).
 PRE_ALEMBIC_SCHEMA = """

@@ -15,6 +15,7 @@ from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import local_socket
 from sandbox_sdk.server.gateway.admin import ApiKeyAdmin
 from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
+from sandbox_sdk.server.gateway.archived_experiments import ArchivedExperiments
 from sandbox_sdk.server.gateway.authentication import Authenticator
 from sandbox_sdk.server.gateway.config import GatewayConfig
 from sandbox_sdk.server.gateway.methods import GATEWAY_SERVICE
@@ -39,6 +40,7 @@ from sandbox_sdk.server.ops import (
     serve_metrics,
 )
 from sandbox_sdk.server.status import ErrorInterceptor
+from sandbox_sdk.server.store.archive import ExperimentArchive
 from sandbox_sdk.server.store.backends import SqlBackend, is_postgres_url
 from sandbox_sdk.server.store.registry import OrchestratorRegistry
 from sandbox_sdk.server.store.reservations import SharedReservations
@@ -131,6 +133,7 @@ class GatewayServer:
             ),
             metrics=metrics,
             retry=config.retry,
+            archived=ArchivedExperiments(ExperimentArchive(database)),
         )
         server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers((service,))

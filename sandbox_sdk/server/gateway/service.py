@@ -25,6 +25,11 @@ from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.gateway.admin import Administrator, ApiKeyAdmin, parse_request
+from sandbox_sdk.server.gateway.archived_experiments import (
+    ArchivedExperiments,
+    falls_back,
+    not_archived,
+)
 from sandbox_sdk.server.gateway.authentication import (
     AUTHORIZATION_KEY,
     Authenticator,
@@ -94,8 +99,11 @@ class GatewayService(_GenericRpcHandler):
         admin: ApiKeyAdmin,
         metrics: GatewayMetrics,
         retry: RetrySettings,
+        archived: ArchivedExperiments | None = None,
     ) -> None:
         self._pool = pool
+        # Finished experiments whose orchestrator is gone are read from the archive.
+        self._archived = archived
         self._authenticator = authenticator
         self._rate_limiter = rate_limiter
         self._quotas = quotas
@@ -180,7 +188,15 @@ class GatewayService(_GenericRpcHandler):
             active.inc()
             try:
                 caller = await self._admit(spec, context)
-                link = self._owner(spec, request)
+                try:
+                    link = self._owner(spec, request)
+                except ServiceError as error:
+                    archived = await self._archived_stream(spec, request, caller, error)
+                    if archived is None:
+                        raise self._not_archived(spec, error) from None
+                    async for message in archived:
+                        yield message
+                    return
                 async for message in self._forward_stream(spec, link, request, context, caller):
                     yield message
             except ServiceError as error:
@@ -245,12 +261,19 @@ class GatewayService(_GenericRpcHandler):
             return self._any(spec)
 
         async def owned(request: bytes, context: Context, caller: Caller) -> bytes:
-            link = self._owner(spec, request)
             request_id = _request_id_field(spec, request)
             if spec.quota is None:
-                return await self._forward_unary(
-                    spec, link, request, context, caller, request_id=request_id
-                )
+                try:
+                    link = self._owner(spec, request)
+                    return await self._forward_unary(
+                        spec, link, request, context, caller, request_id=request_id
+                    )
+                except ServiceError as error:
+                    archived = await self._archived_unary(spec, request, caller, error)
+                    if archived is None:
+                        raise self._not_archived(spec, error) from None
+                    return archived
+            link = self._owner(spec, request)
             async with self._quotas.reserve(
                 spec.quota, caller.tenant, caller.request_id, context.time_remaining()
             ):
@@ -259,6 +282,28 @@ class GatewayService(_GenericRpcHandler):
                 )
 
         return owned
+
+    async def _archived_unary(
+        self, spec: MethodSpec, request: bytes, caller: Caller, error: ServiceError
+    ) -> bytes | None:
+        """The archive's answer for an experiment whose owner is gone or down, or ``None``."""
+        if self._archived is None or not falls_back(spec.name, error):
+            return None
+        return await self._archived.unary(spec.name, request, caller.tenant)
+
+    async def _archived_stream(
+        self, spec: MethodSpec, request: bytes, caller: Caller, error: ServiceError
+    ) -> AsyncIterator[bytes] | None:
+        """The archive's event stream for an experiment whose owner is gone or down, or ``None``."""
+        if self._archived is None or not falls_back(spec.name, error):
+            return None
+        return await self._archived.stream(request, caller.tenant)
+
+    def _not_archived(self, spec: MethodSpec, error: ServiceError) -> ServiceError:
+        """The error for an experiment read the archive could not answer either."""
+        if self._archived is None or not falls_back(spec.name, error):
+            return error
+        return not_archived(error)
 
     def _owner(self, spec: MethodSpec, request: bytes) -> OrchestratorLink:
         field, kind, reason = _RESOURCE[spec.routing]

@@ -30,6 +30,7 @@ from sandbox_sdk.server.orchestrator.registration import Registration
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
 from sandbox_sdk.server.orchestrator.servicer import SERVICE, add_orchestrator_service
 from sandbox_sdk.server.status import ErrorInterceptor, ServerInterceptorBase
+from sandbox_sdk.server.store.archive import ExperimentArchive
 from sandbox_sdk.server.store.registry import (
     Announcement,
     Capacity,
@@ -62,6 +63,7 @@ class OrchestratorApp:
     metrics: MetricsServer | None
     _health: Any
     registration: Registration | None = None
+    archive: ExperimentArchive | None = None
 
     @property
     def address(self) -> str:
@@ -86,6 +88,11 @@ class OrchestratorApp:
         credentials = server_credentials(config.tls, "tls") if config.tls is not None else None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         database = Database(config.database_path)
+        archive = (
+            await asyncio.to_thread(ExperimentArchive.open, config.archive.database_url)
+            if config.archive is not None
+            else None
+        )
         registry = CollectorRegistry()
         sandboxes = SandboxManager(
             database,
@@ -95,7 +102,12 @@ class OrchestratorApp:
             registry=registry,
         )
         experiments = ExperimentEngine(
-            database, config.experiments, sandboxes.port, config.orchestrator_id, registry=registry
+            database,
+            config.experiments,
+            sandboxes.port,
+            config.orchestrator_id,
+            registry=registry,
+            archive=archive,
         )
         await sandboxes.start()
         await experiments.start()
@@ -119,7 +131,9 @@ class OrchestratorApp:
             else None
         )
         log.info("orchestrator %s serving on port %d", config.orchestrator_id, port)
-        app = cls(config, server, database, sandboxes, experiments, port, metrics, health)
+        app = cls(
+            config, server, database, sandboxes, experiments, port, metrics, health, archive=archive
+        )
         if config.registry is not None:
             app.registration = await asyncio.to_thread(app.open_registration)
             await app.registration.start()
@@ -154,6 +168,8 @@ class OrchestratorApp:
         await self.server.stop(grace)
         await self.experiments.stop()
         await self.sandboxes.stop()
+        if self.archive is not None:
+            await asyncio.to_thread(self.archive.close)
         if self.metrics is not None:
             self.metrics.close()
         self.database.close()

@@ -36,6 +36,18 @@ class RegistrySettings(BaseModel):
     )
 
 
+class ArchiveSettings(BaseModel):
+    """Where finished experiments are archived, so that they outlive this orchestrator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database_url: str = Field(
+        description="The gateways' shared store (postgresql://..., or sqlite:///path for one"
+        " host) that finished experiments' results and events are shipped to; the gateways"
+        " serve them from there once this orchestrator is gone."
+    )
+
+
 class OrchestratorConfig(BaseModel):
     """Everything an orchestrator process needs to start."""
 
@@ -68,6 +80,11 @@ class OrchestratorConfig(BaseModel):
         default=None,
         description="Register with the gateways' registry (with a lease) instead of being"
         " listed in their configuration.",
+    )
+    archive: ArchiveSettings | None = Field(
+        default=None,
+        description="Ship every finished experiment (results and events) to the gateways'"
+        " shared store, exactly once, so it stays readable after this orchestrator is gone.",
     )
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)

@@ -4,7 +4,9 @@ Lifecycle: an accepted experiment is QUEUED (persisted, with its place in
 the fair queue), turns RUNNING when a slot is free (``max_concurrent``
 overall, ``max_concurrent_per_tenant`` per tenant), and ends SUCCEEDED,
 FAILED, CANCELLED or TIMED_OUT. Every transition is committed with its
-event before anyone can see it.
+event before anyone can see it. With an archive configured, the final
+transition also queues the experiment in the outbox in the same
+transaction, and the :class:`ArchiveShipper` ships it to the shared store.
 
 Restarts: ``start()`` finds experiments left RUNNING by a previous process.
 One that produced no model output yet is queued again (at its old place);
@@ -37,6 +39,7 @@ from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.clipping import echo
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.orchestrator.experiments.archive_shipper import ArchiveShipper
 from sandbox_sdk.server.orchestrator.experiments.events import EventLog, ExperimentWriter
 from sandbox_sdk.server.orchestrator.experiments.metrics import EngineMetrics
 from sandbox_sdk.server.orchestrator.experiments.providers.registry import ModelRegistry
@@ -68,6 +71,7 @@ from sandbox_sdk.server.orchestrator.experiments.validation import ValidatedRequ
 from sandbox_sdk.server.orchestrator.ports import SandboxPort
 from sandbox_sdk.server.request_ids import DuplicateRequestError
 from sandbox_sdk.server.status import ServiceError, not_found
+from sandbox_sdk.server.store.archive import ExperimentArchive
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +122,16 @@ class ExperimentEngine:
         sandbox: SandboxPort,
         orchestrator_id: str,
         registry: CollectorRegistry | None = None,
+        *,
+        archive: ExperimentArchive | None = None,
     ) -> None:
         self.settings = settings
         self.sandbox = sandbox
         self.orchestrator_id = orchestrator_id
-        self.store = ExperimentStore(db)
+        # With an archive, finished experiments are queued in the outbox as they finish
+        # and shipped to the shared store (see archive_shipper.py).
+        self.store = ExperimentStore(db, outbox=archive is not None)
+        self.shipper = ArchiveShipper(self.store, archive) if archive is not None else None
         self.events = EventLog(self.store)
         self.models = ModelRegistry(settings.models)
         self.metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
@@ -148,6 +157,8 @@ class ExperimentEngine:
         self.sandbox.on_terminated(self._on_environment_terminated)
         self._accepting = True
         self._dispatch()
+        if self.shipper is not None:
+            await self.shipper.start()
 
     async def stop(self) -> None:
         """Stops accepting and dispatching; interrupted experiments are re-queued or FAILED
@@ -161,6 +172,8 @@ class ExperimentEngine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.shipper is not None:
+            await self.shipper.stop()
         await self.models.aclose()
         await self.store.aclose()
 

@@ -112,7 +112,15 @@ MIGRATIONS = [
       error TEXT NOT NULL,
       PRIMARY KEY (experiment_id, input_index, repeat)
     ) WITHOUT ROWID
+    """,
+    # The archive outbox: finished experiments still to be shipped to the shared store.
+    # A row is written in the transaction that records the experiment's final state.
     """
+    CREATE TABLE exp_archive_outbox (
+      experiment_id TEXT PRIMARY KEY,
+      queue_time REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]
 
 _PAYLOAD_KINDS: dict[str, type[EventPayload]] = {
@@ -158,6 +166,16 @@ class NewExperiment:
             queue_order=self.queue_order,
             has_output=False,
         )
+
+
+@dataclass(frozen=True)
+class ArchiveContents:
+    """A finished experiment as read for its shipment to the archive: one snapshot."""
+
+    record: ExperimentRecord
+    samples: list[SampleRecord]
+    events: list[StoredEvent]
+    aggregates: Aggregates
 
 
 @dataclass(frozen=True)
@@ -211,10 +229,14 @@ class _SpecCache:
 class ExperimentStore:
     """Reads and writes the ``exp_*`` tables; see the module docstring for threading."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, outbox: bool = False) -> None:
         if str(db.path) == ":memory:":
             raise ValueError("the experiment store needs a database file, not :memory:")
         self.db = db
+        # With ``outbox``, recording an experiment's final state also queues it for the
+        # archive (same transaction), and ``on_outbox`` is called once that has committed.
+        self.outbox = outbox
+        self.on_outbox: Callable[[], None] | None = None
         db.migrate(COMPONENT, MIGRATIONS)
         self.specs = _SpecCache()
         self.writer = BatchWriter(db.path, name="exp-writer")
@@ -255,6 +277,13 @@ class ExperimentStore:
         """Queues events, changes and a sample as one atomic job (call on the event loop);
         the future holds the committed events once their transaction has committed."""
 
+        to_outbox = (
+            self.outbox
+            and changes is not None
+            and changes.state is not None
+            and changes.state.is_final
+        )
+
         def job(conn: sqlite3.Connection) -> list[StoredEvent]:
             return _commit_events(
                 conn,
@@ -263,9 +292,53 @@ class ExperimentStore:
                 changes=changes,
                 sample=sample,
                 has_output=has_output,
+                to_outbox=to_outbox,
             )
 
-        return self.writer.submit(job, experiment_id)
+        committed = self.writer.submit(job, experiment_id)
+        if to_outbox:
+            committed.add_done_callback(self._outbox_committed)
+        return committed
+
+    def _outbox_committed(self, committed: asyncio.Future[list[StoredEvent]]) -> None:
+        if self.on_outbox is not None and not committed.cancelled() and not committed.exception():
+            self.on_outbox()
+
+    # --- the archive outbox ----------------------------------------------------------
+
+    async def aoutbox(self, limit: int) -> list[str]:
+        """Up to ``limit`` experiments waiting to be shipped to the archive, oldest first."""
+        return await self.readers.run(lambda conn: _select_outbox(_query_on(conn), limit))
+
+    def outbox_ids(self) -> list[str]:
+        """Every experiment waiting to be shipped to the archive, oldest first."""
+        return _select_outbox(self.db.query, None)
+
+    async def adelete_outbox(self, experiment_id: str) -> None:
+        """Removes the experiment's outbox row (it is in the archive); once committed."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM exp_archive_outbox WHERE experiment_id = ?", (experiment_id,))
+
+        await self.writer.run(job, experiment_id)
+
+    async def aarchive_contents(self, experiment_id: str) -> ArchiveContents | None:
+        """The experiment with every sample and event and its aggregates, read in one
+        snapshot on a reader thread; None when it does not exist."""
+
+        def read(conn: sqlite3.Connection) -> ArchiveContents | None:
+            query = _query_on(conn)
+            record = _select_experiment(query, self.specs, experiment_id)
+            if record is None:
+                return None
+            return ArchiveContents(
+                record=record,
+                samples=_select_samples(query, experiment_id, None, None),
+                events=_select_events(query, experiment_id, 0, -1),
+                aggregates=aggregate(_select_sample_metrics(query, experiment_id)),
+            )
+
+        return await self.readers.run(read, snapshot=True)
 
     # --- reads on the event loop's behalf --------------------------------------------
 
@@ -452,6 +525,7 @@ def _commit_events(
     changes: ExperimentChanges | None,
     sample: SampleRecord | None,
     has_output: bool,
+    to_outbox: bool = False,
 ) -> list[StoredEvent]:
     now = time.time()
     row = conn.execute(
@@ -478,6 +552,11 @@ def _commit_events(
     )
     if sample is not None:
         _insert_sample(conn, experiment_id, sample)
+    if to_outbox:
+        conn.execute(
+            "INSERT OR IGNORE INTO exp_archive_outbox (experiment_id, queue_time) VALUES (?, ?)",
+            (experiment_id, now),
+        )
     return events
 
 
@@ -559,6 +638,14 @@ def _select_events(query: Query, experiment_id: str, after: int, limit: int) -> 
         (experiment_id, after, limit),
     )
     return [StoredEvent(experiment_id, row[0], row[1], _decode(row[2], row[3])) for row in rows]
+
+
+def _select_outbox(query: Query, limit: int | None) -> list[str]:
+    rows = query(
+        "SELECT experiment_id FROM exp_archive_outbox ORDER BY queue_time, experiment_id LIMIT ?",
+        (-1 if limit is None else limit,),
+    )
+    return [str(row[0]) for row in rows]
 
 
 def _select_samples(
