@@ -285,6 +285,13 @@ def test_gateways_route_from_the_registry_the_orchestrators_register_in(
     assert registry.advertise_address == f"{NODE_IP}:{host_port}"
 
 
+def test_finished_experiments_are_archived_where_the_gateways_read(
+    gateway_config: GatewayConfig, orchestrator_config: OrchestratorConfig
+) -> None:
+    assert orchestrator_config.archive is not None
+    assert orchestrator_config.archive.database_url == gateway_config.database_url
+
+
 @pytest.mark.parametrize(
     "node_name",
     ["node-a", "ip-10-0-1-23.ec2.internal", "gke-pool-1-6f1e2a3b-x7kq", "A" * 253],
