@@ -8,7 +8,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install system-deps node-deps generate check-generated lint test test-fast demo bench serve clean
+.PHONY: install system-deps node-deps generate check-generated lint test test-fast demo bench serve cluster clean
 
 install: $(STAMP) node-deps
 
@@ -18,7 +18,7 @@ install: $(STAMP) node-deps
 # quotas), slirp4netns and nftables (egress networking), iproute2 (the network
 # tests' own hosts), libseccomp2 (the seccomp filter), Node.js with npm for
 # the polyglot client test, and PostgreSQL and redis-server, which the shared-store
-# tests start themselves in temp dirs (no service is enabled or used).
+# tests and `make cluster` start themselves in temp dirs (no service is enabled or used).
 SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux mkfs.ext4:e2fsprogs \
   slirp4netns:slirp4netns nft:nftables ip:iproute2 node:nodejs npm:npm \
   pg_ctlcluster:postgresql redis-server:redis-server
@@ -85,6 +85,11 @@ bench: install
 
 serve: install
 	$(BIN)/sandbox-sdk serve
+
+# A throwaway local cluster: PostgreSQL, redis-server, 2 gateways and 3 orchestrators
+# as processes on loopback; prints the addresses and the SDK target, Ctrl-C stops it all.
+cluster: install
+	$(BIN)/sandbox-cluster up
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/polyglot/node_modules .pytest_cache .mypy_cache .ruff_cache

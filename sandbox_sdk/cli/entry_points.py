@@ -19,11 +19,13 @@ def _exit_with(error: ConfigError) -> NoReturn:
     raise SystemExit(exit_code_for(error))
 
 
-def _entry_point(function: str, extra: str, command: str) -> Callable[[], None]:
+def _entry_point(
+    function: str, extra: str, command: str, module_name: str = _COMMAND_LINE
+) -> Callable[[], None]:
     """``function`` of the command-line module, once ``extra`` is known to be installed."""
     try:
         require_extra(extra, command)
-        module = importlib.import_module(_COMMAND_LINE)
+        module = importlib.import_module(module_name)
     except ConfigError as error:
         _exit_with(error)
     except ModuleNotFoundError as error:
@@ -36,10 +38,10 @@ def _entry_point(function: str, extra: str, command: str) -> Callable[[], None]:
     return entry
 
 
-def _run(function: str, extra: str, command: str) -> None:
+def _run(function: str, extra: str, command: str, module_name: str = _COMMAND_LINE) -> None:
     # Ctrl-C while the command line is still being imported: one line, no traceback.
     try:
-        _entry_point(function, extra, command)()
+        _entry_point(function, extra, command, module_name)()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
@@ -58,3 +60,8 @@ def gateway_main() -> None:
 def orchestrator_main() -> None:
     """Entry point of ``sandbox-orchestrator``: needs the ``server`` extra."""
     _run("orchestrator_main", "server", "sandbox-orchestrator")
+
+
+def cluster_main() -> None:
+    """Entry point of ``sandbox-cluster`` (a local cluster): needs the ``server`` extra."""
+    _run("cluster_main", "server", "sandbox-cluster", "sandbox_sdk.server.cluster.cli")
