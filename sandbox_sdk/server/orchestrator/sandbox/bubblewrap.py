@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPolicy
@@ -21,6 +22,22 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPo
 WORKSPACE_MOUNT = PurePosixPath("/workspace")
 TMP_MOUNT = PurePosixPath("/tmp")  # noqa: S108  (the sandbox's own /tmp, not the host's)
 HOSTNAME = "sandbox"
+
+
+@dataclass(frozen=True)
+class RootMount:
+    """A root file system bound writable at ``/`` in place of the host's system directories.
+
+    For an environment it is the overlay of its template (see :mod:`.workspace`);
+    for a template build it is the root file system being built, owned by the
+    build uid, which is then uid 0 inside its user namespace (``as_root``) and
+    so may change it, with no capability on the host. ``binds`` are extra
+    bubblewrap arguments (the agent's runtime, see :mod:`.agent_runtime`).
+    """
+
+    path: Path
+    binds: tuple[str, ...] = ()
+    as_root: bool = False
 
 
 def system_mounts(read_only_paths: Sequence[str]) -> list[str]:
@@ -50,13 +67,15 @@ def bwrap_command(
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
     resolv_conf: Path | None = None,
+    root: RootMount | None = None,
 ) -> list[str]:
     """The full argv: bwrap, its options, then ``command``.
 
     ``system`` is the output of :func:`system_mounts`; ``cwd`` is relative to
     the workspace; ``seccomp_fd`` (inherited by bwrap) holds the BPF program
     loaded just before ``command`` starts; bubblewrap writes the sandbox's
-    pid to ``info_fd``; ``resolv_conf`` replaces ``/etc/resolv.conf``.
+    pid to ``info_fd``; ``resolv_conf`` replaces ``/etc/resolv.conf``;
+    ``root`` replaces the host's read-only system directories.
     """
     args = [bwrap_path, "--unshare-all", "--unshare-user", "--disable-userns"]
     if seccomp_fd is not None:
@@ -69,13 +88,19 @@ def bwrap_command(
     # leaks a pids-cgroup charge per command on some kernels, and the kernel
     # kills the whole namespace when pid 1 exits either way.
     args += ["--as-pid-1", "--die-with-parent", "--new-session", "--hostname", HOSTNAME]
-    args += list(system)
+    if root is None:
+        args += list(system)
+    else:
+        if root.as_root:
+            args += ["--uid", "0", "--gid", "0"]
+        args += ["--bind", str(root.path), "/", *root.binds]
     if resolv_conf is not None:
         args += ["--ro-bind", str(resolv_conf), "/etc/resolv.conf"]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--bind", str(workspace_dir), str(WORKSPACE_MOUNT)]
     args += ["--bind", str(tmp_dir), str(TMP_MOUNT)]
-    args += ["--remount-ro", "/"]
+    if root is None:
+        args += ["--remount-ro", "/"]
     args += ["--chdir", str(WORKSPACE_MOUNT / cwd) if cwd else str(WORKSPACE_MOUNT)]
     args += ["--", *command]
     return args

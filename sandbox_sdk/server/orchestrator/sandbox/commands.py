@@ -15,9 +15,11 @@ from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
     SpawnRequest,
     agent_source,
 )
+from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import (
     TMP_MOUNT,
     WORKSPACE_MOUNT,
+    RootMount,
     bwrap_command,
 )
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
@@ -85,6 +87,8 @@ def agent_launch(
     seccomp_fd: int | None = None,
     info_fd: int | None = None,
     resolv_conf: Path | None = None,
+    root: RootMount | None = None,
+    runtime: AgentRuntime | None = None,
 ) -> AgentLaunch:
     """How to start the environment's agent: in bubblewrap when there is one, as the sandbox uid.
 
@@ -94,9 +98,15 @@ def agent_launch(
     variables are applied by the agent, per command (:func:`spawn_request`).
     ``seccomp_fd`` holds bubblewrap's filter and ``info_fd`` gets the sandbox's
     pid (both owned by the launch from here on); ``resolv_conf`` is the egress
-    network's resolver configuration.
+    network's resolver configuration. With a template ``root`` the agent runs on
+    the host's interpreter bound into it (``runtime``, see :mod:`.agent_runtime`).
     """
-    agent_argv = [python, "-I", "-S", "-c", agent_source(), "sandbox-agent"]
+    agent_args = ["-I", "-S", "-c", agent_source(), "sandbox-agent"]
+    agent_argv = [python, *agent_args]
+    if root is not None:
+        if runtime is None or not isolation.bwrap_path:
+            raise ValueError("a template root needs bubblewrap and the agent's runtime")
+        agent_argv = runtime.command(*agent_args)
     if isolation.bwrap_path:
         argv = isolation.drop_privileges() + bwrap_command(
             isolation.bwrap_path,
@@ -109,6 +119,7 @@ def agent_launch(
             seccomp_fd=seccomp_fd,
             info_fd=info_fd,
             resolv_conf=resolv_conf,
+            root=root,
         )
     else:
         argv = isolation.drop_privileges() + agent_argv

@@ -62,6 +62,8 @@ class EnvironmentSpec:
     network: NetworkPolicy
     egress_allow_cidrs: tuple[str, ...] = ()
     egress_deny_cidrs: tuple[str, ...] = ()
+    template: str | None = None
+    """The digest of the template whose root file system it starts from; None: the host's."""
 
 
 @dataclass(frozen=True)

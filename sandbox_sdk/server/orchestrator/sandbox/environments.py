@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +35,17 @@ from sandbox_sdk.server.orchestrator.sandbox.store import EnvironmentStore
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
 log = logging.getLogger(__name__)
+
+
+class TemplateRoots(Protocol):
+    """The templates' root file systems environments start from (the template cache)."""
+
+    def acquire(self, digest: str, environment_id: str) -> Path:
+        """The template's root file system, marked in use by the environment; raises
+        FAILED_PRECONDITION if there is no such template."""
+
+    def release(self, digest: str, environment_id: str) -> None:
+        """The environment no longer uses the template (idempotent)."""
 
 
 class LiveEnvironments:
@@ -66,6 +77,7 @@ class LiveEnvironments:
         self._isolation = isolation
         self._unsaved: dict[str, Environment] = {}
         self._callbacks: list[Callable[[str], None]] = []
+        self.templates: TemplateRoots | None = None
 
     # --- the host ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import grpc
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
+from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
     RunningCommand,
@@ -77,8 +78,17 @@ class Execution:
             else self._environments.workspace_root
         )
         self._sandbox_launcher = SandboxLauncher(
-            isolation, self._settings, self._system_mounts, write_resolv_conf(shared)
+            isolation,
+            self._settings,
+            self._system_mounts,
+            write_resolv_conf(shared),
+            _agent_runtime(self._settings.agent_python),
         )
+
+    @property
+    def launcher(self) -> SandboxLauncher:
+        """The launcher of sandboxes (template builds start theirs with it too)."""
+        return self._launcher()
 
     # --- commands ----------------------------------------------------------------------
 
@@ -212,11 +222,13 @@ class Execution:
     ) -> AgentClient:
         """Starts the environment's agent (``prepare`` is awaited meanwhile: see
         :meth:`AgentClient.start`); the caller holds ``runtime.agent_lock``."""
+        layout = self._environments.layout(environment_id)
         try:
             sandbox = await self._launcher().start(
                 environment_id=environment_id,
                 spec=runtime.spec,
-                layout=self._environments.layout(environment_id),
+                layout=layout,
+                root=layout.root_dir if runtime.spec.template is not None else None,
                 limits=self.process_limits(runtime),
                 cgroup=runtime.cgroup,
                 prepare=prepare,
@@ -299,3 +311,12 @@ class Execution:
             yield runtime.sample()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runtime.terminated.wait(), interval_seconds)
+
+
+def _agent_runtime(python: str) -> AgentRuntime | None:
+    """The host interpreter's runtime for template roots; None (logged) if it is unusable."""
+    try:
+        return AgentRuntime.for_host(python)
+    except OSError as error:
+        log.warning("environments from templates are unavailable: %s", error)
+        return None

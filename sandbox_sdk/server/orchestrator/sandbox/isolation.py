@@ -94,6 +94,13 @@ class Isolation:
             layers.append("disk-quota")
         return "+".join(layers)
 
+    def describe(self, template: str | None) -> str:
+        """:attr:`level`, and for an environment of a template what its root is:
+        ``+root=template:<first 12 digits of its digest>+overlay``."""
+        if template is None:
+            return self.level
+        return f"{self.level}+root=template:{template[:12]}+overlay"
+
 
 def detect_isolation(
     settings: SandboxSettings,

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient
+from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
+from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import RootMount
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.commands import agent_launch
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
@@ -50,13 +52,15 @@ class SandboxLauncher:
     """Starts environments' sandboxes on this orchestrator.
 
     ``resolv_conf`` is the resolver file egress sandboxes see (made by
-    :func:`write_resolv_conf`), readable by the sandbox uid.
+    :func:`write_resolv_conf`), readable by the sandbox uid. ``agent_runtime``
+    runs the agent in template roots (None: they are refused).
     """
 
     isolation: Isolation
     settings: SandboxSettings
     system_mounts: Sequence[str]
     resolv_conf: Path
+    agent_runtime: AgentRuntime | None = None
 
     def egress_rules(self, spec: EnvironmentSpec) -> EgressRules:
         """The operator's deny list and this host's addresses, then the environment's own."""
@@ -76,8 +80,14 @@ class SandboxLauncher:
         cgroup: EnvironmentCgroup | None,
         prepare: Coroutine[Any, Any, None] | None,
         on_violation: Callable[[str], None],
+        root: Path | None = None,
+        root_as_owner: bool = False,
     ) -> Sandbox:
-        """Starts the agent (``prepare`` is awaited meanwhile), then its network."""
+        """Starts the agent (``prepare`` is awaited meanwhile), then its network.
+
+        ``root`` is a template root bound at ``/`` (``root_as_owner``: the
+        sandbox uid owns it and is uid 0 inside, for template builds).
+        """
         egress = spec.network is NetworkPolicy.EGRESS and self.isolation.bwrap_path is not None
         seccomp = self.isolation.seccomp if self.isolation.bwrap_path else None
         owned: list[int] = []
@@ -87,6 +97,7 @@ class SandboxLauncher:
                 owned.append(seccomp_fd)
             info_read, info_write = os.pipe() if egress else (None, None)
             owned += [fd for fd in (info_read, info_write) if fd is not None]
+            mount = self._root_mount(root, root_as_owner)
             launch = agent_launch(
                 self.isolation,
                 environment_id=environment_id,
@@ -98,6 +109,8 @@ class SandboxLauncher:
                 seccomp_fd=seccomp_fd,
                 info_fd=info_write,
                 resolv_conf=self.resolv_conf if egress else None,
+                root=mount,
+                runtime=self.agent_runtime,
             )
         except BaseException:
             for fd in owned:
@@ -119,6 +132,13 @@ class SandboxLauncher:
         if info_read is None:
             return Sandbox(agent, None)
         return Sandbox(agent, await self._connect(agent, info_read, spec, cgroup))
+
+    def _root_mount(self, root: Path | None, as_owner: bool) -> RootMount | None:
+        if root is None:
+            return None
+        if self.agent_runtime is None:
+            raise ValueError("template roots need the host interpreter's runtime")
+        return RootMount(root, tuple(self.agent_runtime.bwrap_binds()), as_root=as_owner)
 
     async def _connect(
         self,

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import PurePosixPath
 
 import grpc
 
@@ -23,6 +24,7 @@ from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
 from sandbox_sdk.server.orchestrator.sandbox.create_queue import QueuedCreate
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Environment,
+    EnvironmentSpec,
     EnvironmentState,
     EnvironmentUpdate,
     FileWrite,
@@ -35,11 +37,18 @@ from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
 from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
 from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
-from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace, split_path
+from sandbox_sdk.server.orchestrator.sandbox.workspace import (
+    TemplateLayer,
+    Workspace,
+    split_path,
+)
 from sandbox_sdk.server.request_ids import DuplicateRequestError
 from sandbox_sdk.server.status import ServiceError
 
 log = logging.getLogger(__name__)
+
+# Where bubblewrap mounts /workspace, /tmp, /proc and /dev in a template root.
+_SANDBOX_MOUNT_POINTS = tuple(PurePosixPath(name) for name in ("workspace", "tmp", "proc", "dev"))
 
 
 class Lifecycle:
@@ -101,7 +110,7 @@ class Lifecycle:
             state=EnvironmentState.QUEUED if queued else EnvironmentState.CREATING,
             termination_reason=TerminationReason.UNSPECIFIED,
             termination_message="",
-            isolation=environments.isolation.level,
+            isolation=environments.isolation.describe(new.spec.template),
             orchestrator_id=environments.orchestrator_id,
             create_time=now,
             expire_time=now + new.spec.ttl_seconds,
@@ -172,12 +181,15 @@ class Lifecycle:
             runtime.cgroup = isolation.cgroups.environment(environment_id)
             runtime.cgroup.create(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
 
+        template = self._template_layer(environment_id, runtime.spec)
+
         async def make_workspace() -> None:
             runtime.workspace = await Workspace.create(
                 environments.layout(environment_id),
                 quota_bytes=limits.disk_bytes,
                 loop_quota=isolation.loop_quota,
                 owner=isolation.sandbox_user,
+                template=template,
             )
 
         # The agent's process waits at its gate while the workspace is made.
@@ -190,6 +202,23 @@ class Lifecycle:
                 await asyncio.to_thread(
                     workspace.write_file, split_path(file.path), file.content, file.mode
                 )
+
+    def _template_layer(self, environment_id: str, spec: EnvironmentSpec) -> TemplateLayer | None:
+        """The environment's template root, marked in use; None without a template."""
+        if spec.template is None:
+            return None
+        templates = self._environments.templates
+        runtime = self._execution.launcher.agent_runtime
+        if templates is None or runtime is None or not self._environments.isolation.bwrap_path:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                ErrorReason.INVALID_ARGUMENT,
+                "this orchestrator cannot start environments from templates (it needs "
+                "bubblewrap and a template store); create it without a template",
+            )
+        rootfs = templates.acquire(spec.template, environment_id)
+        points = [*runtime.mount_points(), *_SANDBOX_MOUNT_POINTS]
+        return TemplateLayer(rootfs, tuple(points))
 
     async def _fail_setup(
         self, environment: Environment, runtime: Runtime, error: BaseException

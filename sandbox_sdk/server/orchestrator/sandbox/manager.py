@@ -47,9 +47,10 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     TerminationReason,
     Usage,
 )
-from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments
+from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments, TemplateRoots
 from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
+from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher
 from sandbox_sdk.server.orchestrator.sandbox.lifecycle import Lifecycle
 from sandbox_sdk.server.orchestrator.sandbox.port import SandboxPortAdapter
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
@@ -71,10 +72,12 @@ class SandboxManager:
         registry: CollectorRegistry | None = None,
         *,
         isolation: Isolation | None = None,
+        templates: TemplateRoots | None = None,
     ) -> None:
         self._environments = LiveEnvironments(
             db, settings, orchestrator_id, workspace_root, registry, isolation=isolation
         )
+        self._environments.templates = templates
         self.settings = settings
         self.orchestrator_id = orchestrator_id
         self.workspace_root = self._environments.workspace_root
@@ -98,6 +101,11 @@ class SandboxManager:
     def isolation(self) -> Isolation:
         """The isolation layers in force; known once started."""
         return self._environments.isolation
+
+    @property
+    def launcher(self) -> SandboxLauncher:
+        """The launcher of sandboxes, once started (template builds use it too)."""
+        return self._execution.launcher
 
     async def start(self) -> None:
         """Detects isolation, cleans up after a previous run, starts the reaper and monitor."""

@@ -68,6 +68,13 @@ class SandboxSettings(BaseModel):
             reach, whatever they ask (this host's own addresses are added);
             by default private, loopback, link-local and multicast ranges.
         egress_mtu: the MTU of an egress environment's interface.
+        template_build_uid, template_build_gid: who template builds run as
+            (uid 0 of their user namespace, owning the tree being built); an
+            id no other user or file of the host has.
+        template_build_limits: the resources of one template build step.
+        template_debian_mirror: the Debian mirror templates are built from;
+            empty: the host's own (from /etc/apt), else deb.debian.org.
+        template_max_bytes: the largest root file system a build may leave.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -124,6 +131,17 @@ class SandboxSettings(BaseModel):
     host_network_tenants: tuple[str, ...] = ()
     egress_denied_cidrs: tuple[str, ...] = DEFAULT_DENIED_CIDRS
     egress_mtu: int = Field(default=65520, ge=1280, le=65521)
+    template_build_uid: int = Field(default=65533, ge=1)
+    template_build_gid: int = Field(default=65533, ge=1)
+    template_build_limits: LimitValues = LimitValues(
+        cpu_cores=2.0,
+        memory_bytes=2 * GiB,
+        disk_bytes=8 * GiB,
+        max_pids=1024,
+        exec_timeout_seconds=1800.0,
+    )
+    template_debian_mirror: str = Field(default="", pattern=r"^(https?://[A-Za-z0-9.:/_~-]+)?$")
+    template_max_bytes: int = Field(default=16 * GiB, gt=0)
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> SandboxSettings:

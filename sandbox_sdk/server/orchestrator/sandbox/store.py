@@ -69,6 +69,7 @@ def _spec_to_json(spec: EnvironmentSpec) -> str:
             "network": spec.network.value,
             "egress_allow_cidrs": list(spec.egress_allow_cidrs),
             "egress_deny_cidrs": list(spec.egress_deny_cidrs),
+            "template": spec.template,
         },
         sort_keys=True,
     )
@@ -85,6 +86,7 @@ def _spec_from_json(text: str) -> EnvironmentSpec:
         network=NetworkPolicy(data["network"]),
         egress_allow_cidrs=tuple(data.get("egress_allow_cidrs", ())),
         egress_deny_cidrs=tuple(data.get("egress_deny_cidrs", ())),
+        template=data.get("template"),
     )
 
 

@@ -138,6 +138,9 @@ class Termination:
             await _remove_cgroup(runtime.cgroup)
         if runtime.workspace is not None:
             await runtime.workspace.destroy()
+        template, templates = runtime.spec.template, self._environments.templates
+        if template is not None and templates is not None:
+            templates.release(template, environment_id)
 
     async def remove_leftovers(self, environment_id: str) -> None:
         """Kills and removes what an environment without a runtime may have left."""

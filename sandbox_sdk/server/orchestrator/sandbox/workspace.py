@@ -8,7 +8,10 @@ it the workspace is a plain directory, RLIMIT_FSIZE bounds single files and
 the monitor checks the total.
 
 The file system holds ``workspace/`` (``/workspace`` in the sandbox) and
-``tmp/`` (``/tmp``); its root stays root-owned, so the sandbox cannot swap
+``tmp/`` (``/tmp``), and for an environment of a template ``overlay/`` (the
+private writable layer over the template's shared, read-only root file
+system) and ``root/``, where the orchestrator mounts that overlay for
+bubblewrap to bind at ``/``; its root stays root-owned, so the sandbox cannot swap
 either for a symlink. Every file call walks the path one component at a time
 with ``O_NOFOLLOW`` relative to the previous directory's descriptor, so
 symlinks (and ``..``) never lead out of the workspace, whatever the sandbox
@@ -26,7 +29,7 @@ import shutil
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileEntry
 from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
@@ -106,6 +109,28 @@ class WorkspaceLayout:
         """The host directory that is ``/tmp`` in the sandbox."""
         return self.mount_point / "tmp"
 
+    @property
+    def overlay_dir(self) -> Path:
+        """The overlay's private writable layer (``upper``) and its ``work`` directory."""
+        return self.mount_point / "overlay"
+
+    @property
+    def root_dir(self) -> Path:
+        """Where a template environment's overlay is mounted: its ``/``."""
+        return self.mount_point / "root"
+
+
+@dataclass(frozen=True)
+class TemplateLayer:
+    """A template's root file system as an environment's shared, read-only lower layer.
+
+    ``mount_points`` (relative paths) are made in the private layer, so that
+    bubblewrap, which cannot write the root-owned template, finds them.
+    """
+
+    rootfs: Path
+    mount_points: tuple[PurePosixPath, ...]
+
 
 async def _run(*argv: str) -> None:
     process = await asyncio.create_subprocess_exec(
@@ -151,6 +176,7 @@ async def _unmount(mount_point: Path) -> None:
 
 async def destroy_layout(layout: WorkspaceLayout) -> None:
     """Unmounts and deletes everything of a workspace, whichever way it was made."""
+    await _unmount(layout.root_dir)
     await _unmount(layout.mount_point)
     if layout.storage != layout.mount_point:
         await _unmount(layout.storage)
@@ -186,8 +212,10 @@ class Workspace:
         quota_bytes: int,
         loop_quota: bool,
         owner: tuple[int, int] | None,
+        template: TemplateLayer | None = None,
     ) -> Workspace:
-        """Makes the file system (or directory), mounts it and lays out its directories."""
+        """Makes the file system (or directory), mounts it and lays out its directories;
+        with a ``template``, mounts its copy-on-write root too."""
         workspace = cls(
             layout, quota_bytes=quota_bytes, quota_enforced_by_kernel=loop_quota, owner=owner
         )
@@ -197,6 +225,8 @@ class Workspace:
             else:
                 await workspace._make_directory()
             workspace._lay_out()
+            if template is not None:
+                await workspace._mount_template_root(template)
         except BaseException:
             await destroy_layout(layout)
             raise
@@ -235,6 +265,18 @@ class Workspace:
             if self._owner is not None:
                 os.chown(directory, *self._owner)
 
+    async def _mount_template_root(self, template: TemplateLayer) -> None:
+        """The template's root as the read-only lower layer, a private upper layer on
+        this file system (so the disk quota counts it), merged at ``root_dir``."""
+        layout = self.layout
+        upper, work = layout.overlay_dir / "upper", layout.overlay_dir / "work"
+        for directory in (layout.overlay_dir, upper, work, layout.root_dir):
+            directory.mkdir(mode=0o755)
+        for point in template.mount_points:
+            (upper / point).mkdir(mode=0o755, parents=True, exist_ok=True)
+        options = f"lowerdir={template.rootfs},upperdir={upper},workdir={work},nosuid,nodev"
+        await _run("mount", "-t", "overlay", "overlay", "-o", options, str(layout.root_dir))
+
     async def destroy(self) -> None:
         """Unmounts and deletes the workspace."""
         await destroy_layout(self.layout)
@@ -249,7 +291,9 @@ class Workspace:
         """Bytes the environment's files take, ``/tmp`` included."""
         if self.quota_enforced_by_kernel:
             return max(0, self._filesystem_used() - self._baseline_bytes)
-        return sum(_allocated_bytes(self.layout.mount_point))
+        layout = self.layout
+        parts = (layout.files_dir, layout.tmp_dir, layout.overlay_dir)
+        return sum(sum(_allocated_bytes(part)) for part in parts)
 
     def over_quota(self) -> bool:
         """Whether the files take more than the disk quota."""
