@@ -21,7 +21,8 @@ install: $(STAMP) node-deps
 # tests and `make cluster` start themselves in temp dirs (no service is enabled or used).
 SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux mkfs.ext4:e2fsprogs \
   slirp4netns:slirp4netns nft:nftables ip:iproute2 node:nodejs npm:npm \
-  pg_ctlcluster:postgresql redis-server:redis-server
+  pg_ctlcluster:postgresql redis-server:redis-server \
+  mmdebstrap:mmdebstrap skopeo:skopeo umoci:umoci
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
