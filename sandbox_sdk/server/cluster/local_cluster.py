@@ -286,6 +286,7 @@ class LocalCluster:
             "listen": address,
             "internal_token": self.internal_token,
             "registry": {"database_url": self.database_url, "lease_seconds": self.lease_seconds},
+            "archive": {"database_url": self.database_url},
             **self._orchestrator_settings,
         }
         self._add(ServerProcess(name, "orchestrator", address, *self._files(name)), section)
