@@ -58,6 +58,16 @@ class ErrorReason(enum.StrEnum):
     DIRECTORY_TOO_LARGE = "DIRECTORY_TOO_LARGE"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
+    # The server does not serve this call (yet): an older orchestrator behind the gateway.
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    # Templates (#14).
+    TEMPLATE_NOT_FOUND = "TEMPLATE_NOT_FOUND"
+    TEMPLATE_IN_USE = "TEMPLATE_IN_USE"
+    TEMPLATE_NOT_READY = "TEMPLATE_NOT_READY"
+    TEMPLATE_READ_ONLY = "TEMPLATE_READ_ONLY"
+    # Files (#14): a rename's destination exists; a directory to remove is not empty.
+    FILE_EXISTS = "FILE_EXISTS"
+    DIRECTORY_NOT_EMPTY = "DIRECTORY_NOT_EMPTY"
 
 
 @dataclass(frozen=True)

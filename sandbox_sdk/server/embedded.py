@@ -39,13 +39,13 @@ from sandbox_sdk.server.garbage import freeze_startup_objects
 from sandbox_sdk.server.gateway.api_keys import ApiKeyStore
 from sandbox_sdk.server.gateway.bootstrap import ensure_admin_key
 from sandbox_sdk.server.gateway.config import GatewayConfig, default_data_dir
-from sandbox_sdk.server.gateway.in_process import InProcessLink, RpcHandler
+from sandbox_sdk.server.gateway.in_process import InProcessLink
 from sandbox_sdk.server.gateway.server import GatewayServer
 from sandbox_sdk.server.orchestrator.app import OrchestratorApp
 from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
-from sandbox_sdk.server.orchestrator.servicer import ENVIRONMENT_RPCS, EXPERIMENT_RPCS
+from sandbox_sdk.server.orchestrator.servicer import handler_table
 from sandbox_sdk.server.store.registry import OrchestratorRegistry
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,9 @@ def private_data_dir(root: Path) -> Path:
 
 def orchestrator_link(app: OrchestratorApp) -> InProcessLink:
     """A gateway link that calls ``app``'s handlers in this process."""
-    environments = EnvironmentHandlers(app.sandboxes)
-    experiments = ExperimentHandlers(app.experiments)
-    handlers: dict[str, RpcHandler] = {
-        name: getattr(environments, name) for name in ENVIRONMENT_RPCS
-    }
-    handlers.update({name: getattr(experiments, name) for name in EXPERIMENT_RPCS})
+    handlers = handler_table(
+        EnvironmentHandlers(app.sandboxes), ExperimentHandlers(app.experiments), None
+    )
     return InProcessLink(app.config.orchestrator_id, app.address, handlers)
 
 

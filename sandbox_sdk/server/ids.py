@@ -12,14 +12,15 @@ import secrets
 
 ENVIRONMENT = "env"
 EXPERIMENT = "exp"
+TEMPLATE = "tpl"
 ORCHESTRATOR_ID_PATTERN = re.compile(r"^[a-z0-9]{1,16}$")
-_ID_PATTERN = re.compile(r"(env|exp)-([a-z0-9]{1,16})-([0-9a-f]{16})")
+_ID_PATTERN = re.compile(r"(env|exp|tpl)-([a-z0-9]{1,16})-([0-9a-f]{16})")
 # The longest well-formed id; anything longer is refused before any matching.
 MAX_ID_CHARS = 3 + 1 + 16 + 1 + 16
 
 
 def new_id(kind: str, orchestrator_id: str) -> str:
-    """A fresh id of ``kind`` (``env`` or ``exp``) owned by ``orchestrator_id``."""
+    """A fresh id of ``kind`` (``env``, ``exp`` or ``tpl``) owned by ``orchestrator_id``."""
     return f"{kind}-{orchestrator_id}-{secrets.token_hex(8)}"
 
 

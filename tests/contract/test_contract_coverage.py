@@ -47,7 +47,7 @@ def test_the_gateway_serves_exactly_its_descriptor() -> None:
 
 
 def test_the_orchestrator_binds_exactly_its_descriptor() -> None:
-    bound = servicer.ENVIRONMENT_RPCS | servicer.EXPERIMENT_RPCS
+    bound = servicer.ENVIRONMENT_RPCS | servicer.EXPERIMENT_RPCS | servicer.TEMPLATE_RPCS
     assert bound == ORCHESTRATOR
     assert not servicer.ENVIRONMENT_RPCS & servicer.EXPERIMENT_RPCS
     for name in servicer.ENVIRONMENT_RPCS:

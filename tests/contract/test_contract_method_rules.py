@@ -48,16 +48,19 @@ class Rule(NamedTuple):
 # Short names, to keep the spec one row per RPC.
 NSE, IDEM, UNK = NO_SIDE_EFFECTS, IDEMPOTENT, UNKNOWN
 R, W, A = Scope.READ, Scope.WRITE, Scope.ADMIN
-PLACE, ENV, EXP, FAN_OUT, ANY, LOCAL = (
+PLACE, ENV, EXP, FAN_OUT, ANY, LOCAL, TPL = (
     Routing.PLACE,
     Routing.ENVIRONMENT,
     Routing.EXPERIMENT,
     Routing.FAN_OUT,
     Routing.ANY,
     Routing.LOCAL,
+    Routing.TEMPLATE,
 )
-ENVS, EXPS = "environments", "experiments"
-# ReadFile and ListFiles are IDEMPOTENT, not NO_SIDE_EFFECTS: they postpone idle expiry.
+ENVS, EXPS, TPLS = "environments", "experiments", "templates"
+# ReadFile, ListFiles, StatFile and DownloadDirectory are IDEMPOTENT, not NO_SIDE_EFFECTS:
+# they postpone idle expiry. RenameFile and UploadDirectory are never repeated (a rename's
+# repeat finds its source gone; an upload would have to replay its whole stream).
 # fmt: off
 SPEC: dict[str, Rule] = {
     "CreateEnvironment":      Rule(UNK,  True,  W,    PLACE,   Quota.ENVIRONMENTS, ENVS),
@@ -71,6 +74,18 @@ SPEC: dict[str, Rule] = {
     "ListFiles":              Rule(IDEM, False, R,    ENV,     None,               ENVS),
     "GetEnvironmentUsage":    Rule(NSE,  False, R,    ENV,     None,               ENVS),
     "StreamEnvironmentUsage": Rule(NSE,  False, R,    ENV,     None,               ENVS),
+    "RemoveFile":             Rule(IDEM, False, W,    ENV,     None,               ENVS),
+    "RenameFile":             Rule(UNK,  False, W,    ENV,     None,               ENVS),
+    "MakeDirectory":          Rule(IDEM, False, W,    ENV,     None,               ENVS),
+    "StatFile":               Rule(IDEM, False, R,    ENV,     None,               ENVS),
+    "UploadDirectory":        Rule(UNK,  False, W,    ENV,     None,               ENVS),
+    "DownloadDirectory":      Rule(IDEM, False, R,    ENV,     None,               ENVS),
+    "CreateTemplate":         Rule(UNK,  True,  W,    PLACE,   None,               TPLS),
+    "GetTemplate":            Rule(NSE,  False, R,    TPL,     None,               TPLS),
+    "ListTemplates":          Rule(NSE,  False, R,    FAN_OUT, None,               TPLS),
+    "DeleteTemplate":         Rule(IDEM, False, W,    TPL,     None,               TPLS),
+    "StreamTemplateBuildEvents": Rule(NSE, False, R,  TPL,     None,               TPLS),
+    "SnapshotEnvironment":    Rule(UNK,  True,  W,    ENV,     None,               TPLS),
     "CreateExperiment":       Rule(UNK,  True,  W,    ENV,     Quota.EXPERIMENTS,  EXPS),
     "GetExperiment":          Rule(NSE,  False, R,    EXP,     None,               EXPS),
     "ListExperiments":        Rule(NSE,  False, R,    FAN_OUT, None,               EXPS),
@@ -136,7 +151,7 @@ def test_the_client_retries_what_the_spec_allows() -> None:
 
     assert idempotent == calls.IDEMPOTENT_METHODS
     assert creates == calls.RETRY_SAFE_CREATES
-    assert {"ExecCommand"} == calls.NOT_RETRY_SAFE
+    assert {"ExecCommand", "RenameFile", "UploadDirectory"} == calls.NOT_RETRY_SAFE
     stub = SimpleNamespace(**{name: object() for name in GATEWAY_SPEC})
     table = calls.method_table(stub)
     assert {n for n, rpc in table.items() if rpc.retry_safe} == idempotent | creates
@@ -164,6 +179,7 @@ def test_the_orchestrator_serves_each_rpc_from_the_handler_the_spec_names() -> N
     owners = {name: rule.owner for name, rule in ORCHESTRATOR_SPEC.items()}
     assert {n for n, o in owners.items() if o == ENVS} == servicer.ENVIRONMENT_RPCS
     assert {n for n, o in owners.items() if o == EXPS} == servicer.EXPERIMENT_RPCS
+    assert {n for n, o in owners.items() if o == TPLS} == servicer.TEMPLATE_RPCS
 
 
 def test_client_gateway_and_orchestrator_agree_on_each_call() -> None:
@@ -176,7 +192,7 @@ def test_client_gateway_and_orchestrator_agree_on_each_call() -> None:
         gateway, upstream = GATEWAY.methods_by_name[name], ORCHESTRATOR.methods_by_name[name]
         assert _level(upstream) == _level(gateway), name
         assert _rules(upstream).idempotent_by_request_id == _rules(gateway).idempotent_by_request_id
-        assert name in servicer.ENVIRONMENT_RPCS | servicer.EXPERIMENT_RPCS, name
+        assert name in servicer.ENVIRONMENT_RPCS | servicer.EXPERIMENT_RPCS | servicer.TEMPLATE_RPCS
 
 
 def _scratch_method(

@@ -194,7 +194,11 @@ def test_every_gateway_method_has_a_retry_decision() -> None:
     with grpc.insecure_channel("127.0.0.1:1") as channel:
         table = method_table(gateway_service_pb2_grpc.GatewayServiceStub(channel))
     assert set(table) == set(service.methods_by_name)
-    assert {name for name, rpc in table.items() if not rpc.retry_safe} == {"ExecCommand"}
+    assert {name for name, rpc in table.items() if not rpc.retry_safe} == {
+        "ExecCommand",
+        "RenameFile",
+        "UploadDirectory",
+    }
 
 
 def test_retry_info_delay_is_honoured_for_resource_exhausted(

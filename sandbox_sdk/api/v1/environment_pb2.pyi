@@ -210,8 +210,17 @@ class EnvironmentSpec(_message.Message):
     NETWORK_POLICY_FIELD_NUMBER: _builtins.int
     EGRESS_ALLOW_CIDRS_FIELD_NUMBER: _builtins.int
     EGRESS_DENY_CIDRS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     network_policy: _common_pb2.NetworkPolicy.ValueType
     """Network access for commands in the environment."""
+    template: _builtins.str
+    """The template the environment starts from: a template id of the caller's
+    tenant ("tpl-..."), or a public template's name. Empty: the host's
+    read-only system directories, as before templates. The template's root
+    file system is shared read-only under a private writable layer, and its
+    defaults (env vars, workdir, limits) apply under this spec's own values.
+    A template of another tenant is NOT_FOUND.
+    """
     @_builtins.property
     def limits(self) -> _common_pb2.ResourceLimits:
         """Limits; zero fields take the orchestrator's defaults."""
@@ -255,10 +264,11 @@ class EnvironmentSpec(_message.Message):
         network_policy: _common_pb2.NetworkPolicy.ValueType = ...,
         egress_allow_cidrs: _abc.Iterable[_builtins.str] | None = ...,
         egress_deny_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "limits", b"limits", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_allow_cidrs", b"egress_allow_cidrs", "egress_deny_cidrs", b"egress_deny_cidrs", "env_vars", b"env_vars", "idle_timeout", b"idle_timeout", "labels", b"labels", "limits", b"limits", "network_policy", b"network_policy", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_allow_cidrs", b"egress_allow_cidrs", "egress_deny_cidrs", b"egress_deny_cidrs", "env_vars", b"env_vars", "idle_timeout", b"idle_timeout", "labels", b"labels", "limits", b"limits", "network_policy", b"network_policy", "template", b"template", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,6 +292,7 @@ class Environment(_message.Message):
     LAST_ACTIVITY_TIME_FIELD_NUMBER: _builtins.int
     TERMINATE_TIME_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier; it names the owning orchestrator."""
     state: Global___EnvironmentState.ValueType
@@ -296,6 +307,10 @@ class Environment(_message.Message):
     """The orchestrator that owns this environment."""
     queue_position: _builtins.int
     """1-based position among the orchestrator's waiting creates while QUEUED, else 0."""
+    template_id: _builtins.str
+    """The id of the template the environment started from (a public template:
+    its name); empty when it started from the host's root.
+    """
     @_builtins.property
     def spec(self) -> Global___EnvironmentSpec:
         """The spec as accepted, with defaults filled in."""
@@ -331,10 +346,11 @@ class Environment(_message.Message):
         last_activity_time: _timestamp_pb2.Timestamp | None = ...,
         terminate_time: _timestamp_pb2.Timestamp | None = ...,
         queue_position: _builtins.int = ...,
+        template_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_activity_time", b"last_activity_time", "spec", b"spec", "terminate_time", b"terminate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "isolation", b"isolation", "last_activity_time", b"last_activity_time", "orchestrator_id", b"orchestrator_id", "queue_position", b"queue_position", "spec", b"spec", "state", b"state", "terminate_time", b"terminate_time", "termination_message", b"termination_message", "termination_reason", b"termination_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "id", b"id", "isolation", b"isolation", "last_activity_time", b"last_activity_time", "orchestrator_id", b"orchestrator_id", "queue_position", b"queue_position", "spec", b"spec", "state", b"state", "template_id", b"template_id", "terminate_time", b"terminate_time", "termination_message", b"termination_message", "termination_reason", b"termination_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,6 +397,7 @@ class FileInfo(_message.Message):
     IS_DIR_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     MODIFY_TIME_FIELD_NUMBER: _builtins.int
+    IS_SYMLINK_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path relative to the workspace root."""
     size_bytes: _builtins.int
@@ -389,6 +406,8 @@ class FileInfo(_message.Message):
     """Whether the entry is a directory."""
     mode: _builtins.int
     """Unix permission bits."""
+    is_symlink: _builtins.bool
+    """Whether the entry is a symbolic link (never followed; size is the link's)."""
     @_builtins.property
     def modify_time(self) -> _timestamp_pb2.Timestamp:
         """Last modification."""
@@ -401,10 +420,11 @@ class FileInfo(_message.Message):
         is_dir: _builtins.bool = ...,
         mode: _builtins.int = ...,
         modify_time: _timestamp_pb2.Timestamp | None = ...,
+        is_symlink: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["modify_time", b"modify_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_dir", b"is_dir", "mode", b"mode", "modify_time", b"modify_time", "path", b"path", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_dir", b"is_dir", "is_symlink", b"is_symlink", "mode", b"mode", "modify_time", b"modify_time", "path", b"path", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

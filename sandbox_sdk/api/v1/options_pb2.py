@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandbox/v1/options.proto\x12\nsandbox.v1\x1a google/protobuf/descriptor.proto\"\xfd\x04\n\x0bMethodRules\x12 \n\x18idempotent_by_request_id\x18\x01 \x01(\x08\x12,\n\x05scope\x18\x02 \x01(\x0e\x32\x1d.sandbox.v1.MethodRules.Scope\x12\x30\n\x07routing\x18\x03 \x01(\x0e\x32\x1f.sandbox.v1.MethodRules.Routing\x12,\n\x05quota\x18\x04 \x01(\x0e\x32\x1d.sandbox.v1.MethodRules.Quota\x12,\n\x05owner\x18\x05 \x01(\x0e\x32\x1d.sandbox.v1.MethodRules.Owner\"P\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03\"\x9f\x01\n\x07Routing\x12\x17\n\x13ROUTING_UNSPECIFIED\x10\x00\x12\x11\n\rROUTING_PLACE\x10\x01\x12\x17\n\x13ROUTING_ENVIRONMENT\x10\x02\x12\x16\n\x12ROUTING_EXPERIMENT\x10\x03\x12\x13\n\x0fROUTING_FAN_OUT\x10\x04\x12\x0f\n\x0bROUTING_ANY\x10\x05\x12\x11\n\rROUTING_LOCAL\x10\x06\"M\n\x05Quota\x12\x15\n\x11QUOTA_UNSPECIFIED\x10\x00\x12\x16\n\x12QUOTA_ENVIRONMENTS\x10\x01\x12\x15\n\x11QUOTA_EXPERIMENTS\x10\x02\"M\n\x05Owner\x12\x15\n\x11OWNER_UNSPECIFIED\x10\x00\x12\x16\n\x12OWNER_ENVIRONMENTS\x10\x01\x12\x15\n\x11OWNER_EXPERIMENTS\x10\x02:H\n\x05rules\x12\x1e.google.protobuf.MethodOptions\x18\x8c\x8c\x03 \x01(\x0b\x32\x17.sandbox.v1.MethodRulesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sandbox/v1/options.proto\x12\nsandbox.v1\x1a google/protobuf/descriptor.proto\"\xa8\x05\n\x0bMethodRules\x12 \n\x18idempotent_by_request_id\x18\x01 \x01(\x08\x12,\n\x05scope\x18\x02 \x01(\x0e\x32\x1d.sandbox.v1.MethodRules.Scope\x12\x30\n\x07routing\x18\x03 \x01(\x0e\x32\x1f.sandbox.v1.MethodRules.Routing\x12,\n\x05quota\x18\x04 \x01(\x0e\x32\x1d.sandbox.v1.MethodRules.Quota\x12,\n\x05owner\x18\x05 \x01(\x0e\x32\x1d.sandbox.v1.MethodRules.Owner\"P\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03\"\xb5\x01\n\x07Routing\x12\x17\n\x13ROUTING_UNSPECIFIED\x10\x00\x12\x11\n\rROUTING_PLACE\x10\x01\x12\x17\n\x13ROUTING_ENVIRONMENT\x10\x02\x12\x16\n\x12ROUTING_EXPERIMENT\x10\x03\x12\x13\n\x0fROUTING_FAN_OUT\x10\x04\x12\x0f\n\x0bROUTING_ANY\x10\x05\x12\x11\n\rROUTING_LOCAL\x10\x06\x12\x14\n\x10ROUTING_TEMPLATE\x10\x07\"M\n\x05Quota\x12\x15\n\x11QUOTA_UNSPECIFIED\x10\x00\x12\x16\n\x12QUOTA_ENVIRONMENTS\x10\x01\x12\x15\n\x11QUOTA_EXPERIMENTS\x10\x02\"b\n\x05Owner\x12\x15\n\x11OWNER_UNSPECIFIED\x10\x00\x12\x16\n\x12OWNER_ENVIRONMENTS\x10\x01\x12\x15\n\x11OWNER_EXPERIMENTS\x10\x02\x12\x13\n\x0fOWNER_TEMPLATES\x10\x03:H\n\x05rules\x12\x1e.google.protobuf.MethodOptions\x18\x8c\x8c\x03 \x01(\x0b\x32\x17.sandbox.v1.MethodRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sandbox_sdk.api.v1.options_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METHODRULES']._serialized_start=75
-  _globals['_METHODRULES']._serialized_end=712
+  _globals['_METHODRULES']._serialized_end=755
   _globals['_METHODRULES_SCOPE']._serialized_start=312
   _globals['_METHODRULES_SCOPE']._serialized_end=392
   _globals['_METHODRULES_ROUTING']._serialized_start=395
-  _globals['_METHODRULES_ROUTING']._serialized_end=554
-  _globals['_METHODRULES_QUOTA']._serialized_start=556
-  _globals['_METHODRULES_QUOTA']._serialized_end=633
-  _globals['_METHODRULES_OWNER']._serialized_start=635
-  _globals['_METHODRULES_OWNER']._serialized_end=712
+  _globals['_METHODRULES_ROUTING']._serialized_end=576
+  _globals['_METHODRULES_QUOTA']._serialized_start=578
+  _globals['_METHODRULES_QUOTA']._serialized_end=655
+  _globals['_METHODRULES_OWNER']._serialized_start=657
+  _globals['_METHODRULES_OWNER']._serialized_end=755
 # @@protoc_insertion_point(module_scope)

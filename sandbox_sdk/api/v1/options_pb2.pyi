@@ -66,7 +66,10 @@ class MethodRules(_message.Message):
         ROUTING_UNSPECIFIED: MethodRules._Routing.ValueType  # 0
         """Never valid on a GatewayService RPC."""
         ROUTING_PLACE: MethodRules._Routing.ValueType  # 1
-        """A new environment: the orchestrator with the most free capacity."""
+        """A new resource: an environment goes to the orchestrator holding its
+        spec.template when that is a template id, else to the one with the most
+        free capacity; a template to the one with the most free capacity.
+        """
         ROUTING_ENVIRONMENT: MethodRules._Routing.ValueType  # 2
         """The orchestrator that owns the request's environment_id, its field 1."""
         ROUTING_EXPERIMENT: MethodRules._Routing.ValueType  # 3
@@ -77,6 +80,11 @@ class MethodRules(_message.Message):
         """Any healthy orchestrator."""
         ROUTING_LOCAL: MethodRules._Routing.ValueType  # 6
         """The gateway itself serves it."""
+        ROUTING_TEMPLATE: MethodRules._Routing.ValueType  # 7
+        """The orchestrator that owns the request's template_id, its field 1; a
+        public template's name (not a "tpl-" id): any healthy orchestrator,
+        since each builds the public set.
+        """
 
     class Routing(_Routing, metaclass=_RoutingEnumTypeWrapper):
         """Where the gateway sends the call (GatewayService)."""
@@ -84,7 +92,10 @@ class MethodRules(_message.Message):
     ROUTING_UNSPECIFIED: MethodRules.Routing.ValueType  # 0
     """Never valid on a GatewayService RPC."""
     ROUTING_PLACE: MethodRules.Routing.ValueType  # 1
-    """A new environment: the orchestrator with the most free capacity."""
+    """A new resource: an environment goes to the orchestrator holding its
+    spec.template when that is a template id, else to the one with the most
+    free capacity; a template to the one with the most free capacity.
+    """
     ROUTING_ENVIRONMENT: MethodRules.Routing.ValueType  # 2
     """The orchestrator that owns the request's environment_id, its field 1."""
     ROUTING_EXPERIMENT: MethodRules.Routing.ValueType  # 3
@@ -95,6 +106,11 @@ class MethodRules(_message.Message):
     """Any healthy orchestrator."""
     ROUTING_LOCAL: MethodRules.Routing.ValueType  # 6
     """The gateway itself serves it."""
+    ROUTING_TEMPLATE: MethodRules.Routing.ValueType  # 7
+    """The orchestrator that owns the request's template_id, its field 1; a
+    public template's name (not a "tpl-" id): any healthy orchestrator,
+    since each builds the public set.
+    """
 
     class _Quota:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -131,6 +147,8 @@ class MethodRules(_message.Message):
         """The sandbox layer: environments, commands, files, usage, capacity."""
         OWNER_EXPERIMENTS: MethodRules._Owner.ValueType  # 2
         """The experiment engine: experiments and models."""
+        OWNER_TEMPLATES: MethodRules._Owner.ValueType  # 3
+        """Templates: builds, snapshots, the template store."""
 
     class Owner(_Owner, metaclass=_OwnerEnumTypeWrapper):
         """Which part of the orchestrator serves the call (OrchestratorService)."""
@@ -141,6 +159,8 @@ class MethodRules(_message.Message):
     """The sandbox layer: environments, commands, files, usage, capacity."""
     OWNER_EXPERIMENTS: MethodRules.Owner.ValueType  # 2
     """The experiment engine: experiments and models."""
+    OWNER_TEMPLATES: MethodRules.Owner.ValueType  # 3
+    """Templates: builds, snapshots, the template store."""
 
     IDEMPOTENT_BY_REQUEST_ID_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int

@@ -130,6 +130,66 @@ class OrchestratorServiceStub:
                 request_serializer=sandbox_dot_v1_dot_requests__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_requests__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.RemoveFile = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/RemoveFile',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.RemoveFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.RemoveFileResponse.FromString,
+                _registered_method=True)
+        self.RenameFile = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/RenameFile',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.RenameFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.RenameFileResponse.FromString,
+                _registered_method=True)
+        self.MakeDirectory = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/MakeDirectory',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.MakeDirectoryRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.MakeDirectoryResponse.FromString,
+                _registered_method=True)
+        self.StatFile = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/StatFile',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.StatFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.StatFileResponse.FromString,
+                _registered_method=True)
+        self.UploadDirectory = channel.stream_unary(
+                '/sandbox.v1.OrchestratorService/UploadDirectory',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.UploadDirectoryRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.UploadDirectoryResponse.FromString,
+                _registered_method=True)
+        self.DownloadDirectory = channel.unary_stream(
+                '/sandbox.v1.OrchestratorService/DownloadDirectory',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.DownloadDirectoryRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.DownloadDirectoryResponse.FromString,
+                _registered_method=True)
+        self.CreateTemplate = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/CreateTemplate',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.CreateTemplateRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.CreateTemplateResponse.FromString,
+                _registered_method=True)
+        self.GetTemplate = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/GetTemplate',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.GetTemplateRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.GetTemplateResponse.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/ListTemplates',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.DeleteTemplate = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/DeleteTemplate',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.DeleteTemplateRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.DeleteTemplateResponse.FromString,
+                _registered_method=True)
+        self.StreamTemplateBuildEvents = channel.unary_stream(
+                '/sandbox.v1.OrchestratorService/StreamTemplateBuildEvents',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.StreamTemplateBuildEventsRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.StreamTemplateBuildEventsResponse.FromString,
+                _registered_method=True)
+        self.SnapshotEnvironment = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/SnapshotEnvironment',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.SnapshotEnvironmentRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.SnapshotEnvironmentResponse.FromString,
+                _registered_method=True)
         self.GetCapacity = channel.unary_unary(
                 '/sandbox.v1.OrchestratorService/GetCapacity',
                 request_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.SerializeToString,
@@ -271,6 +331,95 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveFile(self, request, context):
+        """Removes a workspace file, or a directory with recursive; removing nothing succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenameFile(self, request, context):
+        """Moves a workspace file or directory to another path in the workspace.
+        Not idempotent: a repeat finds the source gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MakeDirectory(self, request, context):
+        """Makes a workspace directory (with parents, when asked); an existing one succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatFile(self, request, context):
+        """Whether a workspace path exists, and its metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadDirectory(self, request_iterator, context):
+        """Unpacks a tar stream, sent in chunks, into a workspace directory.
+        Not retried by itself: the SDK would have to replay the whole stream, and a
+        partly unpacked tree may be in place when a call fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadDirectory(self, request, context):
+        """A workspace directory's tree as a tar stream, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTemplate(self, request, context):
+        """Builds a template from a spec, in the background; the same spec returns the
+        tenant's existing template.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplate(self, request, context):
+        """Gets one template, the caller's or a public one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """Lists the caller's templates and the public ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTemplate(self, request, context):
+        """Deletes a template no environment uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTemplateBuildEvents(self, request, context):
+        """A template's build log and state changes; resumable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SnapshotEnvironment(self, request, context):
+        """Turns an environment's writable layer (and its workspace, when asked) into a
+        new template that environments can start from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCapacity(self, request, context):
         """Free and allocated capacity, for routing and admission.
         """
@@ -370,6 +519,66 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=sandbox_dot_v1_dot_requests__pb2.ListModelsRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_requests__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'RemoveFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveFile,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.RemoveFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.RemoveFileResponse.SerializeToString,
+            ),
+            'RenameFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenameFile,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.RenameFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.RenameFileResponse.SerializeToString,
+            ),
+            'MakeDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.MakeDirectory,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.MakeDirectoryRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.MakeDirectoryResponse.SerializeToString,
+            ),
+            'StatFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatFile,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.StatFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.StatFileResponse.SerializeToString,
+            ),
+            'UploadDirectory': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDirectory,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.UploadDirectoryRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.UploadDirectoryResponse.SerializeToString,
+            ),
+            'DownloadDirectory': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadDirectory,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.DownloadDirectoryRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.DownloadDirectoryResponse.SerializeToString,
+            ),
+            'CreateTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTemplate,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.CreateTemplateRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.CreateTemplateResponse.SerializeToString,
+            ),
+            'GetTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplate,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.GetTemplateRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.GetTemplateResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'DeleteTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTemplate,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.DeleteTemplateRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.DeleteTemplateResponse.SerializeToString,
+            ),
+            'StreamTemplateBuildEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamTemplateBuildEvents,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.StreamTemplateBuildEventsRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.StreamTemplateBuildEventsResponse.SerializeToString,
+            ),
+            'SnapshotEnvironment': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotEnvironment,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.SnapshotEnvironmentRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.SnapshotEnvironmentResponse.SerializeToString,
             ),
             'GetCapacity': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCapacity,
@@ -868,6 +1077,330 @@ class OrchestratorService:
             '/sandbox.v1.OrchestratorService/ListModels',
             sandbox_dot_v1_dot_requests__pb2.ListModelsRequest.SerializeToString,
             sandbox_dot_v1_dot_requests__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/RemoveFile',
+            sandbox_dot_v1_dot_requests__pb2.RemoveFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.RemoveFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenameFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/RenameFile',
+            sandbox_dot_v1_dot_requests__pb2.RenameFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.RenameFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MakeDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/MakeDirectory',
+            sandbox_dot_v1_dot_requests__pb2.MakeDirectoryRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.MakeDirectoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/StatFile',
+            sandbox_dot_v1_dot_requests__pb2.StatFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.StatFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDirectory(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/sandbox.v1.OrchestratorService/UploadDirectory',
+            sandbox_dot_v1_dot_requests__pb2.UploadDirectoryRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.UploadDirectoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/DownloadDirectory',
+            sandbox_dot_v1_dot_requests__pb2.DownloadDirectoryRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.DownloadDirectoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/CreateTemplate',
+            sandbox_dot_v1_dot_requests__pb2.CreateTemplateRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.CreateTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/GetTemplate',
+            sandbox_dot_v1_dot_requests__pb2.GetTemplateRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.GetTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/ListTemplates',
+            sandbox_dot_v1_dot_requests__pb2.ListTemplatesRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/DeleteTemplate',
+            sandbox_dot_v1_dot_requests__pb2.DeleteTemplateRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.DeleteTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTemplateBuildEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/StreamTemplateBuildEvents',
+            sandbox_dot_v1_dot_requests__pb2.StreamTemplateBuildEventsRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.StreamTemplateBuildEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotEnvironment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/SnapshotEnvironment',
+            sandbox_dot_v1_dot_requests__pb2.SnapshotEnvironmentRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.SnapshotEnvironmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,39 @@ class OrchestratorServiceStub:
     """The experiment's events; resumable."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListModelsRequest, _requests_pb2.ListModelsResponse]
     """The models this orchestrator serves."""
+    RemoveFile: _grpc.UnaryUnaryMultiCallable[_requests_pb2.RemoveFileRequest, _requests_pb2.RemoveFileResponse]
+    """Removes a workspace file, or a directory with recursive; removing nothing succeeds."""
+    RenameFile: _grpc.UnaryUnaryMultiCallable[_requests_pb2.RenameFileRequest, _requests_pb2.RenameFileResponse]
+    """Moves a workspace file or directory to another path in the workspace.
+    Not idempotent: a repeat finds the source gone.
+    """
+    MakeDirectory: _grpc.UnaryUnaryMultiCallable[_requests_pb2.MakeDirectoryRequest, _requests_pb2.MakeDirectoryResponse]
+    """Makes a workspace directory (with parents, when asked); an existing one succeeds."""
+    StatFile: _grpc.UnaryUnaryMultiCallable[_requests_pb2.StatFileRequest, _requests_pb2.StatFileResponse]
+    """Whether a workspace path exists, and its metadata."""
+    UploadDirectory: _grpc.StreamUnaryMultiCallable[_requests_pb2.UploadDirectoryRequest, _requests_pb2.UploadDirectoryResponse]
+    """Unpacks a tar stream, sent in chunks, into a workspace directory.
+    Not retried by itself: the SDK would have to replay the whole stream, and a
+    partly unpacked tree may be in place when a call fails.
+    """
+    DownloadDirectory: _grpc.UnaryStreamMultiCallable[_requests_pb2.DownloadDirectoryRequest, _requests_pb2.DownloadDirectoryResponse]
+    """A workspace directory's tree as a tar stream, in chunks."""
+    CreateTemplate: _grpc.UnaryUnaryMultiCallable[_requests_pb2.CreateTemplateRequest, _requests_pb2.CreateTemplateResponse]
+    """Builds a template from a spec, in the background; the same spec returns the
+    tenant's existing template.
+    """
+    GetTemplate: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetTemplateRequest, _requests_pb2.GetTemplateResponse]
+    """Gets one template, the caller's or a public one."""
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListTemplatesRequest, _requests_pb2.ListTemplatesResponse]
+    """Lists the caller's templates and the public ones."""
+    DeleteTemplate: _grpc.UnaryUnaryMultiCallable[_requests_pb2.DeleteTemplateRequest, _requests_pb2.DeleteTemplateResponse]
+    """Deletes a template no environment uses."""
+    StreamTemplateBuildEvents: _grpc.UnaryStreamMultiCallable[_requests_pb2.StreamTemplateBuildEventsRequest, _requests_pb2.StreamTemplateBuildEventsResponse]
+    """A template's build log and state changes; resumable."""
+    SnapshotEnvironment: _grpc.UnaryUnaryMultiCallable[_requests_pb2.SnapshotEnvironmentRequest, _requests_pb2.SnapshotEnvironmentResponse]
+    """Turns an environment's writable layer (and its workspace, when asked) into a
+    new template that environments can start from.
+    """
     GetCapacity: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetCapacityRequest, _orchestrator_service_pb2.GetCapacityResponse]
     """Free and allocated capacity, for routing and admission."""
 
@@ -124,6 +157,39 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """The experiment's events; resumable."""
     ListModels: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListModelsRequest, _requests_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models this orchestrator serves."""
+    RemoveFile: _aio.UnaryUnaryMultiCallable[_requests_pb2.RemoveFileRequest, _requests_pb2.RemoveFileResponse]  # type: ignore[assignment]
+    """Removes a workspace file, or a directory with recursive; removing nothing succeeds."""
+    RenameFile: _aio.UnaryUnaryMultiCallable[_requests_pb2.RenameFileRequest, _requests_pb2.RenameFileResponse]  # type: ignore[assignment]
+    """Moves a workspace file or directory to another path in the workspace.
+    Not idempotent: a repeat finds the source gone.
+    """
+    MakeDirectory: _aio.UnaryUnaryMultiCallable[_requests_pb2.MakeDirectoryRequest, _requests_pb2.MakeDirectoryResponse]  # type: ignore[assignment]
+    """Makes a workspace directory (with parents, when asked); an existing one succeeds."""
+    StatFile: _aio.UnaryUnaryMultiCallable[_requests_pb2.StatFileRequest, _requests_pb2.StatFileResponse]  # type: ignore[assignment]
+    """Whether a workspace path exists, and its metadata."""
+    UploadDirectory: _aio.StreamUnaryMultiCallable[_requests_pb2.UploadDirectoryRequest, _requests_pb2.UploadDirectoryResponse]  # type: ignore[assignment]
+    """Unpacks a tar stream, sent in chunks, into a workspace directory.
+    Not retried by itself: the SDK would have to replay the whole stream, and a
+    partly unpacked tree may be in place when a call fails.
+    """
+    DownloadDirectory: _aio.UnaryStreamMultiCallable[_requests_pb2.DownloadDirectoryRequest, _requests_pb2.DownloadDirectoryResponse]  # type: ignore[assignment]
+    """A workspace directory's tree as a tar stream, in chunks."""
+    CreateTemplate: _aio.UnaryUnaryMultiCallable[_requests_pb2.CreateTemplateRequest, _requests_pb2.CreateTemplateResponse]  # type: ignore[assignment]
+    """Builds a template from a spec, in the background; the same spec returns the
+    tenant's existing template.
+    """
+    GetTemplate: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetTemplateRequest, _requests_pb2.GetTemplateResponse]  # type: ignore[assignment]
+    """Gets one template, the caller's or a public one."""
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListTemplatesRequest, _requests_pb2.ListTemplatesResponse]  # type: ignore[assignment]
+    """Lists the caller's templates and the public ones."""
+    DeleteTemplate: _aio.UnaryUnaryMultiCallable[_requests_pb2.DeleteTemplateRequest, _requests_pb2.DeleteTemplateResponse]  # type: ignore[assignment]
+    """Deletes a template no environment uses."""
+    StreamTemplateBuildEvents: _aio.UnaryStreamMultiCallable[_requests_pb2.StreamTemplateBuildEventsRequest, _requests_pb2.StreamTemplateBuildEventsResponse]  # type: ignore[assignment]
+    """A template's build log and state changes; resumable."""
+    SnapshotEnvironment: _aio.UnaryUnaryMultiCallable[_requests_pb2.SnapshotEnvironmentRequest, _requests_pb2.SnapshotEnvironmentResponse]  # type: ignore[assignment]
+    """Turns an environment's writable layer (and its workspace, when asked) into a
+    new template that environments can start from.
+    """
     GetCapacity: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetCapacityRequest, _orchestrator_service_pb2.GetCapacityResponse]  # type: ignore[assignment]
     """Free and allocated capacity, for routing and admission."""
 
@@ -278,6 +344,111 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_requests_pb2.ListModelsResponse, _abc.Awaitable[_requests_pb2.ListModelsResponse]]:
         """The models this orchestrator serves."""
+
+    @_abc_1.abstractmethod
+    def RemoveFile(
+        self,
+        request: _requests_pb2.RemoveFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.RemoveFileResponse, _abc.Awaitable[_requests_pb2.RemoveFileResponse]]:
+        """Removes a workspace file, or a directory with recursive; removing nothing succeeds."""
+
+    @_abc_1.abstractmethod
+    def RenameFile(
+        self,
+        request: _requests_pb2.RenameFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.RenameFileResponse, _abc.Awaitable[_requests_pb2.RenameFileResponse]]:
+        """Moves a workspace file or directory to another path in the workspace.
+        Not idempotent: a repeat finds the source gone.
+        """
+
+    @_abc_1.abstractmethod
+    def MakeDirectory(
+        self,
+        request: _requests_pb2.MakeDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.MakeDirectoryResponse, _abc.Awaitable[_requests_pb2.MakeDirectoryResponse]]:
+        """Makes a workspace directory (with parents, when asked); an existing one succeeds."""
+
+    @_abc_1.abstractmethod
+    def StatFile(
+        self,
+        request: _requests_pb2.StatFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.StatFileResponse, _abc.Awaitable[_requests_pb2.StatFileResponse]]:
+        """Whether a workspace path exists, and its metadata."""
+
+    @_abc_1.abstractmethod
+    def UploadDirectory(
+        self,
+        request_iterator: _MaybeAsyncIterator[_requests_pb2.UploadDirectoryRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.UploadDirectoryResponse, _abc.Awaitable[_requests_pb2.UploadDirectoryResponse]]:
+        """Unpacks a tar stream, sent in chunks, into a workspace directory.
+        Not retried by itself: the SDK would have to replay the whole stream, and a
+        partly unpacked tree may be in place when a call fails.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadDirectory(
+        self,
+        request: _requests_pb2.DownloadDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_requests_pb2.DownloadDirectoryResponse], _abc.AsyncIterator[_requests_pb2.DownloadDirectoryResponse]]:
+        """A workspace directory's tree as a tar stream, in chunks."""
+
+    @_abc_1.abstractmethod
+    def CreateTemplate(
+        self,
+        request: _requests_pb2.CreateTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.CreateTemplateResponse, _abc.Awaitable[_requests_pb2.CreateTemplateResponse]]:
+        """Builds a template from a spec, in the background; the same spec returns the
+        tenant's existing template.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTemplate(
+        self,
+        request: _requests_pb2.GetTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.GetTemplateResponse, _abc.Awaitable[_requests_pb2.GetTemplateResponse]]:
+        """Gets one template, the caller's or a public one."""
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _requests_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ListTemplatesResponse, _abc.Awaitable[_requests_pb2.ListTemplatesResponse]]:
+        """Lists the caller's templates and the public ones."""
+
+    @_abc_1.abstractmethod
+    def DeleteTemplate(
+        self,
+        request: _requests_pb2.DeleteTemplateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.DeleteTemplateResponse, _abc.Awaitable[_requests_pb2.DeleteTemplateResponse]]:
+        """Deletes a template no environment uses."""
+
+    @_abc_1.abstractmethod
+    def StreamTemplateBuildEvents(
+        self,
+        request: _requests_pb2.StreamTemplateBuildEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_requests_pb2.StreamTemplateBuildEventsResponse], _abc.AsyncIterator[_requests_pb2.StreamTemplateBuildEventsResponse]]:
+        """A template's build log and state changes; resumable."""
+
+    @_abc_1.abstractmethod
+    def SnapshotEnvironment(
+        self,
+        request: _requests_pb2.SnapshotEnvironmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.SnapshotEnvironmentResponse, _abc.Awaitable[_requests_pb2.SnapshotEnvironmentResponse]]:
+        """Turns an environment's writable layer (and its workspace, when asked) into a
+        new template that environments can start from.
+        """
 
     @_abc_1.abstractmethod
     def GetCapacity(

@@ -12,6 +12,7 @@ from google.protobuf.internal import containers as _containers
 from sandbox_sdk.api.v1 import common_pb2 as _common_pb2
 from sandbox_sdk.api.v1 import environment_pb2 as _environment_pb2
 from sandbox_sdk.api.v1 import experiment_pb2 as _experiment_pb2
+from sandbox_sdk.api.v1 import template_pb2 as _template_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1139,3 +1140,680 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class RemoveFileRequest(_message.Message):
+    """Request for RemoveFile. Removing a path that does not exist succeeds with
+    removed false, so a repeat changes nothing more.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    RECURSIVE_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    path: _builtins.str
+    """Path relative to the workspace root; not the root itself."""
+    recursive: _builtins.bool
+    """Remove a directory with everything in it; without it a non-empty
+    directory is FAILED_PRECONDITION.
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        recursive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "path", b"path", "recursive", b"recursive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveFileRequest: _TypeAlias = RemoveFileRequest  # noqa: Y015
+
+@_typing.final
+class RemoveFileResponse(_message.Message):
+    """Response for RemoveFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.bool
+    """Whether something was there and is gone now."""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveFileResponse: _TypeAlias = RemoveFileResponse  # noqa: Y015
+
+@_typing.final
+class RenameFileRequest(_message.Message):
+    """Request for RenameFile. Not idempotent: a repeat finds the source gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_PATH_FIELD_NUMBER: _builtins.int
+    DESTINATION_PATH_FIELD_NUMBER: _builtins.int
+    OVERWRITE_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    source_path: _builtins.str
+    """Path relative to the workspace root of the file or directory to move."""
+    destination_path: _builtins.str
+    """Its new path relative to the workspace root; missing parent directories
+    are FAILED_PRECONDITION.
+    """
+    overwrite: _builtins.bool
+    """Replace an existing destination (a directory only when empty); without it
+    an existing destination is ALREADY_EXISTS.
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        source_path: _builtins.str = ...,
+        destination_path: _builtins.str = ...,
+        overwrite: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_path", b"destination_path", "environment_id", b"environment_id", "overwrite", b"overwrite", "source_path", b"source_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenameFileRequest: _TypeAlias = RenameFileRequest  # noqa: Y015
+
+@_typing.final
+class RenameFileResponse(_message.Message):
+    """Response for RenameFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> _environment_pb2.FileInfo:
+        """The entry at its new path."""
+
+    def __init__(
+        self,
+        *,
+        file: _environment_pb2.FileInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenameFileResponse: _TypeAlias = RenameFileResponse  # noqa: Y015
+
+@_typing.final
+class MakeDirectoryRequest(_message.Message):
+    """Request for MakeDirectory. Making a directory that exists succeeds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    PARENTS_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    path: _builtins.str
+    """Path relative to the workspace root."""
+    parents: _builtins.bool
+    """Create missing parent directories too; without it a missing parent is
+    FAILED_PRECONDITION.
+    """
+    mode: _builtins.int
+    """Permission bits; zero means 0755."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        parents: _builtins.bool = ...,
+        mode: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "mode", b"mode", "parents", b"parents", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MakeDirectoryRequest: _TypeAlias = MakeDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class MakeDirectoryResponse(_message.Message):
+    """Response for MakeDirectory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def file(self) -> _environment_pb2.FileInfo:
+        """The directory."""
+
+    def __init__(
+        self,
+        *,
+        file: _environment_pb2.FileInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MakeDirectoryResponse: _TypeAlias = MakeDirectoryResponse  # noqa: Y015
+
+@_typing.final
+class StatFileRequest(_message.Message):
+    """Request for StatFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    path: _builtins.str
+    """Path relative to the workspace root; empty for the root."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatFileRequest: _TypeAlias = StatFileRequest  # noqa: Y015
+
+@_typing.final
+class StatFileResponse(_message.Message):
+    """Response for StatFile. A path that does not exist is not an error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXISTS_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    exists: _builtins.bool
+    """Whether the path exists."""
+    @_builtins.property
+    def file(self) -> _environment_pb2.FileInfo:
+        """Its metadata, when it exists."""
+
+    def __init__(
+        self,
+        *,
+        exists: _builtins.bool = ...,
+        file: _environment_pb2.FileInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exists", b"exists", "file", b"file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatFileResponse: _TypeAlias = StatFileResponse  # noqa: Y015
+
+@_typing.final
+class UploadDirectoryRequest(_message.Message):
+    """One message of UploadDirectory's client stream. The first message names the
+    environment and the destination; every message may carry the next chunk of
+    an uncompressed tar stream (POSIX ustar or pax) whose entries are unpacked
+    below the destination: regular files, directories and symbolic links;
+    absolute names, "..", hard links and device files are refused with
+    INVALID_ARGUMENT, and the workspace's disk quota applies.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id; first message only."""
+    path: _builtins.str
+    """Destination directory relative to the workspace root, created when
+    missing; empty for the root. First message only.
+    """
+    chunk: _builtins.bytes
+    """The next bytes of the tar stream; at most 1 MiB per message."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "environment_id", b"environment_id", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDirectoryRequest: _TypeAlias = UploadDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class UploadDirectoryResponse(_message.Message):
+    """Response for UploadDirectory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_WRITTEN_FIELD_NUMBER: _builtins.int
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    files_written: _builtins.int
+    """Files written (directories and links not counted)."""
+    bytes_written: _builtins.int
+    """Bytes of file contents written."""
+    def __init__(
+        self,
+        *,
+        files_written: _builtins.int = ...,
+        bytes_written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "files_written", b"files_written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDirectoryResponse: _TypeAlias = UploadDirectoryResponse  # noqa: Y015
+
+@_typing.final
+class DownloadDirectoryRequest(_message.Message):
+    """Request for DownloadDirectory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    path: _builtins.str
+    """Directory relative to the workspace root; empty for the root."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadDirectoryRequest: _TypeAlias = DownloadDirectoryRequest  # noqa: Y015
+
+@_typing.final
+class DownloadDirectoryResponse(_message.Message):
+    """One message of DownloadDirectory's stream: the next chunk of an uncompressed
+    POSIX (pax) tar stream of the directory's tree, names relative to it.
+    Symbolic links are archived as links, never followed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the tar stream."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadDirectoryResponse: _TypeAlias = DownloadDirectoryResponse  # noqa: Y015
+
+@_typing.final
+class CreateTemplateRequest(_message.Message):
+    """Request for CreateTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    display_name: _builtins.str
+    """Free-form name."""
+    request_id: _builtins.str
+    """Client-chosen id (a UUID) that makes a retried create return the first
+    result instead of creating twice.
+    """
+    @_builtins.property
+    def spec(self) -> _template_pb2.TemplateSpec:
+        """What to build."""
+
+    def __init__(
+        self,
+        *,
+        spec: _template_pb2.TemplateSpec | None = ...,
+        display_name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTemplateRequest: _TypeAlias = CreateTemplateRequest  # noqa: Y015
+
+@_typing.final
+class CreateTemplateResponse(_message.Message):
+    """Response for CreateTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _template_pb2.Template:
+        """The template: BUILDING (follow it with StreamTemplateBuildEvents), or
+        READY when the caller's tenant already had a template of the same content
+        address on this orchestrator, which is returned instead of a new one.
+        """
+
+    def __init__(
+        self,
+        *,
+        template: _template_pb2.Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTemplateResponse: _TypeAlias = CreateTemplateResponse  # noqa: Y015
+
+@_typing.final
+class GetTemplateRequest(_message.Message):
+    """Request for GetTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """The template's id, or a public template's name."""
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTemplateRequest: _TypeAlias = GetTemplateRequest  # noqa: Y015
+
+@_typing.final
+class GetTemplateResponse(_message.Message):
+    """Response for GetTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _template_pb2.Template:
+        """The template."""
+
+    def __init__(
+        self,
+        *,
+        template: _template_pb2.Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTemplateResponse: _TypeAlias = GetTemplateResponse  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    """Request for ListTemplates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    HIDE_PUBLIC_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many per page; zero means 50, the maximum is 1000."""
+    page_token: _builtins.str
+    """next_page_token from the previous page; empty for the first."""
+    hide_public: _builtins.bool
+    """Leave out the operator's public templates."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        hide_public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hide_public", b"hide_public", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    """Response for ListTemplates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[_template_pb2.Template]:
+        """The caller's templates newest first, then the public ones by name."""
+
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[_template_pb2.Template] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTemplateRequest(_message.Message):
+    """Request for DeleteTemplate. Deleting a deleted template succeeds. A template
+    that environments use is FAILED_PRECONDITION (reason TEMPLATE_IN_USE, the
+    message names them); a public template is PERMISSION_DENIED. Deleting a
+    template that is BUILDING stops its build.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """The template's id."""
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTemplateRequest: _TypeAlias = DeleteTemplateRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTemplateResponse(_message.Message):
+    """Response for DeleteTemplate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTemplateResponse: _TypeAlias = DeleteTemplateResponse  # noqa: Y015
+
+@_typing.final
+class StreamTemplateBuildEventsRequest(_message.Message):
+    """Request for StreamTemplateBuildEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """The template's id."""
+    after_sequence: _builtins.int
+    """Only events with a larger sequence; zero for all. A client that
+    reconnects passes the last sequence it saw and gets each event once.
+    """
+    follow: _builtins.bool
+    """Keep the stream open until the build ends (READY or FAILED)."""
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "follow", b"follow", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamTemplateBuildEventsRequest: _TypeAlias = StreamTemplateBuildEventsRequest  # noqa: Y015
+
+@_typing.final
+class StreamTemplateBuildEventsResponse(_message.Message):
+    """Response for StreamTemplateBuildEvents: one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _template_pb2.TemplateBuildEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: _template_pb2.TemplateBuildEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamTemplateBuildEventsResponse: _TypeAlias = StreamTemplateBuildEventsResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotEnvironmentRequest(_message.Message):
+    """Request for SnapshotEnvironment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    INCLUDE_WORKSPACE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id; it must be RUNNING. Its processes keep running."""
+    display_name: _builtins.str
+    """Free-form name of the new template."""
+    include_workspace: _builtins.bool
+    """Also carry the workspace (/workspace) into the template, so that its
+    environments start with the files it holds now.
+    """
+    request_id: _builtins.str
+    """Client-chosen id (a UUID) that makes a retried snapshot return the first
+    template instead of taking two.
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        include_workspace: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "environment_id", b"environment_id", "include_workspace", b"include_workspace", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotEnvironmentRequest: _TypeAlias = SnapshotEnvironmentRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotEnvironmentResponse(_message.Message):
+    """Response for SnapshotEnvironment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def template(self) -> _template_pb2.Template:
+        """The new template, on the environment's orchestrator; READY, or BUILDING
+        while its layer is copied (follow it with StreamTemplateBuildEvents). Its
+        size counts against the tenant's template disk quota (RESOURCE_EXHAUSTED
+        with QuotaFailure when over).
+        """
+
+    def __init__(
+        self,
+        *,
+        template: _template_pb2.Template | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotEnvironmentResponse: _TypeAlias = SnapshotEnvironmentResponse  # noqa: Y015

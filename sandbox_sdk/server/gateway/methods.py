@@ -26,12 +26,13 @@ ORCHESTRATOR_SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["Orc
 class Routing(enum.Enum):
     """Where a call goes."""
 
-    PLACE = "place"  # a new environment: the orchestrator with the most free capacity
+    PLACE = "place"  # a new environment or template: see MethodRules.Routing.ROUTING_PLACE
     ENVIRONMENT = "environment"  # the owner of request.environment_id
     EXPERIMENT = "experiment"  # the owner of request.experiment_id
     FAN_OUT = "fan_out"  # every healthy orchestrator, results merged
     ANY = "any"  # any healthy orchestrator
     LOCAL = "local"  # served by the gateway itself (API keys)
+    TEMPLATE = "template"  # the owner of request.template_id; a public name: any orchestrator
 
 
 class Quota(enum.Enum):
@@ -51,6 +52,7 @@ class MethodSpec:
     scope: Scope
     routing: Routing
     server_streaming: bool
+    client_streaming: bool
     idempotent: bool
     request_id_field: int | None
     quota: Quota | None
@@ -75,13 +77,18 @@ _ROUTINGS = {
     _Rules.ROUTING_FAN_OUT: Routing.FAN_OUT,
     _Rules.ROUTING_ANY: Routing.ANY,
     _Rules.ROUTING_LOCAL: Routing.LOCAL,
+    _Rules.ROUTING_TEMPLATE: Routing.TEMPLATE,
 }
 _QUOTAS = {
     _Rules.QUOTA_ENVIRONMENTS: Quota.ENVIRONMENTS,
     _Rules.QUOTA_EXPERIMENTS: Quota.EXPERIMENTS,
 }
 # The resource id a routing reads from the request's field 1.
-_ROUTED_BY_FIELD_1 = {Routing.ENVIRONMENT: "environment_id", Routing.EXPERIMENT: "experiment_id"}
+_ROUTED_BY_FIELD_1 = {
+    Routing.ENVIRONMENT: "environment_id",
+    Routing.EXPERIMENT: "experiment_id",
+    Routing.TEMPLATE: "template_id",
+}
 
 
 def rules_of(method: MethodDescriptor) -> options_pb2.MethodRules:
@@ -139,6 +146,7 @@ def spec_of(method: MethodDescriptor) -> MethodSpec:
         scope=_scope_of(method),
         routing=routing,
         server_streaming=method.server_streaming,
+        client_streaming=method.client_streaming,
         idempotent=_idempotent(method),
         request_id_field=_request_id_field(method),
         quota=_QUOTAS.get(rules_of(method).quota),

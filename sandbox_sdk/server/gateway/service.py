@@ -61,6 +61,7 @@ else:  # grpc's runtime classes are not generic; only the stubs are
 _RESOURCE = {
     Routing.ENVIRONMENT: ("environment_id", ids.ENVIRONMENT, ErrorReason.ENVIRONMENT_NOT_FOUND),
     Routing.EXPERIMENT: ("experiment_id", ids.EXPERIMENT, ErrorReason.EXPERIMENT_NOT_FOUND),
+    Routing.TEMPLATE: ("template_id", ids.TEMPLATE, ErrorReason.TEMPLATE_NOT_FOUND),
 }
 # How long CreateEnvironment remembers where a request_id was placed, so that a
 # retried create reaches the orchestrator that deduplicates it.
@@ -130,9 +131,24 @@ class GatewayService(_GenericRpcHandler):
                 self._unary(spec, self._admin_call(spec)),
                 response_serializer=spec.response_type.SerializeToString,
             )
+        if spec.client_streaming:
+            return grpc.stream_unary_rpc_method_handler(self._client_streaming(spec))
         if spec.server_streaming:
             return grpc.unary_stream_rpc_method_handler(self._streaming(spec))
         return grpc.unary_unary_rpc_method_handler(self._unary(spec, self._route_unary(spec)))
+
+    def _client_streaming(
+        self, spec: MethodSpec
+    ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[bytes]]:
+        async def handle(requests: AsyncIterator[bytes], context: Context) -> bytes:
+            await self._admit(spec, context)
+            raise ServiceError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                ErrorReason.NOT_IMPLEMENTED,
+                f"{spec.name} is in the contract but this gateway does not serve it yet",
+            )
+
+        return handle
 
     def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
         operations: dict[str, Callable[[Any, Administrator], Message]] = {
@@ -253,6 +269,8 @@ class GatewayService(_GenericRpcHandler):
     # -- routing -------------------------------------------------------------------------
 
     def _route_unary(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
+        if spec.routing is Routing.PLACE and spec.name == "CreateTemplate":
+            return self._create_template
         if spec.routing is Routing.PLACE:
             return self._create_environment
         if spec.routing is Routing.FAN_OUT:
@@ -315,6 +333,9 @@ class GatewayService(_GenericRpcHandler):
             ) from None
         if not resource_id:
             raise invalid_argument([(field, "required: the id the create call returned")])
+        if spec.routing is Routing.TEMPLATE and not resource_id.startswith(f"{kind}-"):
+            # A public template's name: every orchestrator builds the public set.
+            return self._any_available()
         if not ids.is_valid(resource_id, kind):
             raise invalid_argument(
                 [
@@ -332,6 +353,33 @@ class GatewayService(_GenericRpcHandler):
             raise not_found(reason, f"{resource_id} does not exist")
         link.require_available()
         return link
+
+    def _any_available(self) -> OrchestratorLink:
+        available = self._pool.available()
+        if not available:
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                ErrorReason.NO_HEALTHY_ORCHESTRATOR,
+                "no orchestrator is reachable now; retry later",
+                retry_after=2.0,
+            )
+        return random.choice(available)  # noqa: S311  (spreading load, not a secret)
+
+    async def _create_template(self, request: bytes, context: Context, caller: Caller) -> bytes:
+        """A new template goes where there is the most free capacity; a retried create
+        (same request_id) goes where the first one went, which deduplicates it."""
+        spec = METHODS["CreateTemplate"]
+        request_id = _request_id_field(spec, request)
+        link = self._remembered_placement(caller.tenant, request_id)
+        if link is None:
+            remaining = context.time_remaining()
+            link = await self._pool.place_environment(
+                min(2.0, remaining) if remaining is not None else 2.0, queue_when_full=True
+            )
+            self._remember_placement(caller.tenant, request_id, link)
+        return await self._forward_unary(
+            spec, link, request, context, caller, request_id=request_id
+        )
 
     async def _create_environment(self, request: bytes, context: Context, caller: Caller) -> bytes:
         spec = METHODS["CreateEnvironment"]

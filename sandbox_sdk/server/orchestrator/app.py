@@ -28,7 +28,11 @@ from sandbox_sdk.server.orchestrator.internal_auth import (
 )
 from sandbox_sdk.server.orchestrator.registration import Registration
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
-from sandbox_sdk.server.orchestrator.servicer import SERVICE, add_orchestrator_service
+from sandbox_sdk.server.orchestrator.servicer import (
+    SERVICE,
+    add_orchestrator_service,
+    handler_table,
+)
 from sandbox_sdk.server.status import ErrorInterceptor, ServerInterceptorBase
 from sandbox_sdk.server.store.archive import ExperimentArchive
 from sandbox_sdk.server.store.registry import (
@@ -117,7 +121,8 @@ class OrchestratorApp:
         interceptors.append(ErrorInterceptor())
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_orchestrator_service(
-            server, EnvironmentHandlers(sandboxes), ExperimentHandlers(experiments)
+            server,
+            handler_table(EnvironmentHandlers(sandboxes), ExperimentHandlers(experiments), None),
         )
         health = await add_health_and_reflection(server, [SERVICE.full_name])
         if credentials is not None:

@@ -1,19 +1,21 @@
 """The OrchestratorService servicer: environment calls go to the sandbox layer,
-experiment calls to the experiment engine, as each RPC's ``owner`` option says.
+experiment calls to the experiment engine, template calls to the template
+store, as each RPC's ``owner`` option says.
 
 An RPC that declares no owner fails at import, so a new RPC in the contract
 cannot go unserved."""
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
 
 from sandbox_sdk.api.v1 import options_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
-from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
-from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
+from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.status import ServiceError
 
 SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
 
@@ -33,18 +35,59 @@ def _owned_by(owner: options_pb2.MethodRules.Owner.ValueType) -> frozenset[str]:
 # Which handler object serves each RPC, as the contract's sandbox.v1.rules option declares.
 ENVIRONMENT_RPCS = _owned_by(options_pb2.MethodRules.OWNER_ENVIRONMENTS)
 EXPERIMENT_RPCS = _owned_by(options_pb2.MethodRules.OWNER_EXPERIMENTS)
+TEMPLATE_RPCS = _owned_by(options_pb2.MethodRules.OWNER_TEMPLATES)
+
+RpcHandler = Callable[[Any, Any], Any]
+"""A bound handler: ``(request, context)`` to a response, or an async generator of them."""
 
 
-def add_orchestrator_service(
-    server: grpc.aio.Server, environments: EnvironmentHandlers, experiments: ExperimentHandlers
-) -> None:
-    """Serves every OrchestratorService RPC from the handler object that owns it."""
+def handler_table(
+    environments: object, experiments: object, templates: object | None
+) -> dict[str, RpcHandler]:
+    """Every OrchestratorService RPC's handler, from the object its ``owner`` names.
+
+    An RPC the contract declares but its owner does not serve yet (or a node
+    running without templates) answers UNIMPLEMENTED with the reason, rather
+    than failing the whole service.
+    """
+    owners = {
+        options_pb2.MethodRules.OWNER_ENVIRONMENTS: environments,
+        options_pb2.MethodRules.OWNER_EXPERIMENTS: experiments,
+        options_pb2.MethodRules.OWNER_TEMPLATES: templates,
+    }
+    table: dict[str, RpcHandler] = {}
+    for method in SERVICE.methods:
+        handler = getattr(owners[owner_of(method)], method.name, None)
+        table[method.name] = handler if callable(handler) else _unimplemented(method)
+    return table
+
+
+def _unimplemented(method: MethodDescriptor) -> RpcHandler:
+    error = ServiceError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        ErrorReason.NOT_IMPLEMENTED,
+        f"{method.name} is in the contract but this orchestrator does not serve it yet",
+    )
+    if method.server_streaming:
+
+        async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            raise error
+            yield  # an async generator, as streaming handlers are
+
+        return refuse_stream
+
+    async def refuse(request: Any, context: Any) -> Any:
+        raise error
+
+    return refuse
+
+
+def add_orchestrator_service(server: grpc.aio.Server, handlers: dict[str, RpcHandler]) -> None:
+    """Serves every OrchestratorService RPC from :func:`handler_table`'s handlers."""
     servicer = _Servicer()
-    for name in ENVIRONMENT_RPCS:
-        setattr(servicer, name, getattr(environments, name))
-    for name in EXPERIMENT_RPCS:
-        setattr(servicer, name, getattr(experiments, name))
-    unbound = {m.name for m in SERVICE.methods} - ENVIRONMENT_RPCS - EXPERIMENT_RPCS
+    for name, handler in handlers.items():
+        setattr(servicer, name, handler)
+    unbound = {m.name for m in SERVICE.methods} - set(handlers)
     if unbound:
         raise RuntimeError(f"OrchestratorService RPCs with no handler: {sorted(unbound)}")
     # The generated servicer's stub is abstract; this duck-typed one has every method.
