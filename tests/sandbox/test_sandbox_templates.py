@@ -20,6 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sandbox_support import (
+    ORCHESTRATOR_ID,
+    TENANT,
+    fast_settings,
+    make_spec,
+    needs_isolation,
+    run,
+)
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager
@@ -35,14 +43,6 @@ from sandbox_sdk.server.orchestrator.templates import (
     TemplateInUse,
     TemplateSpec,
     validate_template_spec,
-)
-from tests.sandbox.sandbox_support import (
-    ORCHESTRATOR_ID,
-    TENANT,
-    fast_settings,
-    make_spec,
-    needs_isolation,
-    run,
 )
 
 TOOLS = ("mmdebstrap", "skopeo", "umoci")
