@@ -43,9 +43,6 @@ from sandbox_sdk.server.gateway.in_process import InProcessLink
 from sandbox_sdk.server.gateway.server import GatewayServer
 from sandbox_sdk.server.orchestrator.app import OrchestratorApp
 from sandbox_sdk.server.orchestrator.config import OrchestratorConfig
-from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers
-from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
-from sandbox_sdk.server.orchestrator.servicer import handler_table
 from sandbox_sdk.server.store.registry import OrchestratorRegistry
 
 log = logging.getLogger(__name__)
@@ -146,10 +143,7 @@ def private_data_dir(root: Path) -> Path:
 
 def orchestrator_link(app: OrchestratorApp) -> InProcessLink:
     """A gateway link that calls ``app``'s handlers in this process."""
-    handlers = handler_table(
-        EnvironmentHandlers(app.sandboxes), ExperimentHandlers(app.experiments), None
-    )
-    return InProcessLink(app.config.orchestrator_id, app.address, handlers)
+    return InProcessLink(app.config.orchestrator_id, app.address, app.handlers())
 
 
 async def run_embedded(

@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-_ITEMS_FIELD = {"ListEnvironments": "environments", "ListExperiments": "experiments"}
+_ITEMS_FIELD = {
+    "ListEnvironments": "environments",
+    "ListExperiments": "experiments",
+    "ListTemplates": "templates",
+}
 
 
 def metadata_pairs(metadata: object) -> tuple[tuple[str, str | bytes], ...]:
@@ -84,7 +88,8 @@ def _newest_first_key(item: Any) -> tuple[int, int, str]:
 
 
 class FanOutLister:
-    """Serves ListEnvironments and ListExperiments from every available orchestrator."""
+    """Serves ListEnvironments, ListExperiments and ListTemplates from every available
+    orchestrator (the public templates from the first configured one only)."""
 
     def __init__(self, pool: OrchestratorPool) -> None:
         self._pool = pool
@@ -117,6 +122,9 @@ class FanOutLister:
             sub.CopyFrom(request)
             sub.page_token = cursor.page_token
             sub.page_size = page_size
+            if spec.name == "ListTemplates" and cursor.link is not self._pool.links[0]:
+                # Every orchestrator builds the public templates; one lists them.
+                sub.hide_public = True
             try:
                 raw = await cursor.link.unary(spec.upstream_path)(
                     sub.SerializeToString(),

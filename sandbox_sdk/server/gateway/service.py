@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import Message
 
-from sandbox_sdk.api.v1 import requests_pb2
+from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.gateway.admin import Administrator, ApiKeyAdmin, parse_request
@@ -47,7 +47,12 @@ from sandbox_sdk.server.gateway.orchestrators import (
 )
 from sandbox_sdk.server.gateway.quotas import QuotaEnforcer
 from sandbox_sdk.server.gateway.rate_limits import RateLimiter
-from sandbox_sdk.server.gateway.wire import MalformedMessageError, bool_field, string_field
+from sandbox_sdk.server.gateway.wire import (
+    MalformedMessageError,
+    bool_field,
+    message_field,
+    string_field,
+)
 from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
 from sandbox_sdk.utils.backoff import backoff_ceiling, ends_in_time, full_jitter
 
@@ -388,13 +393,17 @@ class GatewayService(_GenericRpcHandler):
             Quota.ENVIRONMENTS, caller.tenant, caller.request_id, context.time_remaining()
         ):
             link = self._remembered_placement(caller.tenant, request_id)
+            template = _template_of(request)
+            if link is None and template.startswith(f"{ids.TEMPLATE}-"):
+                # A tenant's template lives on the orchestrator that built it.
+                link = self._owner(METHODS["GetTemplate"], _template_request(template))
             if link is None:
                 remaining = context.time_remaining()
                 link = await self._pool.place_environment(
                     min(2.0, remaining) if remaining is not None else 2.0,
                     queue_when_full=_queue_when_full(request),
                 )
-                self._remember_placement(caller.tenant, request_id, link)
+            self._remember_placement(caller.tenant, request_id, link)
             return await self._forward_unary(
                 spec, link, request, context, caller, request_id=request_id
             )
@@ -543,6 +552,21 @@ def _queue_when_full(request: bytes) -> bool:
         return bool_field(request, field.number)
     except MalformedMessageError:
         return False  # the orchestrator answers INVALID_ARGUMENT for the request
+
+
+def _template_of(request: bytes) -> str:
+    """CreateEnvironmentRequest.spec.template, or "" (also for a malformed request, which
+    the orchestrator refuses)."""
+    spec = requests_pb2.CreateEnvironmentRequest.DESCRIPTOR.fields_by_name["spec"]
+    template = environment_pb2.EnvironmentSpec.DESCRIPTOR.fields_by_name["template"]
+    try:
+        return string_field(message_field(request, spec.number), template.number)
+    except MalformedMessageError:
+        return ""
+
+
+def _template_request(template_id: str) -> bytes:
+    return requests_pb2.GetTemplateRequest(template_id=template_id).SerializeToString()
 
 
 def _request_id_field(spec: MethodSpec, request: bytes) -> str:

@@ -69,6 +69,17 @@ def string_field(data: bytes, number: int) -> str:
     return value
 
 
+def message_field(data: bytes, number: int) -> bytes:
+    """The bytes of top-level message field ``number``; repeated occurrences merge, as
+    protobuf merges them, by concatenation. ``b""`` when absent."""
+    parts = [
+        raw
+        for field, wire_type, raw in _fields(data)
+        if field == number and wire_type == _LENGTH_DELIMITED and isinstance(raw, bytes)
+    ]
+    return b"".join(parts)
+
+
 def bool_field(data: bytes, number: int) -> bool:
     """The value of top-level bool field ``number`` (the last one wins), or False."""
     value = False

@@ -30,9 +30,13 @@ from sandbox_sdk.server.orchestrator.registration import Registration
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
 from sandbox_sdk.server.orchestrator.servicer import (
     SERVICE,
+    RpcHandler,
     add_orchestrator_service,
     handler_table,
 )
+from sandbox_sdk.server.orchestrator.templates.cache import TemplateCache
+from sandbox_sdk.server.orchestrator.templates.handlers import TemplateService
+from sandbox_sdk.server.orchestrator.templates.records import TemplateRecords
 from sandbox_sdk.server.status import ErrorInterceptor, ServerInterceptorBase
 from sandbox_sdk.server.store.archive import ExperimentArchive
 from sandbox_sdk.server.store.registry import (
@@ -68,6 +72,7 @@ class OrchestratorApp:
     _health: Any
     registration: Registration | None = None
     archive: ExperimentArchive | None = None
+    templates: TemplateService | None = None
 
     @property
     def address(self) -> str:
@@ -98,12 +103,14 @@ class OrchestratorApp:
             else None
         )
         registry = CollectorRegistry()
+        template_cache = TemplateCache(config.template_root)
         sandboxes = SandboxManager(
             database,
             config.sandbox,
             config.orchestrator_id,
             config.workspace_root,
             registry=registry,
+            templates=template_cache,
         )
         experiments = ExperimentEngine(
             database,
@@ -114,16 +121,22 @@ class OrchestratorApp:
             archive=archive,
         )
         await sandboxes.start()
+        templates = TemplateService(
+            TemplateRecords(database),
+            template_cache,
+            sandboxes,
+            config.orchestrator_id,
+            config.data_dir / "template-archives",
+            config.templates.snapshot_quota_bytes,
+        )
+        await templates.start([(p.name, p.spec) for p in config.templates.public])
         await experiments.start()
         interceptors: list[ServerInterceptorBase] = []
         if config.internal_token:
             interceptors.append(InternalTokenInterceptor(config.internal_token))
         interceptors.append(ErrorInterceptor())
         server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-        add_orchestrator_service(
-            server,
-            handler_table(EnvironmentHandlers(sandboxes), ExperimentHandlers(experiments), None),
-        )
+        add_orchestrator_service(server, handlers_of(sandboxes, experiments, templates))
         health = await add_health_and_reflection(server, [SERVICE.full_name])
         if credentials is not None:
             port = server.add_secure_port(config.listen, credentials)
@@ -137,12 +150,25 @@ class OrchestratorApp:
         )
         log.info("orchestrator %s serving on port %d", config.orchestrator_id, port)
         app = cls(
-            config, server, database, sandboxes, experiments, port, metrics, health, archive=archive
+            config,
+            server,
+            database,
+            sandboxes,
+            experiments,
+            port,
+            metrics,
+            health,
+            archive=archive,
+            templates=templates,
         )
         if config.registry is not None:
             app.registration = await asyncio.to_thread(app.open_registration)
             await app.registration.start()
         return app
+
+    def handlers(self) -> dict[str, RpcHandler]:
+        """Every OrchestratorService RPC's handler (the embedded gateway calls them directly)."""
+        return handlers_of(self.sandboxes, self.experiments, self.templates)
 
     def open_registration(self) -> Registration:
         """The orchestrator's registration in the configured registry (blocking: migrates)."""
@@ -172,9 +198,23 @@ class OrchestratorApp:
         await mark_not_serving(self._health)
         await self.server.stop(grace)
         await self.experiments.stop()
+        if self.templates is not None:
+            await self.templates.stop()
         await self.sandboxes.stop()
         if self.archive is not None:
             await asyncio.to_thread(self.archive.close)
         if self.metrics is not None:
             self.metrics.close()
         self.database.close()
+
+
+def handlers_of(
+    sandboxes: SandboxManager, experiments: ExperimentEngine, templates: TemplateService | None
+) -> dict[str, RpcHandler]:
+    """The handler table, with CreateEnvironment resolving templates when there are any."""
+    table = handler_table(
+        EnvironmentHandlers(sandboxes), ExperimentHandlers(experiments), templates
+    )
+    if templates is not None:
+        table["CreateEnvironment"] = templates.create_environment(table["CreateEnvironment"])
+    return table

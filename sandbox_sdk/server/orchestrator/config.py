@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -48,6 +49,51 @@ class ArchiveSettings(BaseModel):
     )
 
 
+class PublicTemplate(BaseModel):
+    """One template of the operator's public set: read-only, listed to every tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        description="What tenants pass as spec.template; lower-case letters, digits, dashes"
+        " (never 'tpl-...', the shape of tenants' template ids).",
+    )
+    spec: dict[str, Any] = Field(
+        description="A sandbox.v1.TemplateSpec in its JSON form, for example {'debian':"
+        " {'suite': 'bookworm'}, 'aptPackages': ['python3-numpy']}."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_an_id(cls, value: str) -> str:
+        if value.startswith("tpl-"):
+            raise ValueError("'tpl-' starts the ids of tenants' templates")
+        return value
+
+
+class TemplateSettings(BaseModel):
+    """Where templates live and what the operator provides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: Path | None = Field(
+        default=None,
+        description="The content-addressed store of built root file systems; default"
+        " <data_dir>/templates. Several orchestrators of one host may share it.",
+    )
+    public: list[PublicTemplate] = Field(
+        default_factory=list,
+        description="Built in the background at start on every orchestrator; tenants name"
+        " them in spec.template.",
+    )
+    snapshot_quota_bytes: int = Field(
+        default=10 * 1024**3,
+        ge=0,
+        description="Disk one tenant's snapshots may take on this orchestrator together.",
+    )
+
+
 class OrchestratorConfig(BaseModel):
     """Everything an orchestrator process needs to start."""
 
@@ -88,6 +134,7 @@ class OrchestratorConfig(BaseModel):
     )
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
 
     @field_validator("orchestrator_id")
     @classmethod
@@ -110,3 +157,8 @@ class OrchestratorConfig(BaseModel):
     def workspace_root(self) -> Path:
         """Where environment workspaces are created."""
         return self.data_dir / "workspaces"
+
+    @property
+    def template_root(self) -> Path:
+        """The template store's directory."""
+        return self.templates.cache_dir or self.data_dir / "templates"

@@ -55,6 +55,7 @@ from sandbox_sdk.server.orchestrator.sandbox.lifecycle import Lifecycle
 from sandbox_sdk.server.orchestrator.sandbox.port import SandboxPortAdapter
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
+from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
 
 class SandboxManager:
@@ -155,6 +156,12 @@ class SandboxManager:
     def get_environment(self, tenant: str, environment_id: str) -> Environment:
         """The tenant's environment; NOT_FOUND for unknown ids and other tenants' ones."""
         return self._environments.get(tenant, environment_id)
+
+    def environment_layout(self, tenant: str, environment_id: str) -> WorkspaceLayout:
+        """Where the tenant's environment lives on the host (snapshots read its overlay
+        layer and workspace); NOT_FOUND for unknown ids and other tenants' ones."""
+        self._environments.get(tenant, environment_id)
+        return self._environments.layout(environment_id)
 
     def list_environments(self, tenant: str, query: ListQuery) -> tuple[list[Environment], str]:
         """One page of the tenant's environments, newest first, and the next page token."""

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,45 @@ class TemplateCache:
         template = await asyncio.to_thread(self._read, digest)
         assert template is not None  # noqa: S101  (just renamed into place)
         return template
+
+    async def add_tree(
+        self,
+        digest: str,
+        fill: Callable[[Path], None],
+        spec_json: str,
+        defaults: TemplateDefaults,
+    ) -> Template:
+        """A template whose tree ``fill`` makes (blocking, run in a thread) in a fresh
+        directory, whose ``rootfs`` it must create; committed whole, like a build."""
+        async with self._locks.setdefault(digest, asyncio.Lock()):
+            existing = await asyncio.to_thread(self._read, digest)
+            if existing is not None:
+                return existing
+            work = self.root / f"{_BUILD_PREFIX}{secrets.token_hex(8)}"
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(work.mkdir, 0o711)
+                await asyncio.to_thread(fill, work)
+                size = await asyncio.to_thread(tree_bytes, work)
+                description = {
+                    "spec": spec_json,
+                    "defaults": {
+                        "env": dict(defaults.env),
+                        "workdir": defaults.workdir,
+                        "user": defaults.user,
+                        "limits": dict(defaults.limits),
+                    },
+                    "create_time": time.time(),
+                    "size_bytes": size,
+                    "build_seconds": time.monotonic() - started,
+                }
+                await asyncio.to_thread(self._commit, work, digest, description)
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+                raise
+            template = await asyncio.to_thread(self._read, digest)
+            assert template is not None  # noqa: S101  (just renamed into place)
+            return template
 
     def _commit(self, work: Path, digest: str, description: dict[str, Any]) -> None:
         path = work / _DESCRIPTION
