@@ -36,6 +36,7 @@ from sandbox_sdk.api.v1 import (
     gateway_service_pb2,
     gateway_service_pb2_grpc,
     requests_pb2,
+    template_pb2,
 )
 from sandbox_sdk.errors import from_rpc_error
 
@@ -68,6 +69,8 @@ class Outcome(enum.Enum):
 
 def _requests(a: TenantA) -> dict[str, tuple[Outcome, Message]]:
     env, exp = a.environment_id, a.experiment_id
+    # A template id on A's orchestrator (B cannot tell a foreign id from a missing one).
+    tpl = f"tpl-{env.split('-')[1]}-{'0' * 16}"
     return {
         "CreateEnvironment": (
             Outcome.OWN_DATA_ONLY,
@@ -148,6 +151,56 @@ def _requests(a: TenantA) -> dict[str, tuple[Outcome, Message]]:
             requests_pb2.StreamExperimentEventsRequest(experiment_id=exp),
         ),
         "ListModels": (Outcome.OWN_DATA_ONLY, requests_pb2.ListModelsRequest()),
+        "RemoveFile": (
+            Outcome.NOT_FOUND,
+            requests_pb2.RemoveFileRequest(environment_id=env, path=SECRET_FILE),
+        ),
+        "RenameFile": (
+            Outcome.NOT_FOUND,
+            requests_pb2.RenameFileRequest(
+                environment_id=env, source_path=SECRET_FILE, destination_path="stolen"
+            ),
+        ),
+        "MakeDirectory": (
+            Outcome.NOT_FOUND,
+            requests_pb2.MakeDirectoryRequest(environment_id=env, path="b-was-here"),
+        ),
+        "StatFile": (
+            Outcome.NOT_FOUND,
+            requests_pb2.StatFileRequest(environment_id=env, path=SECRET_FILE),
+        ),
+        "UploadDirectory": (
+            Outcome.NOT_FOUND,
+            requests_pb2.UploadDirectoryRequest(environment_id=env, path="upload"),
+        ),
+        "DownloadDirectory": (
+            Outcome.NOT_FOUND,
+            requests_pb2.DownloadDirectoryRequest(environment_id=env),
+        ),
+        # A build of bytes that are no image: accepted (B's own template), then it fails.
+        "CreateTemplate": (
+            Outcome.OWN_DATA_ONLY,
+            requests_pb2.CreateTemplateRequest(
+                spec=template_pb2.TemplateSpec(
+                    oci_archive=template_pb2.OciArchiveBase(archive=b"not an image")
+                ),
+                request_id=str(uuid.uuid4()),
+            ),
+        ),
+        "GetTemplate": (Outcome.NOT_FOUND, requests_pb2.GetTemplateRequest(template_id=tpl)),
+        "ListTemplates": (Outcome.OWN_DATA_ONLY, requests_pb2.ListTemplatesRequest()),
+        "DeleteTemplate": (
+            Outcome.NOT_FOUND,
+            requests_pb2.DeleteTemplateRequest(template_id=tpl),
+        ),
+        "StreamTemplateBuildEvents": (
+            Outcome.NOT_FOUND,
+            requests_pb2.StreamTemplateBuildEventsRequest(template_id=tpl),
+        ),
+        "SnapshotEnvironment": (
+            Outcome.NOT_FOUND,
+            requests_pb2.SnapshotEnvironmentRequest(environment_id=env),
+        ),
         "CreateApiKey": (
             Outcome.PERMISSION_DENIED,
             gateway_service_pb2.CreateApiKeyRequest(
@@ -191,6 +244,8 @@ def _call(
     method: Callable[..., object] = getattr(stub, name)
     metadata = (("authorization", f"Bearer {key}"),)
     try:
+        if GATEWAY_SERVICE.methods_by_name[name].client_streaming:
+            return [method(iter([request]), metadata=metadata, timeout=30)]  # type: ignore[list-item]
         if GATEWAY_SERVICE.methods_by_name[name].server_streaming:
             # A stream that is not refused would follow forever: take what is there.
             return list(method(request, metadata=metadata, timeout=5))  # type: ignore[call-overload]
