@@ -182,6 +182,7 @@ class FileEntry:
     is_dir: bool
     mode: int
     modify_time: float
+    is_symlink: bool = False
 
 
 @dataclass(frozen=True)

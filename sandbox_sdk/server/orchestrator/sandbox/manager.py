@@ -33,6 +33,7 @@ from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.background import BackgroundTasks
 from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
+from sandbox_sdk.server.orchestrator.sandbox.environment_files import EnvironmentFiles
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Capacity,
     Command,
@@ -95,6 +96,8 @@ class SandboxManager:
             self._environments, activity, self._lifecycle, self._termination
         )
         self.port = SandboxPortAdapter(self._environments, activity, self._execution)
+        # Remove, rename, make directory, stat, and directories as tar streams.
+        self.files = EnvironmentFiles(self._environments, activity)
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -143,6 +146,7 @@ class SandboxManager:
             )
         )
         await asyncio.gather(*environments.background, return_exceptions=True)
+        self.files.close()
 
     def _admit_queued(self) -> None:
         self._lifecycle.admit_queued()

@@ -308,7 +308,7 @@ class Workspace:
         parent = self._open_dir(parts[:-1], create=True)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-            fd = _open_at(parts, parent, flags | os.O_CLOEXEC, 0o600)
+            fd = open_at(parts, parent, flags | os.O_CLOEXEC, 0o600)
         finally:
             os.close(parent)
         try:
@@ -322,7 +322,7 @@ class Workspace:
             # Acknowledged means on disk: a full host disk shows up here (the loop
             # device's flush fails), not as a file lost after the answer.
             os.fsync(fd)
-            return _entry(parts, os.fstat(fd))
+            return file_entry(parts, os.fstat(fd))
         finally:
             os.close(fd)
 
@@ -331,7 +331,7 @@ class Workspace:
         parent = self._open_dir(parts[:-1], create=False)
         try:
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            fd = _open_at(parts, parent, flags, 0)
+            fd = open_at(parts, parent, flags, 0)
         finally:
             os.close(parent)
         try:
@@ -349,7 +349,7 @@ class Workspace:
                 chunks.append(chunk)
                 if sum(map(len, chunks)) > max_bytes:
                     raise WorkspaceFileTooLarge(f"grew past {max_bytes} bytes while being read")
-            return _entry(parts, info), b"".join(chunks)
+            return file_entry(parts, info), b"".join(chunks)
         finally:
             os.close(fd)
 
@@ -362,7 +362,7 @@ class Workspace:
         try:
             with os.scandir(fd) as entries:
                 listed = [
-                    _entry((*parts, entry.name), entry.stat(follow_symlinks=False))
+                    file_entry((*parts, entry.name), entry.stat(follow_symlinks=False))
                     for entry in entries
                 ]
         finally:
@@ -391,10 +391,21 @@ class Workspace:
                     info = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # deleted since the directory was read
-                entries.append(_entry((*parts, name), info))
+                entries.append(file_entry((*parts, name), info))
         finally:
             os.close(fd)
         return entries, names[-1] if more and names else None
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """The sandbox's (uid, gid) that every file the orchestrator writes gets; None
+        when commands run as the orchestrator's own user."""
+        return self._owner
+
+    def open_directory(self, parts: Sequence[str], *, create: bool = False) -> int:
+        """A descriptor of the directory ``parts`` (made, with its parents, when
+        ``create``), reached without following a symlink; the caller closes it."""
+        return self._open_dir(parts, create=create)
 
     def require_directory(self, parts: Sequence[str]) -> None:
         """Raises unless ``parts`` names an existing directory (no symlinks on the way)."""
@@ -406,7 +417,7 @@ class Workspace:
             for index, part in enumerate(parts):
                 if create:
                     self._make_subdir(fd, part)
-                next_fd = _open_at(parts[: index + 1], fd, _DIR_FLAGS, 0)
+                next_fd = open_at(parts[: index + 1], fd, _DIR_FLAGS, 0)
                 os.close(fd)
                 fd = next_fd
         except BaseException:
@@ -431,7 +442,7 @@ def _make_sparse_file(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def _open_at(parts: Sequence[str], dir_fd: int, flags: int, mode: int) -> int:
+def open_at(parts: Sequence[str], dir_fd: int, flags: int, mode: int) -> int:
     """Opens the last of ``parts`` relative to ``dir_fd``, explaining refusals."""
     shown = "/".join(parts)
     try:
@@ -462,7 +473,8 @@ def _require_regular(parts: Sequence[str], info: os.stat_result) -> None:
         raise WorkspacePathError(f"names '{'/'.join(parts)}', which is not a regular file")
 
 
-def _entry(parts: Sequence[str], info: os.stat_result) -> FileEntry:
+def file_entry(parts: Sequence[str], info: os.stat_result) -> FileEntry:
+    """The metadata of the entry at ``parts`` whose (not followed) stat is ``info``."""
     is_dir = stat.S_ISDIR(info.st_mode)
     return FileEntry(
         path="/".join(parts),
@@ -470,6 +482,7 @@ def _entry(parts: Sequence[str], info: os.stat_result) -> FileEntry:
         is_dir=is_dir,
         mode=stat.S_IMODE(info.st_mode),
         modify_time=info.st_mtime,
+        is_symlink=stat.S_ISLNK(info.st_mode),
     )
 
 
