@@ -13,13 +13,16 @@ from importlib import metadata as _metadata
 from sandbox_sdk.analysis import PowerPlan, sample_size
 from sandbox_sdk.auth import ApiKey, Token, TokenProvider
 from sandbox_sdk.client import (
+    ArchiveError,
     AsyncExperiment,
     AsyncSandbox,
     AsyncSandboxClient,
+    AsyncTemplate,
     Experiment,
     RetryPolicy,
     Sandbox,
     SandboxClient,
+    Template,
 )
 from sandbox_sdk.config import ClientSettings
 from sandbox_sdk.errors import (
@@ -42,6 +45,8 @@ from sandbox_sdk.errors import (
     ResourceExhaustedError,
     SandboxError,
     SandboxTimeoutError,
+    TemplateBuildFailedError,
+    TemplateInUseError,
     UnavailableError,
 )
 from sandbox_sdk.models import (
@@ -79,8 +84,14 @@ from sandbox_sdk.models import (
     ResourceUsage,
     SampleResult,
     StateChange,
+    TemplateBuildEvent,
+    TemplateInfo,
+    TemplateSource,
+    TemplateState,
+    TemplateStateChange,
     TerminationReason,
     TokenUsage,
+    UploadSummary,
     UsageReport,
 )
 
@@ -109,9 +120,11 @@ __all__ = [
     "ApiKey",
     "ApiKeyInfo",
     "ApiKeyScope",
+    "ArchiveError",
     "AsyncExperiment",
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "AsyncTemplate",
     "AuthenticationError",
     "CancelledError",
     "CapacityExhaustedError",
@@ -167,11 +180,20 @@ __all__ = [
     "SandboxError",
     "SandboxTimeoutError",
     "StateChange",
+    "Template",
+    "TemplateBuildEvent",
+    "TemplateBuildFailedError",
+    "TemplateInUseError",
+    "TemplateInfo",
+    "TemplateSource",
+    "TemplateState",
+    "TemplateStateChange",
     "TerminationReason",
     "Token",
     "TokenProvider",
     "TokenUsage",
     "UnavailableError",
+    "UploadSummary",
     "UsageReport",
     "__version__",
     "sample_size",

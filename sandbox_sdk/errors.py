@@ -250,6 +250,17 @@ class ExperimentFailedError(SandboxError):
     """An experiment ended FAILED, TIMED_OUT or CANCELLED; ``reason`` says why."""
 
 
+class TemplateBuildFailedError(SandboxError):
+    """A template's build ended FAILED; the message says why, its build log says more."""
+
+
+class TemplateInUseError(FailedPreconditionError):
+    """A template environments still use cannot be deleted (reason TEMPLATE_IN_USE).
+
+    The message names those environments: delete them first.
+    """
+
+
 _CLASS_BY_CODE: dict[grpc.StatusCode, type[SandboxError]] = {
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
@@ -275,6 +286,7 @@ _CLASS_BY_REASON: dict[str, type[SandboxError]] = {
     ErrorReason.CAPACITY_EXHAUSTED: CapacityExhaustedError,
     ErrorReason.QUOTA_EXCEEDED: QuotaExceededError,
     ErrorReason.RATE_LIMITED: RateLimitedError,
+    ErrorReason.TEMPLATE_IN_USE: TemplateInUseError,
 }
 
 

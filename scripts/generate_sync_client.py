@@ -31,6 +31,7 @@ RENAMES = {
     "AsyncExperiment": "Experiment",
     "AsyncServerStream": "ServerStream",
     "AsyncExecStream": "ExecStream",
+    "AsyncTemplate": "Template",
     "AsyncTransport": "Transport",
     "aclose": "close",
     "async_sleep": "sleep",

@@ -9,22 +9,28 @@ from sandbox_sdk.client._async.client import AsyncSandboxClient
 from sandbox_sdk.client._async.experiment import AsyncExperiment
 from sandbox_sdk.client._async.sandbox import AsyncSandbox
 from sandbox_sdk.client._async.streams import AsyncExecStream, AsyncServerStream
+from sandbox_sdk.client._async.template import AsyncTemplate
 from sandbox_sdk.client._sync.client import SandboxClient
 from sandbox_sdk.client._sync.experiment import Experiment
 from sandbox_sdk.client._sync.sandbox import Sandbox
 from sandbox_sdk.client._sync.streams import ExecStream, ServerStream
+from sandbox_sdk.client._sync.template import Template
+from sandbox_sdk.client.archives import ArchiveError
 from sandbox_sdk.client.retry import RetryPolicy
 
 __all__ = [
+    "ArchiveError",
     "AsyncExecStream",
     "AsyncExperiment",
     "AsyncSandbox",
     "AsyncSandboxClient",
     "AsyncServerStream",
+    "AsyncTemplate",
     "ExecStream",
     "Experiment",
     "RetryPolicy",
     "Sandbox",
     "SandboxClient",
     "ServerStream",
+    "Template",
 ]

@@ -1,10 +1,12 @@
-"""Errors for experiments that did not succeed or are still running, and for queued creates."""
+"""Errors for experiments and template builds that did not succeed or are still running, and for
+queued creates."""
 
 from __future__ import annotations
 
-from sandbox_sdk.errors import ExperimentFailedError, SandboxTimeoutError
+from sandbox_sdk.errors import ExperimentFailedError, SandboxTimeoutError, TemplateBuildFailedError
 from sandbox_sdk.models.environment import EnvironmentInfo
 from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
+from sandbox_sdk.models.templates import TemplateInfo, TemplateState
 
 
 def ensure_succeeded(info: ExperimentInfo) -> None:
@@ -51,4 +53,27 @@ def still_queued(info: EnvironmentInfo) -> SandboxTimeoutError:
         f"environment {info.id} is still {info.state.value.lower()} "
         f"(position {info.queue_position} in the queue) when the timeout ran out; it keeps "
         "its place: wait for it with get_environment, or delete it if you no longer need it"
+    )
+
+
+def ensure_template_ready(info: TemplateInfo) -> None:
+    """Raises :class:`TemplateBuildFailedError` when the template's build FAILED."""
+    if info.state is not TemplateState.FAILED:
+        return
+    raise TemplateBuildFailedError(
+        f"template {info.id} failed to build: {info.failure_message or 'no reason given'}; "
+        f"its log says more (template.logs(), `sandbox-sdk template logs {info.id}`). Fix the "
+        "spec, delete the template and build it again",
+        reason="TEMPLATE_BUILD_FAILED",
+        metadata={"template_id": info.id, "state": info.state.value},
+    )
+
+
+def still_building(info: TemplateInfo, waited: float) -> SandboxTimeoutError:
+    """The error for a wait that ran out before the template's build ended."""
+    return SandboxTimeoutError(
+        f"template {info.id} is still {info.state.value} after {waited:.0f}s; the build goes "
+        "on: wait again with a larger timeout (or set SANDBOX_WAIT_TIMEOUT), or delete() it "
+        "to stop it",
+        metadata={"template_id": info.id, "state": info.state.value},
     )

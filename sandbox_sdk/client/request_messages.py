@@ -102,6 +102,28 @@ def _workspace_path(path: str, index: int) -> str:
     return path
 
 
+def resource_limits(
+    field: str,
+    *,
+    cpu: float | None = None,
+    memory: Size | None = None,
+    disk: Size | None = None,
+    pids: int | None = None,
+    exec_timeout: DurationLike | None = None,
+) -> common_pb2.ResourceLimits:
+    """Limits from the SDK's units; those left out are zero (the server's defaults)."""
+    limits = common_pb2.ResourceLimits(
+        cpu_cores=float(cpu) if cpu is not None else 0.0,
+        memory_bytes=_size(f"{field}.memory_bytes", memory) if memory is not None else 0,
+        disk_bytes=_size(f"{field}.disk_bytes", disk) if disk is not None else 0,
+        max_pids=int(pids) if pids is not None else 0,
+    )
+    if exec_timeout is not None:
+        seconds = _duration(f"{field}.exec_timeout", exec_timeout)
+        limits.exec_timeout.CopyFrom(to_duration_pb(seconds))
+    return limits
+
+
 def create_environment_request(
     *,
     cpu: float | None = None,
@@ -118,18 +140,14 @@ def create_environment_request(
     egress_allow: Sequence[str] | None = None,
     egress_deny: Sequence[str] | None = None,
     queue: bool = False,
+    template: str = "",
 ) -> requests_pb2.CreateEnvironmentRequest:
     """The ``CreateEnvironment`` request, with a new ``request_id``."""
-    limits = common_pb2.ResourceLimits(
-        cpu_cores=float(cpu) if cpu is not None else 0.0,
-        memory_bytes=_size("spec.limits.memory_bytes", memory) if memory is not None else 0,
-        disk_bytes=_size("spec.limits.disk_bytes", disk) if disk is not None else 0,
-        max_pids=int(pids) if pids is not None else 0,
+    limits = resource_limits(
+        "spec.limits", cpu=cpu, memory=memory, disk=disk, pids=pids, exec_timeout=exec_timeout
     )
-    if exec_timeout is not None:
-        seconds = _duration("spec.limits.exec_timeout", exec_timeout)
-        limits.exec_timeout.CopyFrom(to_duration_pb(seconds))
     spec = environment_pb2.EnvironmentSpec(
+        template=template,
         limits=limits,
         env_vars=_string_map("spec.env_vars", env),
         labels=_string_map("spec.labels", labels),

@@ -6,6 +6,7 @@ from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.errors import InternalError
 from sandbox_sdk.models.execution import ExecResult, OutputChunk
 from sandbox_sdk.models.experiment import ExperimentEvent
+from sandbox_sdk.models.templates import TemplateBuildEvent
 from sandbox_sdk.models.usage import ResourceUsage
 
 
@@ -38,6 +39,32 @@ class EventCursor:
             return None
         self.last_sequence = sequence
         return ExperimentEvent.from_proto(event)
+
+
+class TemplateEventCursor:
+    """Like :class:`EventCursor`, for a template's build events."""
+
+    __slots__ = ("follow", "last_sequence", "template_id")
+
+    def __init__(self, template_id: str, after_sequence: int, follow: bool) -> None:
+        self.template_id = template_id
+        self.last_sequence = after_sequence
+        self.follow = follow
+
+    def request(self) -> requests_pb2.StreamTemplateBuildEventsRequest:
+        """The request that resumes after the last event seen."""
+        return requests_pb2.StreamTemplateBuildEventsRequest(
+            template_id=self.template_id, after_sequence=self.last_sequence, follow=self.follow
+        )
+
+    def convert(
+        self, message: requests_pb2.StreamTemplateBuildEventsResponse
+    ) -> TemplateBuildEvent | None:
+        """The event, or ``None`` if it was seen already."""
+        if message.event.sequence <= self.last_sequence:
+            return None
+        self.last_sequence = message.event.sequence
+        return TemplateBuildEvent.from_proto(message.event)
 
 
 def usage_from_response(message: requests_pb2.StreamEnvironmentUsageResponse) -> ResourceUsage:

@@ -22,7 +22,7 @@ from sandbox_sdk.models.experiment import (
     OutputDelta,
     StateChange,
 )
-from sandbox_sdk.models.files import FileInfo
+from sandbox_sdk.models.files import FileInfo, UploadSummary
 from sandbox_sdk.models.results import (
     AggregateMetric,
     ExperimentResults,
@@ -31,6 +31,13 @@ from sandbox_sdk.models.results import (
     TokenUsage,
 )
 from sandbox_sdk.models.scorers import Command, Contains, ExactMatch, JsonValid, Regex, Scorer
+from sandbox_sdk.models.templates import (
+    TemplateBuildEvent,
+    TemplateInfo,
+    TemplateSource,
+    TemplateState,
+    TemplateStateChange,
+)
 from sandbox_sdk.models.usage import ResourceUsage, UsageReport
 
 __all__ = [
@@ -69,7 +76,13 @@ __all__ = [
     "SampleResult",
     "Scorer",
     "StateChange",
+    "TemplateBuildEvent",
+    "TemplateInfo",
+    "TemplateSource",
+    "TemplateState",
+    "TemplateStateChange",
     "TerminationReason",
     "TokenUsage",
+    "UploadSummary",
     "UsageReport",
 ]

@@ -235,7 +235,7 @@ def _wrap_stream(handler: _StreamHandler, method: str) -> _StreamHandler:
 
 
 class ErrorInterceptor(ServerInterceptorBase):
-    """Turns exceptions escaping unary and server-streaming handlers into rich statuses.
+    """Turns exceptions escaping unary, server- and client-streaming handlers into rich statuses.
 
     It caches the wrapped handler per method, so it must come last in a
     server's interceptor list: whatever runs after it has to return the same
@@ -278,6 +278,14 @@ class ErrorInterceptor(ServerInterceptorBase):
                 _wrap_stream(_parsing(cast(_StreamHandler, handler.unary_stream), parse), method),
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary is not None:
+            # A client stream's requests are parsed one by one as the handler reads them.
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(
+                    _parsing_each(cast(_UnaryHandler, handler.stream_unary), parse), method
+                ),
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
 
@@ -304,6 +312,16 @@ def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callabl
 
 
 _H = TypeVar("_H", _UnaryHandler, _StreamHandler)
+
+
+def _parsing_each(handler: _UnaryHandler, parse: Callable[[bytes], Any]) -> _UnaryHandler:
+    """A client-streaming ``handler`` taking raw requests, each parsed by ``parse``."""
+
+    async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        async for raw in requests:
+            yield parse(raw)
+
+    return cast(_UnaryHandler, lambda requests, context: handler(parsed(requests), context))
 
 
 def _parsing(handler: _H, parse: Callable[[bytes], Any]) -> _H:

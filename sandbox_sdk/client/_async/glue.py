@@ -18,6 +18,7 @@ from sandbox_sdk.config.settings import ClientSettings
 
 Channel = grpc.aio.Channel
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
@@ -39,6 +40,11 @@ async def next_message(call: Any) -> Any | None:
 async def sleep(seconds: float) -> None:
     """Waits without blocking the event loop."""
     await asyncio.sleep(seconds)
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """Runs blocking work (local files, tar archives) on a thread, so the loop goes on."""
+    return await asyncio.to_thread(function, *args)
 
 
 def was_a_sync_property(method: F) -> F:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
+from sandbox_sdk.client import archives
 from sandbox_sdk.client import request_messages as messages
+from sandbox_sdk.client._async import glue
 from sandbox_sdk.client._async.experiment import AsyncExperiment
 from sandbox_sdk.client._async.streams import AsyncExecStream, AsyncServerStream
+from sandbox_sdk.client._async.template import AsyncTemplate
 from sandbox_sdk.client._async.transport import AsyncTransport
 from sandbox_sdk.client.retry import RetryPolicy
 from sandbox_sdk.client.stream_state import usage_from_response
@@ -17,12 +21,17 @@ from sandbox_sdk.errors import NotFoundError
 from sandbox_sdk.models.environment import EnvironmentInfo, EnvironmentState, ResourceLimits
 from sandbox_sdk.models.execution import ExecResult
 from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
-from sandbox_sdk.models.files import FileInfo
+from sandbox_sdk.models.files import FileInfo, UploadSummary
 from sandbox_sdk.models.usage import ResourceUsage, UsageReport
 from sandbox_sdk.utils.units import DurationLike, to_duration_pb
 
 # Extra time the exec call gets beyond the command's own limit, to report the exit.
 EXEC_DEADLINE_MARGIN = 30.0
+
+
+def _chunk_of(message: requests_pb2.DownloadDirectoryResponse) -> bytes:
+    chunk: bytes = message.chunk
+    return chunk
 
 
 class AsyncSandbox:
@@ -175,6 +184,163 @@ class AsyncSandbox:
         async for page in self._transport.pages("ListFiles", request):
             for item in page.files:
                 yield FileInfo.from_proto(item)
+
+    async def stat(self, path: str, *, timeout: float | None = None) -> FileInfo:
+        """Metadata of the workspace file or directory at ``path`` (:class:`NotFoundError`
+        if there is none; :meth:`exists` asks without raising)."""
+        response = await self._stat(path, timeout)
+        if not response.exists:
+            raise NotFoundError(
+                f"{path!r} does not exist in the workspace of {self.id}; list_files() shows "
+                "what does",
+                reason="FILE_NOT_FOUND",
+                metadata={"environment_id": self.id, "path": path},
+            )
+        return FileInfo.from_proto(response.file)
+
+    async def exists(self, path: str, *, timeout: float | None = None) -> bool:
+        """Whether a file or directory exists at ``path`` in the workspace."""
+        exists: bool = (await self._stat(path, timeout)).exists
+        return exists
+
+    async def _stat(self, path: str, timeout: float | None) -> Any:
+        request = requests_pb2.StatFileRequest(environment_id=self.id, path=path)
+        return await self._transport.call("StatFile", request, timeout=timeout)
+
+    async def remove(
+        self, path: str, *, recursive: bool = False, timeout: float | None = None
+    ) -> bool:
+        """Removes a workspace file (a directory needs ``recursive=True``); whether there was one.
+
+        Removing what does not exist succeeds and returns ``False``.
+        """
+        request = requests_pb2.RemoveFileRequest(
+            environment_id=self.id, path=path, recursive=recursive
+        )
+        response = await self._transport.call("RemoveFile", request, timeout=timeout)
+        removed: bool = response.removed
+        return removed
+
+    async def rename(
+        self,
+        path: str,
+        new_path: str,
+        *,
+        overwrite: bool = False,
+        timeout: float | None = None,
+    ) -> FileInfo:
+        """Moves a workspace file or directory to ``new_path`` and returns it there.
+
+        An existing ``new_path`` is :class:`AlreadyExistsError` unless ``overwrite``.
+        Not retried by itself: a repeat would find ``path`` gone.
+        """
+        request = requests_pb2.RenameFileRequest(
+            environment_id=self.id,
+            source_path=path,
+            destination_path=new_path,
+            overwrite=overwrite,
+        )
+        response = await self._transport.call("RenameFile", request, timeout=timeout)
+        return FileInfo.from_proto(response.file)
+
+    async def make_dir(
+        self, path: str, *, parents: bool = True, mode: int = 0o755, timeout: float | None = None
+    ) -> FileInfo:
+        """Makes a workspace directory (and its missing parents, with ``parents``); an
+        existing one is fine."""
+        request = requests_pb2.MakeDirectoryRequest(
+            environment_id=self.id, path=path, parents=parents, mode=mode
+        )
+        response = await self._transport.call("MakeDirectory", request, timeout=timeout)
+        return FileInfo.from_proto(response.file)
+
+    async def upload_dir(
+        self,
+        local_dir: str | os.PathLike[str],
+        remote_path: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> UploadSummary:
+        """Copies a local directory's contents into the workspace directory ``remote_path``
+        (created if missing), as a tar stream; symbolic links stay links.
+
+        The tar is built off the event loop and sent in chunks. Not retried by itself:
+        after a failure part of the tree may be in place, so upload again.
+        """
+        archive = await glue.off_loop(archives.pack_directory, local_dir)
+        try:
+            response = await self._transport.send_stream(
+                "UploadDirectory", self._upload_requests(archive, remote_path), timeout=timeout
+            )
+        finally:
+            archive.close()
+        return UploadSummary(response.files_written, response.bytes_written)
+
+    async def _upload_requests(
+        self, archive: IO[bytes], remote_path: str
+    ) -> AsyncIterator[requests_pb2.UploadDirectoryRequest]:
+        yield requests_pb2.UploadDirectoryRequest(environment_id=self.id, path=remote_path)
+        while chunk := await glue.off_loop(archives.read_chunk, archive):
+            yield requests_pb2.UploadDirectoryRequest(chunk=chunk)
+
+    async def download_dir(
+        self,
+        remote_path: str,
+        local_dir: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Copies the workspace directory ``remote_path`` (``""``: the whole workspace) into
+        ``local_dir`` (created if missing); returns the names extracted.
+
+        The archive the server sends is checked like any untrusted tar: an
+        absolute name, ``..``, a link leaving ``local_dir`` or a device file
+        raises :class:`~sandbox_sdk.client.archives.ArchiveError`.
+        """
+        request = requests_pb2.DownloadDirectoryRequest(environment_id=self.id, path=remote_path)
+        archive = archives.spool()
+        try:
+            stream = AsyncServerStream(
+                self._transport,
+                self._transport.rpcs["DownloadDirectory"],
+                lambda: request,
+                _chunk_of,
+                timeout=timeout,
+            )
+            async with stream:
+                async for chunk in stream:
+                    await glue.off_loop(archives.write_chunk, archive, chunk)
+        except BaseException:
+            archive.close()
+            raise
+        return await glue.off_loop(archives.extract_archive, archive, local_dir)
+
+    async def snapshot(
+        self,
+        *,
+        name: str = "",
+        include_workspace: bool = False,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncTemplate:
+        """Turns what this environment changed in its root file system (and its workspace,
+        with ``include_workspace``) into a new template; its processes keep running.
+
+        Start environments from it with ``create_environment(template=...)``;
+        call ``wait()`` on it first if it is still BUILDING. Snapshots count
+        against your tenant's template disk quota. A retried snapshot returns
+        the first template, never a second one.
+        """
+        request = requests_pb2.SnapshotEnvironmentRequest(
+            environment_id=self.id,
+            display_name=name,
+            include_workspace=include_workspace,
+            request_id=messages.new_request_id(),
+        )
+        response = await self._transport.call(
+            "SnapshotEnvironment", request, timeout=timeout, retry=retry
+        )
+        return AsyncTemplate(self._transport, response.template)
 
     async def usage(self, *, timeout: float | None = None) -> UsageReport:
         """The latest resource usage sample next to the limits."""

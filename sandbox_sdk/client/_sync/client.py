@@ -14,10 +14,17 @@ from sandbox_sdk.client import request_messages as messages
 from sandbox_sdk.client._sync import glue
 from sandbox_sdk.client._sync.experiment import Experiment
 from sandbox_sdk.client._sync.sandbox import Sandbox
+from sandbox_sdk.client._sync.template import Template
 from sandbox_sdk.client._sync.transport import Transport
 from sandbox_sdk.client.options import RetryArgument, TlsArgument, resolve_options
 from sandbox_sdk.client.outcome import QUEUE_POLL_SECONDS, still_queued
 from sandbox_sdk.client.retry import RetryPolicy
+from sandbox_sdk.client.template_requests import (
+    OciArchive,
+    TemplateFileSource,
+    create_template_request,
+    read_oci_archive,
+)
 from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
 from sandbox_sdk.models.catalog import ModelInfo
@@ -29,7 +36,7 @@ from sandbox_sdk.utils.units import DurationLike, Size
 
 
 class SandboxClient:
-    """Talks to a sandbox gateway: environments, commands, experiments, models, API keys.
+    """Talks to a sandbox gateway: environments, templates, commands, experiments, models, keys.
 
     Arguments override environment variables, which override the YAML file at
     ``config_path`` (or ``$SANDBOX_CONFIG``), which overrides the defaults; see
@@ -95,6 +102,7 @@ class SandboxClient:
         egress_allow: Sequence[str] | None = None,
         egress_deny: Sequence[str] | None = None,
         queue: bool = False,
+        template: Template | str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> Sandbox:
@@ -111,6 +119,9 @@ class SandboxClient:
         ``queue=True``: when the orchestrator has no room now, wait in its queue
         (``sandbox.info.queue_position``) instead of failing with
         :class:`CapacityExhaustedError`; ``timeout`` bounds the whole wait.
+        ``template`` (a template, its id, or a public template's name) gives the
+        environment that template's root file system, copy-on-write, and its
+        defaults under the limits and ``env`` given here.
         """
         request = messages.create_environment_request(
             cpu=cpu,
@@ -127,6 +138,7 @@ class SandboxClient:
             egress_allow=egress_allow,
             egress_deny=egress_deny,
             queue=queue,
+            template=template.id if isinstance(template, Template) else template or "",
         )
         deadline = None if timeout is None else time.monotonic() + timeout
         response = self._transport.call("CreateEnvironment", request, timeout=timeout, retry=retry)
@@ -173,6 +185,93 @@ class SandboxClient:
         for page in self._transport.pages("ListEnvironments", request, timeout=timeout):
             for environment in page.environments:
                 yield Sandbox(self._transport, environment)
+
+    # -- templates -------------------------------------------------------------------------
+
+    def build_template(
+        self,
+        *,
+        debian: str | None = None,
+        debian_variant: str = "",
+        oci_archive: OciArchive | None = None,
+        apt: Sequence[str] = (),
+        pip: Sequence[str] = (),
+        files: Mapping[str, TemplateFileSource] | None = None,
+        commands: Sequence[str | Sequence[str]] = (),
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        cpu: float | None = None,
+        memory: Size | None = None,
+        disk: Size | None = None,
+        pids: int | None = None,
+        exec_timeout: DurationLike | None = None,
+        name: str = "",
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Template:
+        """Starts building a template and returns its handle at once (BUILDING, or READY
+        when you built the same spec before).
+
+        The base is exactly one of ``debian`` (a suite such as ``"bookworm"``,
+        built from Debian's packages; ``debian_variant`` defaults to minbase) or
+        ``oci_archive`` (the path or bytes of a ``docker save`` archive or an OCI
+        layout tarball, sent with the request). Then, in order: ``apt``
+        packages, ``pip`` packages, ``files`` (absolute paths to contents, or
+        ``(content, mode)``), and ``commands`` (lists, or strings run by
+        ``/bin/sh -c``). ``env``, ``workdir`` and the limits are what its
+        environments start with. Follow the build with ``template.logs()`` and
+        wait for it with ``template.wait()``.
+        """
+        archive = None if oci_archive is None else glue.off_loop(read_oci_archive, oci_archive)
+        request = create_template_request(
+            debian=debian,
+            debian_variant=debian_variant,
+            oci_archive=archive,
+            apt=apt,
+            pip=pip,
+            files=files,
+            commands=commands,
+            env=env,
+            workdir=workdir,
+            cpu=cpu,
+            memory=memory,
+            disk=disk,
+            pids=pids,
+            exec_timeout=exec_timeout,
+            name=name,
+        )
+        response = self._transport.call("CreateTemplate", request, timeout=timeout, retry=retry)
+        return Template(self._transport, response.template)
+
+    def get_template(
+        self, template_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> Template:
+        """The template with this id, or the public template of this name."""
+        response = self._transport.call(
+            "GetTemplate",
+            requests_pb2.GetTemplateRequest(template_id=template_id),
+            timeout=timeout,
+            retry=retry,
+        )
+        return Template(self._transport, response.template)
+
+    def list_templates(
+        self, *, include_public: bool = True, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[Template]:
+        """Your templates newest first, then the public ones; fetched page by page."""
+        request = requests_pb2.ListTemplatesRequest(
+            page_size=page_size, hide_public=not include_public
+        )
+        for page in self._transport.pages("ListTemplates", request, timeout=timeout):
+            for template in page.templates:
+                yield Template(self._transport, template)
+
+    def delete_template(
+        self, template_id: str, *, timeout: float | None = None, retry: RetryPolicy | None = None
+    ) -> None:
+        """Deletes a template of yours (idempotent); one in use is refused, naming its users."""
+        request = requests_pb2.DeleteTemplateRequest(template_id=template_id)
+        self._transport.call("DeleteTemplate", request, timeout=timeout, retry=retry)
 
     # -- experiments -----------------------------------------------------------------------
 

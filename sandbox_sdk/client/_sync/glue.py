@@ -18,6 +18,7 @@ from sandbox_sdk.utils.deprecation import MethodOnceProperty
 
 Channel = grpc.Channel
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def open_channel(settings: ClientSettings) -> grpc.Channel:
@@ -38,6 +39,11 @@ def next_message(call: Any) -> Any | None:
 def sleep(seconds: float) -> None:
     """Blocks for ``seconds``."""
     time.sleep(seconds)
+
+
+def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """Runs blocking work here: a blocking client has no event loop to keep free."""
+    return function(*args)
 
 
 def was_a_sync_property(method: F) -> F:

@@ -141,6 +141,20 @@ class Transport:
         observer.record(rpc.name, "OK", time.perf_counter() - started, retries)
         return response
 
+    def send_stream(
+        self, method: str, requests: Iterator[Any], *, timeout: float | None = None
+    ) -> Any:
+        """Calls the client-streaming method ``method`` once: a sent stream cannot be replayed."""
+        rpc = self.rpcs[method]
+        try:
+            return rpc.call(
+                requests,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self.auth.metadata(),
+            )
+        except grpc.RpcError as error:
+            raise translate(error, self.target, rpc.name) from error
+
     def open_stream(self, rpc: Rpc, request: Any, *, timeout: float | None = None) -> Any:
         """Starts a server-streaming call; read it with :func:`glue.next_message`."""
         return rpc.call(request, timeout=timeout, metadata=self.auth.metadata())

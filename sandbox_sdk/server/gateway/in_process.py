@@ -15,6 +15,8 @@ link instead of a channel to its orchestrator:
   gateway's retries, fan-out and quota counts treat it as a remote error. Any
   other exception propagates: the gateway's own ErrorInterceptor logs it and
   answers INTERNAL with the request id, as the orchestrator's would have.
+* A client stream hands the handler the requests as the gateway reads them
+  from its caller, each parsed as it is read.
 * A stream runs the handler's async generator one message per read, without
   buffering; cancelling the call closes the generator, so its cleanup runs
   (a command's process tree is killed).
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -35,6 +37,7 @@ from google.protobuf.message_factory import GetMessageClass
 from sandbox_sdk.server.gateway.methods import ORCHESTRATOR_SERVICE
 from sandbox_sdk.server.gateway.orchestrators import (
     CallMetadata,
+    ClientStreamCallable,
     LinkState,
     StreamCall,
     StreamCallable,
@@ -97,10 +100,13 @@ class InProcessLink(LinkState):
             raise ValueError(f"OrchestratorService RPCs with no handler: {missing}")
         self._unary: dict[str, UnaryCallable] = {}
         self._stream: dict[str, StreamCallable] = {}
+        self._client_stream: dict[str, ClientStreamCallable] = {}
         for method in ORCHESTRATOR_SERVICE.methods:
             path = f"/{ORCHESTRATOR_SERVICE.full_name}/{method.name}"
             request_type = GetMessageClass(method.input_type)
-            if method.server_streaming:
+            if method.client_streaming:
+                self._client_stream[path] = _client_streaming(request_type, handlers[method.name])
+            elif method.server_streaming:
                 self._stream[path] = self._streaming(request_type, handlers[method.name])
             else:
                 self._unary[path] = self._unary_call(request_type, handlers[method.name])
@@ -114,6 +120,10 @@ class InProcessLink(LinkState):
     def stream(self, path: str) -> StreamCallable:
         """The server-streaming callable for ``path``."""
         return self._stream[path]
+
+    def client_stream(self, path: str) -> ClientStreamCallable:
+        """The client-streaming callable for ``path``."""
+        return self._client_stream[path]
 
     async def check_health(self, timeout: float) -> bool:
         """Serving until the link is closed."""
@@ -171,6 +181,37 @@ class InProcessLink(LinkState):
         task = asyncio.get_running_loop().create_task(_close(messages))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+def _client_streaming(request_type: type[Message], handler: RpcHandler) -> ClientStreamCallable:
+    """The handler fed the requests as they arrive, each parsed when it is read."""
+
+    async def call(
+        request_iterator: AsyncIterator[bytes],
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+    ) -> bytes:
+        deadline = _deadline(timeout)
+        context = InProcessContext(metadata or (), deadline)
+        scope = asyncio.timeout_at(deadline)
+
+        async def parsed() -> AsyncIterator[Message]:
+            async for request in request_iterator:
+                yield _parse(request_type, request)
+
+        try:
+            _require_time_left(deadline)
+            async with scope:
+                response: Message = await handler(parsed(), context)
+        except ServiceError as error:
+            raise _remote_error(error, context) from None
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise _deadline_exceeded() from None
+        return response.SerializeToString()
+
+    return call
 
 
 class _InProcessStream:

@@ -75,6 +75,17 @@ class StreamCallable(Protocol):
     ) -> StreamCall: ...
 
 
+class ClientStreamCallable(Protocol):
+    """A bytes-in, bytes-out client-streaming call: serialized requests in, one response out."""
+
+    def __call__(
+        self,
+        request_iterator: AsyncIterator[bytes],
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+    ) -> Awaitable[bytes]: ...
+
+
 class OrchestratorLink(Protocol):
     """What the gateway needs of one orchestrator, however it reaches it.
 
@@ -94,6 +105,10 @@ class OrchestratorLink(Protocol):
 
     def stream(self, path: str) -> StreamCallable:
         """The server-streaming callable for a method path."""
+        ...
+
+    def client_stream(self, path: str) -> ClientStreamCallable:
+        """The client-streaming callable for a method path."""
         ...
 
     def require_available(self) -> None:
@@ -161,6 +176,7 @@ class GrpcOrchestratorLink(LinkState):
         self.internal_metadata = internal_metadata
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: dict[str, grpc.aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
+        self._client_stream: dict[str, grpc.aio.StreamUnaryMultiCallable[bytes, bytes]] = {}
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def unary(self, path: str) -> UnaryCallable:
@@ -175,6 +191,13 @@ class GrpcOrchestratorLink(LinkState):
         callable_ = self._stream.get(path)
         if callable_ is None:
             callable_ = self._stream[path] = self.channel.unary_stream(path, None, None)
+        return callable_
+
+    def client_stream(self, path: str) -> ClientStreamCallable:
+        """A bytes-in, bytes-out client-streaming callable for ``path``, made once."""
+        callable_ = self._client_stream.get(path)
+        if callable_ is None:
+            callable_ = self._client_stream[path] = self.channel.stream_unary(path, None, None)
         return callable_
 
     async def check_health(self, timeout: float) -> bool:

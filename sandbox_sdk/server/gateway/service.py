@@ -145,15 +145,34 @@ class GatewayService(_GenericRpcHandler):
     def _client_streaming(
         self, spec: MethodSpec
     ) -> Callable[[AsyncIterator[bytes], Context], Awaitable[bytes]]:
-        async def handle(requests: AsyncIterator[bytes], context: Context) -> bytes:
-            await self._admit(spec, context)
-            raise ServiceError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                ErrorReason.NOT_IMPLEMENTED,
-                f"{spec.name} is in the contract but this gateway does not serve it yet",
-            )
+        """A client stream (UploadDirectory): admitted like every call, routed by the
+        resource id in its first message, the rest forwarded as bytes. Never retried:
+        the stream cannot be replayed."""
 
-        return handle
+        async def route(stream: AsyncIterator[bytes], context: Context, caller: Caller) -> bytes:
+            requests = aiter(stream)
+            first = await anext(requests, None)
+            link = self._owner(spec, first or b"")
+
+            async def forwarded() -> AsyncIterator[bytes]:
+                if first is not None:
+                    yield first
+                async for request in requests:
+                    yield request
+
+            upstream = link.client_stream(spec.upstream_path)
+            metadata = call_metadata(link, caller.tenant, caller.request_id)
+            try:
+                return await upstream(
+                    forwarded(), timeout=context.time_remaining(), metadata=metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                if is_transport_failure(error):
+                    self._pool.call_failed(link)
+                    raise unavailable(link.id) from None
+                raise
+
+        return self._unary(spec, route)
 
     def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
         operations: dict[str, Callable[[Any, Administrator], Message]] = {

@@ -92,6 +92,7 @@ def file_info(value: FileEntry) -> environment_pb2.FileInfo:
         is_dir=value.is_dir,
         mode=value.mode,
         modify_time=to_timestamp_pb(value.modify_time),
+        is_symlink=value.is_symlink,
     )
 
 

@@ -8,13 +8,13 @@ converted here; protobuf goes no deeper.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
 
 from sandbox_sdk.api.v1 import orchestrator_service_pb2, requests_pb2
-from sandbox_sdk.server.orchestrator.sandbox import convert, validation
+from sandbox_sdk.server.orchestrator.sandbox import convert, file_requests, validation
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
 from sandbox_sdk.server.tenancy import tenant_of
@@ -115,6 +115,81 @@ class EnvironmentHandlers:
         )
         return requests_pb2.ListFilesResponse(
             files=[convert.file_info(e) for e in entries], next_page_token=token
+        )
+
+    async def RemoveFile(
+        self, request: requests_pb2.RemoveFileRequest, context: Context
+    ) -> requests_pb2.RemoveFileResponse:
+        """Removes a workspace entry; a missing one is not an error."""
+        environment_id = validation.environment_id(request.environment_id)
+        removed = await self._manager.files.remove(
+            tenant_of(context), environment_id, request.path, recursive=request.recursive
+        )
+        return requests_pb2.RemoveFileResponse(removed=removed)
+
+    async def RenameFile(
+        self, request: requests_pb2.RenameFileRequest, context: Context
+    ) -> requests_pb2.RenameFileResponse:
+        """Moves a workspace entry to another workspace path."""
+        environment_id = validation.environment_id(request.environment_id)
+        entry = await self._manager.files.rename(
+            tenant_of(context),
+            environment_id,
+            request.source_path,
+            request.destination_path,
+            overwrite=request.overwrite,
+        )
+        return requests_pb2.RenameFileResponse(file=convert.file_info(entry))
+
+    async def MakeDirectory(
+        self, request: requests_pb2.MakeDirectoryRequest, context: Context
+    ) -> requests_pb2.MakeDirectoryResponse:
+        """Makes a workspace directory; an existing one is returned."""
+        environment_id = validation.environment_id(request.environment_id)
+        entry = await self._manager.files.make_directory(
+            tenant_of(context),
+            environment_id,
+            request.path,
+            parents=request.parents,
+            mode=file_requests.directory_mode(request.mode),
+        )
+        return requests_pb2.MakeDirectoryResponse(file=convert.file_info(entry))
+
+    async def StatFile(
+        self, request: requests_pb2.StatFileRequest, context: Context
+    ) -> requests_pb2.StatFileResponse:
+        """Whether a workspace path exists, and its metadata."""
+        environment_id = validation.environment_id(request.environment_id)
+        entry = await self._manager.files.stat(tenant_of(context), environment_id, request.path)
+        if entry is None:
+            return requests_pb2.StatFileResponse(exists=False)
+        return requests_pb2.StatFileResponse(exists=True, file=convert.file_info(entry))
+
+    async def DownloadDirectory(
+        self, request: requests_pb2.DownloadDirectoryRequest, context: Context
+    ) -> AsyncGenerator[requests_pb2.DownloadDirectoryResponse, None]:
+        """A workspace directory as a tar stream."""
+        environment_id = validation.environment_id(request.environment_id)
+        chunks = self._manager.files.download(tenant_of(context), environment_id, request.path)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield requests_pb2.DownloadDirectoryResponse(chunk=chunk)
+
+    async def UploadDirectory(
+        self, stream: AsyncIterator[requests_pb2.UploadDirectoryRequest], context: Context
+    ) -> requests_pb2.UploadDirectoryResponse:
+        """Unpacks a tar stream into a workspace directory: all of it or nothing."""
+        requests = aiter(stream)
+        first = await file_requests.first_upload_message(requests)
+        environment_id = validation.environment_id(first.environment_id)
+        unpacked = await self._manager.files.upload(
+            tenant_of(context),
+            environment_id,
+            first.path,
+            file_requests.upload_chunks(first, requests),
+        )
+        return requests_pb2.UploadDirectoryResponse(
+            files_written=unpacked.files_written, bytes_written=unpacked.bytes_written
         )
 
     async def GetEnvironmentUsage(
