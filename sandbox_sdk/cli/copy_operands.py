@@ -1,4 +1,5 @@
-"""``env cp`` operands: ``ENV:path`` names a workspace file, anything else a local one."""
+"""``env cp`` (and other file commands') operands: ``ENV:path`` names a workspace file,
+anything else a local one."""
 
 from __future__ import annotations
 
@@ -35,6 +36,17 @@ def _remote(operand: str) -> WorkspacePath | None:
     if match is None:
         return None
     return WorkspacePath(match["environment"], match["path"])
+
+
+def workspace_path(operand: str, param_hint: str) -> WorkspacePath:
+    """The ``ENV:path`` operand of a file command; a usage error otherwise."""
+    remote = _remote(operand)
+    if remote is None:
+        raise typer.BadParameter(
+            f"expected ENV:path (an environment id, a colon, a workspace path), got {operand!r}",
+            param_hint=param_hint,
+        )
+    return remote
 
 
 def parse_copy(source: str, destination: str) -> Copy:

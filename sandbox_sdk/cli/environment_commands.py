@@ -76,6 +76,10 @@ def env_create(
     queue: Annotated[
         bool, typer.Option(help="When the orchestrator is full, wait in its queue.")
     ] = False,
+    template: Annotated[
+        str | None,
+        typer.Option(metavar="ID|NAME", help="Start from this template (see `template ls`)."),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Create an environment and print its id."""
@@ -91,6 +95,7 @@ def env_create(
             egress_allow=egress_allow,
             egress_deny=egress_deny,
             queue=queue,
+            template=template,
             labels=pairs(label, "--label"),
             env=pairs(env, "--env"),
         )
@@ -212,6 +217,29 @@ def env_rm(
         for environment_id in environment_ids:
             client.get_environment(environment_id).delete()
             out.print(f"deleted {environment_id}", highlight=False)
+
+
+@env_app.command("snapshot", cls=CliCommand)
+def env_snapshot(
+    ctx: typer.Context,
+    environment_id: Annotated[str, typer.Argument(metavar="ID", help="Environment id.")],
+    *,
+    name: Annotated[str, typer.Option(metavar="NAME", help="The new template's name.")] = "",
+    include_workspace: Annotated[
+        bool, typer.Option(help="Carry the workspace's files into the template too.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Save what an environment changed in its root file system as a new template, and print
+    the template's id once it is READY; its processes keep running."""
+    with reported_errors():
+        sandbox = client_of(ctx).get_environment(environment_id)
+        template = sandbox.snapshot(name=name, include_workspace=include_workspace)
+        info = template.wait()
+        if as_json:
+            print_json(info)
+        else:
+            out.print(template.id, highlight=False)
 
 
 @env_app.command("cp", cls=CliCommand)

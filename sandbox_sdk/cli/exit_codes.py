@@ -21,6 +21,7 @@ Code  Meaning
 15    CancelledError
 16    CommandFailedError (``env exec --check``)
 17    a local file could not be read or written (``env cp``)
+18    TemplateBuildFailedError: a template build FAILED (``template build``)
 125   ``env exec`` only: sandbox-sdk itself failed (any of the above)
 130   interrupted (Ctrl-C)
 ====  ==========================================================
@@ -48,6 +49,7 @@ from sandbox_sdk.errors import (
     ResourceExhaustedError,
     SandboxError,
     SandboxTimeoutError,
+    TemplateBuildFailedError,
     UnavailableError,
 )
 from sandbox_sdk.models.execution import CommandFailedError
@@ -56,6 +58,7 @@ GENERIC_ERROR = 1
 USAGE_ERROR = 2
 COMMAND_FAILED = 16
 LOCAL_FILE_ERROR = 17
+TEMPLATE_BUILD_FAILED = 18
 COMMAND_NOT_RUN = 125
 INTERRUPTED = 130
 
@@ -74,6 +77,7 @@ EXIT_CODES: tuple[tuple[type[SandboxError], int], ...] = (
     (InternalError, 14),
     (CancelledError, 15),
     (CommandFailedError, 16),
+    (TemplateBuildFailedError, TEMPLATE_BUILD_FAILED),
 )
 
 

@@ -23,6 +23,12 @@ _REPHRASINGS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             " `sandbox-sdk experiments cancel ID`",
         ),
         (r"wait for it with get_environment", "wait for it with `sandbox-sdk env get ID`"),
+        (
+            r"wait again with a larger timeout \(or set SANDBOX_WAIT_TIMEOUT\), or delete\(\) it",
+            "follow it with `sandbox-sdk template logs ID -f`, or delete it with"
+            " `sandbox-sdk template rm ID`",
+        ),
+        (r"template\.logs\(\), ", ""),
         (r"target / SANDBOX_TARGET", "--target / SANDBOX_TARGET"),
         (
             r"inspect \.result\.stdout/\.result\.stderr or raise the limits",

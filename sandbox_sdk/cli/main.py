@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 import sandbox_sdk
-from sandbox_sdk.cli import experiment_commands
+from sandbox_sdk.cli import experiment_commands, workspace_commands
 from sandbox_sdk.cli.command_classes import CliCommand, CliGroup
 from sandbox_sdk.cli.environment_commands import env_app
 from sandbox_sdk.cli.exit_codes import GENERIC_ERROR, INTERRUPTED
@@ -24,6 +24,9 @@ from sandbox_sdk.cli.json_output import print_json
 from sandbox_sdk.cli.key_commands import keys_app
 from sandbox_sdk.cli.power_command import power
 from sandbox_sdk.cli.session import AsJson, client_of, err, out, print_error, reported_errors
+from sandbox_sdk.cli.template_commands import template_app
+
+del workspace_commands  # imported for the env file commands it adds to env_app
 
 app = typer.Typer(
     cls=CliGroup, help="Run LLM experiments in isolated sandboxes.", no_args_is_help=True
@@ -31,6 +34,7 @@ app = typer.Typer(
 app.add_typer(env_app, name="env")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(keys_app, name="keys")
+app.add_typer(template_app, name="template")
 for command in (
     experiment_commands.run,
     experiment_commands.logs,
