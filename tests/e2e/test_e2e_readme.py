@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_oci_image import write_busybox_image
 from e2e_support import EmbeddedStack
 
 from sandbox_sdk import ClientSettings, SandboxClient
@@ -60,8 +61,10 @@ PYTHON_BLOCKS = _blocks("python")
 
 @pytest.fixture
 def readme_directory(stack: EmbeddedStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory with the README's config.yaml, and the environment variables set."""
+    """A working directory with the README's config.yaml, the image.tar its template example
+    builds from, and the environment variables set."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_client_config(stack)))
+    write_busybox_image(tmp_path / "image.tar")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SANDBOX_DATA_DIR", str(stack.data_dir))
     return tmp_path
