@@ -16,6 +16,7 @@ from e2e_support import EmbeddedStack, unique_tenant
 from typer.testing import CliRunner, Result
 
 from sandbox_sdk import (
+    AsyncSandboxClient,
     SandboxClient,
     Template,
     TemplateBuildFailedError,
@@ -154,3 +155,22 @@ def test_cli_template_build_ls_rm(cli: Callable[..., Result], image: Path) -> No
     removed = cli("template", "rm", template["id"], "--json")
     assert removed.exit_code == 0, removed.output
     assert cli("template", "show", template["id"]).exit_code == 6
+
+
+async def test_the_asyncio_client_builds_and_copies_directories(
+    async_client: AsyncSandboxClient, image: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "sub" / "a.txt").write_text("async\n")
+    template = await async_client.build_template(oci_archive=image, name="async-bb")
+    await template.wait(timeout=BUILD_TIMEOUT)
+    try:
+        async with await async_client.create_environment(template=template) as sandbox:
+            summary = await sandbox.upload_dir(tmp_path / "src", "in")
+            assert summary.files_written == 1
+            assert (await sandbox.exec("cat in/sub/a.txt")).stdout == "async\n"
+            names = await sandbox.download_dir("in", tmp_path / "out")
+        assert "sub/a.txt" in names
+        assert (tmp_path / "out" / "sub" / "a.txt").read_text() == "async\n"
+    finally:
+        await template.delete()
