@@ -170,6 +170,7 @@ def env_get(
             ("disk", _size(limits.disk_bytes)),
             ("pids", limits.max_pids or "-"),
             ("network", info.network.value),
+            ("template", info.template_id or "-"),
             ("labels", joined_labels(info.labels)),
             ("created", info.create_time),
             ("expires", info.expire_time),

@@ -71,17 +71,24 @@ def write_chunk(buffer: IO[bytes], chunk: bytes) -> None:
 def extract_archive(buffer: IO[bytes], local_dir: str | os.PathLike[str]) -> list[str]:
     """Extracts a downloaded tar into ``local_dir`` (created if missing) and closes the buffer.
 
-    Returns the extracted members' names. A member the ``data`` filter refuses
-    (an absolute path, ``..``, a link out of ``local_dir``, a device) raises
-    :class:`ArchiveError`.
+    Returns the names extracted, relative to ``local_dir``. A member the ``data``
+    filter refuses (``..``, a link out of ``local_dir``, a device) raises
+    :class:`ArchiveError`; an absolute name loses its leading ``/``.
     """
     target = Path(local_dir)
+    extracted: list[str] = []
+
+    def checked(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:
+        kept = tarfile.data_filter(member, destination)
+        extracted.append(kept.name)
+        return kept
+
     try:
         target.mkdir(parents=True, exist_ok=True)
         buffer.seek(0)
         with tarfile.open(fileobj=buffer, mode="r:*") as archive:
-            archive.extractall(target, filter="data")
-            return archive.getnames()
+            archive.extractall(target, filter=checked)  # noqa: S202  (the data filter, in checked)
+        return extracted
     except tarfile.FilterError as error:
         raise ArchiveError(
             f"the downloaded archive holds an unsafe entry ({error}); nothing was written "

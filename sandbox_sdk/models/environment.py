@@ -80,7 +80,11 @@ class ResourceLimits:
 
 @dataclass(slots=True)
 class EnvironmentInfo:
-    """A snapshot of an environment as the service last reported it."""
+    """A snapshot of an environment as the service last reported it.
+
+    ``template_id`` is the template it started from (a public one's name), or ``""`` when
+    it runs on the host's read-only system directories.
+    """
 
     id: str
     state: EnvironmentState
@@ -101,6 +105,7 @@ class EnvironmentInfo:
     egress_allow: list[str] = field(default_factory=list)
     egress_deny: list[str] = field(default_factory=list)
     queue_position: int = 0
+    template_id: str = ""
 
     @property
     def is_running(self) -> bool:
@@ -133,4 +138,5 @@ class EnvironmentInfo:
             egress_allow=list(spec.egress_allow_cidrs),
             egress_deny=list(spec.egress_deny_cidrs),
             queue_position=message.queue_position,
+            template_id=message.template_id,
         )

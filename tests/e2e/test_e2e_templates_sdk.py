@@ -65,6 +65,7 @@ def test_an_oci_template_builds_and_environments_start_from_it(
     assert list(template.logs(follow=False))  # the build said what it did
     with tenant.create_environment(template=template) as sandbox:
         assert sandbox.info.is_running
+        assert sandbox.info.template_id == template.id
         shown = sandbox.exec(
             ["/bin/sh", "-c", "cat /etc/built /etc/keep.txt /etc/added.txt; echo $GREETING; "
              "if test -e /etc/gone.txt; then echo GONE-IS-THERE; fi"],
