@@ -213,6 +213,9 @@ def test_oci_template_with_a_whiteout_and_its_defaults(api: Api) -> None:
     )
     assert code == 0, out
     assert out.splitlines() == ["kept", "added", "yes mine"]
+    read = api("GetEnvironment", requests_pb2.GetEnvironmentRequest(environment_id=environment_id))
+    assert read.environment.template_id == template.id
+    assert read.environment.spec.template == template.id
     api.delete(environment_id)
 
 

@@ -46,6 +46,7 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
         network_policy=network,
         egress_allow_cidrs=value.egress_allow_cidrs,
         egress_deny_cidrs=value.egress_deny_cidrs,
+        template=value.template_id or "",
     )
 
 
@@ -65,6 +66,7 @@ def environment(value: Environment) -> environment_pb2.Environment:
         expire_time=to_timestamp_pb(value.expire_time),
         last_activity_time=to_timestamp_pb(value.last_activity_time),
         queue_position=value.queue_position,
+        template_id=value.spec.template_id or "",
     )
     if value.terminate_time is not None:
         message.terminate_time.CopyFrom(to_timestamp_pb(value.terminate_time))

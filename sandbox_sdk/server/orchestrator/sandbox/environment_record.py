@@ -64,6 +64,8 @@ class EnvironmentSpec:
     egress_deny_cidrs: tuple[str, ...] = ()
     template: str | None = None
     """The digest of the template whose root file system it starts from; None: the host's."""
+    template_id: str | None = None
+    """The id of that template (a public one's name), as the API names it."""
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ def _spec_to_json(spec: EnvironmentSpec) -> str:
             "egress_allow_cidrs": list(spec.egress_allow_cidrs),
             "egress_deny_cidrs": list(spec.egress_deny_cidrs),
             "template": spec.template,
+            "template_id": spec.template_id,
         },
         sort_keys=True,
     )
@@ -87,6 +88,7 @@ def _spec_from_json(text: str) -> EnvironmentSpec:
         egress_allow_cidrs=tuple(data.get("egress_allow_cidrs", ())),
         egress_deny_cidrs=tuple(data.get("egress_deny_cidrs", ())),
         template=data.get("template"),
+        template_id=data.get("template_id"),
     )
 
 

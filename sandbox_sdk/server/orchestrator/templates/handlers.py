@@ -585,12 +585,11 @@ class TemplateService:
             merged = await asyncio.to_thread(_with_defaults, request, template.rootfs.parent,
                                              template.defaults)  # fmt: skip
             new = validation.new_environment(merged, self.manager.settings)
-            new = replace(new, spec=replace(new.spec, template=record.digest))
-            environment = await self.manager.create_environment(tenant, new)
-            message = convert.environment(environment)
-            message.spec.template = name
-            message.template_id = record.id
-            return requests_pb2.CreateEnvironmentResponse(environment=message)
+            spec = replace(new.spec, template=record.digest, template_id=record.id)
+            environment = await self.manager.create_environment(tenant, replace(new, spec=spec))
+            return requests_pb2.CreateEnvironmentResponse(
+                environment=convert.environment(environment)
+            )
 
         return create
 
