@@ -1637,7 +1637,7 @@ class ListTemplatesResponse(_message.Message):
     """Empty on the last page."""
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[_template_pb2.Template]:
-        """The caller's templates newest first, then the public ones by name."""
+        """The caller's templates and the public ones, newest first."""
 
     def __init__(
         self,
