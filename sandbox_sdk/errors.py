@@ -68,6 +68,14 @@ class ErrorReason(enum.StrEnum):
     # Files (#14): a rename's destination exists; a directory to remove is not empty.
     FILE_EXISTS = "FILE_EXISTS"
     DIRECTORY_NOT_EMPTY = "DIRECTORY_NOT_EMPTY"
+    # Processes (#15): no such process in the environment; the process has ended;
+    # its stdin was closed or never opened; it has no terminal to resize; the output
+    # asked for is older than the oldest kept (metadata "oldest_sequence").
+    PROCESS_NOT_FOUND = "PROCESS_NOT_FOUND"
+    PROCESS_NOT_RUNNING = "PROCESS_NOT_RUNNING"
+    STDIN_CLOSED = "STDIN_CLOSED"
+    NOT_A_TERMINAL = "NOT_A_TERMINAL"
+    OUTPUT_EXPIRED = "OUTPUT_EXPIRED"
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,7 @@ def _wrap_stream(handler: _StreamHandler, method: str) -> _StreamHandler:
 
 
 class ErrorInterceptor(ServerInterceptorBase):
-    """Turns exceptions escaping unary, server- and client-streaming handlers into rich statuses.
+    """Turns exceptions escaping every kind of handler into rich statuses.
 
     It caches the wrapped handler per method, so it must come last in a
     server's interceptor list: whatever runs after it has to return the same
@@ -283,6 +283,18 @@ class ErrorInterceptor(ServerInterceptorBase):
             return grpc.stream_unary_rpc_method_handler(
                 _wrap_unary(
                     _parsing_each(cast(_UnaryHandler, handler.stream_unary), parse), method
+                ),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            # A bidirectional stream (ForwardPort): requests parsed as they are read.
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(
+                    cast(
+                        _StreamHandler,
+                        _parsing_each(cast(_UnaryHandler, handler.stream_stream), parse),
+                    ),
+                    method,
                 ),
                 response_serializer=handler.response_serializer,
             )

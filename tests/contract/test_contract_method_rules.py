@@ -97,6 +97,15 @@ SPEC: dict[str, Rule] = {
     "ListApiKeys":            Rule(NSE,  False, A,    LOCAL,   None,               None),
     "RevokeApiKey":           Rule(IDEM, False, A,    LOCAL,   None,               None),
     "GetCapacity":            Rule(NSE,  False, None, None,    None,               ENVS),
+    "StartProcess":           Rule(UNK,  True,  W,    ENV,     None,               ENVS),
+    "GetProcess":             Rule(NSE,  False, R,    ENV,     None,               ENVS),
+    "ListProcesses":          Rule(NSE,  False, R,    ENV,     None,               ENVS),
+    "WaitProcess":            Rule(NSE,  False, R,    ENV,     None,               ENVS),
+    "StreamProcessOutput":    Rule(NSE,  False, R,    ENV,     None,               ENVS),
+    "WriteProcessInput":      Rule(UNK,  False, W,    ENV,     None,               ENVS),
+    "SignalProcess":          Rule(IDEM, False, W,    ENV,     None,               ENVS),
+    "ResizeProcessTerminal":  Rule(IDEM, False, W,    ENV,     None,               ENVS),
+    "ForwardPort":            Rule(UNK,  False, W,    ENV,     None,               ENVS),
 }
 # fmt: on
 GATEWAY_SPEC = {name: rule for name, rule in SPEC.items() if rule.scope is not None}
@@ -151,7 +160,13 @@ def test_the_client_retries_what_the_spec_allows() -> None:
 
     assert idempotent == calls.IDEMPOTENT_METHODS
     assert creates == calls.RETRY_SAFE_CREATES
-    assert {"ExecCommand", "RenameFile", "UploadDirectory"} == calls.NOT_RETRY_SAFE
+    assert {
+        "ExecCommand",
+        "RenameFile",
+        "UploadDirectory",
+        "WriteProcessInput",
+        "ForwardPort",
+    } == calls.NOT_RETRY_SAFE
     stub = SimpleNamespace(**{name: object() for name in GATEWAY_SPEC})
     table = calls.method_table(stub)
     assert {n for n, rpc in table.items() if rpc.retry_safe} == idempotent | creates

@@ -198,6 +198,8 @@ def test_every_gateway_method_has_a_retry_decision() -> None:
         "ExecCommand",
         "RenameFile",
         "UploadDirectory",
+        "WriteProcessInput",
+        "ForwardPort",
     }
 
 

@@ -35,6 +35,7 @@ from sandbox_sdk.api.v1 import (
     experiment_pb2,
     gateway_service_pb2,
     gateway_service_pb2_grpc,
+    process_pb2,
     requests_pb2,
     template_pb2,
 )
@@ -42,6 +43,8 @@ from sandbox_sdk.errors import from_rpc_error
 
 GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 SECRET_FILE = "secret.txt"
+# A well-formed process id; tenant A's environment is not found before it is looked up.
+PROCESS = "p-000000000000"
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,51 @@ def _requests(a: TenantA) -> dict[str, tuple[Outcome, Message]]:
             Outcome.NOT_FOUND,
             requests_pb2.SnapshotEnvironmentRequest(environment_id=env),
         ),
+        # Processes (#15): another tenant's environment is not found, whatever the process id.
+        "StartProcess": (
+            Outcome.NOT_FOUND,
+            requests_pb2.StartProcessRequest(
+                environment_id=env, argv=["cat", SECRET_FILE], request_id=str(uuid.uuid4())
+            ),
+        ),
+        "GetProcess": (
+            Outcome.NOT_FOUND,
+            requests_pb2.GetProcessRequest(environment_id=env, process_id=PROCESS),
+        ),
+        "ListProcesses": (
+            Outcome.NOT_FOUND,
+            requests_pb2.ListProcessesRequest(environment_id=env, include_finished=True),
+        ),
+        "WaitProcess": (
+            Outcome.NOT_FOUND,
+            requests_pb2.WaitProcessRequest(environment_id=env, process_id=PROCESS),
+        ),
+        "StreamProcessOutput": (
+            Outcome.NOT_FOUND,
+            requests_pb2.StreamProcessOutputRequest(environment_id=env, process_id=PROCESS),
+        ),
+        "WriteProcessInput": (
+            Outcome.NOT_FOUND,
+            requests_pb2.WriteProcessInputRequest(
+                environment_id=env, process_id=PROCESS, data=b"exit\n", close=True
+            ),
+        ),
+        "SignalProcess": (
+            Outcome.NOT_FOUND,
+            requests_pb2.SignalProcessRequest(environment_id=env, process_id=PROCESS, signal=9),
+        ),
+        "ResizeProcessTerminal": (
+            Outcome.NOT_FOUND,
+            requests_pb2.ResizeProcessTerminalRequest(
+                environment_id=env, process_id=PROCESS, size=process_pb2.PtySize(rows=5, cols=5)
+            ),
+        ),
+        "ForwardPort": (
+            Outcome.NOT_FOUND,
+            requests_pb2.ForwardPortRequest(
+                header=requests_pb2.ForwardPortHeader(environment_id=env, port=22)
+            ),
+        ),
         "CreateApiKey": (
             Outcome.PERMISSION_DENIED,
             gateway_service_pb2.CreateApiKeyRequest(
@@ -244,7 +292,10 @@ def _call(
     method: Callable[..., object] = getattr(stub, name)
     metadata = (("authorization", f"Bearer {key}"),)
     try:
-        if GATEWAY_SERVICE.methods_by_name[name].client_streaming:
+        descriptor = GATEWAY_SERVICE.methods_by_name[name]
+        if descriptor.client_streaming and descriptor.server_streaming:
+            return list(method(iter([request]), metadata=metadata, timeout=5))  # type: ignore[call-overload]
+        if descriptor.client_streaming:
             return [method(iter([request]), metadata=metadata, timeout=30)]  # type: ignore[list-item]
         if GATEWAY_SERVICE.methods_by_name[name].server_streaming:
             # A stream that is not refused would follow forever: take what is there.

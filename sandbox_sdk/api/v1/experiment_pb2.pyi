@@ -443,6 +443,7 @@ class ExperimentSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     FAIL_ON_SCORER_ERROR_FIELD_NUMBER: _builtins.int
+    SANDBOX_TOOL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias served by the orchestrator (see ListModels)."""
     dataset_path: _builtins.str
@@ -477,6 +478,10 @@ class ExperimentSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, filterable in ListExperiments."""
 
+    @_builtins.property
+    def sandbox_tool(self) -> Global___SandboxTool:
+        """Give the model a tool that runs commands in the experiment's environment."""
+
     def __init__(
         self,
         *,
@@ -491,14 +496,56 @@ class ExperimentSpec(_message.Message):
         priority: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         fail_on_scorer_error: _builtins.bool = ...,
+        sandbox_tool: Global___SandboxTool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "sandbox_tool", b"sandbox_tool", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_path", b"dataset_path", "fail_on_scorer_error", b"fail_on_scorer_error", "inputs", b"inputs", "labels", b"labels", "model", b"model", "parameters", b"parameters", "priority", b"priority", "repeats", b"repeats", "scorers", b"scorers", "system_prompt", b"system_prompt", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_path", b"dataset_path", "fail_on_scorer_error", b"fail_on_scorer_error", "inputs", b"inputs", "labels", b"labels", "model", b"model", "parameters", b"parameters", "priority", b"priority", "repeats", b"repeats", "sandbox_tool", b"sandbox_tool", "scorers", b"scorers", "system_prompt", b"system_prompt", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExperimentSpec: _TypeAlias = ExperimentSpec  # noqa: Y015
+
+@_typing.final
+class SandboxTool(_message.Message):
+    """A tool that lets the model run commands in the experiment's environment: a
+    bounded loop of model turn, tool call, command, result, next turn. The tool
+    calls and their results are ToolCall and ToolResult events.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MAX_TURNS_FIELD_NUMBER: _builtins.int
+    COMMAND_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Offer the tool to the model."""
+    max_turns: _builtins.int
+    """At most this many model turns per sample; zero means the orchestrator default."""
+    max_output_bytes: _builtins.int
+    """Each stream of a command's output is cut at this many bytes before the
+    model sees it; zero means the orchestrator default.
+    """
+    @_builtins.property
+    def command_timeout(self) -> _duration_pb2.Duration:
+        """Wall-clock limit of each command; zero means the orchestrator default."""
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        max_turns: _builtins.int = ...,
+        command_timeout: _duration_pb2.Duration | None = ...,
+        max_output_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command_timeout", b"command_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_timeout", b"command_timeout", "enabled", b"enabled", "max_output_bytes", b"max_output_bytes", "max_turns", b"max_turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxTool: _TypeAlias = SandboxTool  # noqa: Y015
 
 @_typing.final
 class ExperimentFailure(_message.Message):
@@ -743,6 +790,8 @@ class ExperimentEvent(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     STATE_CHANGE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Strictly increasing per experiment, starting at 1, with no gaps."""
     experiment_id: _builtins.str
@@ -767,6 +816,14 @@ class ExperimentEvent(_message.Message):
     def output(self) -> Global___OutputDelta:
         """Generated text."""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCall:
+        """The model called the sandbox tool."""
+
+    @_builtins.property
+    def tool_result(self) -> Global___ToolResult:
+        """A sandbox tool call's result."""
+
     def __init__(
         self,
         *,
@@ -777,16 +834,104 @@ class ExperimentEvent(_message.Message):
         metric: Global___MetricSample | None = ...,
         state_change: Global___StateChange | None = ...,
         output: Global___OutputDelta | None = ...,
+        tool_call: Global___ToolCall | None = ...,
+        tool_result: Global___ToolResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["log", b"log", "metric", b"metric", "output", b"output", "payload", b"payload", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["log", b"log", "metric", b"metric", "output", b"output", "payload", b"payload", "state_change", b"state_change", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "log", b"log", "metric", b"metric", "output", b"output", "payload", b"payload", "sequence", b"sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "log", b"log", "metric", b"metric", "output", b"output", "payload", b"payload", "sequence", b"sequence", "state_change", b"state_change", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["log", "metric", "state_change", "output"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["log", "metric", "state_change", "output", "tool_call", "tool_result"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ExperimentEvent: _TypeAlias = ExperimentEvent  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """The model asked the sandbox tool to run a command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_INDEX_FIELD_NUMBER: _builtins.int
+    REPEAT_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    input_index: _builtins.int
+    """Which input."""
+    repeat: _builtins.int
+    """Which repeat."""
+    turn: _builtins.int
+    """The model turn, from 1."""
+    command: _builtins.str
+    """The command as the model wrote it (run with /bin/sh -c)."""
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The program and its arguments that ran."""
+
+    def __init__(
+        self,
+        *,
+        input_index: _builtins.int = ...,
+        repeat: _builtins.int = ...,
+        turn: _builtins.int = ...,
+        command: _builtins.str = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "command", b"command", "input_index", b"input_index", "repeat", b"repeat", "turn", b"turn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolResult(_message.Message):
+    """What a sandbox tool call's command produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_INDEX_FIELD_NUMBER: _builtins.int
+    REPEAT_FIELD_NUMBER: _builtins.int
+    TURN_FIELD_NUMBER: _builtins.int
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    input_index: _builtins.int
+    """Which input."""
+    repeat: _builtins.int
+    """Which repeat."""
+    turn: _builtins.int
+    """The model turn, from 1."""
+    exit_code: _builtins.int
+    """The command's exit status; -1 when a signal or the timeout ended it."""
+    stdout: _builtins.str
+    """Its stdout, up to max_output_bytes, as UTF-8 (invalid bytes replaced)."""
+    stderr: _builtins.str
+    """Its stderr, up to max_output_bytes, as UTF-8 (invalid bytes replaced)."""
+    truncated: _builtins.bool
+    """True when stdout or stderr was cut at max_output_bytes."""
+    def __init__(
+        self,
+        *,
+        input_index: _builtins.int = ...,
+        repeat: _builtins.int = ...,
+        turn: _builtins.int = ...,
+        exit_code: _builtins.int = ...,
+        stdout: _builtins.str = ...,
+        stderr: _builtins.str = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exit_code", b"exit_code", "input_index", b"input_index", "repeat", b"repeat", "stderr", b"stderr", "stdout", b"stdout", "truncated", b"truncated", "turn", b"turn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
 
 @_typing.final
 class TokenUsage(_message.Message):

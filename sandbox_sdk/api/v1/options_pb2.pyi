@@ -71,7 +71,9 @@ class MethodRules(_message.Message):
         free capacity; a template to the one with the most free capacity.
         """
         ROUTING_ENVIRONMENT: MethodRules._Routing.ValueType  # 2
-        """The orchestrator that owns the request's environment_id, its field 1."""
+        """The orchestrator that owns the request's environment_id, its field 1 (for a
+        bidirectional stream whose field 1 is a header message: the header's field 1).
+        """
         ROUTING_EXPERIMENT: MethodRules._Routing.ValueType  # 3
         """The orchestrator that owns the request's experiment_id, its field 1."""
         ROUTING_FAN_OUT: MethodRules._Routing.ValueType  # 4
@@ -97,7 +99,9 @@ class MethodRules(_message.Message):
     free capacity; a template to the one with the most free capacity.
     """
     ROUTING_ENVIRONMENT: MethodRules.Routing.ValueType  # 2
-    """The orchestrator that owns the request's environment_id, its field 1."""
+    """The orchestrator that owns the request's environment_id, its field 1 (for a
+    bidirectional stream whose field 1 is a header message: the header's field 1).
+    """
     ROUTING_EXPERIMENT: MethodRules.Routing.ValueType  # 3
     """The orchestrator that owns the request's experiment_id, its field 1."""
     ROUTING_FAN_OUT: MethodRules.Routing.ValueType  # 4

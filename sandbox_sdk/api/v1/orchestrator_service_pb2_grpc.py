@@ -195,6 +195,51 @@ class OrchestratorServiceStub:
                 request_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityResponse.FromString,
                 _registered_method=True)
+        self.StartProcess = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/StartProcess',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.StartProcessRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.StartProcessResponse.FromString,
+                _registered_method=True)
+        self.GetProcess = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/GetProcess',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.GetProcessRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.GetProcessResponse.FromString,
+                _registered_method=True)
+        self.ListProcesses = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/ListProcesses',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.ListProcessesRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.ListProcessesResponse.FromString,
+                _registered_method=True)
+        self.WaitProcess = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/WaitProcess',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.WaitProcessRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.WaitProcessResponse.FromString,
+                _registered_method=True)
+        self.StreamProcessOutput = channel.unary_stream(
+                '/sandbox.v1.OrchestratorService/StreamProcessOutput',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.StreamProcessOutputRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.StreamProcessOutputResponse.FromString,
+                _registered_method=True)
+        self.WriteProcessInput = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/WriteProcessInput',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.WriteProcessInputRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.WriteProcessInputResponse.FromString,
+                _registered_method=True)
+        self.SignalProcess = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/SignalProcess',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.SignalProcessRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.SignalProcessResponse.FromString,
+                _registered_method=True)
+        self.ResizeProcessTerminal = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/ResizeProcessTerminal',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.ResizeProcessTerminalRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.ResizeProcessTerminalResponse.FromString,
+                _registered_method=True)
+        self.ForwardPort = channel.stream_stream(
+                '/sandbox.v1.OrchestratorService/ForwardPort',
+                request_serializer=sandbox_dot_v1_dot_requests__pb2.ForwardPortRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_requests__pb2.ForwardPortResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -427,6 +472,73 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartProcess(self, request, context):
+        """Starts a command in the background; its output is kept for StreamProcessOutput.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProcess(self, request, context):
+        """Gets one process of an environment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProcesses(self, request, context):
+        """Lists an environment's processes, running ones only unless asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitProcess(self, request, context):
+        """Waits until a process ends and returns its final state; the call's deadline
+        bounds the wait (DEADLINE_EXCEEDED while it runs on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamProcessOutput(self, request, context):
+        """A process's output and its exit; resumable, and any number of clients may attach.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteProcessInput(self, request, context):
+        """Writes to a process's stdin, or closes it.
+        Not idempotent: a repeat writes the bytes twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalProcess(self, request, context):
+        """Sends an allowed signal to a process (its process group).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResizeProcessTerminal(self, request, context):
+        """Changes the size of a pty process's terminal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardPort(self, request_iterator, context):
+        """Carries one TCP connection to 127.0.0.1:<port> inside the environment, both
+        ways; routed by the header's environment_id (the first message). Never retried:
+        the stream cannot be replayed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -584,6 +696,51 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetCapacity,
                     request_deserializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityResponse.SerializeToString,
+            ),
+            'StartProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartProcess,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.StartProcessRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.StartProcessResponse.SerializeToString,
+            ),
+            'GetProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProcess,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.GetProcessRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.GetProcessResponse.SerializeToString,
+            ),
+            'ListProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProcesses,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.ListProcessesRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.ListProcessesResponse.SerializeToString,
+            ),
+            'WaitProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitProcess,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.WaitProcessRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.WaitProcessResponse.SerializeToString,
+            ),
+            'StreamProcessOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamProcessOutput,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.StreamProcessOutputRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.StreamProcessOutputResponse.SerializeToString,
+            ),
+            'WriteProcessInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteProcessInput,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.WriteProcessInputRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.WriteProcessInputResponse.SerializeToString,
+            ),
+            'SignalProcess': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalProcess,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.SignalProcessRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.SignalProcessResponse.SerializeToString,
+            ),
+            'ResizeProcessTerminal': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResizeProcessTerminal,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.ResizeProcessTerminalRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.ResizeProcessTerminalResponse.SerializeToString,
+            ),
+            'ForwardPort': grpc.stream_stream_rpc_method_handler(
+                    servicer.ForwardPort,
+                    request_deserializer=sandbox_dot_v1_dot_requests__pb2.ForwardPortRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_requests__pb2.ForwardPortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1428,6 +1585,249 @@ class OrchestratorService:
             '/sandbox.v1.OrchestratorService/GetCapacity',
             sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.SerializeToString,
             sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/StartProcess',
+            sandbox_dot_v1_dot_requests__pb2.StartProcessRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.StartProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/GetProcess',
+            sandbox_dot_v1_dot_requests__pb2.GetProcessRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.GetProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/ListProcesses',
+            sandbox_dot_v1_dot_requests__pb2.ListProcessesRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.ListProcessesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/WaitProcess',
+            sandbox_dot_v1_dot_requests__pb2.WaitProcessRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.WaitProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamProcessOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/StreamProcessOutput',
+            sandbox_dot_v1_dot_requests__pb2.StreamProcessOutputRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.StreamProcessOutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteProcessInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/WriteProcessInput',
+            sandbox_dot_v1_dot_requests__pb2.WriteProcessInputRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.WriteProcessInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalProcess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/SignalProcess',
+            sandbox_dot_v1_dot_requests__pb2.SignalProcessRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.SignalProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResizeProcessTerminal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/ResizeProcessTerminal',
+            sandbox_dot_v1_dot_requests__pb2.ResizeProcessTerminalRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.ResizeProcessTerminalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardPort(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandbox.v1.OrchestratorService/ForwardPort',
+            sandbox_dot_v1_dot_requests__pb2.ForwardPortRequest.SerializeToString,
+            sandbox_dot_v1_dot_requests__pb2.ForwardPortResponse.FromString,
             options,
             channel_credentials,
             insecure,

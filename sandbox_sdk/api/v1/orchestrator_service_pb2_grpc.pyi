@@ -110,6 +110,31 @@ class OrchestratorServiceStub:
     """
     GetCapacity: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetCapacityRequest, _orchestrator_service_pb2.GetCapacityResponse]
     """Free and allocated capacity, for routing and admission."""
+    StartProcess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.StartProcessRequest, _requests_pb2.StartProcessResponse]
+    """Starts a command in the background; its output is kept for StreamProcessOutput."""
+    GetProcess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetProcessRequest, _requests_pb2.GetProcessResponse]
+    """Gets one process of an environment."""
+    ListProcesses: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ListProcessesRequest, _requests_pb2.ListProcessesResponse]
+    """Lists an environment's processes, running ones only unless asked."""
+    WaitProcess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.WaitProcessRequest, _requests_pb2.WaitProcessResponse]
+    """Waits until a process ends and returns its final state; the call's deadline
+    bounds the wait (DEADLINE_EXCEEDED while it runs on).
+    """
+    StreamProcessOutput: _grpc.UnaryStreamMultiCallable[_requests_pb2.StreamProcessOutputRequest, _requests_pb2.StreamProcessOutputResponse]
+    """A process's output and its exit; resumable, and any number of clients may attach."""
+    WriteProcessInput: _grpc.UnaryUnaryMultiCallable[_requests_pb2.WriteProcessInputRequest, _requests_pb2.WriteProcessInputResponse]
+    """Writes to a process's stdin, or closes it.
+    Not idempotent: a repeat writes the bytes twice.
+    """
+    SignalProcess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.SignalProcessRequest, _requests_pb2.SignalProcessResponse]
+    """Sends an allowed signal to a process (its process group)."""
+    ResizeProcessTerminal: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ResizeProcessTerminalRequest, _requests_pb2.ResizeProcessTerminalResponse]
+    """Changes the size of a pty process's terminal."""
+    ForwardPort: _grpc.StreamStreamMultiCallable[_requests_pb2.ForwardPortRequest, _requests_pb2.ForwardPortResponse]
+    """Carries one TCP connection to 127.0.0.1:<port> inside the environment, both
+    ways; routed by the header's environment_id (the first message). Never retried:
+    the stream cannot be replayed.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -192,6 +217,31 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     GetCapacity: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetCapacityRequest, _orchestrator_service_pb2.GetCapacityResponse]  # type: ignore[assignment]
     """Free and allocated capacity, for routing and admission."""
+    StartProcess: _aio.UnaryUnaryMultiCallable[_requests_pb2.StartProcessRequest, _requests_pb2.StartProcessResponse]  # type: ignore[assignment]
+    """Starts a command in the background; its output is kept for StreamProcessOutput."""
+    GetProcess: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetProcessRequest, _requests_pb2.GetProcessResponse]  # type: ignore[assignment]
+    """Gets one process of an environment."""
+    ListProcesses: _aio.UnaryUnaryMultiCallable[_requests_pb2.ListProcessesRequest, _requests_pb2.ListProcessesResponse]  # type: ignore[assignment]
+    """Lists an environment's processes, running ones only unless asked."""
+    WaitProcess: _aio.UnaryUnaryMultiCallable[_requests_pb2.WaitProcessRequest, _requests_pb2.WaitProcessResponse]  # type: ignore[assignment]
+    """Waits until a process ends and returns its final state; the call's deadline
+    bounds the wait (DEADLINE_EXCEEDED while it runs on).
+    """
+    StreamProcessOutput: _aio.UnaryStreamMultiCallable[_requests_pb2.StreamProcessOutputRequest, _requests_pb2.StreamProcessOutputResponse]  # type: ignore[assignment]
+    """A process's output and its exit; resumable, and any number of clients may attach."""
+    WriteProcessInput: _aio.UnaryUnaryMultiCallable[_requests_pb2.WriteProcessInputRequest, _requests_pb2.WriteProcessInputResponse]  # type: ignore[assignment]
+    """Writes to a process's stdin, or closes it.
+    Not idempotent: a repeat writes the bytes twice.
+    """
+    SignalProcess: _aio.UnaryUnaryMultiCallable[_requests_pb2.SignalProcessRequest, _requests_pb2.SignalProcessResponse]  # type: ignore[assignment]
+    """Sends an allowed signal to a process (its process group)."""
+    ResizeProcessTerminal: _aio.UnaryUnaryMultiCallable[_requests_pb2.ResizeProcessTerminalRequest, _requests_pb2.ResizeProcessTerminalResponse]  # type: ignore[assignment]
+    """Changes the size of a pty process's terminal."""
+    ForwardPort: _aio.StreamStreamMultiCallable[_requests_pb2.ForwardPortRequest, _requests_pb2.ForwardPortResponse]  # type: ignore[assignment]
+    """Carries one TCP connection to 127.0.0.1:<port> inside the environment, both
+    ways; routed by the header's environment_id (the first message). Never retried:
+    the stream cannot be replayed.
+    """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The internal API the gateway calls. It is not exposed to clients: the
@@ -457,5 +507,84 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.GetCapacityResponse, _abc.Awaitable[_orchestrator_service_pb2.GetCapacityResponse]]:
         """Free and allocated capacity, for routing and admission."""
+
+    @_abc_1.abstractmethod
+    def StartProcess(
+        self,
+        request: _requests_pb2.StartProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.StartProcessResponse, _abc.Awaitable[_requests_pb2.StartProcessResponse]]:
+        """Starts a command in the background; its output is kept for StreamProcessOutput."""
+
+    @_abc_1.abstractmethod
+    def GetProcess(
+        self,
+        request: _requests_pb2.GetProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.GetProcessResponse, _abc.Awaitable[_requests_pb2.GetProcessResponse]]:
+        """Gets one process of an environment."""
+
+    @_abc_1.abstractmethod
+    def ListProcesses(
+        self,
+        request: _requests_pb2.ListProcessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ListProcessesResponse, _abc.Awaitable[_requests_pb2.ListProcessesResponse]]:
+        """Lists an environment's processes, running ones only unless asked."""
+
+    @_abc_1.abstractmethod
+    def WaitProcess(
+        self,
+        request: _requests_pb2.WaitProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.WaitProcessResponse, _abc.Awaitable[_requests_pb2.WaitProcessResponse]]:
+        """Waits until a process ends and returns its final state; the call's deadline
+        bounds the wait (DEADLINE_EXCEEDED while it runs on).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamProcessOutput(
+        self,
+        request: _requests_pb2.StreamProcessOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_requests_pb2.StreamProcessOutputResponse], _abc.AsyncIterator[_requests_pb2.StreamProcessOutputResponse]]:
+        """A process's output and its exit; resumable, and any number of clients may attach."""
+
+    @_abc_1.abstractmethod
+    def WriteProcessInput(
+        self,
+        request: _requests_pb2.WriteProcessInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.WriteProcessInputResponse, _abc.Awaitable[_requests_pb2.WriteProcessInputResponse]]:
+        """Writes to a process's stdin, or closes it.
+        Not idempotent: a repeat writes the bytes twice.
+        """
+
+    @_abc_1.abstractmethod
+    def SignalProcess(
+        self,
+        request: _requests_pb2.SignalProcessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.SignalProcessResponse, _abc.Awaitable[_requests_pb2.SignalProcessResponse]]:
+        """Sends an allowed signal to a process (its process group)."""
+
+    @_abc_1.abstractmethod
+    def ResizeProcessTerminal(
+        self,
+        request: _requests_pb2.ResizeProcessTerminalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ResizeProcessTerminalResponse, _abc.Awaitable[_requests_pb2.ResizeProcessTerminalResponse]]:
+        """Changes the size of a pty process's terminal."""
+
+    @_abc_1.abstractmethod
+    def ForwardPort(
+        self,
+        request_iterator: _MaybeAsyncIterator[_requests_pb2.ForwardPortRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_requests_pb2.ForwardPortResponse], _abc.AsyncIterator[_requests_pb2.ForwardPortResponse]]:
+        """Carries one TCP connection to 127.0.0.1:<port> inside the environment, both
+        ways; routed by the header's environment_id (the first message). Never retried:
+        the stream cannot be replayed.
+        """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ from google.protobuf.internal import containers as _containers
 from sandbox_sdk.api.v1 import common_pb2 as _common_pb2
 from sandbox_sdk.api.v1 import environment_pb2 as _environment_pb2
 from sandbox_sdk.api.v1 import experiment_pb2 as _experiment_pb2
+from sandbox_sdk.api.v1 import process_pb2 as _process_pb2
 from sandbox_sdk.api.v1 import template_pb2 as _template_pb2
 import builtins as _builtins
 import sys
@@ -1817,3 +1818,580 @@ class SnapshotEnvironmentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SnapshotEnvironmentResponse: _TypeAlias = SnapshotEnvironmentResponse  # noqa: Y015
+
+@_typing.final
+class StartProcessRequest(_message.Message):
+    """Request for StartProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    CWD_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    PTY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    cwd: _builtins.str
+    """Working directory; relative paths are under the workspace. Empty means the
+    workspace root.
+    """
+    stdin: _builtins.bool
+    """Keep the process's stdin open as a pipe for WriteProcessInput; otherwise
+    its stdin is empty (end of file at once). A pty process always has input.
+    """
+    request_id: _builtins.str
+    """Client-chosen id (a UUID) that makes a retried start return the first
+    call's process instead of starting another.
+    """
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The program and its arguments; argv[0] is looked up on PATH."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Extra environment variables, on top of the environment's own."""
+
+    @_builtins.property
+    def pty(self) -> _process_pb2.PtySize:
+        """When set, run under a pseudo-terminal of this size: the process gets it as
+        its controlling terminal (stdin, stdout and stderr), and its output is the
+        terminal's raw bytes, all as stdout.
+        """
+
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        cwd: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stdin: _builtins.bool = ...,
+        pty: _process_pb2.PtySize | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pty", b"pty"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cwd", b"cwd", "env", b"env", "environment_id", b"environment_id", "pty", b"pty", "request_id", b"request_id", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartProcessRequest: _TypeAlias = StartProcessRequest  # noqa: Y015
+
+@_typing.final
+class StartProcessResponse(_message.Message):
+    """Response for StartProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def process(self) -> _process_pb2.Process:
+        """The started process (PROCESS_STATE_FAILED_TO_START when it could not run)."""
+
+    def __init__(
+        self,
+        *,
+        process: _process_pb2.Process | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartProcessResponse: _TypeAlias = StartProcessResponse  # noqa: Y015
+
+@_typing.final
+class GetProcessRequest(_message.Message):
+    """Request for GetProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    process_id: _builtins.str
+    """The process's id."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "process_id", b"process_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProcessRequest: _TypeAlias = GetProcessRequest  # noqa: Y015
+
+@_typing.final
+class GetProcessResponse(_message.Message):
+    """Response for GetProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def process(self) -> _process_pb2.Process:
+        """The process."""
+
+    def __init__(
+        self,
+        *,
+        process: _process_pb2.Process | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProcessResponse: _TypeAlias = GetProcessResponse  # noqa: Y015
+
+@_typing.final
+class ListProcessesRequest(_message.Message):
+    """Request for ListProcesses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_FINISHED_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    page_size: _builtins.int
+    """At most this many per page; zero means 50, at most 1000."""
+    page_token: _builtins.str
+    """next_page_token from the previous page."""
+    include_finished: _builtins.bool
+    """Include processes that have ended; by default only running ones."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_finished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "include_finished", b"include_finished", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProcessesRequest: _TypeAlias = ListProcessesRequest  # noqa: Y015
+
+@_typing.final
+class ListProcessesResponse(_message.Message):
+    """Response for ListProcesses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def processes(self) -> _containers.RepeatedCompositeFieldContainer[_process_pb2.Process]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        processes: _abc.Iterable[_process_pb2.Process] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "processes", b"processes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProcessesResponse: _TypeAlias = ListProcessesResponse  # noqa: Y015
+
+@_typing.final
+class WaitProcessRequest(_message.Message):
+    """Request for WaitProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    process_id: _builtins.str
+    """The process's id."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "process_id", b"process_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitProcessRequest: _TypeAlias = WaitProcessRequest  # noqa: Y015
+
+@_typing.final
+class WaitProcessResponse(_message.Message):
+    """Response for WaitProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def process(self) -> _process_pb2.Process:
+        """The process in its final state."""
+
+    def __init__(
+        self,
+        *,
+        process: _process_pb2.Process | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitProcessResponse: _TypeAlias = WaitProcessResponse  # noqa: Y015
+
+@_typing.final
+class StreamProcessOutputRequest(_message.Message):
+    """Request for StreamProcessOutput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    process_id: _builtins.str
+    """The process's id."""
+    after_sequence: _builtins.int
+    """Only events with a larger sequence; zero for all that are kept. A client
+    that reconnects passes the last sequence it saw and loses nothing. Output
+    is kept per process in a bounded buffer: asking for events older than the
+    oldest kept one is OUT_OF_RANGE (reason OUTPUT_EXPIRED) naming the oldest
+    available sequence in the error's metadata ("oldest_sequence").
+    """
+    follow: _builtins.bool
+    """Keep the stream open until the process ends (its last event is `exited`);
+    otherwise stop after the events available now.
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "environment_id", b"environment_id", "follow", b"follow", "process_id", b"process_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamProcessOutputRequest: _TypeAlias = StreamProcessOutputRequest  # noqa: Y015
+
+@_typing.final
+class StreamProcessOutputResponse(_message.Message):
+    """Response for StreamProcessOutput: one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _process_pb2.ProcessOutputEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: _process_pb2.ProcessOutputEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamProcessOutputResponse: _TypeAlias = StreamProcessOutputResponse  # noqa: Y015
+
+@_typing.final
+class WriteProcessInputRequest(_message.Message):
+    """Request for WriteProcessInput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    process_id: _builtins.str
+    """The process's id."""
+    data: _builtins.bytes
+    """Bytes to write to the process's stdin (the terminal, for a pty process);
+    at most 1 MiB per call. Written in order of the calls' arrival.
+    """
+    close: _builtins.bool
+    """Close stdin after writing data (end of file for the process; for a pty
+    process, the terminal's end-of-file character is sent instead).
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        close: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "environment_id", b"environment_id", "process_id", b"process_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteProcessInputRequest: _TypeAlias = WriteProcessInputRequest  # noqa: Y015
+
+@_typing.final
+class WriteProcessInputResponse(_message.Message):
+    """Response for WriteProcessInput."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteProcessInputResponse: _TypeAlias = WriteProcessInputResponse  # noqa: Y015
+
+@_typing.final
+class SignalProcessRequest(_message.Message):
+    """Request for SignalProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    process_id: _builtins.str
+    """The process's id."""
+    signal: _builtins.int
+    """The signal number: one of SIGHUP (1), SIGINT (2), SIGQUIT (3), SIGKILL (9),
+    SIGUSR1 (10), SIGUSR2 (12), SIGTERM (15), SIGCONT (18), SIGSTOP (19),
+    SIGTSTP (20), SIGWINCH (28). Others are INVALID_ARGUMENT. Signalling a
+    process that has ended succeeds and changes nothing.
+    """
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+        signal: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "process_id", b"process_id", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalProcessRequest: _TypeAlias = SignalProcessRequest  # noqa: Y015
+
+@_typing.final
+class SignalProcessResponse(_message.Message):
+    """Response for SignalProcess."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def process(self) -> _process_pb2.Process:
+        """The process after the signal was sent (it may still be running)."""
+
+    def __init__(
+        self,
+        *,
+        process: _process_pb2.Process | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["process", b"process"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalProcessResponse: _TypeAlias = SignalProcessResponse  # noqa: Y015
+
+@_typing.final
+class ResizeProcessTerminalRequest(_message.Message):
+    """Request for ResizeProcessTerminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PROCESS_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    process_id: _builtins.str
+    """The process's id; a process without a pty is FAILED_PRECONDITION."""
+    @_builtins.property
+    def size(self) -> _process_pb2.PtySize:
+        """The new size."""
+
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        process_id: _builtins.str = ...,
+        size: _process_pb2.PtySize | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "process_id", b"process_id", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeProcessTerminalRequest: _TypeAlias = ResizeProcessTerminalRequest  # noqa: Y015
+
+@_typing.final
+class ResizeProcessTerminalResponse(_message.Message):
+    """Response for ResizeProcessTerminal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResizeProcessTerminalResponse: _TypeAlias = ResizeProcessTerminalResponse  # noqa: Y015
+
+@_typing.final
+class ForwardPortHeader(_message.Message):
+    """The first message of a ForwardPort call: where to connect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    environment_id: _builtins.str
+    """The environment's id."""
+    port: _builtins.int
+    """The TCP port on 127.0.0.1 inside the environment; 1 to 65535."""
+    def __init__(
+        self,
+        *,
+        environment_id: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment_id", b"environment_id", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardPortHeader: _TypeAlias = ForwardPortHeader  # noqa: Y015
+
+@_typing.final
+class ForwardPortRequest(_message.Message):
+    """One message of ForwardPort's client stream: the header first, then bytes.
+    The client ending its stream half-closes the connection (the server's side
+    reads end of file and may go on writing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes to send to the server in the environment; at most 1 MiB."""
+    @_builtins.property
+    def header(self) -> Global___ForwardPortHeader:
+        """The first message only."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ForwardPortHeader | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___ForwardPortRequest: _TypeAlias = ForwardPortRequest  # noqa: Y015
+
+@_typing.final
+class ForwardPortResponse(_message.Message):
+    """One message of ForwardPort's server stream: bytes the server in the
+    environment sent. The stream ends when the server closes the connection.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes from the connection."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardPortResponse: _TypeAlias = ForwardPortResponse  # noqa: Y015

@@ -104,6 +104,8 @@ class InProcessLink(LinkState):
         for method in ORCHESTRATOR_SERVICE.methods:
             path = f"/{ORCHESTRATOR_SERVICE.full_name}/{method.name}"
             request_type = GetMessageClass(method.input_type)
+            if method.client_streaming and method.server_streaming:
+                continue  # bidirectional streams (ForwardPort) are not proxied in process yet
             if method.client_streaming:
                 self._client_stream[path] = _client_streaming(request_type, handlers[method.name])
             elif method.server_streaming:

@@ -58,6 +58,9 @@ class MethodSpec:
     quota: Quota | None
     request_type: type[Message]
     response_type: type[Message]
+    # Where the routed resource id is: field 1 of the request, or (1, 1) when
+    # field 1 is a header message whose field 1 is the id (ForwardPort).
+    id_path: tuple[int, ...] = (1,)
 
     def retryable(self, request_id: str) -> bool:
         """Whether an UNAVAILABLE attempt may be repeated toward the orchestrator."""
@@ -107,14 +110,27 @@ def _routing_of(method: MethodDescriptor) -> Routing:
     routing = _ROUTINGS.get(rules_of(method).routing)
     if routing is None:
         raise ValueError(f"GatewayService.{method.name} declares no routing in sandbox.v1.rules")
-    id_field = _ROUTED_BY_FIELD_1.get(routing)
-    first_field = method.input_type.fields_by_number.get(1)
-    if id_field is not None and (first_field is None or first_field.name != id_field):
-        raise ValueError(
-            f"GatewayService.{method.name} is routed by {id_field}, which is not its request's"
-            " field 1"
-        )
+    _id_path_of(method, routing)
     return routing
+
+
+def _id_path_of(method: MethodDescriptor, routing: Routing) -> tuple[int, ...]:
+    """Where the request carries the id its routing reads: field 1, or the field 1 of a
+    header message in field 1 (a bidirectional stream's first message)."""
+    id_field = _ROUTED_BY_FIELD_1.get(routing)
+    if id_field is None:
+        return (1,)
+    first_field = method.input_type.fields_by_number.get(1)
+    if first_field is not None and first_field.name == id_field:
+        return (1,)
+    header = first_field.message_type if first_field is not None else None
+    inner = header.fields_by_number.get(1) if header is not None else None
+    if method.client_streaming and inner is not None and inner.name == id_field:
+        return (1, 1)
+    raise ValueError(
+        f"GatewayService.{method.name} is routed by {id_field}, which is not its request's"
+        " field 1 (nor its header's field 1)"
+    )
 
 
 def _idempotent(method: MethodDescriptor) -> bool:
@@ -137,6 +153,7 @@ def _request_id_field(method: MethodDescriptor) -> int | None:
 def spec_of(method: MethodDescriptor) -> MethodSpec:
     """The gateway's rules for one GatewayService RPC; ValueError when the contract lacks some."""
     routing = _routing_of(method)
+    id_path = _id_path_of(method, routing)
     if routing is not Routing.LOCAL and method.name not in ORCHESTRATOR_SERVICE.methods_by_name:
         raise ValueError(f"GatewayService.{method.name} has no OrchestratorService counterpart")
     return MethodSpec(
@@ -152,6 +169,7 @@ def spec_of(method: MethodDescriptor) -> MethodSpec:
         quota=_QUOTAS.get(rules_of(method).quota),
         request_type=GetMessageClass(method.input_type),
         response_type=GetMessageClass(method.output_type),
+        id_path=id_path,
     )
 
 

@@ -136,6 +136,8 @@ class GatewayService(_GenericRpcHandler):
                 self._unary(spec, self._admin_call(spec)),
                 response_serializer=spec.response_type.SerializeToString,
             )
+        if spec.client_streaming and spec.server_streaming:
+            return grpc.stream_stream_rpc_method_handler(self._bidirectional(spec))
         if spec.client_streaming:
             return grpc.stream_unary_rpc_method_handler(self._client_streaming(spec))
         if spec.server_streaming:
@@ -173,6 +175,32 @@ class GatewayService(_GenericRpcHandler):
                 raise
 
         return self._unary(spec, route)
+
+    def _bidirectional(
+        self, spec: MethodSpec
+    ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
+        """A bidirectional stream (ForwardPort): admitted like every call, then refused
+        until its proxy lands."""
+
+        async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+            started = time.perf_counter()
+            caller: Caller | None = None
+            code = grpc.StatusCode.UNIMPLEMENTED
+            try:
+                caller = await self._admit(spec, context)
+                raise ServiceError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    ErrorReason.NOT_IMPLEMENTED,
+                    f"{spec.name} is in the contract but this gateway does not serve it yet",
+                )
+            except ServiceError as error:
+                code = error.code
+                raise
+            finally:
+                self._finish(spec, caller, code, started)
+            yield b""  # unreachable: an async generator, as streaming handlers are
+
+        return handle
 
     def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
         operations: dict[str, Callable[[Any, Administrator], Message]] = {
