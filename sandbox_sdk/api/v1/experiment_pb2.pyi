@@ -688,7 +688,8 @@ class MetricSample(_message.Message):
     REPEAT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """For example latency_seconds, time_to_first_token_seconds, tokens_per_second,
-    prompt_tokens, completion_tokens, env_cpu_percent, env_memory_bytes.
+    prompt_tokens, completion_tokens, env_cpu_percent, env_memory_bytes, and with the
+    sandbox tool turns, tool_calls and tool_errors.
     """
     value: _builtins.float
     """The value."""
@@ -1019,6 +1020,9 @@ class SampleResult(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_ERRORS_FIELD_NUMBER: _builtins.int
     input_index: _builtins.int
     """Index into the inputs."""
     repeat: _builtins.int
@@ -1037,6 +1041,14 @@ class SampleResult(_message.Message):
     """Why generation stopped: "stop", "length", ..."""
     error: _builtins.str
     """Set when the model call failed."""
+    turns: _builtins.int
+    """Model turns of the sandbox tool's loop (0 without the tool)."""
+    tool_calls: _builtins.int
+    """Sandbox tool calls the model made, refused ones included."""
+    tool_errors: _builtins.int
+    """Tool calls that did not run to an exit of their own: refused, not started, timed
+    out or killed.
+    """
     @_builtins.property
     def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Scores by metric name."""
@@ -1074,10 +1086,13 @@ class SampleResult(_message.Message):
         tokens_per_second: _builtins.float = ...,
         finish_reason: _builtins.str = ...,
         error: _builtins.str = ...,
+        turns: _builtins.int = ...,
+        tool_calls: _builtins.int = ...,
+        tool_errors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "latency", b"latency", "seed", b"seed", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "error", b"error", "expected", b"expected", "finish_reason", b"finish_reason", "input_index", b"input_index", "latency", b"latency", "output", b"output", "prompt", b"prompt", "repeat", b"repeat", "score_errors", b"score_errors", "scores", b"scores", "seed", b"seed", "time_to_first_token", b"time_to_first_token", "tokens_per_second", b"tokens_per_second", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "error", b"error", "expected", b"expected", "finish_reason", b"finish_reason", "input_index", b"input_index", "latency", b"latency", "output", b"output", "prompt", b"prompt", "repeat", b"repeat", "score_errors", b"score_errors", "scores", b"scores", "seed", b"seed", "time_to_first_token", b"time_to_first_token", "tokens_per_second", b"tokens_per_second", "tool_calls", b"tool_calls", "tool_errors", b"tool_errors", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
