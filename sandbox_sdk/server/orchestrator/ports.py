@@ -65,6 +65,10 @@ class SandboxPort(Protocol):
         """Reads a workspace file; ServiceError INVALID_ARGUMENT or NOT_FOUND on bad paths."""
         ...
 
+    def exec_timeout_seconds(self, environment_id: str) -> float:
+        """The environment's exec timeout: the longest a command in it may run."""
+        ...
+
     def usage(self, environment_id: str) -> UsageSample:
         """The environment's latest usage sample."""
         ...

@@ -17,6 +17,8 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     SampleRecord,
     StateEvent,
     StoredEvent,
+    ToolCallEvent,
+    ToolResultEvent,
 )
 from sandbox_sdk.server.orchestrator.experiments.settings import ModelConfig
 from sandbox_sdk.server.orchestrator.experiments.spec import (
@@ -26,6 +28,7 @@ from sandbox_sdk.server.orchestrator.experiments.spec import (
     ExperimentSpec,
     JsonValid,
     RegexMatch,
+    SandboxToolSpec,
     ScorerSpec,
 )
 from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
@@ -99,7 +102,19 @@ def spec_to_proto(spec: ExperimentSpec) -> experiment_pb2.ExperimentSpec:
     target.stop.extend(parameters.stop)
     for key, value in parameters.extra.items():
         target.extra[key].CopyFrom(_value(value))
+    if spec.sandbox_tool is not None:
+        message.sandbox_tool.CopyFrom(sandbox_tool_to_proto(spec.sandbox_tool))
     return message
+
+
+def sandbox_tool_to_proto(tool: SandboxToolSpec) -> experiment_pb2.SandboxTool:
+    """The SandboxTool message of an accepted tool, with every default filled in."""
+    return experiment_pb2.SandboxTool(
+        enabled=True,
+        max_turns=tool.max_turns,
+        command_timeout=to_duration_pb(tool.command_timeout_seconds),
+        max_output_bytes=tool.max_output_bytes,
+    )
 
 
 def scorer_to_proto(scorer: ScorerSpec) -> experiment_pb2.Scorer:
@@ -150,6 +165,28 @@ def event_to_proto(event: StoredEvent) -> experiment_pb2.ExperimentEvent:
                 input_index=payload.input_index, repeat=payload.repeat, text=payload.text
             )
         )
+    elif isinstance(payload, ToolCallEvent):
+        message.tool_call.CopyFrom(
+            experiment_pb2.ToolCall(
+                input_index=payload.input_index,
+                repeat=payload.repeat,
+                turn=payload.turn,
+                command=payload.command,
+                argv=payload.argv,
+            )
+        )
+    elif isinstance(payload, ToolResultEvent):
+        message.tool_result.CopyFrom(
+            experiment_pb2.ToolResult(
+                input_index=payload.input_index,
+                repeat=payload.repeat,
+                turn=payload.turn,
+                exit_code=payload.exit_code,
+                stdout=payload.stdout,
+                stderr=payload.stderr,
+                truncated=payload.truncated,
+            )
+        )
     return message
 
 
@@ -171,6 +208,9 @@ def sample_to_proto(sample: SampleRecord) -> experiment_pb2.SampleResult:
         tokens_per_second=sample.tokens_per_second,
         finish_reason=sample.finish_reason,
         error=sample.error,
+        turns=sample.turns,
+        tool_calls=sample.tool_calls,
+        tool_errors=sample.tool_errors,
     )
     if sample.seed is not None:
         message.seed = sample.seed

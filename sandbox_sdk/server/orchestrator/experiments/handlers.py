@@ -22,6 +22,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord
 from sandbox_sdk.server.orchestrator.experiments.spec_messages import SpecMessages
 from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
 from sandbox_sdk.server.orchestrator.experiments.validation import (
+    bind_sandbox_tool,
     validate_create,
     validate_list_filters,
 )
@@ -70,6 +71,9 @@ class ExperimentHandlers:
         )
         if existing is None:
             self.engine.sandbox.require_running(tenant, validated.environment_id)
+            if validated.spec.sandbox_tool is not None:
+                exec_timeout = self.engine.sandbox.exec_timeout_seconds(validated.environment_id)
+                validated = bind_sandbox_tool(validated, exec_timeout)
             existing = await self.engine.create(tenant, validated)
         message = await _maybe_in_thread(self._large(existing), self._message, existing)
         return requests_pb2.CreateExperimentResponse(experiment=message)

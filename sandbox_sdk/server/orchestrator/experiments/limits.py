@@ -28,3 +28,11 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_PATH_CHARS = 4_096
+# The sandbox tool: model turns per sample, each command's time and output (per stream).
+MAX_TOOL_TURNS = 50
+DEFAULT_TOOL_TURNS = 8
+DEFAULT_TOOL_COMMAND_TIMEOUT_SECONDS = 10.0
+MAX_TOOL_OUTPUT_BYTES = 65_536
+DEFAULT_TOOL_OUTPUT_BYTES = 4_096
+# A longer command from the model is refused (a tool error), not run.
+MAX_TOOL_COMMAND_CHARS = 16_384

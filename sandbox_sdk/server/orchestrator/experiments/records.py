@@ -25,6 +25,8 @@ __all__ = [
     "SampleRecord",
     "StateEvent",
     "StoredEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
 ]
 
 
@@ -95,7 +97,33 @@ class OutputEvent:
     text: str
 
 
-EventPayload = LogEvent | MetricEvent | StateEvent | OutputEvent
+@dataclass(frozen=True)
+class ToolCallEvent:
+    """The model called the sandbox tool in ``turn`` (from 1) of a sample; ``argv`` is
+    what ran, empty when the call was refused."""
+
+    input_index: int
+    repeat: int
+    turn: int
+    command: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ToolResultEvent:
+    """What a sandbox tool call produced; ``exit_code`` is -1 when the command did not
+    exit by itself (a signal, the timeout) or did not run (then ``stderr`` says why)."""
+
+    input_index: int
+    repeat: int
+    turn: int
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool
+
+
+EventPayload = LogEvent | MetricEvent | StateEvent | OutputEvent | ToolCallEvent | ToolResultEvent
 
 
 @dataclass(frozen=True)
@@ -110,7 +138,8 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class SampleRecord:
-    """The outcome of one input and repeat."""
+    """The outcome of one input and repeat; ``turns``, ``tool_calls`` and ``tool_errors``
+    count the sandbox tool's loop (all 0 without the tool)."""
 
     input_index: int
     repeat: int
@@ -127,6 +156,9 @@ class SampleRecord:
     tokens_per_second: float = 0.0
     finish_reason: str = ""
     error: str = ""
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
 
 
 @dataclass(frozen=True)

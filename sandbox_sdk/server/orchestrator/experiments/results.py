@@ -15,6 +15,9 @@ from sandbox_sdk.analysis.intervals import summarize_metric
 from sandbox_sdk.models.results import SAMPLE_MEASUREMENTS, AggregateMetric
 from sandbox_sdk.server.orchestrator.experiments.records import SampleRecord
 
+# The sandbox tool's loop counts, aggregated for experiments that offered the tool.
+TOOL_MEASUREMENTS = ("turns", "tool_calls", "tool_errors")
+
 
 @dataclass(frozen=True)
 class Aggregates:
@@ -26,12 +29,17 @@ class Aggregates:
 
 
 def aggregate(samples: Sequence[SampleRecord]) -> Aggregates:
-    """Aggregates over every sample whose model call succeeded; scores over those that
+    """Aggregates over every sample whose model call succeeded (with the sandbox tool's
+    turns, tool calls and tool errors when the tool was used); scores over those that
     have one, with the samples whose scorer failed counted as ``failed``."""
     succeeded = [s for s in samples if not s.error]
     metrics: list[tuple[str, AggregateMetric]] = []
     if succeeded:
         for name in SAMPLE_MEASUREMENTS:
+            keyed = [(s.input_index, float(getattr(s, name))) for s in succeeded]
+            metrics.append((name, summarize_metric(name, keyed)))
+    if any(s.turns for s in succeeded):
+        for name in TOOL_MEASUREMENTS:
             keyed = [(s.input_index, float(getattr(s, name))) for s in succeeded]
             metrics.append((name, summarize_metric(name, keyed)))
     score_names = sorted({name for s in succeeded for name in (*s.scores, *s.score_errors)})

@@ -1,5 +1,9 @@
 """Runs one experiment: every input and repeat through the model, then the scorers.
 
+With the sandbox tool, a sample's answer comes from the bounded model-tool loop
+(``agent_loop``), whose turns, tool calls and tool errors are the sample's
+metrics too.
+
 A scorer that fails on an output is logged once (its first failure) and
 counted at the end; with ``fail_on_scorer_error`` the experiment instead
 ends FAILED (SCORER_FAILED) right after that sample is recorded.
@@ -16,10 +20,11 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
 
 from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.orchestrator.experiments.agent_loop import AgentLoop, AgentResult
 from sandbox_sdk.server.orchestrator.experiments.events import ExperimentWriter
+from sandbox_sdk.server.orchestrator.experiments.generation import Generation
 from sandbox_sdk.server.orchestrator.experiments.limits import MAX_INPUTS, MAX_PROMPT_CHARS
 from sandbox_sdk.server.orchestrator.experiments.metrics import EngineMetrics
 from sandbox_sdk.server.orchestrator.experiments.providers.base import (
@@ -29,6 +34,7 @@ from sandbox_sdk.server.orchestrator.experiments.providers.base import (
     ProviderError,
     TextDelta,
     TokenUsage,
+    ToolCall,
 )
 from sandbox_sdk.server.orchestrator.experiments.providers.registry import ServedModel
 from sandbox_sdk.server.orchestrator.experiments.providers.retry import RetryPolicy
@@ -44,6 +50,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     OutputEvent,
     SampleRecord,
 )
+from sandbox_sdk.server.orchestrator.experiments.sandbox_tool import SandboxTool
 from sandbox_sdk.server.orchestrator.experiments.scoring import Scorer, ScorerFailures, Scores
 from sandbox_sdk.server.orchestrator.experiments.spec import InputSpec
 from sandbox_sdk.server.orchestrator.ports import SandboxPort
@@ -70,25 +77,6 @@ class EnvironmentEndedError(ExperimentFailedError):
     state = ExperimentState.CANCELLED
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One model call's outcome, after retries."""
-
-    output: str
-    usage: TokenUsage
-    finish_reason: str
-    latency_seconds: float
-    time_to_first_token_seconds: float
-    error: str = ""
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Completion tokens per second from request to last token."""
-        if self.latency_seconds <= 0:
-            return 0.0
-        return self.usage.completion_tokens / self.latency_seconds
-
-
 class ExperimentRunner:
     """Runs a RUNNING experiment's samples, committing events and results as it goes."""
 
@@ -110,6 +98,14 @@ class ExperimentRunner:
         self.scorer = Scorer(self.spec.scorers, sandbox, record.environment_id)
         self.scorer_failures = ScorerFailures()
         self._usage_sampled_at = -math.inf
+        self.agent = self._agent_loop()
+
+    def _agent_loop(self) -> AgentLoop | None:
+        """The sandbox tool's loop when the spec offers the tool, else None."""
+        if self.spec.sandbox_tool is None:
+            return None
+        tool = SandboxTool(self.spec.sandbox_tool, self.sandbox, self.record.environment_id)
+        return AgentLoop(tool, self._generate, self.writer, self._check_environment)
 
     async def run(self) -> None:
         """Runs every sample; raises ExperimentFailedError when the experiment fails as a whole."""
@@ -187,7 +183,8 @@ class ExperimentRunner:
             stop=parameters.stop,
             extra=parameters.extra,
         )
-        generation = await self._generate(index, repeat, request)
+        loop = await self._generate_answer(index, repeat, request)
+        generation = loop.generation
         scores = Scores()
         first_failures: list[str] = []
         if not generation.error:
@@ -209,6 +206,9 @@ class ExperimentRunner:
             tokens_per_second=generation.tokens_per_second,
             finish_reason=generation.finish_reason,
             error=generation.error,
+            turns=loop.turns,
+            tool_calls=loop.tool_calls,
+            tool_errors=loop.tool_errors,
         )
         events = self._sample_events(sample, scores, first_failures)
         await self.writer.emit(events, sample=sample)
@@ -216,6 +216,14 @@ class ExperimentRunner:
         with contextlib.suppress(ServiceError, KeyError):
             self.sandbox.touch(self.record.environment_id)
         return sample
+
+    async def _generate_answer(
+        self, index: int, repeat: int, request: GenerationRequest
+    ) -> AgentResult:
+        """The sample's answer: one model call, or the sandbox tool's loop."""
+        if self.agent is not None:
+            return await self.agent.run(index, repeat, request)
+        return AgentResult(await self._generate(index, repeat, request), 0, 0, 0)
 
     def _messages(self, prompt: str) -> tuple[ChatMessage, ...]:
         system = self.spec.system_prompt or self.model.config.default_system_prompt
@@ -228,6 +236,7 @@ class ExperimentRunner:
             started = time.monotonic()
             first_token: float | None = None
             parts: list[str] = []
+            calls: list[ToolCall] = []
             end = GenerationEnd("stop", TokenUsage(0, 0))
             try:
                 async with contextlib.aclosing(self.model.provider.generate(request)) as stream:
@@ -236,6 +245,8 @@ class ExperimentRunner:
                             first_token = first_token or time.monotonic()
                             parts.append(item.text)
                             self.writer.output(OutputEvent(index, repeat, item.text))
+                        elif isinstance(item, ToolCall):
+                            calls.append(item)
                         else:
                             end = item
             except ProviderError as error:
@@ -255,6 +266,7 @@ class ExperimentRunner:
                 finish_reason=end.finish_reason,
                 latency_seconds=finished - started,
                 time_to_first_token_seconds=(first_token or finished) - started,
+                tool_calls=tuple(calls),
             )
 
     async def _log_retry(
@@ -289,6 +301,12 @@ class ExperimentRunner:
                 MetricEvent("tokens_per_second", sample.tokens_per_second, "tokens/s", **at),
                 MetricEvent("prompt_tokens", sample.prompt_tokens, "tokens", **at),
                 MetricEvent("completion_tokens", sample.completion_tokens, "tokens", **at),
+            ]
+        if self.agent is not None:
+            events += [
+                MetricEvent("turns", sample.turns, "turns", **at),
+                MetricEvent("tool_calls", sample.tool_calls, "calls", **at),
+                MetricEvent("tool_errors", sample.tool_errors, "calls", **at),
             ]
         events += self._environment_usage(sample.input_index, sample.repeat)
         for name in first_failures:

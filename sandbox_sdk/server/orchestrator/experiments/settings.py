@@ -95,7 +95,9 @@ class ScriptedOptions(_Strict):
     The answer to a prompt is ``responses[prompt]`` when present, else
     ``template`` formatted with ``{prompt}``, ``{system}`` and ``{seed}``, else
     the prompt itself (echo). It streams in word-sized chunks, one every
-    ``chunk_delay_seconds``.
+    ``chunk_delay_seconds``. With the sandbox tool offered, the answer is a tool
+    script: leading ``$ COMMAND`` lines are tool calls, one per turn, and the rest
+    the final answer, ``{output}`` standing for the last tool result.
     """
 
     responses: dict[str, str] = {}

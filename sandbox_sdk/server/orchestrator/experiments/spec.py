@@ -82,6 +82,16 @@ class Parameters(_Frozen):
     extra: dict[str, ExtraValue] = {}
 
 
+class SandboxToolSpec(_Frozen):
+    """The sandbox tool offered to the model: at most ``max_turns`` model turns per sample,
+    each command limited to ``command_timeout_seconds`` and its stdout and stderr each cut
+    at ``max_output_bytes`` before the model sees them."""
+
+    max_turns: int
+    command_timeout_seconds: float
+    max_output_bytes: int
+
+
 class ExperimentSpec(_Frozen):
     """A validated experiment: model, inputs or dataset, parameters, scorers and limits.
 
@@ -89,6 +99,7 @@ class ExperimentSpec(_Frozen):
     ``repeats`` is at least 1 and ``timeout_seconds`` is 0 for the
     orchestrator default. ``fail_on_scorer_error`` ends the experiment
     FAILED (SCORER_FAILED) at the first sample a scorer fails on.
+    ``sandbox_tool``, when set, lets the model run commands in the environment.
     """
 
     model: str
@@ -102,3 +113,4 @@ class ExperimentSpec(_Frozen):
     priority: int = 0
     labels: dict[str, str] = {}
     fail_on_scorer_error: bool = False
+    sandbox_tool: SandboxToolSpec | None = None

@@ -46,6 +46,8 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     SampleRecord,
     StateEvent,
     StoredEvent,
+    ToolCallEvent,
+    ToolResultEvent,
 )
 from sandbox_sdk.server.orchestrator.experiments.results import Aggregates, aggregate
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
@@ -121,6 +123,12 @@ MIGRATIONS = [
       queue_time REAL NOT NULL
     ) WITHOUT ROWID
     """,
+    # The sandbox tool's loop, per sample.
+    """
+    ALTER TABLE exp_samples ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE exp_samples ADD COLUMN tool_calls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE exp_samples ADD COLUMN tool_errors INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 _PAYLOAD_KINDS: dict[str, type[EventPayload]] = {
@@ -128,6 +136,8 @@ _PAYLOAD_KINDS: dict[str, type[EventPayload]] = {
     "metric": MetricEvent,
     "state": StateEvent,
     "output": OutputEvent,
+    "tool_call": ToolCallEvent,
+    "tool_result": ToolResultEvent,
 }
 _KIND_OF = {cls: kind for kind, cls in _PAYLOAD_KINDS.items()}
 
@@ -663,9 +673,15 @@ def _select_samples(
     return [_sample(row) for row in query(sql, params)]
 
 
+_SAMPLE_COLUMNS = (
+    "experiment_id, input_index, repeat, seed, prompt, expected, output, scores, score_errors,"
+    " prompt_tokens, completion_tokens, latency_seconds, time_to_first_token_seconds,"
+    " tokens_per_second, finish_reason, error, turns, tool_calls, tool_errors"
+)
 _METRIC_COLUMNS = (
     "input_index, repeat, seed, scores, score_errors, prompt_tokens, completion_tokens,"
-    " latency_seconds, time_to_first_token_seconds, tokens_per_second, finish_reason, error"
+    " latency_seconds, time_to_first_token_seconds, tokens_per_second, finish_reason, error,"
+    " turns, tool_calls, tool_errors"
 )
 
 
@@ -711,7 +727,8 @@ def _assignments(
 
 def _insert_sample(conn: sqlite3.Connection, experiment_id: str, sample: SampleRecord) -> None:
     conn.execute(
-        f"INSERT OR REPLACE INTO exp_samples VALUES ({', '.join('?' * 16)})",  # noqa: S608
+        f"INSERT OR REPLACE INTO exp_samples ({_SAMPLE_COLUMNS})"  # noqa: S608 -- fixed columns
+        f" VALUES ({', '.join('?' * 19)})",
         (
             experiment_id,
             sample.input_index,
@@ -729,6 +746,9 @@ def _insert_sample(conn: sqlite3.Connection, experiment_id: str, sample: SampleR
             sample.tokens_per_second,
             sample.finish_reason,
             sample.error,
+            sample.turns,
+            sample.tool_calls,
+            sample.tool_errors,
         ),
     )
 
@@ -753,6 +773,8 @@ def _decode(kind: str, text: str) -> EventPayload:
         )
     if kind == "log":
         return LogEvent(level=LogLevel(data["level"]), message=data["message"])
+    if kind == "tool_call":
+        return ToolCallEvent(**{**data, "argv": tuple(data["argv"])})
     return _PAYLOAD_KINDS[kind](**data)
 
 
@@ -799,4 +821,7 @@ def _sample(row: sqlite3.Row, *, with_texts: bool = True) -> SampleRecord:
         tokens_per_second=row["tokens_per_second"],
         finish_reason=row["finish_reason"],
         error=row["error"],
+        turns=row["turns"],
+        tool_calls=row["tool_calls"],
+        tool_errors=row["tool_errors"],
     )

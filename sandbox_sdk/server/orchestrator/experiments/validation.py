@@ -8,6 +8,7 @@ An unknown model is NOT_FOUND and lists the models served.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from sandbox_sdk.server.orchestrator.experiments.spec import (
     JsonValid,
     Parameters,
     RegexMatch,
+    SandboxToolSpec,
     ScorerCheck,
     ScorerSpec,
 )
@@ -107,6 +109,7 @@ def _spec(
     parameters = _parameters(proto.parameters, model, repeats, violations)
     scorers = _scorers(proto.scorers, violations)
     timeout = _timeout(proto, scheduler, violations)
+    sandbox_tool = _sandbox_tool(proto, violations)
     _check_labels(dict(proto.labels), violations)
     if violations.items:
         return ExperimentSpec(model=proto.model)
@@ -122,6 +125,7 @@ def _spec(
         priority=proto.priority,
         labels=dict(proto.labels),
         fail_on_scorer_error=proto.fail_on_scorer_error,
+        sandbox_tool=sandbox_tool,
     )
 
 
@@ -378,6 +382,63 @@ def _timeout(
         )
         return 0.0
     return timeout
+
+
+def _sandbox_tool(
+    proto: experiment_pb2.ExperimentSpec, violations: FieldViolations
+) -> SandboxToolSpec | None:
+    """The tool's limits with defaults filled in, but a zero command timeout, which
+    :func:`bind_sandbox_tool` resolves against the environment; None without the tool."""
+    path = "spec.sandbox_tool"
+    tool = proto.sandbox_tool
+    if not tool.enabled:
+        if tool.ListFields():
+            violations.add(f"{path}.enabled", "set enabled to offer the tool, or leave it unset")
+        return None
+    if not 0 <= tool.max_turns <= limits.MAX_TOOL_TURNS:
+        violations.add(
+            f"{path}.max_turns",
+            f"use 1 to {limits.MAX_TOOL_TURNS}, or 0 for {limits.DEFAULT_TOOL_TURNS}",
+        )
+    timeout = tool.command_timeout.seconds + tool.command_timeout.nanos / 1e9
+    if not 0 <= timeout <= limits.MAX_COMMAND_TIMEOUT_SECONDS:
+        violations.add(
+            f"{path}.command_timeout",
+            f"use up to {limits.MAX_COMMAND_TIMEOUT_SECONDS:g}s (and at most the environment's"
+            f" exec_timeout), or 0 for {limits.DEFAULT_TOOL_COMMAND_TIMEOUT_SECONDS:g}s",
+        )
+    if not 0 <= tool.max_output_bytes <= limits.MAX_TOOL_OUTPUT_BYTES:
+        violations.add(
+            f"{path}.max_output_bytes",
+            f"use 1 to {limits.MAX_TOOL_OUTPUT_BYTES}, or 0 for {limits.DEFAULT_TOOL_OUTPUT_BYTES}",
+        )
+    return SandboxToolSpec(
+        max_turns=tool.max_turns or limits.DEFAULT_TOOL_TURNS,
+        command_timeout_seconds=max(timeout, 0.0),
+        max_output_bytes=tool.max_output_bytes or limits.DEFAULT_TOOL_OUTPUT_BYTES,
+    )
+
+
+def bind_sandbox_tool(request: ValidatedRequest, exec_timeout_seconds: float) -> ValidatedRequest:
+    """The request with the tool's command timeout checked against (or, left at zero,
+    defaulted within) the environment's exec timeout; INVALID_ARGUMENT when it exceeds it."""
+    tool = request.spec.sandbox_tool
+    if tool is None:
+        return request
+    timeout = tool.command_timeout_seconds
+    if timeout > exec_timeout_seconds:
+        violations = FieldViolations()
+        violations.add(
+            "spec.sandbox_tool.command_timeout",
+            f"use at most {exec_timeout_seconds:g}s, environment {request.environment_id}'s"
+            " exec_timeout, or 0 for the default",
+        )
+        violations.raise_if_any()
+    if not timeout:
+        timeout = min(limits.DEFAULT_TOOL_COMMAND_TIMEOUT_SECONDS, exec_timeout_seconds)
+    bound = tool.model_copy(update={"command_timeout_seconds": timeout})
+    spec = request.spec.model_copy(update={"sandbox_tool": bound})
+    return dataclasses.replace(request, spec=spec)
 
 
 def validate_list_filters(environment_id: str, labels: dict[str, str]) -> None:

@@ -81,6 +81,11 @@ class SandboxPortAdapter:
         _, runtime = self._environments.running_by_id(environment_id)
         return self._execution.read(environment_id, runtime, path)[1]
 
+    def exec_timeout_seconds(self, environment_id: str) -> float:
+        """The environment's exec timeout: the longest a command in it may run."""
+        _, runtime = self._environments.running_by_id(environment_id)
+        return runtime.spec.limits.exec_timeout_seconds
+
     def usage(self, environment_id: str) -> UsageSample:
         """A fresh usage sample of the environment."""
         _, runtime = self._environments.running_by_id(environment_id)

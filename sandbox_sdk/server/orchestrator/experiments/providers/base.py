@@ -1,11 +1,16 @@
-"""The interface every model provider implements, and the values that cross it."""
+"""The interface every model provider implements, and the values that cross it.
+
+A request may offer the model tools (:class:`ToolDefinition`); a generation
+then may end with :class:`ToolCall` items instead of, or after, its text. The
+caller runs the calls and sends their results back as ``tool`` messages.
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.orchestrator.experiments.settings import ModelConfig
@@ -14,11 +19,36 @@ ExtraValue = float | int | str | bool
 
 
 @dataclass(frozen=True)
-class ChatMessage:
-    """One message of a chat conversation."""
+class ToolDefinition:
+    """A tool the model may call: its name, what it does, and its arguments' JSON schema."""
 
-    role: Literal["system", "user", "assistant"]
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model's request to call a tool; ``arguments`` is the JSON text the model wrote,
+    unparsed (model output: the caller parses it strictly)."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat conversation.
+
+    An assistant message may carry ``tool_calls``; a ``tool`` message answers the call
+    named by ``tool_call_id`` with the tool's result in ``content``.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +65,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     extra: Mapping[str, ExtraValue] = field(default_factory=dict)
+    tools: tuple[ToolDefinition, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,7 +91,7 @@ class GenerationEnd:
     usage: TokenUsage
 
 
-StreamItem = TextDelta | GenerationEnd
+StreamItem = TextDelta | ToolCall | GenerationEnd
 
 
 class ProviderError(Exception):
@@ -108,7 +139,8 @@ class ExtraParameter:
 class ModelProvider(abc.ABC):
     """Generates chat completions for one configured model.
 
-    Implementations stream :class:`TextDelta` items and end with one
+    Implementations stream :class:`TextDelta` items, then any :class:`ToolCall`
+    items (only when the request offers tools), and end with one
     :class:`GenerationEnd`; they raise :class:`ProviderError` for failures.
     Cancelling the consuming task stops the generation.
     """

@@ -5,6 +5,14 @@ prompt, streamed in word-sized chunks. Its faults (latency, rate limits,
 timeouts, dropped streams, hard errors) exercise the engine's retry,
 timeout and cancellation paths with no network involved.
 
+When the request offers tools, the answer is read as a *tool script*: its
+leading lines of the form ``$ COMMAND`` are tool calls, one per turn (the
+first turn calls the first command, and so on), and the rest is the final
+answer, in which ``{output}`` stands for the last tool result. A script of
+commands alone never answers: it repeats its last command. So the prompt
+``"$ echo hi\nIt printed {output}"`` on the echoing model calls
+``run_command`` with ``echo hi``, then answers ``It printed hi``.
+
 It is as fast as a model can be, so it behaves as a good neighbour must:
 it yields to the event loop every ``YIELD_EVERY_CHUNKS`` chunks, and
 splits long texts into chunks on a worker thread.
@@ -13,8 +21,10 @@ splits long texts into chunks on a worker thread.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.orchestrator.experiments.providers.base import (
@@ -25,6 +35,7 @@ from sandbox_sdk.server.orchestrator.experiments.providers.base import (
     StreamItem,
     TextDelta,
     TokenUsage,
+    ToolCall,
 )
 from sandbox_sdk.server.orchestrator.experiments.settings import (
     ModelConfig,
@@ -36,6 +47,37 @@ _CHUNK = re.compile(r"\s*\S+|\s+")
 YIELD_EVERY_CHUNKS = 32
 # Texts longer than this are split into chunks on a worker thread.
 THREAD_SPLIT_CHARS = 16_384
+COMMAND_PREFIX = "$ "
+OUTPUT_PLACEHOLDER = "{output}"
+TOOL_NAME = "run_command"
+
+
+@dataclass(frozen=True)
+class ToolScript:
+    """A scripted answer read as tool calls (one per turn) and a final answer."""
+
+    commands: tuple[str, ...]
+    answer: str
+
+    @classmethod
+    def parse(cls, text: str) -> ToolScript:
+        """The ``$ COMMAND`` lines leading ``text``, and the rest as the answer."""
+        lines = text.split("\n")
+        count = 0
+        while count < len(lines) and lines[count].startswith(COMMAND_PREFIX):
+            count += 1
+        commands = tuple(line[len(COMMAND_PREFIX) :] for line in lines[:count])
+        return cls(commands, "\n".join(lines[count:]).strip("\n"))
+
+    def turn(self, request: GenerationRequest) -> tuple[str, ToolCall | None]:
+        """The text and tool call of the request's turn."""
+        taken = _turns_taken(request)
+        if self.commands and (taken < len(self.commands) or not self.answer):
+            command = self.commands[min(taken, len(self.commands) - 1)]
+            arguments = json.dumps({"command": command})
+            return "", ToolCall(f"call-{taken + 1}", TOOL_NAME, arguments)
+        output = _last(request, "tool").strip()
+        return self.answer.replace(OUTPUT_PLACEHOLDER, output), None
 
 
 class ScriptedProvider(ModelProvider):
@@ -67,7 +109,8 @@ class ScriptedProvider(ModelProvider):
         fault = self._take_fault(_last(request, "user"))
         if fault is not None:
             await _raise_or_delay(fault)
-        chunks, finish_reason, prompt_tokens = await self._prepare(request)
+        text, call = self._turn(request)
+        chunks, finish_reason, prompt_tokens = await self._prepare(request, text)
         for index, chunk in enumerate(chunks):
             if fault is not None and fault.kind == "mid_stream" and index == fault.after_chunks:
                 raise ProviderError(
@@ -78,26 +121,35 @@ class ScriptedProvider(ModelProvider):
             elif index % YIELD_EVERY_CHUNKS == YIELD_EVERY_CHUNKS - 1:
                 await asyncio.sleep(0)
             yield TextDelta(chunk)
+        if call is not None:
+            yield call
+            finish_reason = "tool_calls"
         yield GenerationEnd(
             finish_reason=finish_reason,
             usage=TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=len(chunks)),
         )
 
-    async def _prepare(self, request: GenerationRequest) -> tuple[list[str], str, int]:
-        """The answer's chunks, its finish reason and the prompt's token count; long
-        texts are handled on a worker thread."""
-        size = sum(len(m.content) for m in request.messages)
-        if size > THREAD_SPLIT_CHARS:
-            return await asyncio.to_thread(self._prepare_now, request)
-        return self._prepare_now(request)
+    def _turn(self, request: GenerationRequest) -> tuple[str, ToolCall | None]:
+        """This turn's text, and its tool call when the request offers tools."""
+        text = self.answer(request)
+        if not request.tools:
+            return text, None
+        return ToolScript.parse(text).turn(request)
 
-    def _prepare_now(self, request: GenerationRequest) -> tuple[list[str], str, int]:
-        chunks, finish_reason = self._chunks(request)
+    async def _prepare(self, request: GenerationRequest, text: str) -> tuple[list[str], str, int]:
+        """The text's chunks, its finish reason and the prompt's token count; long
+        texts are handled on a worker thread."""
+        size = sum(len(m.content) for m in request.messages) + len(text)
+        if size > THREAD_SPLIT_CHARS:
+            return await asyncio.to_thread(self._prepare_now, request, text)
+        return self._prepare_now(request, text)
+
+    def _prepare_now(self, request: GenerationRequest, text: str) -> tuple[list[str], str, int]:
+        chunks, finish_reason = self._chunks(request, text)
         prompt_tokens = sum(len(_CHUNK.findall(m.content)) for m in request.messages)
         return chunks, finish_reason, prompt_tokens
 
-    def _chunks(self, request: GenerationRequest) -> tuple[list[str], str]:
-        text = self.answer(request)
+    def _chunks(self, request: GenerationRequest, text: str) -> tuple[list[str], str]:
         finish_reason = "stop"
         stops = [text.find(s) for s in request.stop if s in text]
         if stops:
@@ -133,6 +185,16 @@ async def _raise_or_delay(fault: ScriptedFault) -> None:
         )
     elif fault.kind == "error":
         raise ProviderError("scripted fault: the model failed")
+
+
+def _turns_taken(request: GenerationRequest) -> int:
+    """The model turns already in the conversation since its last user message."""
+    taken = 0
+    for message in reversed(request.messages):
+        if message.role == "user":
+            break
+        taken += message.role == "assistant"
+    return taken
 
 
 def _last(request: GenerationRequest, role: str) -> str:
