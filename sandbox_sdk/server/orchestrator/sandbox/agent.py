@@ -20,6 +20,9 @@ Orchestrator to agent:
   ``cwd`` and ``env``, and lowers its rlimits (``RLIMIT_*`` names) to at
   most the given values right after it started.
 * ``signal {id, signal}``: signals the command's process group.
+* ``connect {id, port}``: connects a TCP socket to ``127.0.0.1:<port>`` in the
+  environment's own network namespace (port forwarding: the orchestrator,
+  outside it, could not reach that loopback), without blocking the agent.
 
 Agent to orchestrator:
 
@@ -27,6 +30,9 @@ Agent to orchestrator:
 * ``started {id, pid}`` with fds a pidfd of the process (``pid`` is in the
   agent's pid namespace; the pidfd names the process in any namespace).
 * ``failed {id, error}``: no process could be started (EAGAIN or ENOMEM).
+* ``connected {id}`` with fds the connected socket.
+* ``connect_failed {id, errno, error}``: the connection was refused, timed
+  out (after ten seconds) or could not be made; ``errno`` names why.
 * ``exited {id, returncode, cpu_seconds, max_rss_bytes}``: ``returncode`` as
   in ``subprocess`` (negative: killed by that signal); CPU and peak resident
   memory from ``wait4`` (the process and the descendants it waited for).
@@ -92,6 +98,7 @@ _RECEIVE_BYTES = 1 << 16
 _GROUP_GRACE_SECONDS = 1.0
 _POLL_SECONDS = 0.01
 _INT_BYTES = 4
+_CONNECT_TIMEOUT_SECONDS = 10.0
 # What posix_spawn fails with when no process could be made (rather than not executed).
 _NO_PROCESS_ERRNOS = (errno.EAGAIN, errno.ENOMEM)
 
@@ -106,8 +113,17 @@ class _Command:
         self.deadline = 0.0
 
 
+class _Connect:
+    """A connect in progress: its request, its non-blocking socket, and when it gives up."""
+
+    def __init__(self, request_id: int, sock: _socket.socket, deadline: float) -> None:
+        self.request_id = request_id
+        self.sock = sock
+        self.deadline = deadline
+
+
 class Agent:
-    """Serves spawn and signal requests on ``sock`` until it closes."""
+    """Serves spawn, signal and connect requests on ``sock`` until it closes."""
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
@@ -116,6 +132,8 @@ class Agent:
         self.by_pid: dict[int, _Command] = {}
         self.by_id: dict[int, _Command] = {}
         self.ending: list[_Command] = []
+        # Connects in progress (port forwarding), by their socket's fd.
+        self.connecting: dict[int, _Connect] = {}
         self.wakeup = -1
         self.decode: Callable[[bytes], Any] = _not_ready
         self.encode: Callable[[Any], str] = _not_ready
@@ -140,8 +158,11 @@ class Agent:
     def serve(self) -> None:
         """Handles requests and child exits until the orchestrator closes the socket."""
         while True:
-            timeout = _POLL_SECONDS if self.ending else None
-            readable, _, _ = select.select([self.sock.fileno(), self.wakeup], [], [], timeout)
+            timeout = _POLL_SECONDS if self.ending or self.connecting else None
+            readable, writable, _ = select.select(
+                [self.sock.fileno(), self.wakeup], list(self.connecting), [], timeout
+            )
+            self._finish_connects(writable)
             if self.wakeup in readable:
                 _drain(self.wakeup)
             self._reap()
@@ -184,6 +205,8 @@ class Agent:
             command = self.by_id.get(request["id"])
             if command is not None:
                 _signal_group(command.pid, request["signal"])
+        elif request["op"] == "connect":
+            self._connect(request["id"], request["port"])
 
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         request_id = request["id"]
@@ -203,6 +226,51 @@ class Agent:
             self._send({"op": "started", "id": request_id, "pid": pid}, [pidfd])
         finally:
             os.close(pidfd)
+
+    # --- connections (port forwarding) -----------------------------------------------
+
+    def _connect(self, request_id: int, port: int) -> None:
+        if type(port) is not int or not 0 < port < 65536:
+            self._connect_failed(request_id, errno.EINVAL)
+            return
+        try:
+            sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        except OSError as error:
+            self._connect_failed(request_id, error.errno or errno.EMFILE)
+            return
+        sock.setblocking(False)
+        result = sock.connect_ex(("127.0.0.1", port))
+        if result == errno.EINPROGRESS:
+            deadline = time.monotonic() + _CONNECT_TIMEOUT_SECONDS
+            self.connecting[sock.fileno()] = _Connect(request_id, sock, deadline)
+            return
+        self._connect_done(request_id, sock, result)
+
+    def _finish_connects(self, writable: list[int]) -> None:
+        now = time.monotonic()
+        for fd in list(self.connecting):
+            pending = self.connecting[fd]
+            if fd in writable:
+                result = pending.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+            elif now >= pending.deadline:
+                result = errno.ETIMEDOUT
+            else:
+                continue
+            del self.connecting[fd]
+            self._connect_done(pending.request_id, pending.sock, result)
+
+    def _connect_done(self, request_id: int, sock: _socket.socket, result: int) -> None:
+        try:
+            if result == 0:
+                self._send({"op": "connected", "id": request_id}, [sock.fileno()])
+            else:
+                self._connect_failed(request_id, result)
+        finally:
+            sock.close()
+
+    def _connect_failed(self, request_id: int, number: int) -> None:
+        message = {"op": "connect_failed", "id": request_id, "errno": number}
+        self._send({**message, "error": os.strerror(number)})
 
     # --- exits -----------------------------------------------------------------------
 

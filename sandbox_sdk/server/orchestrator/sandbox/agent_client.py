@@ -14,10 +14,12 @@ seen by a host-side process.
 
 Everything the agent says is untrusted: it runs in the sandbox, next to the
 tenant's commands. So the connection takes at most one fd at a time, and only
-with the message that carries one (``started``, a pidfd); every fd is closed
-as soon as it is read; a message must be one the protocol allows at that
-point (``ready`` once and first, ``started`` and ``failed`` for a spawn in
-flight, ``exited`` for a running command). Anything else is a protocol
+with the message that carries one (``started``, a pidfd; ``connected``, a
+TCP socket, checked to be one); every other fd is closed as soon as it is
+read; a message must be one the protocol allows at that point (``ready`` once
+and first, ``started`` and ``failed`` for a spawn in flight, ``exited`` for a
+running command, ``connected`` and ``connect_failed`` for a connect in
+flight). Anything else is a protocol
 violation: the connection ends, and ``on_violation`` tells the owner, which
 ends that environment alone.
 """
@@ -32,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +72,15 @@ class AgentError(Exception):
 
 class ProtocolViolation(ValueError):
     """The agent sent what the protocol does not allow at that point."""
+
+
+class ConnectFailed(AgentError):
+    """The agent could not connect to the port; ``errno`` says why (ECONNREFUSED: nothing
+    listens there)."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = number
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,9 @@ class AgentClient:
         # Spawns whose callers went away before the agent answered.
         self._abandoned: set[int] = set()
         self._commands: dict[int, AgentCommand] = {}
+        # Connects (port forwarding) in flight, and those whose callers went away.
+        self._connecting: dict[int, asyncio.Future[socket.socket]] = {}
+        self._abandoned_connects: set[int] = set()
         self.closed = False
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_readable)
@@ -254,6 +269,23 @@ class AgentClient:
         finally:
             if self._spawning.pop(request_id, None) is not None:  # not answered yet
                 self._abandoned.add(request_id)
+
+    async def connect(self, port: int) -> socket.socket:
+        """A TCP connection to ``127.0.0.1:<port>`` in the environment's network namespace,
+        made by the agent; raises ConnectFailed, or AgentError when the agent is gone."""
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is not a TCP port")
+        if self.closed:
+            raise AgentError("the environment's agent is gone")
+        request_id = next(self._ids)
+        future: asyncio.Future[socket.socket] = self._loop.create_future()
+        self._connecting[request_id] = future
+        self.send({"op": "connect", "id": request_id, "port": port})
+        try:
+            return await future
+        finally:
+            if self._connecting.pop(request_id, None) is not None:  # not answered yet
+                self._abandoned_connects.add(request_id)
 
     def send(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
         """Queues a message (and fds, closed once sent) and sends what the socket takes now."""
@@ -370,6 +402,10 @@ class AgentClient:
                 future.set_exception(AgentError(f"could not start: {message['error']}"[:500]))
         elif op == "exited":
             self._exited(_message_id(message), message)
+        elif op == "connected":
+            self._connected(_message_id(message), _socket_of(self._take_fd(op)))
+        elif op == "connect_failed":
+            self._connect_failed(_message_id(message), message)
         else:
             raise ProtocolViolation(f"an unknown op {str(op)[:40]!r}")
         if self._fds:
@@ -384,6 +420,41 @@ class AgentClient:
             return _pid_of(pidfd)
         finally:
             os.close(pidfd)
+
+    def _take_fd(self, op: str) -> int:
+        if not self._fds:
+            raise ProtocolViolation(f"{op} without its file descriptor")
+        return self._fds.pop()
+
+    def _connect_in_flight(self, request_id: int) -> asyncio.Future[socket.socket] | None:
+        """The answered connect's future; None if its caller went away meanwhile."""
+        future = self._connecting.pop(request_id, None)
+        if future is not None:
+            return future
+        if request_id in self._abandoned_connects:
+            self._abandoned_connects.discard(request_id)
+            return None
+        raise ProtocolViolation(f"an answer for connect {request_id}, which is not in flight")
+
+    def _connected(self, request_id: int, sock: socket.socket) -> None:
+        try:
+            future = self._connect_in_flight(request_id)
+        except ProtocolViolation:
+            sock.close()
+            raise
+        if future is None or future.done():
+            sock.close()
+            return
+        future.set_result(sock)
+
+    def _connect_failed(self, request_id: int, message: Mapping[str, Any]) -> None:
+        number = message["errno"]
+        if type(number) is not int:
+            raise ProtocolViolation("a connect_failed errno that is not an integer")
+        future = self._connect_in_flight(request_id)
+        if future is not None and not future.done():
+            detail = str(message["error"])[:200]
+            future.set_exception(ConnectFailed(number, f"could not connect: {detail}"))
 
     def _spawn_in_flight(self, request_id: int) -> asyncio.Future[AgentCommand] | None:
         """The answered spawn's future; None if its caller went away meanwhile."""
@@ -436,6 +507,9 @@ class AgentClient:
         for future in self._spawning.values():
             if not future.done():
                 future.set_exception(gone)
+        for connecting in self._connecting.values():
+            if not connecting.done():
+                connecting.set_exception(gone)
         for command in self._commands.values():
             if not command.exited.done():
                 command.exited.set_result(CommandExit(-signal.SIGKILL, 0.0, 0, lost=True))
@@ -494,6 +568,25 @@ def _message_id(message: Mapping[str, Any]) -> int:
     if type(value) is not int:
         raise ProtocolViolation("a message id that is not an integer")
     return value
+
+
+def _socket_of(fd: int) -> socket.socket:
+    """The TCP socket ``fd`` names (which this then owns); ProtocolViolation, with ``fd``
+    closed, when it is anything else: the agent is not trusted to send what it says."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ProtocolViolation("connected with a file descriptor that is not a socket")
+        sock = socket.socket(fileno=fd)
+    except OSError as error:
+        os.close(fd)
+        raise ProtocolViolation(f"connected with an unusable socket ({error.strerror})") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        sock.close()
+        raise ProtocolViolation("connected with a socket that is not a TCP socket")
+    return sock
 
 
 def _read_available(fd: int) -> str:

@@ -14,7 +14,12 @@ from typing import Any
 import grpc
 
 from sandbox_sdk.api.v1 import orchestrator_service_pb2, requests_pb2
-from sandbox_sdk.server.orchestrator.sandbox import convert, file_requests, validation
+from sandbox_sdk.server.orchestrator.sandbox import (
+    convert,
+    file_requests,
+    forward_requests,
+    validation,
+)
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
 from sandbox_sdk.server.tenancy import tenant_of
@@ -191,6 +196,19 @@ class EnvironmentHandlers:
         return requests_pb2.UploadDirectoryResponse(
             files_written=unpacked.files_written, bytes_written=unpacked.bytes_written
         )
+
+    async def ForwardPort(
+        self, stream: AsyncIterator[requests_pb2.ForwardPortRequest], context: Context
+    ) -> AsyncGenerator[requests_pb2.ForwardPortResponse, None]:
+        """Carries one TCP connection to a port inside the environment, both ways."""
+        requests = aiter(stream)
+        environment_id, port = await forward_requests.forward_target(requests)
+        chunks = self._manager.forwarding.forward(
+            tenant_of(context), environment_id, port, forward_requests.forwarded_bytes(requests)
+        )
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield requests_pb2.ForwardPortResponse(data=chunk)
 
     async def GetEnvironmentUsage(
         self, request: requests_pb2.GetEnvironmentUsageRequest, context: Context

@@ -54,6 +54,7 @@ from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_
 from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher
 from sandbox_sdk.server.orchestrator.sandbox.lifecycle import Lifecycle
 from sandbox_sdk.server.orchestrator.sandbox.port import SandboxPortAdapter
+from sandbox_sdk.server.orchestrator.sandbox.port_forwarding import PortForwarding
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
@@ -98,6 +99,8 @@ class SandboxManager:
         self.port = SandboxPortAdapter(self._environments, activity, self._execution)
         # Remove, rename, make directory, stat, and directories as tar streams.
         self.files = EnvironmentFiles(self._environments, activity)
+        # ForwardPort: TCP connections to servers inside environments.
+        self.forwarding = PortForwarding(self._environments, activity)
 
     # --- start and stop ----------------------------------------------------------------
 

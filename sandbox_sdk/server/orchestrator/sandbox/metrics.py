@@ -37,6 +37,17 @@ class SandboxMetrics:
             ["reason"],
             registry=registry,
         )
+        self.forwarded_bytes = Counter(
+            "sandbox_forwarded_bytes",
+            "Bytes carried by ForwardPort: 'in' toward servers in environments, 'out' back.",
+            ["direction"],
+            registry=registry,
+        )
+        self.port_forwards = Gauge(
+            "sandbox_port_forwards",
+            "ForwardPort connections open now.",
+            registry=registry,
+        )
         self.create_seconds = Histogram(
             "sandbox_environment_create_seconds",
             "Time to set up an environment (workspace, cgroups, files).",

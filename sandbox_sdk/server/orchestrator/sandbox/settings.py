@@ -75,6 +75,8 @@ class SandboxSettings(BaseModel):
         template_debian_mirror: the Debian mirror templates are built from;
             empty: the host's own (from /etc/apt), else deb.debian.org.
         template_max_bytes: the largest root file system a build may leave.
+        max_port_forwards_per_environment: ForwardPort connections one
+            environment may carry at once (more: RESOURCE_EXHAUSTED).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -142,6 +144,7 @@ class SandboxSettings(BaseModel):
     )
     template_debian_mirror: str = Field(default="", pattern=r"^(https?://[A-Za-z0-9.:/_~-]+)?$")
     template_max_bytes: int = Field(default=16 * GiB, gt=0)
+    max_port_forwards_per_environment: int = Field(default=32, gt=0)
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> SandboxSettings:
