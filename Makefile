@@ -41,7 +41,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,server,cli,metrics,analysis,local]'
+	$(BIN)/pip install -q -e '.[dev,server,cli,metrics,analysis,local,inspect]'
 	touch $(STAMP)
 
 node-deps: tests/polyglot/node_modules/.installed

@@ -1,0 +1,1 @@
+"""Integrations of the SDK with other tools; each is an extra (``sandbox-sdk[inspect]``)."""
