@@ -6,6 +6,13 @@ not re-entrant, so generations are serialized by a per-model lock and run
 on a dedicated worker thread; tokens travel back to the event loop through
 ``call_soon_threadsafe``. Cancelling the consumer stops generation at the
 next token.
+
+Tools: the bundled model's chat template knows no tools, so a request that
+offers some is run with a prompt-based protocol (``tool_protocol``): the
+system message describes the tool and asks for a reply of exactly one JSON
+object ``{"command": "..."}`` to call it. Such a turn's text is held back
+until it ends, then parsed strictly: a reply that is exactly that object is a
+tool call, anything else is the answer. Tool results go back as user messages.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import atexit
 import contextlib
 import importlib.resources
 import importlib.util
+import json
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +39,8 @@ from sandbox_sdk.server.orchestrator.experiments.providers.base import (
     StreamItem,
     TextDelta,
     TokenUsage,
+    ToolCall,
+    ToolDefinition,
 )
 from sandbox_sdk.server.orchestrator.experiments.settings import LocalOptions, ModelConfig
 
@@ -240,11 +250,18 @@ class LocalProvider(ModelProvider):
         work = loop.run_in_executor(
             model.executor, _generate_blocking, model, self._arguments(request), stop, deliver
         )
+        held: list[str] = []
         try:
             while True:
                 item = await items.get()
                 if isinstance(item, ProviderError):
                     raise item
+                if request.tools and isinstance(item, TextDelta):
+                    held.append(item.text)
+                    continue
+                if request.tools and isinstance(item, GenerationEnd):
+                    for turn_item in _tool_turn("".join(held), request.tools):
+                        yield turn_item
                 yield item
                 if isinstance(item, GenerationEnd):
                     break
@@ -253,8 +270,13 @@ class LocalProvider(ModelProvider):
             stop.set()
 
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
+        messages = (
+            tool_protocol_messages(request)
+            if request.tools
+            else [{"role": m.role, "content": m.content} for m in request.messages]
+        )
         arguments: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": messages,
             "max_tokens": request.max_tokens or self.config.default_max_tokens,
             "stop": list(request.stop),
             "seed": request.seed,
@@ -265,6 +287,52 @@ class LocalProvider(ModelProvider):
             arguments["top_p"] = request.top_p
         arguments.update(request.extra)
         return arguments
+
+
+def tool_protocol_messages(request: GenerationRequest) -> list[dict[str, str]]:
+    """The conversation for a model without native tools: the protocol in the system
+    message, tool calls as the JSON the model wrote, results as user messages."""
+    protocol = "\n\n".join(_describe(tool) for tool in request.tools)
+    messages: list[dict[str, str]] = []
+    for message in request.messages:
+        if message.role == "system":
+            messages.append({"role": "system", "content": f"{message.content}\n\n{protocol}"})
+        elif message.role == "tool":
+            messages.append({"role": "user", "content": f"Command output:\n{message.content}"})
+        elif message.tool_calls:
+            calls = "\n".join(call.arguments for call in message.tool_calls)
+            messages.append({"role": "assistant", "content": calls})
+        else:
+            messages.append({"role": message.role, "content": message.content})
+    if not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": protocol})
+    return messages
+
+
+def _describe(tool: ToolDefinition) -> str:
+    return (
+        f"You have a tool: {tool.description} To use it, reply with only this JSON object"
+        ' and nothing else: {"command": "<the shell command>"}. Its output comes back in'
+        " the next message. When you know the answer, reply with the answer in plain text."
+    )
+
+
+def _tool_turn(text: str, tools: tuple[ToolDefinition, ...]) -> list[TextDelta | ToolCall]:
+    """A held-back turn's items: one tool call when the text is exactly a JSON object
+    with one string ``command``, else the text as the answer."""
+    candidate = text.strip()
+    if candidate.startswith("{") and candidate.endswith("}"):
+        try:
+            parsed = json.loads(candidate)
+        except (ValueError, RecursionError):
+            parsed = None
+        if (
+            isinstance(parsed, dict)
+            and set(parsed) == {"command"}
+            and isinstance(parsed["command"], str)
+        ):
+            return [ToolCall("call-1", tools[0].name, candidate)]
+    return [TextDelta(text)] if text else []
 
 
 def _generate_blocking(
