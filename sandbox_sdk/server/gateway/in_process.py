@@ -16,7 +16,8 @@ link instead of a channel to its orchestrator:
   other exception propagates: the gateway's own ErrorInterceptor logs it and
   answers INTERNAL with the request id, as the orchestrator's would have.
 * A client stream hands the handler the requests as the gateway reads them
-  from its caller, each parsed as it is read.
+  from its caller, each parsed as it is read; so does a bidirectional stream,
+  whose responses are read as a stream's are.
 * A stream runs the handler's async generator one message per read, without
   buffering; cancelling the call closes the generator, so its cleanup runs
   (a command's process tree is killed).
@@ -36,6 +37,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from sandbox_sdk.server.gateway.methods import ORCHESTRATOR_SERVICE
 from sandbox_sdk.server.gateway.orchestrators import (
+    BidiStreamCallable,
     CallMetadata,
     ClientStreamCallable,
     LinkState,
@@ -101,12 +103,13 @@ class InProcessLink(LinkState):
         self._unary: dict[str, UnaryCallable] = {}
         self._stream: dict[str, StreamCallable] = {}
         self._client_stream: dict[str, ClientStreamCallable] = {}
+        self._bidi_stream: dict[str, BidiStreamCallable] = {}
         for method in ORCHESTRATOR_SERVICE.methods:
             path = f"/{ORCHESTRATOR_SERVICE.full_name}/{method.name}"
             request_type = GetMessageClass(method.input_type)
             if method.client_streaming and method.server_streaming:
-                continue  # bidirectional streams (ForwardPort) are not proxied in process yet
-            if method.client_streaming:
+                self._bidi_stream[path] = self._bidirectional(request_type, handlers[method.name])
+            elif method.client_streaming:
                 self._client_stream[path] = _client_streaming(request_type, handlers[method.name])
             elif method.server_streaming:
                 self._stream[path] = self._streaming(request_type, handlers[method.name])
@@ -126,6 +129,10 @@ class InProcessLink(LinkState):
     def client_stream(self, path: str) -> ClientStreamCallable:
         """The client-streaming callable for ``path``."""
         return self._client_stream[path]
+
+    def bidi_stream(self, path: str) -> BidiStreamCallable:
+        """The bidirectional-streaming callable for ``path``."""
+        return self._bidi_stream[path]
 
     async def check_health(self, timeout: float) -> bool:
         """Serving until the link is closed."""
@@ -179,6 +186,27 @@ class InProcessLink(LinkState):
 
         return call
 
+    def _bidirectional(
+        self, request_type: type[Message], handler: RpcHandler
+    ) -> BidiStreamCallable:
+        def call(
+            request_iterator: AsyncIterator[bytes],
+            timeout: float | None = None,
+            metadata: CallMetadata | None = None,
+        ) -> StreamCall:
+            deadline = _deadline(timeout)
+            context = InProcessContext(metadata or (), deadline)
+
+            def start() -> AsyncGenerator[Message, None]:
+                generator: AsyncGenerator[Message, None] = handler(
+                    _parsed(request_type, request_iterator), context
+                )
+                return generator
+
+            return _InProcessStream(start, context, deadline, self._close_later)
+
+        return call
+
     def _close_later(self, messages: AsyncGenerator[Message, None]) -> None:
         task = asyncio.get_running_loop().create_task(_close(messages))
         self._closing.add(task)
@@ -197,14 +225,10 @@ def _client_streaming(request_type: type[Message], handler: RpcHandler) -> Clien
         context = InProcessContext(metadata or (), deadline)
         scope = asyncio.timeout_at(deadline)
 
-        async def parsed() -> AsyncIterator[Message]:
-            async for request in request_iterator:
-                yield _parse(request_type, request)
-
         try:
             _require_time_left(deadline)
             async with scope:
-                response: Message = await handler(parsed(), context)
+                response: Message = await handler(_parsed(request_type, request_iterator), context)
         except ServiceError as error:
             raise _remote_error(error, context) from None
         except TimeoutError:
@@ -214,6 +238,13 @@ def _client_streaming(request_type: type[Message], handler: RpcHandler) -> Clien
         return response.SerializeToString()
 
     return call
+
+
+async def _parsed(
+    request_type: type[Message], request_iterator: AsyncIterator[bytes]
+) -> AsyncIterator[Message]:
+    async for request in request_iterator:
+        yield _parse(request_type, request)
 
 
 class _InProcessStream:

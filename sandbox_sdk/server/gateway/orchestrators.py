@@ -86,6 +86,18 @@ class ClientStreamCallable(Protocol):
     ) -> Awaitable[bytes]: ...
 
 
+class BidiStreamCallable(Protocol):
+    """A bytes-in, bytes-out bidirectional call: serialized requests in as the caller sends
+    them, serialized responses out as the orchestrator sends them."""
+
+    def __call__(
+        self,
+        request_iterator: AsyncIterator[bytes],
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+    ) -> StreamCall: ...
+
+
 class OrchestratorLink(Protocol):
     """What the gateway needs of one orchestrator, however it reaches it.
 
@@ -109,6 +121,10 @@ class OrchestratorLink(Protocol):
 
     def client_stream(self, path: str) -> ClientStreamCallable:
         """The client-streaming callable for a method path."""
+        ...
+
+    def bidi_stream(self, path: str) -> BidiStreamCallable:
+        """The bidirectional-streaming callable for a method path."""
         ...
 
     def require_available(self) -> None:
@@ -177,6 +193,7 @@ class GrpcOrchestratorLink(LinkState):
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: dict[str, grpc.aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
         self._client_stream: dict[str, grpc.aio.StreamUnaryMultiCallable[bytes, bytes]] = {}
+        self._bidi_stream: dict[str, grpc.aio.StreamStreamMultiCallable[bytes, bytes]] = {}
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def unary(self, path: str) -> UnaryCallable:
@@ -198,6 +215,13 @@ class GrpcOrchestratorLink(LinkState):
         callable_ = self._client_stream.get(path)
         if callable_ is None:
             callable_ = self._client_stream[path] = self.channel.stream_unary(path, None, None)
+        return callable_
+
+    def bidi_stream(self, path: str) -> BidiStreamCallable:
+        """A bytes-in, bytes-out bidirectional callable for ``path``, made once."""
+        callable_ = self._bidi_stream.get(path)
+        if callable_ is None:
+            callable_ = self._bidi_stream[path] = self.channel.stream_stream(path, None, None)
         return callable_
 
     async def check_health(self, timeout: float) -> bool:

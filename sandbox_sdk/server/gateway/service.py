@@ -179,28 +179,64 @@ class GatewayService(_GenericRpcHandler):
     def _bidirectional(
         self, spec: MethodSpec
     ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
-        """A bidirectional stream (ForwardPort): admitted like every call, then refused
-        until its proxy lands."""
+        """A bidirectional stream (ForwardPort): admitted like every call, routed by the
+        resource id in its first message (the header), then bytes both ways as they come.
+        Never retried: the stream cannot be replayed."""
+        active = self._metrics.active_streams.labels(spec.name)
 
         async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
             started = time.perf_counter()
+            code = grpc.StatusCode.OK
             caller: Caller | None = None
-            code = grpc.StatusCode.UNIMPLEMENTED
+            active.inc()
             try:
                 caller = await self._admit(spec, context)
-                raise ServiceError(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    ErrorReason.NOT_IMPLEMENTED,
-                    f"{spec.name} is in the contract but this gateway does not serve it yet",
-                )
+                async for message in self._forward_bidirectional(spec, requests, context, caller):
+                    yield message
             except ServiceError as error:
                 code = error.code
                 raise
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                await _forward_error(context, error)
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                raise
             finally:
+                active.dec()
                 self._finish(spec, caller, code, started)
-            yield b""  # unreachable: an async generator, as streaming handlers are
 
         return handle
+
+    async def _forward_bidirectional(
+        self, spec: MethodSpec, stream: AsyncIterator[bytes], context: Context, caller: Caller
+    ) -> AsyncIterator[bytes]:
+        requests = aiter(stream)
+        first = await anext(requests, None)
+        link = self._owner(spec, first or b"")
+
+        async def forwarded() -> AsyncIterator[bytes]:
+            if first is not None:
+                yield first
+            async for request in requests:
+                yield request
+
+        upstream = link.bidi_stream(spec.upstream_path)
+        metadata = call_metadata(link, caller.tenant, caller.request_id)
+        call = upstream(forwarded(), timeout=context.time_remaining(), metadata=metadata)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as error:
+            if is_transport_failure(error):
+                self._pool.call_failed(link)
+                raise unavailable(link.id) from None
+            raise
+        finally:
+            call.cancel()
 
     def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
         operations: dict[str, Callable[[Any, Administrator], Message]] = {
@@ -378,7 +414,7 @@ class GatewayService(_GenericRpcHandler):
     def _owner(self, spec: MethodSpec, request: bytes) -> OrchestratorLink:
         field, kind, reason = _RESOURCE[spec.routing]
         try:
-            resource_id = string_field(request, 1)
+            resource_id = _routed_id(request, spec.id_path)
         except MalformedMessageError:
             raise invalid_argument(
                 [("request", f"not a serialized {spec.request_type.DESCRIPTOR.name}")]
@@ -614,6 +650,15 @@ def _template_of(request: bytes) -> str:
 
 def _template_request(template_id: str) -> bytes:
     return requests_pb2.GetTemplateRequest(template_id=template_id).SerializeToString()
+
+
+def _routed_id(request: bytes, id_path: tuple[int, ...]) -> str:
+    """The string at ``id_path`` in ``request``: field 1, or field 1 of the header message
+    in field 1 (ForwardPort's first message)."""
+    *outer, last = id_path
+    for number in outer:
+        request = message_field(request, number)
+    return string_field(request, last)
 
 
 def _request_id_field(spec: MethodSpec, request: bytes) -> str:
