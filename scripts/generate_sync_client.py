@@ -1,10 +1,10 @@
 """Writes the sync client from the asyncio one (``make generate``).
 
 The asyncio client in ``sandbox_sdk/client/_async/`` is the only hand-written
-client. unasync turns each of its modules (but ``glue.py``, the hand-written
-pair) into ``sandbox_sdk/client/_sync/``: ``async``/``await`` go, and the names
-below become their blocking twins. ruff then formats the result, so that
-``make check-generated`` compares like with like.
+client. unasync turns each of its modules (but ``glue.py`` and
+``port_forward.py``, the hand-written pairs) into ``sandbox_sdk/client/_sync/``:
+``async``/``await`` go, and the names below become their blocking twins. ruff
+then formats the result, so that ``make check-generated`` compares like with like.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import unasync
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "sandbox_sdk" / "client" / "_async"
 TARGET = ROOT / "sandbox_sdk" / "client" / "_sync"
-HAND_WRITTEN = frozenset({"__init__.py", "glue.py"})
+HAND_WRITTEN = frozenset({"__init__.py", "glue.py", "port_forward.py"})
 
 # Names unasync does not know; its own list covers __aenter__, AsyncIterator,
 # StopAsyncIteration and the like.
@@ -32,6 +32,8 @@ RENAMES = {
     "AsyncServerStream": "ServerStream",
     "AsyncExecStream": "ExecStream",
     "AsyncTemplate": "Template",
+    "AsyncProcess": "Process",
+    "AsyncPortForward": "PortForward",
     "AsyncTransport": "Transport",
     "aclose": "close",
     "async_sleep": "sleep",

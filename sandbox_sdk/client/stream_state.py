@@ -6,6 +6,7 @@ from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.errors import InternalError
 from sandbox_sdk.models.execution import ExecResult, OutputChunk
 from sandbox_sdk.models.experiment import ExperimentEvent
+from sandbox_sdk.models.processes import ProcessInfo
 from sandbox_sdk.models.templates import TemplateBuildEvent
 from sandbox_sdk.models.usage import ResourceUsage
 
@@ -65,6 +66,46 @@ class TemplateEventCursor:
             return None
         self.last_sequence = message.event.sequence
         return TemplateBuildEvent.from_proto(message.event)
+
+
+class ProcessOutputCursor:
+    """Like :class:`EventCursor`, for a background process's output; keeps the final
+    state the stream's last event carries."""
+
+    __slots__ = ("environment_id", "final", "follow", "last_sequence", "process_id")
+
+    def __init__(
+        self, environment_id: str, process_id: str, after_sequence: int, follow: bool
+    ) -> None:
+        self.environment_id = environment_id
+        self.process_id = process_id
+        self.last_sequence = after_sequence
+        self.follow = follow
+        self.final: ProcessInfo | None = None
+
+    def request(self) -> requests_pb2.StreamProcessOutputRequest:
+        """The request that resumes after the last event seen."""
+        return requests_pb2.StreamProcessOutputRequest(
+            environment_id=self.environment_id,
+            process_id=self.process_id,
+            after_sequence=self.last_sequence,
+            follow=self.follow,
+        )
+
+    def convert(self, message: requests_pb2.StreamProcessOutputResponse) -> OutputChunk | None:
+        """The output an event carries; ``None`` for one seen already and for the exit."""
+        event = message.event
+        if event.sequence <= self.last_sequence:
+            return None
+        self.last_sequence = event.sequence
+        kind = event.WhichOneof("payload")
+        if kind == "stdout":
+            return OutputChunk("stdout", event.stdout, event.sequence)
+        if kind == "stderr":
+            return OutputChunk("stderr", event.stderr, event.sequence)
+        if kind == "exited":
+            self.final = ProcessInfo.from_proto(event.exited)
+        return None
 
 
 def usage_from_response(message: requests_pb2.StreamEnvironmentUsageResponse) -> ResourceUsage:

@@ -23,6 +23,7 @@ from sandbox_sdk.models.experiment import (
     StateChange,
 )
 from sandbox_sdk.models.files import FileInfo, UploadSummary
+from sandbox_sdk.models.processes import ProcessInfo, ProcessState
 from sandbox_sdk.models.results import (
     AggregateMetric,
     ExperimentResults,
@@ -70,6 +71,8 @@ __all__ = [
     "NetworkPolicy",
     "OutputChunk",
     "OutputDelta",
+    "ProcessInfo",
+    "ProcessState",
     "Regex",
     "ResourceLimits",
     "ResourceUsage",

@@ -28,6 +28,11 @@ class ExitReason(enum.StrEnum):
 _EXIT_REASONS = enum_table(environment_pb2.ExitReason.items(), "EXIT_REASON_", ExitReason)
 
 
+def exit_reason(number: int) -> ExitReason:
+    """The :class:`ExitReason` of a wire enum number (UNSPECIFIED when unknown)."""
+    return _EXIT_REASONS.get(number, ExitReason.UNSPECIFIED)
+
+
 class CommandFailedError(SandboxError):
     """A command run by :meth:`ExecResult.check` did not exit with status 0.
 
@@ -41,10 +46,15 @@ class CommandFailedError(SandboxError):
 
 @dataclass(frozen=True, slots=True)
 class OutputChunk:
-    """Bytes a running command wrote; ``stream`` is ``"stdout"`` or ``"stderr"``."""
+    """Bytes a running command wrote; ``stream`` is ``"stdout"`` or ``"stderr"``.
+
+    ``sequence`` numbers a background process's output (resume after it with
+    ``process.output(after_sequence=...)``); it is 0 for ``exec_stream``.
+    """
 
     stream: str
     data: bytes
+    sequence: int = 0
 
     @property
     def text(self) -> str:

@@ -23,7 +23,15 @@ _ORCHESTRATOR_SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["Or
 GATEWAY = {m.name for m in _GATEWAY_SERVICE.methods}
 ORCHESTRATOR = {m.name for m in _ORCHESTRATOR_SERVICE.methods}
 CLIENT = Path(calls.__file__).parent
-HANDLES = ["client.py", "sandbox.py", "experiment.py", "template.py", "streams.py"]
+HANDLES = [
+    "client.py",
+    "sandbox.py",
+    "experiment.py",
+    "template.py",
+    "streams.py",
+    "process.py",
+    "port_forward.py",
+]
 SYNC_FILES = [f"_sync/{name}" for name in HANDLES]
 ASYNC_FILES = [f"_async/{name}" for name in HANDLES]
 

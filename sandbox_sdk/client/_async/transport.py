@@ -157,6 +157,15 @@ class AsyncTransport:
         except grpc.RpcError as error:
             raise translate(error, self.target, rpc.name) from error
 
+    async def open_bidi_stream(
+        self, method: str, requests: AsyncIterator[Any], *, timeout: float | None = None
+    ) -> Any:
+        """Starts the bidirectional method ``method`` fed by ``requests``; read its answers
+        with :func:`glue.next_message`. Never retried: a sent stream cannot be replayed."""
+        return self.rpcs[method].call(
+            requests, timeout=timeout, metadata=await self.auth.metadata_async()
+        )
+
     async def open_stream(self, rpc: Rpc, request: Any, *, timeout: float | None = None) -> Any:
         """Starts a server-streaming call; read it with :func:`glue.next_message`."""
         return rpc.call(request, timeout=timeout, metadata=await self.auth.metadata_async())

@@ -14,9 +14,12 @@ from sandbox_sdk.client import archives
 from sandbox_sdk.client import request_messages as messages
 from sandbox_sdk.client._sync import glue
 from sandbox_sdk.client._sync.experiment import Experiment
+from sandbox_sdk.client._sync.port_forward import PortForward
+from sandbox_sdk.client._sync.process import Process
 from sandbox_sdk.client._sync.streams import ExecStream, ServerStream
 from sandbox_sdk.client._sync.template import Template
 from sandbox_sdk.client._sync.transport import Transport
+from sandbox_sdk.client.process_requests import port_number, start_process_request
 from sandbox_sdk.client.retry import RetryPolicy
 from sandbox_sdk.client.stream_state import usage_from_response
 from sandbox_sdk.errors import NotFoundError
@@ -142,6 +145,71 @@ class Sandbox:
         limit = messages.seconds(timeout)
         deadline = limit + EXEC_DEADLINE_MARGIN if limit else None
         return ExecStream(self._transport, request, timeout=deadline)
+
+    def start(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bool = False,
+        pty: tuple[int, int] | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Process:
+        """Starts a command (a list, or a string run by ``/bin/sh -c``) in the background.
+
+        It runs until it exits, is signalled or the environment ends; read its
+        output with ``process.output()`` or ``process.stdout_lines()``, end it
+        with ``process.kill()``, collect its result with ``process.wait()``.
+        ``stdin=True`` keeps its stdin open for ``process.write()``;
+        ``pty=(rows, cols)`` runs it under a terminal of that size (its output
+        is then the terminal's raw bytes, all on stdout). A retried start
+        starts it once. A program that cannot run gives a process in state
+        FAILED_TO_START with ``info.start_error``.
+        """
+        request = start_process_request(self.id, cmd, cwd=cwd, env=env, stdin=stdin, pty=pty)
+        response = self._transport.call("StartProcess", request, timeout=timeout, retry=retry)
+        return Process(self._transport, response.process)
+
+    def process(self, process_id: str, *, timeout: float | None = None) -> Process:
+        """Attaches to a process of this environment started by any client
+        (:class:`NotFoundError` if there is none with this id)."""
+        request = requests_pb2.GetProcessRequest(environment_id=self.id, process_id=process_id)
+        response = self._transport.call("GetProcess", request, timeout=timeout)
+        return Process(self._transport, response.process)
+
+    def processes(
+        self, *, include_finished: bool = False, timeout: float | None = None
+    ) -> list[Process]:
+        """The environment's processes, oldest first: running ones, and with
+        ``include_finished`` those that have ended too."""
+        request = requests_pb2.ListProcessesRequest(
+            environment_id=self.id, include_finished=include_finished
+        )
+        found: list[Process] = []
+        for page in self._transport.pages("ListProcesses", request, timeout=timeout):
+            found.extend(Process(self._transport, process) for process in page.processes)
+        return found
+
+    def forward(self, remote_port: int, local_port: int = 0) -> PortForward:
+        """Forwards a local TCP port to ``remote_port`` on 127.0.0.1 inside the environment,
+        as ``kubectl port-forward`` does; use it as a context manager that yields the
+        local port::
+
+            async with sandbox.forward(8000) as local_port:
+                ...  # connect to 127.0.0.1:local_port
+
+        It listens on 127.0.0.1 only (``local_port=0``: any free port) and carries each
+        connection over its own authenticated ``ForwardPort`` stream. Leaving the
+        block stops the listener and closes every connection.
+        """
+        return PortForward(
+            self._transport,
+            self.id,
+            port_number("remote_port", remote_port),
+            port_number("local_port", local_port, allow_zero=True),
+        )
 
     def write_file(
         self,

@@ -155,6 +155,13 @@ class Transport:
         except grpc.RpcError as error:
             raise translate(error, self.target, rpc.name) from error
 
+    def open_bidi_stream(
+        self, method: str, requests: Iterator[Any], *, timeout: float | None = None
+    ) -> Any:
+        """Starts the bidirectional method ``method`` fed by ``requests``; read its answers
+        with :func:`glue.next_message`. Never retried: a sent stream cannot be replayed."""
+        return self.rpcs[method].call(requests, timeout=timeout, metadata=self.auth.metadata())
+
     def open_stream(self, rpc: Rpc, request: Any, *, timeout: float | None = None) -> Any:
         """Starts a server-streaming call; read it with :func:`glue.next_message`."""
         return rpc.call(request, timeout=timeout, metadata=self.auth.metadata())
