@@ -30,6 +30,7 @@ from sandbox_sdk.cli.session import (
 from sandbox_sdk.client import Sandbox
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.models.execution import ExecResult, ExitReason
+from sandbox_sdk.models.processes import ProcessInfo
 from sandbox_sdk.models.usage import UsageReport
 from sandbox_sdk.utils.units import format_size
 
@@ -299,7 +300,7 @@ class ExecCommand(CliCommand):
             raise _ExecUsageError(error.format_message(), error.ctx) from None
 
 
-def termination(result: ExecResult) -> str | None:
+def termination(result: ExecResult | ProcessInfo) -> str | None:
     """How a command that did not exit by itself ended, for a line on stderr."""
     if result.reason is ExitReason.EXITED:
         return None
@@ -309,7 +310,7 @@ def termination(result: ExecResult) -> str | None:
     return f"command ended by {result.reason.value}{killed}"
 
 
-def exit_status(result: ExecResult) -> int:
+def exit_status(result: ExecResult | ProcessInfo) -> int:
     """The shell's convention: the exit code, 128 + N when killed by signal N, 124 on TIMEOUT."""
     if result.reason is ExitReason.EXITED and result.exit_code >= 0:
         return result.exit_code

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 import sandbox_sdk
-from sandbox_sdk.cli import experiment_commands, workspace_commands
+from sandbox_sdk.cli import experiment_commands, process_commands, workspace_commands
 from sandbox_sdk.cli.command_classes import CliCommand, CliGroup
 from sandbox_sdk.cli.environment_commands import env_app
 from sandbox_sdk.cli.exit_codes import GENERIC_ERROR, INTERRUPTED
@@ -26,7 +26,7 @@ from sandbox_sdk.cli.power_command import power
 from sandbox_sdk.cli.session import AsJson, client_of, err, out, print_error, reported_errors
 from sandbox_sdk.cli.template_commands import template_app
 
-del workspace_commands  # imported for the env file commands it adds to env_app
+del workspace_commands, process_commands  # imported for the env commands they add to env_app
 
 app = typer.Typer(
     cls=CliGroup, help="Run LLM experiments in isolated sandboxes.", no_args_is_help=True
