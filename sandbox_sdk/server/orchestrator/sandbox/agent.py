@@ -19,6 +19,14 @@ Orchestrator to agent:
   ``env``) in a new session (so its own process group) with those fds,
   ``cwd`` and ``env``, and lowers its rlimits (``RLIMIT_*`` names) to at
   most the given values right after it started.
+* ``spawn {id, argv, cwd, env, rlimits, stdin: false, pty: [rows, cols]}``,
+  without fds: a background process under a pseudo-terminal. The agent opens
+  the pair itself (``openpty``, so the terminal is one of the sandbox's own
+  ``/dev/pts`` and ``tty`` names it), sets its size, and starts the process
+  with ``fork`` and ``exec`` rather than ``posix_spawn``, which cannot give a
+  process a controlling terminal: the child makes a new session, makes the
+  terminal its controlling tty (``TIOCSCTTY``), puts it on fds 0 to 2, lowers
+  its rlimits, restores the default signal dispositions and executes.
 * ``signal {id, signal}``: signals the command's process group.
 * ``connect {id, port}``: connects a TCP socket to ``127.0.0.1:<port>`` in the
   environment's own network namespace (port forwarding: the orchestrator,
@@ -28,7 +36,8 @@ Agent to orchestrator:
 
 * ``ready {pid}``, once, first.
 * ``started {id, pid}`` with fds a pidfd of the process (``pid`` is in the
-  agent's pid namespace; the pidfd names the process in any namespace).
+  agent's pid namespace; the pidfd names the process in any namespace), and
+  for a pty spawn then the terminal's master end (the agent keeps no copy).
 * ``failed {id, error}``: no process could be started (EAGAIN or ENOMEM).
 * ``connected {id}`` with fds the connected socket.
 * ``connect_failed {id, errno, error}``: the connection was refused, timed
@@ -198,7 +207,7 @@ class Agent:
 
     def _handle(self, request: dict[str, Any]) -> None:
         if request["op"] == "spawn":
-            count = 3 if request["stdin"] else 2
+            count = 0 if request.get("pty") else 3 if request["stdin"] else 2
             fds, self.fds = self.fds[:count], self.fds[count:]
             self._spawn(request, fds)
         elif request["op"] == "signal":
@@ -210,8 +219,12 @@ class Agent:
 
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         request_id = request["id"]
+        master = -1
         try:
-            pid = _start_command(request, fds)
+            if request.get("pty"):
+                master, pid = _start_terminal_command(request)
+            else:
+                pid = _start_command(request, fds)
         except OSError as error:
             self._send({"op": "failed", "id": request_id, "error": f"spawn: {error.strerror}"})
             return
@@ -223,9 +236,12 @@ class Agent:
         self.by_id[request_id] = command
         pidfd = os.pidfd_open(pid)
         try:
-            self._send({"op": "started", "id": request_id, "pid": pid}, [pidfd])
+            sent = [pidfd] if master < 0 else [pidfd, master]
+            self._send({"op": "started", "id": request_id, "pid": pid}, sent)
         finally:
             os.close(pidfd)
+            if master >= 0:
+                os.close(master)
 
     # --- connections (port forwarding) -----------------------------------------------
 
@@ -406,6 +422,65 @@ def _start_command(request: dict[str, Any], fds: list[int]) -> int:
         return _fork_failure(argv[0], error, fds[-1])
     _lower_rlimits(pid, request["rlimits"])
     return pid
+
+
+def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
+    """Starts the command under a new pseudo-terminal; returns (master fd, pid).
+
+    The child (forked from the single-threaded agent, so safe to run Python in
+    before exec) leads a new session whose controlling terminal is the pty.
+    Raises OSError when no terminal or process can be made.
+    """
+    import fcntl
+    import signal
+    import struct
+    import termios
+
+    rows, cols = request["pty"]
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.chdir(request["cwd"])
+        pid = os.fork()
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    if pid == 0:  # the child: never returns
+        code = 126
+        try:
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(number, signal.SIG_DFL)
+            os.close(master)
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for target in (0, 1, 2):
+                os.dup2(slave, target)
+            if slave > 2:
+                os.close(slave)
+            _set_own_rlimits(request["rlimits"])
+            argv: list[str] = request["argv"]
+            os.execvpe(argv[0], argv, request["env"])  # noqa: S606  (argv as given, no shell)
+        except OSError as error:
+            code = 127 if isinstance(error, FileNotFoundError) else 126
+            message = f"sandbox: cannot run {request['argv'][0]!r}: {error.strerror}\r\n"
+            os.write(2, message.encode(errors="replace"))
+        finally:
+            os._exit(code)
+    os.close(slave)
+    return master, pid
+
+
+def _set_own_rlimits(limits: list[list[Any]]) -> None:
+    """Lowers the calling process's limits to at most the requested ones."""
+    for name, soft, hard in limits:
+        limit = getattr(resource, name)
+        current = resource.getrlimit(limit)
+        new_hard = hard if current[1] == resource.RLIM_INFINITY else min(hard, current[1])
+        wanted = (min(soft, new_hard), new_hard)
+        if wanted != current:
+            resource.setrlimit(limit, wanted)
 
 
 def _use_path(path: str | None) -> None:

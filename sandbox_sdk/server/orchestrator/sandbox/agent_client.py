@@ -57,7 +57,7 @@ _GATE_LIMITS = 4
 _HEADER_BYTES = 4
 _MAX_MESSAGE_BYTES = 1 << 20
 # The most fds one message may carry, and the most held between messages.
-_MAX_FDS = 1
+_MAX_FDS = 2  # a pty's started: its pidfd and the terminal
 _INT_BYTES = 4
 _READY_TIMEOUT_SECONDS = 10.0
 _EXIT_TIMEOUT_SECONDS = 5.0
@@ -109,12 +109,18 @@ class AgentLaunch:
 
 @dataclass(frozen=True)
 class SpawnRequest:
-    """One command for the agent; ``rlimits`` are ``(RLIMIT_* name, soft, hard)``."""
+    """One command for the agent; ``rlimits`` are ``(RLIMIT_* name, soft, hard)``.
+
+    ``pty`` (rows, cols): run it under a pseudo-terminal the agent makes; the
+    command then gets no other fds, and :attr:`AgentCommand.terminal` is the
+    terminal's master end.
+    """
 
     argv: Sequence[str]
     cwd: str
     env: Mapping[str, str]
     rlimits: Sequence[tuple[str, int, int]]
+    pty: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,13 @@ def agent_source() -> str:
 class AgentCommand:
     """A command the agent started: its pid as the orchestrator sees it, and its exit."""
 
-    def __init__(self, client: AgentClient, request_id: int, pid: int) -> None:
+    def __init__(
+        self, client: AgentClient, request_id: int, pid: int, terminal: int | None = None
+    ) -> None:
         self.request_id = request_id
         self.pid = pid
+        # The pty's master end, for a pty command; its owner closes it.
+        self.terminal = terminal
         self.exited: asyncio.Future[CommandExit] = asyncio.get_running_loop().create_future()
         self._client = client
 
@@ -174,6 +184,8 @@ class AgentClient:
         self._spawning: dict[int, asyncio.Future[AgentCommand]] = {}
         # Spawns whose callers went away before the agent answered.
         self._abandoned: set[int] = set()
+        # Spawns under a pty: their started carries the terminal's master end too.
+        self._pty_spawns: set[int] = set()
         self._commands: dict[int, AgentCommand] = {}
         # Connects (port forwarding) in flight, and those whose callers went away.
         self._connecting: dict[int, asyncio.Future[socket.socket]] = {}
@@ -247,6 +259,10 @@ class AgentClient:
     ) -> AgentCommand:
         """Starts a command with these fds, which this closes; raises AgentError if it cannot."""
         fds = [fd for fd in (stdin, stdout, stderr) if fd is not None]
+        if request.pty is not None and fds:
+            for fd in fds:
+                os.close(fd)
+            raise ValueError("a pty command takes no fds")
         if self.closed:
             for fd in fds:
                 os.close(fd)
@@ -263,6 +279,9 @@ class AgentClient:
             "rlimits": [list(limit) for limit in request.rlimits],
             "stdin": stdin is not None,
         }
+        if request.pty is not None:
+            message["pty"] = list(request.pty)
+            self._pty_spawns.add(request_id)
         self.send(message, fds)
         try:
             return await future
@@ -385,7 +404,7 @@ class AgentClient:
                 raise ValueError("a message that is not an object")
             self._dispatch(message)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> None:  # noqa: PLR0912
         op = message.get("op")
         if op == "ready":
             if self._ready.done():
@@ -395,8 +414,25 @@ class AgentClient:
         if not self._ready.done():
             raise ProtocolViolation(f"{op!r} before ready")
         if op == "started":
-            self._started(_message_id(message), self._take_pidfd())
+            request_id = _message_id(message)
+            terminal = None
+            if request_id in self._pty_spawns:
+                self._pty_spawns.discard(request_id)
+                if len(self._fds) < 2:
+                    raise ProtocolViolation("a pty's started without its terminal")
+                terminal = self._fds.pop()
+                if not os.isatty(terminal):
+                    os.close(terminal)
+                    raise ProtocolViolation("a pty's started without a terminal")
+            try:
+                pid = self._take_pidfd()
+            except BaseException:
+                if terminal is not None:
+                    os.close(terminal)
+                raise
+            self._started(request_id, pid, terminal)
         elif op == "failed":
+            self._pty_spawns.discard(_message_id(message))
             future = self._spawn_in_flight(_message_id(message))
             if future is not None:
                 future.set_exception(AgentError(f"could not start: {message['error']}"[:500]))
@@ -466,12 +502,19 @@ class AgentClient:
             return None
         raise ProtocolViolation(f"an answer for spawn {request_id}, which is not in flight")
 
-    def _started(self, request_id: int, pid: int) -> None:
-        future = self._spawn_in_flight(request_id)
-        command = AgentCommand(self, request_id, pid)
+    def _started(self, request_id: int, pid: int, terminal: int | None = None) -> None:
+        try:
+            future = self._spawn_in_flight(request_id)
+        except ProtocolViolation:
+            if terminal is not None:
+                os.close(terminal)
+            raise
+        command = AgentCommand(self, request_id, pid, terminal)
         self._commands[request_id] = command
         if future is None or future.done():  # its caller went away: nobody would end it
             command.signal(signal.SIGKILL)
+            if terminal is not None:
+                os.close(terminal)
             return
         future.set_result(command)
 

@@ -18,10 +18,12 @@ from sandbox_sdk.server.orchestrator.sandbox import (
     convert,
     file_requests,
     forward_requests,
+    process_requests,
     validation,
 )
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
+from sandbox_sdk.server.status import invalid_argument
 from sandbox_sdk.server.tenancy import tenant_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -209,6 +211,99 @@ class EnvironmentHandlers:
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 yield requests_pb2.ForwardPortResponse(data=chunk)
+
+    # --- background processes (see processes.py) -------------------------------------
+
+    def _process(self, request: Any, context: Context) -> Any:
+        environment_id = validation.environment_id(request.environment_id)
+        process_id = process_requests.process_id(request.process_id)
+        return self._manager.processes.get(tenant_of(context), environment_id, process_id)
+
+    async def StartProcess(
+        self, request: requests_pb2.StartProcessRequest, context: Context
+    ) -> requests_pb2.StartProcessResponse:
+        """Starts a command in the background."""
+        environment_id = validation.environment_id(request.environment_id)
+        command, pty = process_requests.start(request)
+        started = await self._manager.processes.start(
+            tenant_of(context),
+            environment_id,
+            command,
+            keep_stdin=request.stdin,
+            pty=pty,
+            request_id=request.request_id,
+        )
+        return requests_pb2.StartProcessResponse(process=process_requests.process(started))
+
+    async def GetProcess(
+        self, request: requests_pb2.GetProcessRequest, context: Context
+    ) -> requests_pb2.GetProcessResponse:
+        """One process of the environment."""
+        found = self._process(request, context)
+        return requests_pb2.GetProcessResponse(process=process_requests.process(found))
+
+    async def ListProcesses(
+        self, request: requests_pb2.ListProcessesRequest, context: Context
+    ) -> requests_pb2.ListProcessesResponse:
+        """A page of the environment's processes, oldest first."""
+        environment_id = validation.environment_id(request.environment_id)
+        size, offset = process_requests.page(request)
+        found = self._manager.processes.list(
+            tenant_of(context), environment_id, request.include_finished
+        )
+        shown = found[offset : offset + size]
+        token = str(offset + size) if offset + size < len(found) else ""
+        return requests_pb2.ListProcessesResponse(
+            processes=[process_requests.process(p) for p in shown], next_page_token=token
+        )
+
+    async def WaitProcess(
+        self, request: requests_pb2.WaitProcessRequest, context: Context
+    ) -> requests_pb2.WaitProcessResponse:
+        """The process once it ended; the call's deadline bounds the wait."""
+        found = self._process(request, context)
+        await found.done.wait()
+        return requests_pb2.WaitProcessResponse(process=process_requests.process(found))
+
+    async def StreamProcessOutput(
+        self, request: requests_pb2.StreamProcessOutputRequest, context: Context
+    ) -> AsyncGenerator[requests_pb2.StreamProcessOutputResponse, None]:
+        """The process's output and exit from after_sequence on."""
+        found = self._process(request, context)
+        if request.after_sequence < 0:
+            raise invalid_argument([("after_sequence", "must not be negative")])
+        events = self._manager.processes.output(found, request.after_sequence, request.follow)
+        async for event in events:
+            yield requests_pb2.StreamProcessOutputResponse(
+                event=process_requests.output_event(event, found)
+            )
+
+    async def WriteProcessInput(
+        self, request: requests_pb2.WriteProcessInputRequest, context: Context
+    ) -> requests_pb2.WriteProcessInputResponse:
+        """Writes to the process's stdin, or closes it."""
+        found = self._process(request, context)
+        data = process_requests.input_data(request)
+        await self._manager.processes.write_input(found, data, request.close)
+        return requests_pb2.WriteProcessInputResponse()
+
+    async def SignalProcess(
+        self, request: requests_pb2.SignalProcessRequest, context: Context
+    ) -> requests_pb2.SignalProcessResponse:
+        """Sends an allowed signal to the process."""
+        found = self._process(request, context)
+        number = process_requests.signal_number(request.signal)
+        self._manager.processes.signal(found, number)
+        return requests_pb2.SignalProcessResponse(process=process_requests.process(found))
+
+    async def ResizeProcessTerminal(
+        self, request: requests_pb2.ResizeProcessTerminalRequest, context: Context
+    ) -> requests_pb2.ResizeProcessTerminalResponse:
+        """Changes the size of the process's terminal."""
+        found = self._process(request, context)
+        rows, cols = process_requests.resize(request)
+        self._manager.processes.resize(found, rows, cols)
+        return requests_pb2.ResizeProcessTerminalResponse()
 
     async def GetEnvironmentUsage(
         self, request: requests_pb2.GetEnvironmentUsageRequest, context: Context

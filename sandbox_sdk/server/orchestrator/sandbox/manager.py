@@ -55,6 +55,7 @@ from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher
 from sandbox_sdk.server.orchestrator.sandbox.lifecycle import Lifecycle
 from sandbox_sdk.server.orchestrator.sandbox.port import SandboxPortAdapter
 from sandbox_sdk.server.orchestrator.sandbox.port_forwarding import PortForwarding
+from sandbox_sdk.server.orchestrator.sandbox.processes import EnvironmentProcesses
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
@@ -101,6 +102,10 @@ class SandboxManager:
         self.files = EnvironmentFiles(self._environments, activity)
         # ForwardPort: TCP connections to servers inside environments.
         self.forwarding = PortForwarding(self._environments, activity)
+        # Background processes (StartProcess and the process RPCs).
+        self.processes = EnvironmentProcesses(
+            self._environments, activity, self._execution, settings
+        )
 
     # --- start and stop ----------------------------------------------------------------
 

@@ -77,6 +77,13 @@ class SandboxSettings(BaseModel):
         template_max_bytes: the largest root file system a build may leave.
         max_port_forwards_per_environment: ForwardPort connections one
             environment may carry at once (more: RESOURCE_EXHAUSTED).
+        max_processes_per_environment: background processes (StartProcess)
+            one environment may have running at once (more: RESOURCE_EXHAUSTED).
+        process_output_buffer_bytes: output kept per background process for
+            StreamProcessOutput; older events are dropped (resuming before the
+            oldest kept is OUT_OF_RANGE).
+        max_finished_processes_per_environment: ended processes kept per
+            environment for GetProcess and ListProcesses; the oldest go first.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -145,6 +152,9 @@ class SandboxSettings(BaseModel):
     template_debian_mirror: str = Field(default="", pattern=r"^(https?://[A-Za-z0-9.:/_~-]+)?$")
     template_max_bytes: int = Field(default=16 * GiB, gt=0)
     max_port_forwards_per_environment: int = Field(default=32, gt=0)
+    max_processes_per_environment: int = Field(default=64, gt=0)
+    process_output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    max_finished_processes_per_environment: int = Field(default=1000, gt=0)
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> SandboxSettings:
