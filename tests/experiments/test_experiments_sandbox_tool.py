@@ -9,9 +9,12 @@ and the rest is its final answer, ``{output}`` standing for the last result.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import http.server
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -37,7 +40,7 @@ from sandbox_sdk.server.orchestrator.experiments.sandbox_tool import (
     CommandRefusedError,
     command_of,
 )
-from sandbox_sdk.server.orchestrator.experiments.settings import default_models
+from sandbox_sdk.server.orchestrator.experiments.settings import ModelConfig, default_models
 from sandbox_sdk.server.orchestrator.experiments.validation import validate_create
 from sandbox_sdk.server.status import ServiceError
 
@@ -64,8 +67,83 @@ TOOL = "spec.sandbox_tool"
 LONG_COMMAND = '{"command": "' + "x" * (limits.MAX_TOOL_COMMAND_CHARS + 1) + '"}'
 
 
+class _ToolCallingServer(http.server.BaseHTTPRequestHandler):
+    """A test double at the network edge: an OpenAI-compatible server whose model calls
+    run_command("echo hi") (the call streamed in fragments, as OpenAI streams them), then
+    answers with the result it was sent. It keeps the request bodies it received."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+        if results:
+            deltas = [
+                ({"role": "assistant", "content": f"the tool said {results[-1].strip()}"}, "stop")
+            ]
+        else:
+            deltas = [
+                (
+                    {
+                        "role": "assistant",
+                        "tool_calls": [_fragment(id="call_abc", name="run_command")],
+                    },
+                    None,
+                ),
+                ({"tool_calls": [_fragment(arguments='{"command": "echo ')]}, None),
+                ({"tool_calls": [_fragment(arguments='hi"}')]}, "tool_calls"),
+            ]
+        chunks = [_chunk([{"index": 0, "delta": d, "finish_reason": f}]) for d, f in deltas]
+        chunks.append(
+            _chunk([], usage={"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10})
+        )
+        payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(payload.encode())))
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keeps the test output quiet."""
+
+
+def _fragment(*, id: str = "", name: str = "", arguments: str = "") -> dict[str, Any]:
+    fragment: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
+    if id:
+        fragment.update(id=id, type="function")
+        fragment["function"]["name"] = name
+    return fragment
+
+
+def _chunk(choices: list[Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "tool-caller",
+        "choices": choices,
+        **extra,
+    }
+
+
 @pytest.fixture
-async def real_sandbox(tmp_path: Path) -> AsyncIterator[tuple[Any, ExperimentEngine]]:
+def tool_calling_server() -> Iterator[str]:
+    """The base URL of a _ToolCallingServer on loopback."""
+    _ToolCallingServer.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ToolCallingServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+async def real_sandbox(
+    tmp_path: Path, tool_calling_server: str
+) -> AsyncIterator[tuple[Any, ExperimentEngine]]:
     db = Database(tmp_path / "orchestrator.db")
     manager = SandboxManager(
         db,
@@ -74,7 +152,16 @@ async def real_sandbox(tmp_path: Path) -> AsyncIterator[tuple[Any, ExperimentEng
         tmp_path / "workspaces",
     )
     await manager.start()
-    engine = ExperimentEngine(db, ExperimentSettings(), manager.port, "t1")
+    remote = ModelConfig.model_validate(
+        {
+            "name": "remote",
+            "provider": "openai",
+            "options": {"base_url": tool_calling_server, "api_key": "sk-test"},
+            "retry": {"max_attempts": 1},
+        }
+    )
+    settings = ExperimentSettings(models=[*default_models(), remote])
+    engine = ExperimentEngine(db, settings, manager.port, "t1")
     await engine.start()
     yield manager, engine
     await engine.stop()
@@ -175,6 +262,35 @@ async def test_the_model_runs_commands_and_answers_with_their_output(
     assert accepted is not None
     assert accepted.max_turns == limits.DEFAULT_TOOL_TURNS
     assert accepted.command_timeout_seconds == limits.DEFAULT_TOOL_COMMAND_TIMEOUT_SECONDS
+
+
+@pytest.mark.isolation
+async def test_an_openai_compatible_model_calls_the_tool_through_the_chat_api(
+    real_sandbox: tuple[Any, ExperimentEngine],
+) -> None:
+    manager, engine = real_sandbox
+    environment = await _environment(manager)
+
+    record, events, results = await _run(engine, environment, _tool_spec("hi?", model="remote"))
+
+    assert record.state is ExperimentState.SUCCEEDED
+    call, result = _transcript(events)
+    assert (call.command, result.stdout) == ("echo hi", "hi\n")
+    sample = results.samples[0]
+    assert sample.output == "the tool said hi"
+    assert (sample.turns, sample.tool_calls, sample.tool_errors) == (2, 1, 0)
+    first, second = _ToolCallingServer.requests
+    assert [t["function"]["name"] for t in first["tools"]] == ["run_command"]
+    assert first["tools"][0]["function"]["parameters"]["required"] == ["command"]
+    asked, answered = second["messages"][-2:]
+    assert asked["tool_calls"] == [
+        {
+            "id": "call_abc",
+            "type": "function",
+            "function": {"name": "run_command", "arguments": '{"command": "echo hi"}'},
+        }
+    ]
+    assert answered == {"role": "tool", "tool_call_id": "call_abc", "content": "hi\n"}
 
 
 @pytest.mark.isolation

@@ -20,6 +20,7 @@ import openai
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.orchestrator.experiments.providers.base import (
+    ChatMessage,
     ExtraParameter,
     GenerationEnd,
     GenerationRequest,
@@ -28,6 +29,8 @@ from sandbox_sdk.server.orchestrator.experiments.providers.base import (
     StreamItem,
     TextDelta,
     TokenUsage,
+    ToolCall,
+    ToolDefinition,
 )
 from sandbox_sdk.server.orchestrator.experiments.settings import ModelConfig, OpenAIOptions
 
@@ -43,6 +46,11 @@ _SERVER_SPECIFIC_EXTRA: Mapping[str, ExtraParameter] = {
     "typical_p": ExtraParameter(float, 0.0, 1.0),
 }
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Streamed tool calls are assembled from fragments sent by the server: at most this many
+# calls, each with at most this many characters of name and arguments, are kept. Longer
+# arguments arrive cut, and the caller refuses them as not JSON.
+_MAX_STREAMED_CALLS = 16
+_MAX_CALL_CHARS = 65_536
 
 
 class OpenAICompatibleProvider(ModelProvider):
@@ -102,6 +110,7 @@ class OpenAICompatibleProvider(ModelProvider):
         finish_reason = "stop"
         usage: TokenUsage | None = None
         chunks_with_text = 0
+        calls = _StreamedCalls()
         try:
             stream = await self.client().chat.completions.create(**self._arguments(request))
             async for chunk in stream:
@@ -114,10 +123,15 @@ class OpenAICompatibleProvider(ModelProvider):
                     if choice.delta.content:
                         chunks_with_text += 1
                         yield TextDelta(choice.delta.content)
+                    for fragment in choice.delta.tool_calls or ():
+                        calls.add(fragment)
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
         except openai.APIError as error:
             raise _provider_error(error) from error
+        if request.tools:
+            for call in calls.assembled():
+                yield call
         # Servers that ignore stream_options send no usage; one chunk is about one token.
         yield GenerationEnd(
             finish_reason=finish_reason,
@@ -127,7 +141,7 @@ class OpenAICompatibleProvider(ModelProvider):
     def _arguments(self, request: GenerationRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.options.remote_model or self.config.name,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [_message(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": request.max_tokens or self.config.default_max_tokens,
@@ -144,6 +158,8 @@ class OpenAICompatibleProvider(ModelProvider):
         arguments.update({k: v for k, v in request.extra.items() if k in _STANDARD_EXTRA})
         if extra_body:
             arguments["extra_body"] = extra_body
+        if request.tools:
+            arguments["tools"] = [_tool(t) for t in request.tools]
         return arguments
 
     async def aclose(self) -> None:
@@ -151,6 +167,62 @@ class OpenAICompatibleProvider(ModelProvider):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A chat message in the chat-completions format, tool calls and results included."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    encoded: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        encoded["content"] = message.content or None
+        encoded["tool_calls"] = [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    return encoded
+
+
+def _tool(tool: ToolDefinition) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": dict(tool.parameters),
+        },
+    }
+
+
+class _StreamedCalls:
+    """Tool calls assembled from a stream's fragments, keyed by their index."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}
+
+    def add(self, fragment: Any) -> None:
+        """Adds one ``ChoiceDeltaToolCall`` fragment; fragments past the caps are dropped."""
+        index = fragment.index
+        if index not in self._calls and len(self._calls) >= _MAX_STREAMED_CALLS:
+            return
+        call = self._calls.setdefault(index, ["", "", ""])
+        function = fragment.function
+        # The id and name come whole (in the first fragment, or repeated); arguments in pieces.
+        call[0] = call[0] or (fragment.id or "")[:_MAX_CALL_CHARS]
+        call[1] = call[1] or ((function.name if function else None) or "")[:_MAX_CALL_CHARS]
+        piece = (function.arguments if function else None) or ""
+        call[2] += piece[: max(_MAX_CALL_CHARS - len(call[2]), 0)]
+
+    def assembled(self) -> list[ToolCall]:
+        """The calls in index order; a call the server sent no id for gets one."""
+        return [
+            ToolCall(call_id or f"call-{index}", name, arguments)
+            for index, (call_id, name, arguments) in sorted(self._calls.items())
+        ]
 
 
 def _provider_error(error: openai.APIError) -> ProviderError:
