@@ -30,6 +30,8 @@ from sandbox_sdk.utils.units import DurationLike, Size, parse_duration, parse_si
 FileSource = bytes | str
 ScorerLike = Scorer | str | Mapping[str, Any]
 InputLike = Mapping[str, str] | str
+SandboxToolLike = bool | Mapping[str, Any]
+_SANDBOX_TOOL_KEYS = ("max_turns", "command_timeout", "max_output_bytes")
 _TYPED_PARAMETERS = ("temperature", "top_p", "max_tokens", "seed", "stop")
 _SIMPLE_SCORERS: dict[str, Scorer] = {
     "exact_match": ExactMatch(),
@@ -369,6 +371,30 @@ def _input(item: InputLike, index: int) -> experiment_pb2.ExperimentInput:
     _invalid(f"spec.inputs[{index}]", "give {'prompt': ..., 'expected': ...} or a string")
 
 
+def sandbox_tool_message(value: SandboxToolLike) -> experiment_pb2.SandboxTool:
+    """The SandboxTool of ``sandbox_tool=``: ``True`` for the server's defaults, or a mapping
+    of ``max_turns``, ``command_timeout`` (seconds or "10s") and ``max_output_bytes``."""
+    if isinstance(value, bool):
+        return experiment_pb2.SandboxTool(enabled=value)
+    if not isinstance(value, Mapping):
+        _invalid("spec.sandbox_tool", f"expected True or a mapping, got {value!r}")
+    unknown = sorted(set(value) - set(_SANDBOX_TOOL_KEYS))
+    if unknown:
+        _invalid(
+            f"spec.sandbox_tool.{unknown[0]}", f"unknown; use {', '.join(_SANDBOX_TOOL_KEYS)}"
+        )
+    message = experiment_pb2.SandboxTool(enabled=True)
+    if "max_turns" in value:
+        message.max_turns = _integer("spec.sandbox_tool.max_turns", value["max_turns"])
+    if "max_output_bytes" in value:
+        field = "spec.sandbox_tool.max_output_bytes"
+        message.max_output_bytes = _integer(field, value["max_output_bytes"])
+    if "command_timeout" in value:
+        seconds = _duration("spec.sandbox_tool.command_timeout", value["command_timeout"])
+        message.command_timeout.CopyFrom(to_duration_pb(seconds))
+    return message
+
+
 def create_experiment_request(
     environment_id: str,
     *,
@@ -385,6 +411,7 @@ def create_experiment_request(
     priority: int | None = None,
     labels: Mapping[str, str] | None = None,
     fail_on_scorer_error: bool = False,
+    sandbox_tool: SandboxToolLike | None = None,
 ) -> requests_pb2.CreateExperimentRequest:
     """The ``CreateExperiment`` request, with a new ``request_id``."""
     if not model:
@@ -406,6 +433,8 @@ def create_experiment_request(
     )
     if timeout is not None:
         spec.timeout.CopyFrom(to_duration_pb(_duration("spec.timeout", timeout)))
+    if sandbox_tool is not None and sandbox_tool is not False:
+        spec.sandbox_tool.CopyFrom(sandbox_tool_message(sandbox_tool))
     return requests_pb2.CreateExperimentRequest(
         environment_id=environment_id, spec=spec, request_id=new_request_id()
     )

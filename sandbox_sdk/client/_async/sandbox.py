@@ -451,6 +451,7 @@ class AsyncSandbox:
         priority: int | None = None,
         labels: Mapping[str, str] | None = None,
         fail_on_scorer_error: bool = False,
+        sandbox_tool: messages.SandboxToolLike | None = None,
     ) -> AsyncExperiment:
         """Queues an experiment in this environment and returns its handle at once.
 
@@ -468,6 +469,12 @@ class AsyncSandbox:
         the scorer, the sample and the error; ``get_results()`` then raises
         :class:`~sandbox_sdk.errors.ExperimentFailedError`, and
         ``get_results(raise_on_failure=False)`` returns the samples run so far.
+
+        ``sandbox_tool=True`` (or a mapping of ``max_turns``, ``command_timeout`` and
+        ``max_output_bytes``) gives the model a tool that runs shell commands in this
+        environment, in a bounded loop per sample; the calls and results are
+        ``tool_call`` and ``tool_result`` events, and ``turns``, ``tool_calls`` and
+        ``tool_errors`` are metrics of the results.
         """
         request = messages.create_experiment_request(
             self.id,
@@ -484,6 +491,7 @@ class AsyncSandbox:
             priority=priority,
             labels=labels,
             fail_on_scorer_error=fail_on_scorer_error,
+            sandbox_tool=sandbox_tool,
         )
         response = await self._transport.call("CreateExperiment", request)
         return AsyncExperiment(self._transport, ExperimentInfo.from_proto(response.experiment))

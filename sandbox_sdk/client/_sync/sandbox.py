@@ -449,6 +449,7 @@ class Sandbox:
         priority: int | None = None,
         labels: Mapping[str, str] | None = None,
         fail_on_scorer_error: bool = False,
+        sandbox_tool: messages.SandboxToolLike | None = None,
     ) -> Experiment:
         """Queues an experiment in this environment and returns its handle at once.
 
@@ -466,6 +467,12 @@ class Sandbox:
         the scorer, the sample and the error; ``get_results()`` then raises
         :class:`~sandbox_sdk.errors.ExperimentFailedError`, and
         ``get_results(raise_on_failure=False)`` returns the samples run so far.
+
+        ``sandbox_tool=True`` (or a mapping of ``max_turns``, ``command_timeout`` and
+        ``max_output_bytes``) gives the model a tool that runs shell commands in this
+        environment, in a bounded loop per sample; the calls and results are
+        ``tool_call`` and ``tool_result`` events, and ``turns``, ``tool_calls`` and
+        ``tool_errors`` are metrics of the results.
         """
         request = messages.create_experiment_request(
             self.id,
@@ -482,6 +489,7 @@ class Sandbox:
             priority=priority,
             labels=labels,
             fail_on_scorer_error=fail_on_scorer_error,
+            sandbox_tool=sandbox_tool,
         )
         response = self._transport.call("CreateExperiment", request)
         return Experiment(self._transport, ExperimentInfo.from_proto(response.experiment))
