@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 import yaml
 from e2e_support import EmbeddedStack
@@ -139,13 +140,28 @@ async def test_a_deleted_environment_is_unavailable_not_a_failed_command(
         await environment.exec(["true"])
 
 
-async def test_task_cleanup_deletes_environments_a_sample_left_behind(
+async def test_an_interrupted_sample_still_deletes_its_environments(
     config: SandboxSdkConfig, integration_stack: EmbeddedStack
 ) -> None:
     environments = await SandboxSdkEnvironment.sample_init(TASK, config, {})
+    sandbox = environments["default"].as_type(SandboxSdkEnvironment).sandbox
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # the cleanup runs while its caller is being cancelled
+        await SandboxSdkEnvironment.sample_cleanup(TASK, config, environments, True)
+
+    async with integration_stack.async_client() as client:
+        assert (await client.get_environment(sandbox.id)).state is EnvironmentState.TERMINATED
+
+
+async def test_task_cleanup_deletes_environments_a_sample_left_behind(
+    config: SandboxSdkConfig, integration_stack: EmbeddedStack
+) -> None:
+    await SandboxSdkEnvironment.task_init("startup", config)
+    environments = await SandboxSdkEnvironment.sample_init(TASK, config, {})
     left = environments["default"].as_type(SandboxSdkEnvironment).sandbox
 
-    await SandboxSdkEnvironment.task_cleanup(TASK, config, True)
+    await SandboxSdkEnvironment.task_cleanup("shutdown", config, True)
 
     async with integration_stack.async_client() as client:
         assert (await client.get_environment(left.id)).state is EnvironmentState.TERMINATED

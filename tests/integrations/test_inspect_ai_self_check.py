@@ -37,10 +37,10 @@ async def sandbox_env(
     if reason is not None:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     config = SandboxSdkConfig(target=integration_stack.target, api_key_file=str(api_key_file))
-    await SandboxSdkEnvironment.task_init(TASK, config)
+    await SandboxSdkEnvironment.task_init("startup", config)
     environments = await SandboxSdkEnvironment.sample_init(TASK, config, {})
     try:
         yield environments["default"]
     finally:
         await SandboxSdkEnvironment.sample_cleanup(TASK, config, environments, False)
-        await SandboxSdkEnvironment.task_cleanup(TASK, config, True)
+        await SandboxSdkEnvironment.task_cleanup("shutdown", config, True)

@@ -2,8 +2,8 @@
 
 Each sample gets its own environments (one per name in the config), created in
 ``sample_init`` with one asyncio client per sample and deleted in ``sample_cleanup``,
-also when the sample was interrupted. Every environment carries labels naming this
-process's run and the task, so ``task_cleanup`` deletes any a sample left behind and
+also when the sample was interrupted. Every environment carries labels naming its run
+(:mod:`.runs`) and task, so ``task_cleanup`` deletes any a sample left behind and
 ``inspect sandbox cleanup sandbox-sdk`` deletes what a crashed run left.
 """
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from typing_extensions import override
 
 from sandbox_sdk import AsyncSandbox, AsyncSandboxClient, SandboxError
-from sandbox_sdk.integrations.inspect_ai import commands, files
+from sandbox_sdk.integrations.inspect_ai import commands, files, runs
 from sandbox_sdk.integrations.inspect_ai.config import (
     EnvironmentOptions,
     SandboxSdkConfig,
@@ -43,7 +43,8 @@ PROVIDER_NAME = "sandbox-sdk"
 MANAGED_LABEL = "inspect-ai"
 RUN_LABEL = "inspect-ai-run"
 TASK_LABEL = "inspect-ai-task"
-RUN_ID = uuid.uuid4().hex[:16]
+# The run label of environments made outside an eval's startup (no task_init).
+PROCESS_TOKEN = uuid.uuid4().hex[:16]
 CLEANUP_TIMEOUT_SECONDS = 60.0
 _IDENTITY_SCRIPT = "PATH=/usr/sbin:/usr/bin:/sbin:/bin; id -un; id -u"
 
@@ -84,8 +85,8 @@ class SandboxSdkEnvironment(SandboxEnvironment):
     @override
     @classmethod
     async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
-        # Reading the config now makes a bad file fail the task before any sample runs.
-        await _resolved_config(config)
+        # Resolved now, in the task's directory, a bad file fails before any sample runs.
+        runs.begin(runs.config_key(config), await _resolved_config(config))
 
     @override
     @classmethod
@@ -95,12 +96,18 @@ class SandboxSdkEnvironment(SandboxEnvironment):
         config: SandboxEnvironmentConfigType | None,
         metadata: dict[str, str],
     ) -> dict[str, SandboxEnvironment]:
-        resolved = await _resolved_config(config)
+        run = runs.current(runs.config_key(config))
+        resolved = run.config if run is not None else await _resolved_config(config)
+        labels = {
+            MANAGED_LABEL: "true",
+            RUN_LABEL: run.token if run is not None else PROCESS_TOKEN,
+            TASK_LABEL: _label_value(task_name),
+        }
         client = await _open_client(resolved)
         created: dict[str, SandboxSdkEnvironment] = {}
         try:
             for name, options in resolved.environments.items():
-                sandbox = await _create(client, options, task_name)
+                sandbox = await _create(client, options, labels)
                 created[name] = cls(sandbox, client, resolved)
         except BaseException:
             await _delete_all(list(created.values()), client)
@@ -125,11 +132,9 @@ class SandboxSdkEnvironment(SandboxEnvironment):
     async def task_cleanup(
         cls, task_name: str, config: SandboxEnvironmentConfigType | None, cleanup: bool
     ) -> None:
-        if not cleanup:
-            return
-        resolved = await _resolved_config(config)
-        labels = {RUN_LABEL: RUN_ID, TASK_LABEL: _label_value(task_name)}
-        await _delete_labelled(resolved, labels)
+        run = runs.end(runs.config_key(config))
+        if cleanup and run is not None:
+            await _delete_labelled(run.config, {RUN_LABEL: run.token})
 
     @override
     @classmethod
@@ -238,14 +243,8 @@ async def _open_client(config: SandboxSdkConfig) -> AsyncSandboxClient:
 
 
 async def _create(
-    client: AsyncSandboxClient, options: EnvironmentOptions, task_name: str
+    client: AsyncSandboxClient, options: EnvironmentOptions, labels: dict[str, str]
 ) -> AsyncSandbox:
-    labels = {
-        **options.labels,
-        MANAGED_LABEL: "true",
-        RUN_LABEL: RUN_ID,
-        TASK_LABEL: _label_value(task_name),
-    }
     with inspect_errors():
         return await client.create_environment(
             cpu=options.cpu,
@@ -256,7 +255,7 @@ async def _create(
             ttl=options.ttl,
             idle_timeout=options.idle_timeout,
             env=options.env,
-            labels=labels,
+            labels={**options.labels, **labels},
             network=options.network,
             egress_allow=options.egress_allow,
             egress_deny=options.egress_deny,
