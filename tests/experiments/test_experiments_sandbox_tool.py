@@ -258,6 +258,9 @@ async def test_the_model_runs_commands_and_answers_with_their_output(
     assert aggregates["turns"].mean == 3.0
     assert aggregates["tool_calls"].mean == 2.0
     assert aggregates["tool_errors"].mean == 0.0
+    (family,) = engine.metrics.tool_calls.collect()
+    counted = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert counted == {"ok": 2.0, "error": 0.0}
     accepted = record.spec.sandbox_tool
     assert accepted is not None
     assert accepted.max_turns == limits.DEFAULT_TOOL_TURNS

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class EngineMetrics:
-    """Counters and gauges of experiments, samples, tokens and retries."""
+    """Counters and gauges of experiments, samples, tokens, retries and tool calls."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.created = Counter(
@@ -43,6 +43,13 @@ class EngineMetrics:
             "sandbox_experiment_model_retries",
             "Model calls retried after a transient failure, by model.",
             ["model"],
+            registry=registry,
+        )
+        self.tool_calls = Counter(
+            "sandbox_experiment_tool_calls",
+            "Sandbox tool calls made by models, by model and outcome (ok or error: refused,"
+            " timed out or killed).",
+            ["model", "outcome"],
             registry=registry,
         )
         self.sample_latency = Histogram(

@@ -339,6 +339,10 @@ class ExperimentRunner:
         if not sample.error:
             self.metrics.completion_tokens.labels(name).inc(sample.completion_tokens)
             self.metrics.sample_latency.labels(name).observe(sample.latency_seconds)
+        if sample.tool_calls:
+            ok = sample.tool_calls - sample.tool_errors
+            self.metrics.tool_calls.labels(name, "ok").inc(ok)
+            self.metrics.tool_calls.labels(name, "error").inc(sample.tool_errors)
 
 
 def parse_dataset(content: bytes, path: str) -> list[InputSpec]:
