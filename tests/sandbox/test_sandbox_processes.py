@@ -21,8 +21,11 @@ from sandbox_sdk.api.v1 import (
     requests_pb2,
 )
 from sandbox_sdk.errors import ErrorReason, from_rpc_error
+from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator import servicer
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
+from sandbox_sdk.server.orchestrator.sandbox.processes import ManagedProcess
+from sandbox_sdk.server.orchestrator.sandbox.processes_store import ProcessStore
 from sandbox_sdk.server.status import ErrorInterceptor
 from sandbox_sdk.server.tenancy import TENANT_KEY
 
@@ -366,3 +369,58 @@ async def test_processes_end_with_their_environment(tmp_path: Path) -> None:
             return  # the environment went first: the process went with it
         assert ended.state == KILLED
         assert ended.termination_reason == environment_pb2.EXIT_REASON_CANCELLED
+
+
+async def test_processes_are_reported_after_an_orchestrator_restart(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        finished = await _start(world, ["sh", "-c", "exit 5"])
+        await _wait(world, finished.id)
+        running = await _start(world, ["sleep", "600"])
+        environment_id = world.env_a
+    # A crash leaves rows RUNNING: the next start marks them KILLED.
+    store = ProcessStore(Database(tmp_path / "orchestrator.db"))
+    left = ManagedProcess(
+        id="p-0123456789ab",
+        environment_id=environment_id,
+        argv=("sleep", "1000"),
+        cwd="/workspace",
+        pty=False,
+        buffer_limit=1 << 16,
+        pid=7,
+    )
+    store.save(left)
+    async with _world(tmp_path) as world:
+        listed = await world.stub.ListProcesses(
+            requests_pb2.ListProcessesRequest(environment_id=environment_id, include_finished=True),
+            metadata=world.a,
+        )
+        by_id = {p.id: p for p in listed.processes}
+        assert set(by_id) == {finished.id, running.id, left.id}
+        assert by_id[finished.id].state == EXITED
+        assert by_id[finished.id].exit_code == 5
+        for lost in (running.id, left.id):
+            assert by_id[lost].state == KILLED
+            assert by_id[lost].termination_reason == environment_pb2.EXIT_REASON_CANCELLED
+        assert "restarted" in by_id[left.id].start_error
+        waited = await world.stub.WaitProcess(
+            requests_pb2.WaitProcessRequest(environment_id=environment_id, process_id=left.id),
+            metadata=world.a,
+            timeout=5,
+        )
+        assert waited.process.state == KILLED
+        events = [
+            r.event
+            async for r in world.stub.StreamProcessOutput(
+                requests_pb2.StreamProcessOutputRequest(
+                    environment_id=environment_id, process_id=finished.id
+                ),
+                metadata=world.a,
+            )
+        ]
+        assert [e.WhichOneof("payload") for e in events] == ["exited"]
+        with pytest.raises(grpc.aio.AioRpcError) as other_tenant:
+            await world.stub.GetProcess(
+                requests_pb2.GetProcessRequest(environment_id=environment_id, process_id=left.id),
+                metadata=world.b,
+            )
+        assert other_tenant.value.code() == grpc.StatusCode.NOT_FOUND

@@ -104,7 +104,7 @@ class SandboxManager:
         self.forwarding = PortForwarding(self._environments, activity)
         # Background processes (StartProcess and the process RPCs).
         self.processes = EnvironmentProcesses(
-            self._environments, activity, self._execution, settings
+            self._environments, activity, self._execution, settings, db
         )
 
     # --- start and stop ----------------------------------------------------------------

@@ -14,8 +14,10 @@ runs until it exits, is signalled, or the environment ends (its agent then
 kills it, and it is reported KILLED, reason CANCELLED). While one runs, the
 environment is not idle (the process is in ``runtime.execs``, which the idle
 reaper and the environment's release look at), and its output postpones idle
-expiry too. The table lives in memory: an orchestrator restart ends the
-environments, and their processes with them.
+expiry too. The table lives in memory, with a row per process in the
+orchestrator's SQLite database (:mod:`.processes_store`): an orchestrator
+restart ends the environments and their processes, which GetProcess and
+ListProcesses then report KILLED (reason CANCELLED), without their output.
 """
 
 from __future__ import annotations
@@ -31,17 +33,19 @@ import termios
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import grpc
 
 from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
     AgentCommand,
     AgentError,
     CommandExit,
+    SpawnRequest,
 )
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
     RunningCommand,
@@ -52,6 +56,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import Command, 
 from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments
 from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
 from sandbox_sdk.server.orchestrator.sandbox.process import ProcessExit
+from sandbox_sdk.server.orchestrator.sandbox.processes_store import ProcessStore
 from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
@@ -186,8 +191,12 @@ class EnvironmentProcesses:
         activity: Activity,
         execution: Execution,
         settings: SandboxSettings,
+        db: Database | None = None,
     ) -> None:
         self._environments = environments
+        self._store = ProcessStore(db) if db is not None else None
+        if self._store is not None:
+            self._store.mark_lost()
         self._activity = activity
         self._execution = execution
         self._settings = settings
@@ -202,11 +211,19 @@ class EnvironmentProcesses:
         return runtime
 
     def _table(self, tenant: str, environment_id: str) -> dict[str, ManagedProcess]:
-        """The environment's processes; NOT_FOUND for another tenant's environment."""
-        if self._environments.live(environment_id, tenant) is None:
-            # Ended environments keep no processes; this raises the right error.
-            self._environments.running(tenant, environment_id)
-        return self._tables.setdefault(environment_id, {})
+        """The environment's processes; NOT_FOUND for another tenant's environment.
+
+        An ended environment's come from the database once none is running here.
+        """
+        if self._environments.live(environment_id, tenant) is not None:
+            return self._tables.setdefault(environment_id, {})
+        self._environments.get(tenant, environment_id)  # NOT_FOUND unless the tenant's
+        table = self._tables.get(environment_id, {})
+        if self._store is None or any(not p.done.is_set() for p in table.values()):
+            return table
+        self._tables.pop(environment_id, None)
+        limit = self._settings.process_output_buffer_bytes
+        return {p.id: p for p in self._store.for_environment(environment_id, limit)}
 
     def get(self, tenant: str, environment_id: str, process_id: str) -> ManagedProcess:
         """One process of the tenant's environment; NOT_FOUND when there is none."""
@@ -245,16 +262,7 @@ class EnvironmentProcesses:
             first = self._by_request.get((environment_id, request_id))
             if first is not None and first in table:
                 return table[first]
-        running = sum(1 for p in table.values() if p.state == "RUNNING")
-        limit = self._settings.max_processes_per_environment
-        if running >= limit:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                ErrorReason.QUOTA_EXCEEDED,
-                f"environment {environment_id} has {running} processes running, its limit: "
-                "wait for or signal some of them before starting another",
-                quota_violations=[("processes", f"at most {limit} running per environment")],
-            )
+        self._check_limit(table, environment_id)
         workspace = runtime.files()
         cwd = split_path(command.cwd, allow_root=True) if command.cwd else ()
         if cwd:
@@ -270,13 +278,7 @@ class EnvironmentProcesses:
             limits=self._execution.process_limits(runtime),
         )
         if pty is not None:
-            request = type(request)(
-                argv=request.argv,
-                cwd=request.cwd,
-                env={**request.env, "TERM": request.env.get("TERM", "xterm-256color")},
-                rlimits=request.rlimits,
-                pty=pty,
-            )
+            request = _under_terminal(request, pty)
         process = ManagedProcess(
             id=self._new_id(table),
             environment_id=environment_id,
@@ -302,6 +304,7 @@ class EnvironmentProcesses:
             process.end_time = time.time()
             process.done.set()
             process.append("exited")
+            self._save(process)
             return process
         process.command = started
         process.pid = started.pid
@@ -317,7 +320,25 @@ class EnvironmentProcesses:
         runtime.execs[key] = running_command
         running_command.cancel.subscribe(lambda: self._end_with_environment(process))
         asyncio.get_running_loop().create_task(self._watch(process, started, fds, runtime, key))
+        self._save(process)
         return process
+
+    def _save(self, process: ManagedProcess) -> None:
+        if self._store is not None:
+            self._store.save(process)
+
+    def _check_limit(self, table: dict[str, ManagedProcess], environment_id: str) -> None:
+        """RESOURCE_EXHAUSTED when the environment runs as many processes as it may."""
+        running = sum(1 for p in table.values() if p.state == "RUNNING")
+        limit = self._settings.max_processes_per_environment
+        if running >= limit:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ErrorReason.QUOTA_EXCEEDED,
+                f"environment {environment_id} has {running} processes running, its limit: "
+                "wait for or signal some of them before starting another",
+                quota_violations=[("processes", f"at most {limit} running per environment")],
+            )
 
     async def _spawn_with_pipes(
         self, agent: object, request: object, keep_stdin: bool, process: ManagedProcess
@@ -447,6 +468,7 @@ class EnvironmentProcesses:
             process.terminal = None
         process.append("exited")
         process.done.set()
+        self._save(process)
         self._activity.touch(process.environment_id)
 
     @staticmethod
@@ -555,6 +577,12 @@ async def _write_all(fd: int, data: bytes, gone: Callable[[], bool]) -> None:
         except BrokenPipeError:
             raise _not_running_error() from None
         view = view[written:]
+
+
+def _under_terminal(request: SpawnRequest, pty: tuple[int, int]) -> SpawnRequest:
+    """``request`` under a pty of that size, with a TERM its programs understand."""
+    env = {**request.env, "TERM": request.env.get("TERM", "xterm-256color")}
+    return replace(request, env=env, pty=pty)
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
