@@ -227,6 +227,21 @@ async def test_signal_kill_and_the_allow_list(tmp_path: Path) -> None:
         assert again.process.signal == 15
 
 
+async def test_sigint_ends_a_process_without_a_handler(tmp_path: Path) -> None:
+    # The agent ignores SIGINT; its processes must not inherit that.
+    async with _world(tmp_path) as world:
+        process = await _start(world, ["sleep", "60"])
+        await world.stub.SignalProcess(
+            requests_pb2.SignalProcessRequest(
+                environment_id=world.env_a, process_id=process.id, signal=2
+            ),
+            metadata=world.a,
+        )
+        ended = await _wait(world, process.id)
+        assert ended.state == KILLED
+        assert ended.signal == 2
+
+
 async def test_wait_is_bounded_by_the_deadline(tmp_path: Path) -> None:
     async with _world(tmp_path) as world:
         process = await _start(world, ["sleep", "60"])

@@ -414,7 +414,8 @@ def _start_command(request: dict[str, Any], fds: list[int]) -> int:
             env,
             file_actions=actions,
             setsid=True,
-            setsigdef=(signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ),
+            # SIGINT too: the agent ignores it, and commands must not inherit that.
+            setsigdef=(signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT),
         )
     except OSError as error:
         if error.errno in _NO_PROCESS_ERRNOS:
