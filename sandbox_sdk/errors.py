@@ -76,6 +76,10 @@ class ErrorReason(enum.StrEnum):
     STDIN_CLOSED = "STDIN_CLOSED"
     NOT_A_TERMINAL = "NOT_A_TERMINAL"
     OUTPUT_EXPIRED = "OUTPUT_EXPIRED"
+    # Port forwarding (#15): nothing listens on the port inside the environment; the
+    # server there reset the connection.
+    PORT_NOT_LISTENING = "PORT_NOT_LISTENING"
+    CONNECTION_RESET = "CONNECTION_RESET"
 
 
 @dataclass(frozen=True)

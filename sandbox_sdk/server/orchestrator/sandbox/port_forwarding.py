@@ -33,10 +33,6 @@ from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
 from sandbox_sdk.server.orchestrator.sandbox.statuses import environment_not_found, not_running
 from sandbox_sdk.server.status import ServiceError
 
-# Not in ErrorReason (yet): the port forwarding's own refusals.
-PORT_NOT_LISTENING = "PORT_NOT_LISTENING"
-CONNECTION_RESET = "CONNECTION_RESET"
-
 
 class _Forward:
     """One open forward: its connection once made, and whether its environment ended."""
@@ -171,7 +167,7 @@ class PortForwarding:
                 raise _nothing_listens(environment_id, port) from None
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                PORT_NOT_LISTENING,
+                ErrorReason.PORT_NOT_LISTENING,
                 f"could not connect to port {port} in environment {environment_id}"
                 f" ({error}); check that its server accepts connections on 127.0.0.1",
             ) from None
@@ -184,7 +180,7 @@ class PortForwarding:
 def _nothing_listens(environment_id: str, port: int) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.FAILED_PRECONDITION,
-        PORT_NOT_LISTENING,
+        ErrorReason.PORT_NOT_LISTENING,
         f"nothing listens on port {port} in environment {environment_id}; start the server"
         " first, listening on 127.0.0.1 or 0.0.0.0",
         metadata={"port": str(port)},
@@ -194,7 +190,7 @@ def _nothing_listens(environment_id: str, port: int) -> ServiceError:
 def _reset(environment_id: str, port: int) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.ABORTED,
-        CONNECTION_RESET,
+        ErrorReason.CONNECTION_RESET,
         f"the server on port {port} in environment {environment_id} reset the connection;"
         " open a new one",
         metadata={"port": str(port)},
