@@ -97,6 +97,8 @@ from sandbox_sdk.models import (
     TemplateStateChange,
     TerminationReason,
     TokenUsage,
+    ToolCall,
+    ToolResult,
     UploadSummary,
     UsageReport,
 )
@@ -204,6 +206,8 @@ __all__ = [
     "Token",
     "TokenProvider",
     "TokenUsage",
+    "ToolCall",
+    "ToolResult",
     "UnavailableError",
     "UploadSummary",
     "UsageReport",

@@ -21,6 +21,8 @@ from sandbox_sdk.models.experiment import (
     MetricSample,
     OutputDelta,
     StateChange,
+    ToolCall,
+    ToolResult,
 )
 from sandbox_sdk.models.files import FileInfo, UploadSummary
 from sandbox_sdk.models.processes import ProcessInfo, ProcessState
@@ -86,6 +88,8 @@ __all__ = [
     "TemplateStateChange",
     "TerminationReason",
     "TokenUsage",
+    "ToolCall",
+    "ToolResult",
     "UploadSummary",
     "UsageReport",
 ]

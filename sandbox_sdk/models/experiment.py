@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -149,7 +150,32 @@ class OutputDelta:
     text: str
 
 
-EventPayload = LogLine | MetricSample | StateChange | OutputDelta
+@dataclass(slots=True)
+class ToolCall:
+    """The model asked the sandbox tool to run ``command`` (as ``argv``) in its turn."""
+
+    input_index: int
+    repeat: int
+    turn: int
+    command: str
+    argv: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """What a tool call's command produced; ``exit_code`` is -1 when a signal or the
+    timeout ended it, and ``truncated`` says the output was cut at the tool's limit."""
+
+    input_index: int
+    repeat: int
+    turn: int
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool
+
+
+EventPayload = LogLine | MetricSample | StateChange | OutputDelta | ToolCall | ToolResult
 
 
 class _Pending(enum.Enum):
@@ -165,7 +191,8 @@ _NO_MESSAGE = experiment_pb2.ExperimentEvent()
 class ExperimentEvent:
     """One persisted event; ``sequence`` increases by one per event, from 1.
 
-    ``kind`` is ``"log"``, ``"metric"``, ``"state_change"`` or ``"output"`` and
+    ``kind`` is ``"log"``, ``"metric"``, ``"state_change"``, ``"output"``,
+    ``"tool_call"`` or ``"tool_result"`` and
     ``payload`` the matching dataclass (``None`` for kinds this SDK predates).
     ``time`` is when the service recorded the event, in UTC.
 
@@ -251,23 +278,58 @@ class ExperimentEvent:
         )
 
 
+def _output(message: experiment_pb2.ExperimentEvent) -> OutputDelta:
+    delta = message.output
+    return OutputDelta(delta.input_index, delta.repeat, delta.text)
+
+
+def _metric(message: experiment_pb2.ExperimentEvent) -> MetricSample:
+    metric = message.metric
+    return MetricSample(metric.name, metric.value, metric.unit, metric.input_index, metric.repeat)
+
+
+def _log(message: experiment_pb2.ExperimentEvent) -> LogLine:
+    return LogLine(_LEVELS.get(message.log.level, LogLevel.UNSPECIFIED), message.log.message)
+
+
+def _state_change(message: experiment_pb2.ExperimentEvent) -> StateChange:
+    change = message.state_change
+    return StateChange(
+        state_from_number(change.state),
+        ExperimentFailure.from_proto(change.failure),
+        change.queue_position,
+    )
+
+
+def _tool_call(message: experiment_pb2.ExperimentEvent) -> ToolCall:
+    call = message.tool_call
+    return ToolCall(call.input_index, call.repeat, call.turn, call.command, tuple(call.argv))
+
+
+def _tool_result(message: experiment_pb2.ExperimentEvent) -> ToolResult:
+    result = message.tool_result
+    return ToolResult(
+        result.input_index,
+        result.repeat,
+        result.turn,
+        result.exit_code,
+        result.stdout,
+        result.stderr,
+        result.truncated,
+    )
+
+
+# Each oneof case of ExperimentEvent.payload and how it becomes its dataclass.
+_PAYLOADS: dict[str, Callable[[experiment_pb2.ExperimentEvent], EventPayload]] = {
+    "output": _output,
+    "metric": _metric,
+    "log": _log,
+    "state_change": _state_change,
+    "tool_call": _tool_call,
+    "tool_result": _tool_result,
+}
+
+
 def _payload_from_proto(kind: str, message: experiment_pb2.ExperimentEvent) -> EventPayload | None:
-    if kind == "output":
-        delta = message.output
-        return OutputDelta(delta.input_index, delta.repeat, delta.text)
-    if kind == "metric":
-        metric = message.metric
-        return MetricSample(
-            metric.name, metric.value, metric.unit, metric.input_index, metric.repeat
-        )
-    if kind == "log":
-        log = message.log
-        return LogLine(_LEVELS.get(log.level, LogLevel.UNSPECIFIED), log.message)
-    if kind == "state_change":
-        change = message.state_change
-        return StateChange(
-            state_from_number(change.state),
-            ExperimentFailure.from_proto(change.failure),
-            change.queue_position,
-        )
-    return None
+    convert = _PAYLOADS.get(kind)
+    return convert(message) if convert is not None else None

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox_sdk import AsyncSandboxClient, InvalidArgumentError, SandboxClient
+from sandbox_sdk import (
+    AsyncSandboxClient,
+    InvalidArgumentError,
+    SandboxClient,
+    ToolCall,
+    ToolResult,
+)
 
 SCRIPT = "$ echo hi\n$ python3 -c 'print(2+2)'\nThe answer is {output}"
 
@@ -18,7 +24,8 @@ def test_the_model_runs_commands_in_the_environment_and_answers(client: SandboxC
             sandbox_tool={"max_turns": 5, "command_timeout": "5s", "max_output_bytes": 1024},
         )
         results = experiment.get_results()
-        kinds = [event.kind for event in experiment.events(follow=False)]
+        events = list(experiment.events(follow=False))
+        kinds = [event.kind for event in events]
 
     assert results.outputs == ["The answer is 4"]
     assert results.metrics["contains"].mean == 1.0
@@ -27,6 +34,10 @@ def test_the_model_runs_commands_in_the_environment_and_answers(client: SandboxC
     assert results.metrics["tool_errors"].mean == 0.0
     transcript = [kind for kind in kinds if kind.startswith("tool_")]
     assert transcript == ["tool_call", "tool_result"] * 2
+    calls = [e.payload for e in events if isinstance(e.payload, ToolCall)]
+    replies = [e.payload for e in events if isinstance(e.payload, ToolResult)]
+    assert [(c.turn, c.command) for c in calls] == [(1, "echo hi"), (2, "python3 -c 'print(2+2)'")]
+    assert [(r.turn, r.exit_code, r.stdout) for r in replies] == [(1, 0, "hi\n"), (2, 0, "4\n")]
 
 
 async def test_the_async_client_passes_the_tool_and_max_turns_ends_the_loop(
