@@ -169,6 +169,12 @@ class SampleResult:
     tokens_per_second: float = 0.0
     finish_reason: str = ""
     error: str = ""
+    turns: int = 0
+    """Model turns of the sandbox tool loop (0 without the tool)."""
+    tool_calls: int = 0
+    """Commands the model ran through the sandbox tool."""
+    tool_errors: int = 0
+    """Tool calls refused, not started, or ended by the timeout or a signal."""
 
     def measurement(self, name: str) -> float | None:
         """A score or a built-in measurement (see ``SAMPLE_MEASUREMENTS``) by name."""
@@ -205,6 +211,9 @@ class SampleResult:
             tokens_per_second=message.tokens_per_second,
             finish_reason=message.finish_reason,
             error=message.error,
+            turns=message.turns,
+            tool_calls=message.tool_calls,
+            tool_errors=message.tool_errors,
         )
 
 

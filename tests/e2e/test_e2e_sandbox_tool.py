@@ -51,6 +51,7 @@ async def test_the_async_client_passes_the_tool_and_max_turns_ends_the_loop(
 
     (sample,) = results.samples
     assert sample.finish_reason == "max_turns"
+    assert (sample.turns, sample.tool_calls, sample.tool_errors) == (2, 1, 0)
     assert results.metrics["turns"].mean == 2.0
     assert results.metrics["tool_calls"].mean == 1.0
 
