@@ -16,6 +16,7 @@ import threading
 import tty
 from collections.abc import Iterator
 
+from sandbox_sdk.cli.signal_wakeup import signals_written_to
 from sandbox_sdk.client import Process, Sandbox
 from sandbox_sdk.errors import SandboxError
 from sandbox_sdk.models.processes import ProcessInfo
@@ -30,9 +31,9 @@ SHELL_ARGV = [
 DEFAULT_SIZE = (24, 80)
 READ_SIZE = 4096
 
-# Bytes the wake-up pipe carries to the input loop.
+# What the wake-up pipe carries to the input loop, besides signal numbers.
 _OUTPUT_ENDED = b"x"
-_RESIZED = b"w"
+_RESIZED = bytes([signal.SIGWINCH])
 
 # Signals that end the session early; the terminal is restored and the shell hung up.
 _FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -66,20 +67,20 @@ def _raise_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _ignore(_signum: int, _frame: object) -> None:
+    pass  # a Python-level handler, so that signals_written_to reports the signal
+
+
 @contextlib.contextmanager
 def session_signals(wake: int) -> Iterator[None]:
-    """SIGWINCH wakes the input loop to resize; SIGTERM and SIGHUP end the session
-    through ``finally`` blocks (so the terminal is restored). Handlers restored after."""
-
-    def resized(_signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
-            os.write(wake, _RESIZED)
-
-    previous = {signal.SIGWINCH: signal.signal(signal.SIGWINCH, resized)}
+    """SIGWINCH's number reaches ``wake`` (for a resize); SIGTERM and SIGHUP end the
+    session through ``finally`` blocks, so the terminal is restored. Handlers restored after."""
+    previous = {signal.SIGWINCH: signal.signal(signal.SIGWINCH, _ignore)}
     for signum in _FATAL_SIGNALS:
         previous[signum] = signal.signal(signum, _raise_exit)
     try:
-        yield
+        with signals_written_to(wake):
+            yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -4,7 +4,6 @@ shell and forward."""
 from __future__ import annotations
 
 import sys
-import threading
 from typing import Annotated
 
 import typer
@@ -16,6 +15,7 @@ from sandbox_sdk.cli.exit_codes import INTERRUPTED
 from sandbox_sdk.cli.interactive_shell import run_shell
 from sandbox_sdk.cli.json_output import print_json
 from sandbox_sdk.cli.session import AsJson, client_of, err, out, pairs, reported_errors
+from sandbox_sdk.cli.signal_wakeup import wait_for_interrupt
 from sandbox_sdk.client import Process
 from sandbox_sdk.client.process_requests import signal_number
 from sandbox_sdk.models.processes import ProcessInfo, ProcessState
@@ -204,6 +204,7 @@ def env_shell(ctx: typer.Context, environment_id: EnvironmentId) -> None:
     with reported_errors():
         sandbox = client_of(ctx).get_environment(environment_id)
         info = run_shell(sandbox, stdin_fd=sys.stdin.fileno(), stdout_fd=sys.stdout.fileno())
+    _report_end(info)
     raise typer.Exit(process_status(info))
 
 
@@ -231,6 +232,6 @@ def env_forward(
                 out.print(address, highlight=False)
             err.print(f"forwarding {address} to {sandbox.id}:{port}; Ctrl-C stops", highlight=False)
             try:
-                threading.Event().wait()
+                wait_for_interrupt()
             except KeyboardInterrupt:
                 return

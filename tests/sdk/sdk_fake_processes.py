@@ -37,6 +37,11 @@ def _now() -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _shut(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+
+
 @dataclass
 class FakeProcess:
     message: process_pb2.Process
@@ -313,6 +318,7 @@ class FakeProcessGateway(FakeGateway):
                 ),
             )
         self.forwarded.append(first.header.port)
+        context.add_callback(lambda: _shut(connection))  # a cancelled call frees its recv
         threading.Thread(
             target=self._to_connection, args=(request_iterator, connection), daemon=True
         ).start()
@@ -331,7 +337,7 @@ class FakeProcessGateway(FakeGateway):
                 connection.sendall(message.data)
             connection.shutdown(socket.SHUT_WR)
         except (OSError, grpc.RpcError, ValueError):
-            pass
+            _shut(connection)
 
     def stop_all(self) -> None:
         """Kills every process still running (test teardown)."""

@@ -4,6 +4,7 @@ the fake gateway (local subprocesses and local sockets stand in for the environm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import socket
 import threading
@@ -56,6 +57,35 @@ def web_port() -> Iterator[int]:
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+def _echo(connection: socket.socket) -> None:
+    with connection, contextlib.suppress(OSError):
+        while data := connection.recv(4096):
+            connection.sendall(data)
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """A TCP echo server on 127.0.0.1 that keeps each connection open until its peer closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(connection)
+            threading.Thread(target=_echo, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1]
+    for sock in [listener, *accepted]:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 def _free_port() -> int:
@@ -221,6 +251,19 @@ def test_forward_to_a_closed_port_closes_the_connection_and_says_why(
     assert isinstance(forward.last_error, FailedPreconditionError)
 
 
+def test_closing_a_forward_closes_its_open_connections(
+    client: SandboxClient, echo_port: int
+) -> None:
+    forward = client.create_environment().forward(echo_port)
+    local_port = forward.start()
+    with socket.create_connection(("127.0.0.1", local_port)) as conn:
+        conn.settimeout(10)
+        conn.sendall(b"ping")
+        assert conn.recv(4) == b"ping"
+        forward.close()
+        assert conn.recv(10) == b""
+
+
 # -- asyncio -------------------------------------------------------------------------------
 
 
@@ -261,6 +304,18 @@ async def test_async_forward_relays_on_the_running_loop(
     assert response.endswith(b"hello from /async")
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", local_port)
+
+
+async def test_async_closing_a_forward_closes_its_open_connections(
+    aclient: AsyncSandboxClient, echo_port: int
+) -> None:
+    forward = (await aclient.create_environment()).forward(echo_port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", await forward.start())
+    writer.write(b"ping")
+    assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+    await forward.aclose()
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
 
 
 # -- pieces --------------------------------------------------------------------------------
