@@ -58,17 +58,21 @@ class AsyncPortForward:
         task = asyncio.current_task()
         if task is not None:
             self._relays.add(task)
-        call = await self._transport.open_bidi_stream("ForwardPort", self._requests(reader))
+        call = None
         try:
+            call = await self._transport.open_bidi_stream("ForwardPort", self._requests(reader))
             while (message := await glue.next_message(call)) is not None:
                 writer.write(message.data)
                 await writer.drain()
         except grpc.RpcError as error:
+            self._report(translate(error, self._transport.target, "ForwardPort"))
+        except SandboxError as error:  # no credentials to open the call with
             self._report(error)
         except OSError:
             pass  # the local client went away; cancelling the call below ends the remote side
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -83,10 +87,10 @@ class AsyncPortForward:
             yield requests_pb2.ForwardPortRequest(data=data)
         # Ending the stream half-closes the remote connection; its answer still flows.
 
-    def _report(self, error: grpc.RpcError) -> None:
-        if error.code() == grpc.StatusCode.CANCELLED:
+    def _report(self, error: SandboxError) -> None:
+        if error.code == grpc.StatusCode.CANCELLED:
             return  # we closed it
-        self.last_error = translate(error, self._transport.target, "ForwardPort")
+        self.last_error = error
         log.warning(
             "forwarding 127.0.0.1:%d to %s:%d failed: %s",
             self.local_port,

@@ -94,21 +94,25 @@ class PortForward:
             self._spawn(self._relay, connection)
 
     def _relay(self, connection: socket.socket) -> None:
-        call = self._transport.open_bidi_stream("ForwardPort", self._requests(connection))
-        with self._lock:
-            closing = connection not in self._connections  # close() came first
-            if not closing:
-                self._connections[connection] = call
+        call = None
         try:
+            call = self._transport.open_bidi_stream("ForwardPort", self._requests(connection))
+            with self._lock:
+                closing = connection not in self._connections  # close() came first
+                if not closing:
+                    self._connections[connection] = call
             if not closing:
                 for message in call:
                     connection.sendall(message.data)
         except grpc.RpcError as error:
+            self._report(translate(error, self._transport.target, "ForwardPort"))
+        except SandboxError as error:  # no credentials to open the call with
             self._report(error)
         except OSError:
             pass  # the local client went away; cancelling the call ends the remote side
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             with self._lock:
                 self._connections.pop(connection, None)
             _shut(connection)
@@ -124,10 +128,10 @@ class PortForward:
                 return  # ending the stream half-closes the remote connection
             yield requests_pb2.ForwardPortRequest(data=data)
 
-    def _report(self, error: grpc.RpcError) -> None:
-        if error.code() == grpc.StatusCode.CANCELLED:
+    def _report(self, error: SandboxError) -> None:
+        if error.code == grpc.StatusCode.CANCELLED:
             return  # we closed it
-        self.last_error = translate(error, self._transport.target, "ForwardPort")
+        self.last_error = error
         log.warning(
             "forwarding 127.0.0.1:%d to %s:%d failed: %s",
             self.local_port,
