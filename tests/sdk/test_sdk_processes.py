@@ -110,7 +110,7 @@ def test_start_streams_output_and_wait_returns_the_exit(
     assert request.request_id
     assert process.id.startswith("p-")
     assert process.pid > 0
-    assert process.info.running
+    assert process.info.start_time is not None
 
     chunks = list(process.output())
     assert b"".join(c.data for c in chunks if c.stream == "stdout") == b"out\n"
