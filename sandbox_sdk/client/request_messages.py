@@ -380,9 +380,7 @@ def sandbox_tool_message(value: SandboxToolLike) -> experiment_pb2.SandboxTool:
         _invalid("spec.sandbox_tool", f"expected True or a mapping, got {value!r}")
     unknown = sorted(set(value) - set(_SANDBOX_TOOL_KEYS))
     if unknown:
-        _invalid(
-            f"spec.sandbox_tool.{unknown[0]}", f"unknown; use {', '.join(_SANDBOX_TOOL_KEYS)}"
-        )
+        _invalid(f"spec.sandbox_tool.{unknown[0]}", f"unknown; use {', '.join(_SANDBOX_TOOL_KEYS)}")
     message = experiment_pb2.SandboxTool(enabled=True)
     if "max_turns" in value:
         message.max_turns = _integer("spec.sandbox_tool.max_turns", value["max_turns"])
