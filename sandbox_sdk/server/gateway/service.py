@@ -152,26 +152,15 @@ class GatewayService(_GenericRpcHandler):
         the stream cannot be replayed."""
 
         async def route(stream: AsyncIterator[bytes], context: Context, caller: Caller) -> bytes:
-            requests = aiter(stream)
-            first = await anext(requests, None)
-            link = self._owner(spec, first or b"")
-
-            async def forwarded() -> AsyncIterator[bytes]:
-                if first is not None:
-                    yield first
-                async for request in requests:
-                    yield request
-
+            link, forwarded = await self._routed_by_first_message(spec, stream)
             upstream = link.client_stream(spec.upstream_path)
             metadata = call_metadata(link, caller.tenant, caller.request_id)
             try:
                 return await upstream(
-                    forwarded(), timeout=context.time_remaining(), metadata=metadata
+                    forwarded, timeout=context.time_remaining(), metadata=metadata
                 )
             except grpc.aio.AioRpcError as error:
-                if is_transport_failure(error):
-                    self._pool.call_failed(link)
-                    raise unavailable(link.id) from None
+                self._raise_if_transport_failed(link, error)
                 raise
 
         return self._unary(spec, route)
@@ -182,38 +171,35 @@ class GatewayService(_GenericRpcHandler):
         """A bidirectional stream (ForwardPort): admitted like every call, routed by the
         resource id in its first message (the header), then bytes both ways as they come.
         Never retried: the stream cannot be replayed."""
-        active = self._metrics.active_streams.labels(spec.name)
 
-        async def handle(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            caller: Caller | None = None
-            active.inc()
-            try:
-                caller = await self._admit(spec, context)
-                async for message in self._forward_bidirectional(spec, requests, context, caller):
-                    yield message
-            except ServiceError as error:
-                code = error.code
-                raise
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                await _forward_error(context, error)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                raise
-            finally:
-                active.dec()
-                self._finish(spec, caller, code, started)
+        def route(
+            requests: AsyncIterator[bytes], context: Context, caller: Caller
+        ) -> AsyncIterator[bytes]:
+            return self._forward_bidirectional(spec, requests, context, caller)
 
-        return handle
+        return self._server_streaming(spec, route)
 
     async def _forward_bidirectional(
         self, spec: MethodSpec, stream: AsyncIterator[bytes], context: Context, caller: Caller
     ) -> AsyncIterator[bytes]:
+        link, forwarded = await self._routed_by_first_message(spec, stream)
+        upstream = link.bidi_stream(spec.upstream_path)
+        metadata = call_metadata(link, caller.tenant, caller.request_id)
+        call = upstream(forwarded, timeout=context.time_remaining(), metadata=metadata)
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as error:
+            self._raise_if_transport_failed(link, error)
+            raise
+        finally:
+            call.cancel()
+
+    async def _routed_by_first_message(
+        self, spec: MethodSpec, stream: AsyncIterator[bytes]
+    ) -> tuple[OrchestratorLink, AsyncIterator[bytes]]:
+        """The owner named by the stream's first message (read ahead to route the call),
+        and the whole stream to forward to it, that first message included."""
         requests = aiter(stream)
         first = await anext(requests, None)
         link = self._owner(spec, first or b"")
@@ -224,19 +210,7 @@ class GatewayService(_GenericRpcHandler):
             async for request in requests:
                 yield request
 
-        upstream = link.bidi_stream(spec.upstream_path)
-        metadata = call_metadata(link, caller.tenant, caller.request_id)
-        call = upstream(forwarded(), timeout=context.time_remaining(), metadata=metadata)
-        try:
-            async for message in call:
-                yield message
-        except grpc.aio.AioRpcError as error:
-            if is_transport_failure(error):
-                self._pool.call_failed(link)
-                raise unavailable(link.id) from None
-            raise
-        finally:
-            call.cancel()
+        return link, forwarded()
 
     def _admin_call(self, spec: MethodSpec) -> Callable[[bytes, Context, Caller], Awaitable[Any]]:
         operations: dict[str, Callable[[Any, Administrator], Message]] = {
@@ -283,25 +257,36 @@ class GatewayService(_GenericRpcHandler):
         return handle
 
     def _streaming(self, spec: MethodSpec) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
+        async def route(request: bytes, context: Context, caller: Caller) -> AsyncIterator[bytes]:
+            try:
+                link = self._owner(spec, request)
+            except ServiceError as error:
+                archived = await self._archived_stream(spec, request, caller, error)
+                if archived is None:
+                    raise self._not_archived(spec, error) from None
+                async for message in archived:
+                    yield message
+                return
+            async for message in self._forward_stream(spec, link, request, context, caller):
+                yield message
+
+        return self._server_streaming(spec, route)
+
+    def _server_streaming(
+        self, spec: MethodSpec, route: Callable[[Any, Context, Caller], AsyncIterator[bytes]]
+    ) -> Callable[[Any, Context], AsyncIterator[bytes]]:
+        """A handler answering with a stream: admitted, counted among the active streams
+        while open, measured and logged with its final code, like :meth:`_unary`."""
         active = self._metrics.active_streams.labels(spec.name)
 
-        async def handle(request: bytes, context: Context) -> AsyncIterator[bytes]:
+        async def handle(request: Any, context: Context) -> AsyncIterator[bytes]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             caller: Caller | None = None
             active.inc()
             try:
                 caller = await self._admit(spec, context)
-                try:
-                    link = self._owner(spec, request)
-                except ServiceError as error:
-                    archived = await self._archived_stream(spec, request, caller, error)
-                    if archived is None:
-                        raise self._not_archived(spec, error) from None
-                    async for message in archived:
-                        yield message
-                    return
-                async for message in self._forward_stream(spec, link, request, context, caller):
+                async for message in route(request, context, caller):
                     yield message
             except ServiceError as error:
                 code = error.code
@@ -564,6 +549,15 @@ class GatewayService(_GenericRpcHandler):
         wait = full_jitter(ceiling, random.random)
         return wait if ends_in_time(wait, context.time_remaining()) else None
 
+    def _raise_if_transport_failed(
+        self, link: OrchestratorLink, error: grpc.aio.AioRpcError
+    ) -> None:
+        """UNAVAILABLE naming the orchestrator, marked failed, when the call never reached
+        it or the connection broke; an error the orchestrator answered is left to raise."""
+        if is_transport_failure(error):
+            self._pool.call_failed(link)
+            raise unavailable(link.id) from None
+
     async def _forward_unary(
         self,
         spec: MethodSpec,
@@ -589,9 +583,7 @@ class GatewayService(_GenericRpcHandler):
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue
-                if is_transport_failure(error):
-                    self._pool.call_failed(link)
-                    raise unavailable(link.id) from None
+                self._raise_if_transport_failed(link, error)
                 raise
 
     async def _forward_stream(
@@ -621,9 +613,7 @@ class GatewayService(_GenericRpcHandler):
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue
-                if is_transport_failure(error):
-                    self._pool.call_failed(link)
-                    raise unavailable(link.id) from None
+                self._raise_if_transport_failed(link, error)
                 raise
             finally:
                 call.cancel()
