@@ -152,20 +152,9 @@ class InProcessLink(LinkState):
         async def call(
             request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
         ) -> bytes:
-            deadline = _deadline(timeout)
-            context = InProcessContext(metadata or (), deadline)
-            scope = asyncio.timeout_at(deadline)
-            try:
-                _require_time_left(deadline)
-                async with scope:
-                    response: Message = await handler(_parse(request_type, request), context)
-            except ServiceError as error:
-                raise _remote_error(error, context) from None
-            except TimeoutError:
-                if not scope.expired():
-                    raise
-                raise _deadline_exceeded() from None
-            return response.SerializeToString()
+            return await _one_response(
+                handler, lambda: _parse(request_type, request), timeout, metadata
+            )
 
         return call
 
@@ -173,16 +162,9 @@ class InProcessLink(LinkState):
         def call(
             request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
         ) -> StreamCall:
-            deadline = _deadline(timeout)
-            context = InProcessContext(metadata or (), deadline)
-
-            def start() -> AsyncGenerator[Message, None]:
-                generator: AsyncGenerator[Message, None] = handler(
-                    _parse(request_type, request), context
-                )
-                return generator
-
-            return _InProcessStream(start, context, deadline, self._close_later)
+            return self._stream_call(
+                handler, lambda: _parse(request_type, request), timeout, metadata
+            )
 
         return call
 
@@ -194,18 +176,29 @@ class InProcessLink(LinkState):
             timeout: float | None = None,
             metadata: CallMetadata | None = None,
         ) -> StreamCall:
-            deadline = _deadline(timeout)
-            context = InProcessContext(metadata or (), deadline)
-
-            def start() -> AsyncGenerator[Message, None]:
-                generator: AsyncGenerator[Message, None] = handler(
-                    _parsed(request_type, request_iterator), context
-                )
-                return generator
-
-            return _InProcessStream(start, context, deadline, self._close_later)
+            return self._stream_call(
+                handler, lambda: _parsed(request_type, request_iterator), timeout, metadata
+            )
 
         return call
+
+    def _stream_call(
+        self,
+        handler: RpcHandler,
+        request: Callable[[], Any],
+        timeout: float | None,
+        metadata: CallMetadata | None,
+    ) -> StreamCall:
+        """A call answered by a stream: the handler's generator, started on the first read
+        with the request ``request()`` makes (a message, or the parsed client stream)."""
+        deadline = _deadline(timeout)
+        context = InProcessContext(metadata or (), deadline)
+
+        def start() -> AsyncGenerator[Message, None]:
+            generator: AsyncGenerator[Message, None] = handler(request(), context)
+            return generator
+
+        return _InProcessStream(start, context, deadline, self._close_later)
 
     def _close_later(self, messages: AsyncGenerator[Message, None]) -> None:
         task = asyncio.get_running_loop().create_task(_close(messages))
@@ -221,23 +214,36 @@ def _client_streaming(request_type: type[Message], handler: RpcHandler) -> Clien
         timeout: float | None = None,
         metadata: CallMetadata | None = None,
     ) -> bytes:
-        deadline = _deadline(timeout)
-        context = InProcessContext(metadata or (), deadline)
-        scope = asyncio.timeout_at(deadline)
-
-        try:
-            _require_time_left(deadline)
-            async with scope:
-                response: Message = await handler(_parsed(request_type, request_iterator), context)
-        except ServiceError as error:
-            raise _remote_error(error, context) from None
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise _deadline_exceeded() from None
-        return response.SerializeToString()
+        return await _one_response(
+            handler, lambda: _parsed(request_type, request_iterator), timeout, metadata
+        )
 
     return call
+
+
+async def _one_response(
+    handler: RpcHandler,
+    request: Callable[[], Any],
+    timeout: float | None,
+    metadata: CallMetadata | None,
+) -> bytes:
+    """The serialized response of a call answered once (unary or client stream): the
+    handler awaited within the deadline with the request ``request()`` makes, its
+    ServiceError turned into the remote error the orchestrator would have sent."""
+    deadline = _deadline(timeout)
+    context = InProcessContext(metadata or (), deadline)
+    scope = asyncio.timeout_at(deadline)
+    try:
+        _require_time_left(deadline)
+        async with scope:
+            response: Message = await handler(request(), context)
+    except ServiceError as error:
+        raise _remote_error(error, context) from None
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise _deadline_exceeded() from None
+    return response.SerializeToString()
 
 
 async def _parsed(
