@@ -6,6 +6,9 @@
 - ``tenant_client``: a client holding a fresh tenant's read/write key.
 - ``start_stack``: more in-process servers with their own ``--config``.
 - ``server_process``: `sandbox-sdk serve` child processes, for restart tests.
+- ``gateway``: the raw gRPC stub and admin key, once for each way the gateway
+  reaches its orchestrator (``in_process``: the shared stack; ``over_grpc``: a
+  server of the test module's own, whose gateway calls it over a gRPC channel).
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
-from e2e_support import BackgroundLoop, EmbeddedStack, ServerProcess, unique_tenant
+from e2e_support import (
+    BackgroundLoop,
+    EmbeddedStack,
+    Gateway,
+    ServerProcess,
+    bearer,
+    unique_tenant,
+)
 
 from sandbox_sdk import AsyncSandboxClient, SandboxClient, SandboxError
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
+from sandbox_sdk.server.embedded import run_embedded
 
 StartStack = Callable[[Mapping[str, Any]], EmbeddedStack]
 StartServerProcess = Callable[..., ServerProcess]
@@ -53,6 +66,37 @@ def stack(
         _delete_environments(admin)
     started.stop()
     assert not leftovers, f"tests left environments of tenant default running: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def over_grpc(
+    background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A server whose gateway reaches its orchestrator over a gRPC channel.
+
+    Module-scoped: each test module that uses it gets a server of its own."""
+    data_dir = tmp_path_factory.mktemp("over-grpc")
+    server = background_loop.run(run_embedded("127.0.0.1", 0, data_dir, in_process=False), 60)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+            yield Gateway(stub, bearer(server.admin_key_path.read_text().strip()))
+    finally:
+        background_loop.run(server.stop(1.0), 30)
+
+
+@pytest.fixture
+def in_process(stack: EmbeddedStack) -> Iterator[Gateway]:
+    """The shared embedded server, whose gateway calls its orchestrator in process."""
+    with grpc.insecure_channel(stack.target) as channel:
+        yield Gateway(gateway_service_pb2_grpc.GatewayServiceStub(channel), bearer(stack.admin_key))
+
+
+@pytest.fixture(params=["in_process", "over_grpc"])
+def gateway(request: pytest.FixtureRequest) -> Gateway:
+    """Each way a gateway reaches its orchestrator."""
+    chosen: Gateway = request.getfixturevalue(request.param)
+    return chosen
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from typing import IO, Any, TypeVar
 import yaml
 
 from sandbox_sdk import AsyncSandboxClient, RetryPolicy, SandboxClient
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
 from sandbox_sdk.server.embedded import EmbeddedServer, run_embedded
 
 READY_LINE = "sandbox-sdk serving on"
@@ -36,6 +37,7 @@ STOP_TIMEOUT_SECONDS = 60.0
 RECONNECTING = RetryPolicy(max_attempts=50, initial_backoff=0.05, max_backoff=0.5, deadline=60.0)
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
 
 
 def free_port() -> int:
@@ -49,6 +51,19 @@ def free_port() -> int:
 def unique_tenant(prefix: str) -> str:
     """A tenant name no other test uses (lower case letters, digits and dashes)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def bearer(secret: str) -> Metadata:
+    """The call metadata that authenticates with the API key ``secret``."""
+    return (("authorization", f"Bearer {secret}"),)
+
+
+@dataclass
+class Gateway:
+    """A gateway's raw gRPC stub and the admin key to call it with."""
+
+    stub: gateway_service_pb2_grpc.GatewayServiceStub
+    key: Metadata
 
 
 def write_server_config(path: Path, config: Mapping[str, Any]) -> Path:

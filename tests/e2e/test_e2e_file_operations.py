@@ -9,60 +9,16 @@ import contextlib
 import io
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
-from e2e_support import BackgroundLoop, EmbeddedStack, unique_tenant
+from e2e_support import EmbeddedStack, Gateway, Metadata, bearer, unique_tenant
 
-from sandbox_sdk.api.v1 import environment_pb2, gateway_service_pb2_grpc, requests_pb2
-from sandbox_sdk.server.embedded import run_embedded
+from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
 
 pytestmark = pytest.mark.isolation
 
-Metadata = tuple[tuple[str, str], ...]
 _TIMEOUT = 30.0
-
-
-@dataclass
-class Gateway:
-    """A gateway's stub and the admin key to call it with."""
-
-    stub: gateway_service_pb2_grpc.GatewayServiceStub
-    key: Metadata
-
-
-def _key(secret: str) -> Metadata:
-    return (("authorization", f"Bearer {secret}"),)
-
-
-@pytest.fixture(scope="module")
-def over_grpc(
-    background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """A server whose gateway reaches its orchestrator over a gRPC channel."""
-    data_dir = tmp_path_factory.mktemp("files-over-grpc")
-    server = background_loop.run(run_embedded("127.0.0.1", 0, data_dir, in_process=False), 60)
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-            yield Gateway(stub, _key(server.admin_key_path.read_text().strip()))
-    finally:
-        background_loop.run(server.stop(1.0), 30)
-
-
-@pytest.fixture
-def in_process(stack: EmbeddedStack) -> Iterator[Gateway]:
-    """The shared embedded server, whose gateway calls its orchestrator in process."""
-    with grpc.insecure_channel(stack.target) as channel:
-        yield Gateway(gateway_service_pb2_grpc.GatewayServiceStub(channel), _key(stack.admin_key))
-
-
-@pytest.fixture(params=["in_process", "over_grpc"])
-def gateway(request: pytest.FixtureRequest) -> Gateway:
-    """Each way a gateway reaches its orchestrator."""
-    chosen: Gateway = request.getfixturevalue(request.param)
-    return chosen
 
 
 @pytest.fixture
@@ -228,13 +184,13 @@ def _refusals(stack: EmbeddedStack, in_process: Gateway, environment_id: str) ->
         _upload(in_process, environment_id, "", _tar({"f": b"x"}), key=())
     assert error.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
-    reader = _key(stack.tenant_key(unique_tenant("files"), scopes=("read",)))
+    reader = bearer(stack.tenant_key(unique_tenant("files"), scopes=("read",)))
     with pytest.raises(grpc.RpcError) as error:
         _upload(in_process, environment_id, "", _tar({"f": b"x"}), key=reader)
     assert error.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
     # Another tenant's key does not reach this tenant's environment.
-    other = _key(stack.tenant_key(unique_tenant("files")))
+    other = bearer(stack.tenant_key(unique_tenant("files")))
     with pytest.raises(grpc.RpcError) as error:
         _upload(in_process, environment_id, "", _tar({"f": b"x"}), key=other)
     assert error.value.code() is grpc.StatusCode.NOT_FOUND

@@ -9,19 +9,16 @@ import hashlib
 import os
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from e2e_support import BackgroundLoop, EmbeddedStack, unique_tenant
+from e2e_support import EmbeddedStack, Gateway, Metadata, bearer, unique_tenant
 
-from sandbox_sdk.api.v1 import environment_pb2, gateway_service_pb2_grpc, requests_pb2
-from sandbox_sdk.server.embedded import run_embedded
+from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
 
 pytestmark = [pytest.mark.isolation, pytest.mark.timeout(180)]
 
-Metadata = tuple[tuple[str, str], ...]
 Request = requests_pb2.ForwardPortRequest
 _TIMEOUT = 60.0
 _SERVER = (Path(__file__).parents[1] / "sandbox" / "port_forward_server.py").read_bytes()
@@ -32,47 +29,6 @@ _LAUNCHER = (
     " start_new_session=True)\n"
     "sys.exit(0 if server.stdout.readline() == b'ready\\n' else 1)\n"
 )
-
-
-@dataclass
-class Gateway:
-    """A gateway's stub and the admin key to call it with."""
-
-    stub: gateway_service_pb2_grpc.GatewayServiceStub
-    key: Metadata
-
-
-def _key(secret: str) -> Metadata:
-    return (("authorization", f"Bearer {secret}"),)
-
-
-@pytest.fixture(scope="module")
-def over_grpc(
-    background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """A server whose gateway reaches its orchestrator over a gRPC channel."""
-    data_dir = tmp_path_factory.mktemp("forward-over-grpc")
-    server = background_loop.run(run_embedded("127.0.0.1", 0, data_dir, in_process=False), 60)
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-            yield Gateway(stub, _key(server.admin_key_path.read_text().strip()))
-    finally:
-        background_loop.run(server.stop(1.0), 30)
-
-
-@pytest.fixture
-def in_process(stack: EmbeddedStack) -> Iterator[Gateway]:
-    """The shared embedded server, whose gateway calls its orchestrator in process."""
-    with grpc.insecure_channel(stack.target) as channel:
-        yield Gateway(gateway_service_pb2_grpc.GatewayServiceStub(channel), _key(stack.admin_key))
-
-
-@pytest.fixture(params=["in_process", "over_grpc"])
-def gateway(request: pytest.FixtureRequest) -> Gateway:
-    """Each way a gateway reaches its orchestrator."""
-    chosen: Gateway = request.getfixturevalue(request.param)
-    return chosen
 
 
 def _free_port() -> int:
@@ -173,11 +129,11 @@ def test_forwards_are_routed_by_their_header_and_admitted_like_any_call(
         no_key = _refused(in_process, _messages(environment_id, port, b"x"), key=())
         assert no_key.code() is grpc.StatusCode.UNAUTHENTICATED
 
-        reader = _key(stack.tenant_key(unique_tenant("forward"), scopes=("read",)))
+        reader = bearer(stack.tenant_key(unique_tenant("forward"), scopes=("read",)))
         read_only = _refused(in_process, _messages(environment_id, port, b"x"), key=reader)
         assert read_only.code() is grpc.StatusCode.PERMISSION_DENIED
 
-        other = _key(stack.tenant_key(unique_tenant("forward")))
+        other = bearer(stack.tenant_key(unique_tenant("forward")))
         other_tenant = _refused(in_process, _messages(environment_id, port, b"x"), key=other)
         assert other_tenant.code() is grpc.StatusCode.NOT_FOUND
 

@@ -8,65 +8,20 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
-from e2e_support import BackgroundLoop, EmbeddedStack
+from e2e_support import Gateway, bearer
 
 from sandbox_sdk.api.v1 import (
     gateway_service_pb2,
-    gateway_service_pb2_grpc,
     process_pb2,
     requests_pb2,
 )
-from sandbox_sdk.server.embedded import run_embedded
 
 pytestmark = pytest.mark.isolation
 
-Metadata = tuple[tuple[str, str], ...]
 _TIMEOUT = 30.0
-
-
-@dataclass
-class Gateway:
-    """A gateway's stub and the admin key to call it with."""
-
-    stub: gateway_service_pb2_grpc.GatewayServiceStub
-    key: Metadata
-
-
-def _key(secret: str) -> Metadata:
-    return (("authorization", f"Bearer {secret}"),)
-
-
-@pytest.fixture(scope="module")
-def over_grpc(
-    background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """A server whose gateway reaches its orchestrator over a gRPC channel."""
-    data_dir = tmp_path_factory.mktemp("processes-over-grpc")
-    server = background_loop.run(run_embedded("127.0.0.1", 0, data_dir, in_process=False), 60)
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
-            yield Gateway(stub, _key(server.admin_key_path.read_text().strip()))
-    finally:
-        background_loop.run(server.stop(1.0), 30)
-
-
-@pytest.fixture
-def in_process(stack: EmbeddedStack) -> Iterator[Gateway]:
-    """The shared embedded server, whose gateway calls its orchestrator in process."""
-    with grpc.insecure_channel(stack.target) as channel:
-        yield Gateway(gateway_service_pb2_grpc.GatewayServiceStub(channel), _key(stack.admin_key))
-
-
-@pytest.fixture(params=["in_process", "over_grpc"])
-def gateway(request: pytest.FixtureRequest) -> Gateway:
-    """Each way a gateway reaches its orchestrator."""
-    chosen: Gateway = request.getfixturevalue(request.param)
-    return chosen
 
 
 @pytest.fixture
@@ -223,7 +178,7 @@ def test_another_tenant_cannot_see_the_process(gateway: Gateway, environment_id:
         ),
     ):
         with pytest.raises(grpc.RpcError) as refused:
-            call(request, metadata=_key(other.secret), timeout=_TIMEOUT)
+            call(request, metadata=bearer(other.secret), timeout=_TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     still = gateway.stub.GetProcess(
         requests_pb2.GetProcessRequest(environment_id=environment_id, process_id=started.id),

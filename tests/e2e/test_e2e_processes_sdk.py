@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pexpect
 import pytest
+from cli_forward import SANDBOX_SDK, env_forward
 from e2e_support import EmbeddedStack
 
 from sandbox_sdk import (
@@ -28,7 +27,6 @@ from sandbox_sdk import (
 
 pytestmark = [pytest.mark.isolation, pytest.mark.timeout(180)]
 
-SANDBOX_SDK = str(Path(sys.executable).parent / "sandbox-sdk")
 WEB_PORT = 8000
 
 # Starts an HTTP server detached from the exec that launches it, and returns once it listens.
@@ -232,14 +230,7 @@ async def test_async_forward_reaches_a_server_in_the_environment(
 def test_cli_forward_prints_the_address_and_stops_on_ctrl_c(
     cli_env: dict[str, str], web_sandbox: Sandbox
 ) -> None:
-    forward = subprocess.Popen(
-        [SANDBOX_SDK, "env", "forward", web_sandbox.id, str(WEB_PORT)],
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with env_forward(cli_env, web_sandbox.id, WEB_PORT) as forward:
         assert forward.stdout is not None
         address = forward.stdout.readline().strip()
         assert address.startswith("127.0.0.1:")
@@ -247,7 +238,3 @@ def test_cli_forward_prints_the_address_and_stops_on_ctrl_c(
             assert response.read() == b"hello through the tunnel\n"
         forward.send_signal(signal.SIGINT)
         assert forward.wait(timeout=60) == 0
-    finally:
-        if forward.poll() is None:
-            forward.kill()
-            forward.wait()

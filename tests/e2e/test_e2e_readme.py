@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_oci_image import write_busybox_image
 from e2e_support import EmbeddedStack
+from oci_images import write_busybox_image
 
 from sandbox_sdk import ClientSettings, SandboxClient
 from sandbox_sdk.server.embedded import ServerConfigFile

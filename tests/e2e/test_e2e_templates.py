@@ -7,13 +7,8 @@ orchestrator's template store is that directory, so only the first run builds it
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from e2e_support import EmbeddedStack, unique_tenant
+from oci_images import busybox_layers, oci_archive
 
 from sandbox_sdk.api.v1 import (
     environment_pb2,
@@ -125,70 +121,10 @@ def api(templates_stack: EmbeddedStack) -> Iterator[Api]:
 # --- a tiny OCI image ------------------------------------------------------------------------
 
 
-def _layer(files: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(content), 0o755
-            tar.addfile(info, io.BytesIO(content))
-        for name, target in (symlinks or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buffer.getvalue()
-
-
-def _blob(layout: dict[str, bytes], data: bytes, media_type: str) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    layout[f"blobs/sha256/{digest}"] = data
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-
 def busybox_image(marker: str = "") -> bytes:
     """An OCI layout tarball: busybox and two files, then a layer whiting one out."""
-    applets = ("sh", "cat", "ls", "echo", "test", "mkdir")
-    base = _layer(
-        {
-            "bin/busybox": Path("/bin/busybox").read_bytes(),
-            "etc/keep.txt": b"kept\n",
-            "etc/secret.txt": b"whited out\n",
-            "etc/marker.txt": marker.encode(),
-        },
-        {f"bin/{name}": "busybox" for name in applets},
-    )
-    upper = _layer({"etc/.wh.secret.txt": b"", "etc/added.txt": b"added\n"})
-    layers = [base, upper]
-    layout: dict[str, bytes] = {}
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/"},
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers],
-        },
-    }
-    layer_blobs = [
-        _blob(layout, gzip.compress(layer, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
-        for layer in layers
-    ]
-    config_blob = _blob(
-        layout, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"
-    )
-    manifest = {"schemaVersion": 2, "config": config_blob, "layers": layer_blobs}
-    manifest_blob = _blob(
-        layout, json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json"
-    )
-    layout["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [manifest_blob]}).encode()
-    layout["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in layout.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+    layers = busybox_layers(extra_files={"etc/marker.txt": marker.encode()})
+    return oci_archive(layers, ["PATH=/bin", "GREETING=hello"], ref_name=None)
 
 
 def oci_spec(marker: str = "") -> template_pb2.TemplateSpec:

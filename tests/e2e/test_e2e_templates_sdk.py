@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_oci_image import write_busybox_image
 from e2e_support import EmbeddedStack, unique_tenant
+from oci_images import write_busybox_image
 from typer.testing import CliRunner, Result
 
 from sandbox_sdk import (
@@ -45,7 +45,7 @@ def tenant(stack: EmbeddedStack) -> Iterator[SandboxClient]:
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
-    return write_busybox_image(tmp_path / "busybox-oci.tar")
+    return write_busybox_image(tmp_path / "busybox-oci.tar", whited_out="gone.txt")
 
 
 def _built(client: SandboxClient, image: Path, **options: object) -> Template:

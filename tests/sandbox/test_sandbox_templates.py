@@ -8,18 +8,14 @@ first run downloads and builds it.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
-import json
 import os
 import shutil
-import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from oci_images import busybox_layers, write_oci_archive
 from sandbox_support import (
     ORCHESTRATOR_ID,
     TENANT,
@@ -158,74 +154,6 @@ async def test_same_spec_builds_once(harness: Harness) -> None:
 
 
 # --- OCI image archives -------------------------------------------------------------------
-
-
-def _tar_layer(files: dict[str, bytes], *, symlinks: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(content), 0o755
-            tar.addfile(info, io.BytesIO(content))
-        for name, target in (symlinks or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buffer.getvalue()
-
-
-def _blob(layout: dict[str, bytes], data: bytes, media_type: str) -> dict[str, object]:
-    digest = hashlib.sha256(data).hexdigest()
-    layout[f"blobs/sha256/{digest}"] = data
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-
-def write_oci_archive(path: Path, layers: list[bytes], env: list[str]) -> str:
-    """An OCI layout tarball of an image with ``layers`` (gzipped here); returns its sha256."""
-    layout: dict[str, bytes] = {}
-    diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
-    layer_blobs = [
-        _blob(layout, gzip.compress(layer, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip")
-        for layer in layers
-    ]
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": env, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }
-    config_blob = _blob(
-        layout, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"
-    )
-    manifest = {"schemaVersion": 2, "config": config_blob, "layers": layer_blobs}
-    manifest_blob = _blob(
-        layout, json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json"
-    )
-    manifest_blob["annotations"] = {"org.opencontainers.image.ref.name": "latest"}
-    layout["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [manifest_blob]}).encode()
-    layout["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
-    with tarfile.open(path, "w") as tar:
-        for name, content in layout.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def busybox_layers() -> list[bytes]:
-    """A base layer with the host's static busybox, and an upper one whiting a file out."""
-    busybox = Path("/bin/busybox").read_bytes()
-    base = _tar_layer(
-        {
-            "bin/busybox": busybox,
-            "etc/keep.txt": b"kept\n",
-            "etc/secret.txt": b"deleted by the upper layer\n",
-        },
-        symlinks={"bin/sh": "busybox", "bin/cat": "busybox", "bin/ls": "busybox",
-                  "bin/echo": "busybox", "bin/test": "busybox"},
-    )  # fmt: skip
-    upper = _tar_layer({"etc/.wh.secret.txt": b"", "etc/added.txt": b"added\n"})
-    return [base, upper]
 
 
 needs_busybox = pytest.mark.skipif(

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pexpect
 import pytest
+from cli_forward import SANDBOX_SDK, env_forward
 from sdk_fake_gateway import API_KEY, FakeServer
 from sdk_fake_processes import FakeProcessGateway
 from test_sdk_processes import web_port  # noqa: F401 (a fixture)
@@ -26,7 +24,6 @@ from sandbox_sdk.cli.main import app
 
 Cli = Callable[..., Result]
 runner = CliRunner()
-SANDBOX_SDK = str(Path(sys.executable).parent / "sandbox-sdk")
 
 
 @pytest.fixture
@@ -157,14 +154,7 @@ def test_forward_prints_the_address_and_stops_on_ctrl_c(
     environment_id: str,
     web_port: int,  # noqa: F811
 ) -> None:
-    forward = subprocess.Popen(
-        [SANDBOX_SDK, "env", "forward", environment_id, str(web_port)],
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with env_forward(cli_env, environment_id, web_port) as forward:
         assert forward.stdout is not None
         address = forward.stdout.readline().strip()
         assert address.startswith("127.0.0.1:")
@@ -172,7 +162,3 @@ def test_forward_prints_the_address_and_stops_on_ctrl_c(
             assert response.read() == b"hello from /cli"
         forward.send_signal(signal.SIGINT)
         assert forward.wait(timeout=30) == 0
-    finally:
-        if forward.poll() is None:
-            forward.kill()
-            forward.wait()
