@@ -48,6 +48,8 @@ from sandbox_sdk.server.status import ServiceError, invalid_argument
 MAX_CONCURRENT_UPLOADS = 8
 # Bytes received but not yet unpacked, per upload, before the client is slowed down.
 _UPLOAD_BUFFER_BYTES = 4 << 20
+# After a refused upload, what is read and dropped before answering (see _drain).
+_DRAIN_BYTES = 64 << 20
 
 
 class EnvironmentFiles:
@@ -173,7 +175,9 @@ class EnvironmentFiles:
             try:
                 async for chunk in chunks:
                     if unpacking.done() or not await pipe.send(chunk):
-                        break  # it failed (or finished early); its error says why
+                        # It failed (or finished early); its error says why.
+                        await _drain(chunks, _DRAIN_BYTES)
+                        break
                     self._activity.touch(environment_id)
                 pipe.end()
                 return await asyncio.shield(unpacking)
@@ -183,6 +187,23 @@ class EnvironmentFiles:
     def close(self) -> None:
         """Stops the upload threads (each ends once its pipe is abandoned)."""
         self._uploads.shutdown(wait=False, cancel_futures=True)
+
+
+async def _drain(chunks: AsyncIterable[bytes], limit: int) -> None:
+    """Reads and drops the rest of an upload, up to ``limit`` bytes.
+
+    Answering while the client is still sending races its writes: a grpc.aio client
+    whose write fails before the answer arrives reports INTERNAL ("Internal error
+    from Core") instead of the refusal. Reading to the end of the stream first means
+    the client has stopped writing when the answer comes. An upload longer than
+    ``limit`` is answered at once: the client learns the refusal or, rarely, a
+    generic error, but does not hold the call open by sending more.
+    """
+    dropped = 0
+    async for chunk in chunks:
+        dropped += len(chunk)
+        if dropped > limit:
+            return
 
 
 @contextlib.contextmanager
