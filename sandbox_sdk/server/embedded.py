@@ -221,9 +221,19 @@ class _Stoppable(Protocol):
 _Service = TypeVar("_Service", bound=_Stoppable)
 
 
+ACCESS_LOG_VARIABLE = "SANDBOX_SDK_ACCESS_LOG"
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """key=value log lines on stderr (the gateway's access log adds method, tenant, request id)."""
+    """key=value log lines on stderr.
+
+    The gateway's access log (one line per call: method, code, tenant, request id, duration)
+    is at DEBUG, so it costs nothing unless asked for: ``SANDBOX_SDK_ACCESS_LOG=1`` turns it
+    on whatever ``level`` is.
+    """
     logging.basicConfig(level=level, format=_LOG_FORMAT, stream=sys.stderr)
+    if os.environ.get(ACCESS_LOG_VARIABLE, "").lower() in ("1", "true", "yes", "on"):
+        logging.getLogger("sandbox_sdk.server.gateway.access").setLevel(logging.DEBUG)
 
 
 async def _run_until_signalled(

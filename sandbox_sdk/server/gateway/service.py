@@ -57,6 +57,9 @@ from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
 from sandbox_sdk.utils.backoff import backoff_ceiling, ends_in_time, full_jitter
 
 access_log = logging.getLogger("sandbox_sdk.server.gateway.access")
+"""One line per call, at DEBUG: off by default, so a call pays one level check for it.
+``SANDBOX_SDK_ACCESS_LOG=1`` (see :func:`sandbox_sdk.server.embedded.configure_logging`)
+or setting this logger to DEBUG turns it on."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
@@ -328,8 +331,8 @@ class GatewayService(_GenericRpcHandler):
     ) -> None:
         elapsed = time.perf_counter() - started
         self._metrics.observe(spec.name, code, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug(
                 "method=%s code=%s tenant=%s key_id=%s request_id=%s duration_ms=%.2f",
                 spec.name,
                 code.name,
