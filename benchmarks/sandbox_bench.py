@@ -5,6 +5,12 @@
   ``true`` in it.
 * create: also starts the environment's agent (gate, setpriv, bubblewrap,
   ``python3 -I -S``) and waits for its ready message.
+* create vs the floor: the same setpriv + bubblewrap command line the
+  orchestrator builds (namespaces, mounts, seccomp) starting
+  ``python3 -I -S -c pass``, timed from spawn to exit, interleaved with the
+  creates (goal: create p50 <= 1.5x the floor p50). The create's steps (its
+  workspace file system, cgroup, agent start, database writes) are timed too
+  and reported as their p50s, each against the create p50.
 * create from a template: the same, from a cached Debian minbase template (a
   read-only root shared through overlayfs with a private writable layer) vs
   create today, interleaved; the first run builds the template with
@@ -22,6 +28,9 @@ same machine load. The isolation layers in force are named in each row.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -35,13 +44,18 @@ from typing import Any
 from bench_common import ratio_row
 
 from sandbox_sdk.server.database import Database
-from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
+from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings, cgroups
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient
+from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import bwrap_command
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentSpec,
     Limits,
     NetworkPolicy,
     NewEnvironment,
 )
+from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
+from sandbox_sdk.server.orchestrator.sandbox.store import EnvironmentStore
+from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace
 from sandbox_sdk.server.orchestrator.templates import (
     DebianBase,
     Template,
@@ -97,6 +111,121 @@ def _template_cache() -> TemplateCache:
     return TemplateCache(root)
 
 
+class _StepTimer:
+    """Times the steps of a create by wrapping them (the bench's process only): each
+    create's total per step, for the p50s."""
+
+    def __init__(self) -> None:
+        self.current: collections.Counter[str] = collections.Counter()
+        self.samples: dict[str, list[float]] = collections.defaultdict(list)
+
+    def record(self) -> None:
+        for step in ("workspace", "cgroup create", "cgroup attach", "agent start", "db"):
+            self.samples[step].append(self.current[step])
+        self.current.clear()
+
+    def _wrap(self, step: str, function: Any, *, is_async: bool) -> Any:
+        if is_async:
+
+            @functools.wraps(function)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await function(*args, **kwargs)
+                finally:
+                    self.current[step] += time.perf_counter() - started
+
+            return timed_async
+
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.current[step] += time.perf_counter() - started
+
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        patches: list[tuple[Any, str, Any]] = []
+
+        def patch(owner: Any, name: str, step: str, *, is_async: bool = False) -> None:
+            original = owner.__dict__[name]
+            if isinstance(original, classmethod):
+                wrapped: Any = classmethod(self._wrap(step, original.__func__, is_async=is_async))
+            else:
+                wrapped = self._wrap(step, original, is_async=is_async)
+            patches.append((owner, name, original))
+            setattr(owner, name, wrapped)
+
+        patch(Workspace, "create", "workspace", is_async=True)
+        patch(AgentClient, "start", "agent start", is_async=True)
+        patch(EnvironmentStore, "insert", "db")
+        patch(EnvironmentStore, "update", "db")
+        for kind in cgroups.EnvironmentCgroup.__subclasses__():
+            patch(kind, "create", "cgroup create")
+        patch(cgroups.EnvironmentCgroup, "attach", "cgroup attach")
+        try:
+            yield self
+        finally:
+            for owner, name, original in reversed(patches):
+                setattr(owner, name, original)
+
+
+class _Floor:
+    """The orchestrator's own setpriv + bubblewrap command line (namespaces, system
+    mounts, workspace and /tmp binds, seccomp) starting ``python3 -I -S -c pass``."""
+
+    def __init__(self, manager: SandboxManager, scratch: Path) -> None:
+        self._manager = manager
+        isolation = manager.isolation
+        self.base = (
+            manager.settings.mount_root / f"floor-bench-{os.getpid()}"
+            if isolation.sandbox_user is not None
+            else scratch / "floor"
+        )
+        self.base.mkdir(mode=0o700)
+        for directory in (self.base, self.base / "workspace", self.base / "tmp"):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            if isolation.sandbox_user is not None:
+                os.chown(directory, *isolation.sandbox_user)
+
+    async def start(self) -> float:
+        manager = self._manager
+        isolation = manager.isolation
+        if not isolation.bwrap_path:
+            raise RuntimeError("the floor needs bubblewrap")
+        started = time.perf_counter()
+        seccomp_fd = isolation.seccomp.to_fd() if isolation.seccomp is not None else None
+        try:
+            argv = isolation.drop_privileges() + bwrap_command(
+                isolation.bwrap_path,
+                system=manager.launcher.system_mounts,
+                workspace_dir=self.base / "workspace",
+                tmp_dir=self.base / "tmp",
+                cwd="",
+                network=NetworkPolicy.NONE,
+                command=[manager.settings.agent_python, "-I", "-S", "-c", "pass"],
+                seccomp_fd=seccomp_fd,
+            )
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                env=host_process_env(),
+                pass_fds=() if seccomp_fd is None else (seccomp_fd,),
+            )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+        if await process.wait() != 0:
+            raise RuntimeError(f"the floor's command line failed ({process.returncode})")
+        return time.perf_counter() - started
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 async def _timed_create(manager: SandboxManager, spec: EnvironmentSpec) -> float:
     started = time.perf_counter()
     environment = await manager.create_environment(TENANT, NewEnvironment(spec))
@@ -123,15 +252,24 @@ async def _measure(root: Path) -> dict[str, Any]:
     await manager.start()
     try:
         template_spec = replace(SPEC, template=(await _minbase(manager, cache)).digest)
-        creates, template_creates, plain_creates = [], [], []
-        for index in range(CREATES + WARMUP):
-            elapsed = await _timed_create(manager, SPEC)
-            from_template = await _timed_create(manager, template_spec)
-            plain = _plain_create(root)
-            if index >= WARMUP:
-                creates.append(elapsed)
-                template_creates.append(from_template)
-                plain_creates.append(plain)
+        creates, template_creates, plain_creates, floors = [], [], [], []
+        steps = _StepTimer()
+        floor = _Floor(manager, root)
+        try:
+            for index in range(CREATES + WARMUP):
+                with steps.installed():
+                    elapsed = await _timed_create(manager, SPEC)
+                steps.record()
+                floor_start = await floor.start()
+                from_template = await _timed_create(manager, template_spec)
+                plain = _plain_create(root)
+                if index >= WARMUP:
+                    creates.append(elapsed)
+                    floors.append(floor_start)
+                    template_creates.append(from_template)
+                    plain_creates.append(plain)
+        finally:
+            floor.remove()
 
         environment = await manager.create_environment(TENANT, NewEnvironment(SPEC))
         execs, plain_execs = [], []
@@ -149,6 +287,8 @@ async def _measure(root: Path) -> dict[str, Any]:
             "isolation": manager.isolation.level,
             "creates": creates,
             "template_creates": template_creates,
+            "floors": floors,
+            "steps": {step: samples[WARMUP:] for step, samples in steps.samples.items()},
             "plain_creates": plain_creates,
             "execs": execs,
             "plain_execs": plain_execs,
@@ -182,6 +322,23 @@ def run() -> list[dict[str, Any]]:
             _percentile(plain_creates, 0.99),
             "report",
             isolation,
+        ),
+        _row(
+            "environment create p50 (baseline: bubblewrap+python3 -I -S floor p50)",
+            statistics.median(creates),
+            statistics.median(measured["floors"]),
+            "ratio <= 1.5",
+            isolation,
+        ),
+        *(
+            _row(
+                f"create step p50: {step} (baseline: create p50)",
+                statistics.median(samples),
+                statistics.median(creates),
+                "report",
+                isolation,
+            )
+            for step, samples in measured["steps"].items()
         ),
         _row(
             "environment create p50 from a cached template (baseline: create today)",
