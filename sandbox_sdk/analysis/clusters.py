@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
@@ -9,7 +10,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Clusters:
-    """One tuple of values per input (its repeats), in the order the inputs were first seen."""
+    """One tuple of values per input (its repeats), in the order the inputs were first seen.
+
+    Immutable, so every derived number is computed once (a summary asks for the count and
+    the mean a dozen times)."""
 
     keys: tuple[Hashable, ...]
     groups: tuple[tuple[float, ...], ...]
@@ -22,12 +26,12 @@ class Clusters:
             grouped.setdefault(key, []).append(float(value))
         return cls(tuple(grouped), tuple(tuple(values) for values in grouped.values()))
 
-    @property
-    def values(self) -> list[float]:
+    @functools.cached_property
+    def values(self) -> tuple[float, ...]:
         """Every value, input by input."""
-        return [value for group in self.groups for value in group]
+        return tuple(value for group in self.groups for value in group)
 
-    @property
+    @functools.cached_property
     def count(self) -> int:
         """Number of values, every repeat counted."""
         return sum(len(group) for group in self.groups)
@@ -42,7 +46,7 @@ class Clusters:
         """Most repeats any input has (0 when there are no values)."""
         return max((len(group) for group in self.groups), default=0)
 
-    @property
+    @functools.cached_property
     def mean(self) -> float:
         """The arithmetic mean of every value; 0 when there are none."""
         return math.fsum(self.values) / self.count if self.count else 0.0
@@ -66,6 +70,10 @@ class Clusters:
     def clustered_variance(self) -> float:
         """The cluster-robust variance of the mean without small-sample correction
         (Miller 2024, eq. 4): the squared sums of each cluster's residuals, over n²."""
+        return self._clustered_variance
+
+    @functools.cached_property
+    def _clustered_variance(self) -> float:
         center = self.mean
         residuals = (math.fsum(v - center for v in group) for group in self.groups)
         return math.fsum(r * r for r in residuals) / self.count**2

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Iterable
 
@@ -96,7 +97,7 @@ def wilson_interval(
     check_confidence(confidence)
     if n <= 0:
         raise ValueError("the Wilson interval needs a positive sample size")
-    z = float(scipy_stats().norm.ppf(0.5 + confidence / 2.0))
+    z = _normal_quantile(0.5 + confidence / 2.0)
     z2n = z * z / n
     center = (rate + z2n / 2.0) / (1.0 + z2n)
     half = z / (1.0 + z2n) * math.sqrt(rate * (1.0 - rate) / n + z2n / (4.0 * n))
@@ -108,8 +109,21 @@ def t_interval(
 ) -> tuple[float, float]:
     """``mean`` ± Student's t quantile times ``standard_error``."""
     check_confidence(confidence)
-    margin = float(scipy_stats().t.ppf(0.5 + confidence / 2.0, degrees_of_freedom))
+    margin = _t_quantile(0.5 + confidence / 2.0, degrees_of_freedom)
     return mean - margin * standard_error, mean + margin * standard_error
+
+
+# scipy's ppf costs tens of microseconds a call, and every metric of an experiment (and
+# every experiment with as many inputs) asks for the same few quantiles: each is computed
+# once per (probability, degrees of freedom).
+@functools.lru_cache(maxsize=1024)
+def _t_quantile(probability: float, degrees_of_freedom: float) -> float:
+    return float(scipy_stats().t.ppf(probability, degrees_of_freedom))
+
+
+@functools.lru_cache(maxsize=64)
+def _normal_quantile(probability: float) -> float:
+    return float(scipy_stats().norm.ppf(probability))
 
 
 def bootstrap_interval(
