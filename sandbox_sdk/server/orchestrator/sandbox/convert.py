@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from sandbox_sdk.api.v1 import (
     common_pb2,
     environment_pb2,
     orchestrator_service_pb2,
     requests_pb2,
 )
+from sandbox_sdk.models.environment import EnvironmentState, TerminationReason
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Capacity,
     Environment,
@@ -21,6 +24,22 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Usage,
 )
 from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
+
+_STATES = {
+    state: environment_pb2.EnvironmentState.Value(f"ENVIRONMENT_STATE_{state.value}")
+    for state in EnvironmentState
+}
+_REASONS = {
+    reason: environment_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason.value}")
+    for reason in TerminationReason
+}
+# Environment id -> (the spec, its message). A record's spec object is replaced on every
+# change of it (the dataclasses are frozen), so a message is reused only for the very
+# spec it was made from; the least recently converted environments leave first.
+_SPEC_MESSAGES: OrderedDict[str, tuple[EnvironmentSpec, environment_pb2.EnvironmentSpec]] = (
+    OrderedDict()
+)
+_SPEC_MESSAGES_SIZE = 4096
 
 
 def limits(value: Limits) -> common_pb2.ResourceLimits:
@@ -50,15 +69,26 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
     )
 
 
+def _spec_message(environment_id: str, value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
+    cached = _SPEC_MESSAGES.get(environment_id)
+    if cached is not None and cached[0] is value:
+        _SPEC_MESSAGES.move_to_end(environment_id)
+        return cached[1]
+    message = spec(value)
+    _SPEC_MESSAGES[environment_id] = (value, message)
+    _SPEC_MESSAGES.move_to_end(environment_id)
+    while len(_SPEC_MESSAGES) > _SPEC_MESSAGES_SIZE:
+        _SPEC_MESSAGES.popitem(last=False)
+    return message
+
+
 def environment(value: Environment) -> environment_pb2.Environment:
-    """Environment."""
+    """Environment; the spec's message is made once per spec (see ``_SPEC_MESSAGES``)."""
     message = environment_pb2.Environment(
         id=value.id,
-        spec=spec(value.spec),
-        state=environment_pb2.EnvironmentState.Value(f"ENVIRONMENT_STATE_{value.state.value}"),
-        termination_reason=environment_pb2.TerminationReason.Value(
-            f"TERMINATION_REASON_{value.termination_reason.value}"
-        ),
+        spec=_spec_message(value.id, value.spec),
+        state=_STATES[value.state],
+        termination_reason=_REASONS[value.termination_reason],
         termination_message=value.termination_message,
         isolation=value.isolation,
         orchestrator_id=value.orchestrator_id,

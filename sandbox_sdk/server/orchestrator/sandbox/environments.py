@@ -48,6 +48,60 @@ class TemplateRoots(Protocol):
         """The environment no longer uses the template (idempotent)."""
 
 
+class CachedEnvironmentStore(EnvironmentStore):
+    """The store, with the records of environments not yet TERMINATED kept in memory.
+
+    Every write of a record goes through this object (``insert``, ``save``, ``update``,
+    ``record_activity``), so the memory copy changes with the row, after the row; a record
+    that reaches TERMINATED leaves memory and is read from the database again. A read of a
+    live environment (GetEnvironment, every command and file call) then costs no query
+    and no parse of the JSON spec.
+    """
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self._live: dict[str, Environment] = {}
+
+    def _remember(self, environment: Environment) -> None:
+        if environment.state is EnvironmentState.TERMINATED:
+            self._live.pop(environment.id, None)
+        else:
+            self._live[environment.id] = environment
+
+    def insert(self, environment: Environment) -> None:
+        super().insert(environment)
+        self._remember(environment)
+
+    def get(self, environment_id: str) -> Environment | None:
+        cached = self._live.get(environment_id)
+        if cached is not None:
+            return cached
+        environment = super().get(environment_id)
+        if environment is not None:
+            self._remember(environment)
+        return environment
+
+    def save(self, environment: Environment) -> None:
+        try:
+            super().save(environment)
+        except BaseException:
+            # The row may or may not have changed: the next read goes to the database.
+            self._live.pop(environment.id, None)
+            raise
+        self._remember(environment)
+
+    def update(self, environment: Environment, **changes: Any) -> Environment:
+        updated = super().update(environment, **changes)
+        self._remember(updated)
+        return updated
+
+    def record_activity(self, environment_id: str, when: float) -> None:
+        super().record_activity(environment_id, when)
+        cached = self._live.get(environment_id)
+        if cached is not None and cached.last_activity_time < when:
+            self._live[environment_id] = replace(cached, last_activity_time=when)
+
+
 class LiveEnvironments:
     """The records, the runtimes of live environments, and the queue of waiting creates.
 
@@ -69,7 +123,7 @@ class LiveEnvironments:
         self.settings = settings
         self.orchestrator_id = orchestrator_id
         self.workspace_root = Path(workspace_root)
-        self.store = EnvironmentStore(db)
+        self.store: EnvironmentStore = CachedEnvironmentStore(db)
         self.metrics = SandboxMetrics(registry)
         self.runtimes: dict[str, Runtime] = {}
         self.queue = CreateQueue(settings.max_queued_environments, settings.max_queued_file_bytes)
