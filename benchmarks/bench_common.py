@@ -7,15 +7,17 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 
-def serve_in_child(data_dir: str, conn: Connection, in_process: bool = True) -> None:
+def serve_in_child(
+    data_dir: str, conn: Connection, in_process: bool = True, config_path: str | None = None
+) -> None:
     """Child process: runs the embedded server as ``sandbox-sdk serve`` does (start-up
-    objects frozen out of the garbage collector), sends its endpoints on ``conn``, and
-    stops when the parent closes its end."""
+    objects frozen out of the garbage collector), with the config file ``config_path`` if
+    given, sends its endpoints on ``conn``, and stops when the parent closes its end."""
     from sandbox_sdk.server.embedded import run_embedded
     from sandbox_sdk.server.garbage import freeze_startup_objects
 
     async def main() -> None:
-        server = await run_embedded("127.0.0.1", 0, data_dir, in_process=in_process)
+        server = await run_embedded("127.0.0.1", 0, data_dir, config_path, in_process=in_process)
         freeze_startup_objects()
         conn.send(
             {
