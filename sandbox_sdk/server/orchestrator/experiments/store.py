@@ -129,7 +129,36 @@ MIGRATIONS = [
     ALTER TABLE exp_samples ADD COLUMN tool_calls INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE exp_samples ADD COLUMN tool_errors INTEGER NOT NULL DEFAULT 0
     """,
+    # Cost that does not grow with history: queued and running experiments are found
+    # through an index of those alone (listings by state, what the gateway's quota counts;
+    # an environment's experiments), and each tenant's queued and running counts are
+    # counters kept in the transactions that change states.
+    """
+    CREATE INDEX exp_experiments_active ON exp_experiments (tenant, state, create_time, id)
+      WHERE state IN ('QUEUED', 'RUNNING');
+    CREATE INDEX exp_experiments_environment ON exp_experiments (environment_id, state)
+      WHERE state IN ('QUEUED', 'RUNNING');
+    CREATE TABLE exp_tenant_live (
+      tenant TEXT PRIMARY KEY,
+      queued INTEGER NOT NULL,
+      running INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]
+
+_ACTIVE_STATES = frozenset((ExperimentState.QUEUED, ExperimentState.RUNNING))
+# The predicate of the partial indexes of queued and running experiments, spelled as they
+# are in the queries that use them (SQLite matches it term by term, not through parameters).
+_ACTIVE = "state IN ('QUEUED', 'RUNNING')"
+# "request_id != ''" lets SQLite use the partial unique index of request ids.
+_BY_REQUEST = (
+    "SELECT * FROM exp_experiments WHERE tenant = ? AND request_id = ? AND request_id != ''"
+)
+_RECOUNT = (
+    "INSERT INTO exp_tenant_live (tenant, queued, running)"  # noqa: S608 -- constant
+    " SELECT tenant, SUM(state = 'QUEUED'), SUM(state = 'RUNNING')"
+    f" FROM exp_experiments WHERE {_ACTIVE} GROUP BY tenant"
+)
 
 _PAYLOAD_KINDS: dict[str, type[EventPayload]] = {
     "log": LogEvent,
@@ -248,6 +277,7 @@ class ExperimentStore:
         self.outbox = outbox
         self.on_outbox: Callable[[], None] | None = None
         db.migrate(COMPONENT, MIGRATIONS)
+        self.reconcile_live_counts()
         self.specs = _SpecCache()
         self.writer = BatchWriter(db.path, name="exp-writer")
         self.readers = ReadPool(db.path, name="exp-reader")
@@ -359,10 +389,7 @@ class ExperimentStore:
 
     async def afind_request(self, tenant: str, request_id: str) -> ExperimentRecord | None:
         """The tenant's experiment created with ``request_id``, or None."""
-        rows = self._key_read(
-            "SELECT * FROM exp_experiments WHERE tenant = ? AND request_id = ?",
-            (tenant, request_id),
-        )
+        rows = self._key_read(_BY_REQUEST, (tenant, request_id))
         return await self._record_of(rows[0]) if rows else None
 
     async def aprogress(self, experiment_id: str) -> tuple[ExperimentState, int] | None:
@@ -436,6 +463,21 @@ class ExperimentStore:
         )
 
     # --- synchronous reads (tests, tools, start-up) ----------------------------------
+
+    def reconcile_live_counts(self) -> None:
+        """Recounts every tenant's queued and running experiments from the table (on start:
+        the counters are kept in the transactions that change states, this only repairs a
+        pre-counter or hand-edited database). Reads only those rows, through an index."""
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM exp_tenant_live")
+            conn.execute(_RECOUNT)
+
+    def live_counts(self, tenant: str) -> tuple[int, int]:
+        """The tenant's queued and running experiments, from its counters (O(1))."""
+        rows = self.db.query(
+            "SELECT queued, running FROM exp_tenant_live WHERE tenant = ?", (tenant,)
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
     def last_queue_order(self) -> int:
         """The largest queue order given so far (0 for none); new experiments count on from it."""
@@ -516,6 +558,7 @@ def _insert_experiment(conn: sqlite3.Connection, new: NewExperiment, queued: Sta
         if is_duplicate_request(error, new.request_id):
             raise DuplicateRequestError(new.request_id) from error
         raise
+    _count_live(conn, new.tenant, None, ExperimentState.QUEUED)
     conn.executemany(
         "INSERT INTO exp_labels (experiment_id, key, value) VALUES (?, ?, ?)",
         [(new.id, k, v) for k, v in new.spec.labels.items()],
@@ -539,7 +582,7 @@ def _commit_events(
 ) -> list[StoredEvent]:
     now = time.time()
     row = conn.execute(
-        "SELECT last_sequence FROM exp_experiments WHERE id = ?", (experiment_id,)
+        "SELECT last_sequence, tenant, state FROM exp_experiments WHERE id = ?", (experiment_id,)
     ).fetchone()
     if row is None:
         raise KeyError(experiment_id)
@@ -560,6 +603,8 @@ def _commit_events(
         f"UPDATE exp_experiments SET {', '.join(assignments)} WHERE id = ?",  # noqa: S608 -- fixed column names
         (*params, experiment_id),
     )
+    if changes is not None and changes.state is not None:
+        _count_live(conn, row[1], ExperimentState(row[2]), changes.state)
     if sample is not None:
         _insert_sample(conn, experiment_id, sample)
     if to_outbox:
@@ -568,6 +613,24 @@ def _commit_events(
             (experiment_id, now),
         )
     return events
+
+
+def _count_live(
+    conn: sqlite3.Connection,
+    tenant: str,
+    before: ExperimentState | None,
+    after: ExperimentState,
+) -> None:
+    """Moves the tenant's queued/running counters along a state change (same transaction)."""
+    queued = (after is ExperimentState.QUEUED) - (before is ExperimentState.QUEUED)
+    running = (after is ExperimentState.RUNNING) - (before is ExperimentState.RUNNING)
+    if queued or running:
+        conn.execute(
+            "INSERT INTO exp_tenant_live (tenant, queued, running) VALUES (?, ?, ?)"
+            " ON CONFLICT (tenant) DO UPDATE SET queued = queued + excluded.queued,"
+            " running = running + excluded.running",
+            (tenant, queued, running),
+        )
 
 
 # --- read queries (any connection) ---------------------------------------------------
@@ -583,9 +646,7 @@ def _select_experiment(
 def _select_request(
     query: Query, specs: _SpecCache, tenant: str, request_id: str
 ) -> ExperimentRecord | None:
-    rows = query(
-        "SELECT * FROM exp_experiments WHERE tenant = ? AND request_id = ?", (tenant, request_id)
-    )
+    rows = query(_BY_REQUEST, (tenant, request_id))
     return _record(rows[0], specs) if rows else None
 
 
@@ -602,8 +663,8 @@ def _select_in_environment(
     query: Query, specs: _SpecCache, environment_id: str
 ) -> list[ExperimentRecord]:
     rows = query(
-        "SELECT * FROM exp_experiments WHERE environment_id = ? AND state IN (?, ?)",
-        (environment_id, ExperimentState.QUEUED.value, ExperimentState.RUNNING.value),
+        f"SELECT * FROM exp_experiments WHERE environment_id = ? AND {_ACTIVE}",  # noqa: S608 -- constant
+        (environment_id,),
     )
     return [_record(row, specs) for row in rows]
 
@@ -619,6 +680,12 @@ def _select_listing(
 ) -> list[ExperimentRecord]:
     clauses = ["tenant = ?"]
     params: list[Any] = [tenant]
+    source = "exp_experiments e"
+    if filters.states and _ACTIVE_STATES.issuperset(filters.states):
+        # Only queued or running ones (what the gateway's quota counts): read through their
+        # own index, not the tenant's whole history in listing order.
+        source = "exp_experiments e INDEXED BY exp_experiments_active"
+        clauses.append(_ACTIVE)
     if filters.environment_id:
         clauses.append("environment_id = ?")
         params.append(filters.environment_id)
@@ -635,7 +702,7 @@ def _select_listing(
         clauses.append("(create_time < ? OR (create_time = ? AND id < ?))")
         params.extend((before[0], before[0], before[1]))
     sql = (
-        f"SELECT * FROM exp_experiments e WHERE {' AND '.join(clauses)}"  # noqa: S608 -- fixed clauses
+        f"SELECT * FROM {source} WHERE {' AND '.join(clauses)}"  # noqa: S608 -- fixed clauses
         " ORDER BY create_time DESC, id DESC LIMIT ?"
     )
     return [_record(row, specs) for row in query(sql, (*params, limit))]

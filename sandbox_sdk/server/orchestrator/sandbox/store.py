@@ -20,6 +20,13 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 from sandbox_sdk.server.request_ids import DuplicateRequestError, is_duplicate_request
 
 COMPONENT = "sandbox"
+# The predicate of the live-only partial indexes, spelled the same in the queries that use
+# them (SQLite matches a partial index's WHERE term by term, and not through parameters).
+_LIVE = f"state <> '{EnvironmentState.TERMINATED.value}'"
+_RECOUNT = (
+    "INSERT INTO env_tenant_live (tenant, live)"  # noqa: S608 -- constant
+    f" SELECT tenant, COUNT(*) FROM env_environments WHERE {_LIVE} GROUP BY tenant"
+)
 MIGRATIONS = [
     """
     CREATE TABLE env_environments (
@@ -42,7 +49,20 @@ MIGRATIONS = [
         ON env_environments (tenant, request_id) WHERE request_id <> '';
     CREATE INDEX env_environments_tenant_seq ON env_environments (tenant, seq);
     CREATE INDEX env_environments_state ON env_environments (orchestrator_id, state)
-    """
+    """,
+    # Live environments without their history: listings of live ones (what the gateway's
+    # quota counts) and the start-up's unfinished ones read only live rows, and the
+    # per-tenant live count is a counter kept in every state change's transaction.
+    f"""
+    CREATE INDEX env_environments_live ON env_environments (tenant, seq)
+        WHERE {_LIVE};
+    CREATE INDEX env_environments_unfinished ON env_environments (orchestrator_id)
+        WHERE {_LIVE};
+    CREATE TABLE env_tenant_live (
+        tenant TEXT PRIMARY KEY,
+        live INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
 ]
 
 _COLUMNS = (
@@ -110,12 +130,34 @@ def _from_row(row: sqlite3.Row) -> Environment:
     )
 
 
+def _add_live(conn: sqlite3.Connection, tenant: str, delta: int) -> None:
+    conn.execute(
+        "INSERT INTO env_tenant_live (tenant, live) VALUES (?, ?) "
+        "ON CONFLICT (tenant) DO UPDATE SET live = live + excluded.live",
+        (tenant, delta),
+    )
+
+
 class EnvironmentStore:
     """Reads and writes environment records."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         db.migrate(COMPONENT, MIGRATIONS)
+        self.reconcile_live_counts()
+
+    def reconcile_live_counts(self) -> None:
+        """Recounts every tenant's live environments from the table (on start: the counters
+        are kept in the same transactions as the rows, this only repairs a hand-edited or
+        pre-counter database). Reads only live rows, through the live index."""
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM env_tenant_live")
+            conn.execute(_RECOUNT)
+
+    def live_count(self, tenant: str) -> int:
+        """The tenant's environments not yet TERMINATED, from its counter (O(1))."""
+        rows = self._db.query("SELECT live FROM env_tenant_live WHERE tenant = ?", (tenant,))
+        return int(rows[0][0]) if rows else 0
 
     def insert(self, environment: Environment) -> None:
         """Adds a new record; raises DuplicateRequestError if its request_id is taken."""
@@ -132,6 +174,8 @@ class EnvironmentStore:
                         e.last_activity_time, e.terminate_time,
                     ),
                 )  # fmt: skip
+                if e.state is not EnvironmentState.TERMINATED:
+                    _add_live(conn, e.tenant, 1)
         except sqlite3.IntegrityError as error:
             if is_duplicate_request(error, e.request_id):
                 raise DuplicateRequestError(e.request_id) from error
@@ -171,8 +215,7 @@ class EnvironmentStore:
             where.append("seq < ?")
             params.append(before_seq)
         if not show_terminated:
-            where.append("state <> ?")
-            params.append(EnvironmentState.TERMINATED.value)
+            where.append(_LIVE)  # the live index: the tenant's history is not read
         for key, value in sorted(label_selector.items()):
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(spec, '$.labels') WHERE key = ? AND value = ?)"
@@ -190,8 +233,8 @@ class EnvironmentStore:
     def unfinished(self, orchestrator_id: str) -> list[Environment]:
         """The orchestrator's environments not yet TERMINATED."""
         rows = self._db.query(
-            f"SELECT {_COLUMNS} FROM env_environments WHERE orchestrator_id = ? AND state <> ?",  # noqa: S608
-            (orchestrator_id, EnvironmentState.TERMINATED.value),
+            f"SELECT {_COLUMNS} FROM env_environments WHERE orchestrator_id = ? AND {_LIVE}",  # noqa: S608
+            (orchestrator_id,),
         )
         return [_from_row(row) for row in rows]
 
@@ -199,6 +242,9 @@ class EnvironmentStore:
         """Writes back the mutable fields of a record."""
         e = environment
         with self._db.transaction() as conn:
+            before = conn.execute(
+                "SELECT tenant, state FROM env_environments WHERE id = ?", (e.id,)
+            ).fetchone()
             conn.execute(
                 "UPDATE env_environments SET state = ?, termination_reason = ?, "
                 "termination_message = ?, spec = ?, expire_time = ?, last_activity_time = ?, "
@@ -209,6 +255,11 @@ class EnvironmentStore:
                     e.terminate_time, e.request_id, e.id,
                 ),
             )  # fmt: skip
+            if before is not None:
+                was_live = before[1] != EnvironmentState.TERMINATED.value
+                is_live = e.state is not EnvironmentState.TERMINATED
+                if was_live != is_live:
+                    _add_live(conn, before[0], 1 if is_live else -1)
 
     def record_activity(self, environment_id: str, when: float) -> None:
         """Moves last_activity_time forward to ``when``."""
