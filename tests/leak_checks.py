@@ -38,10 +38,17 @@ def loop_devices_under(base: Path) -> list[str]:
 
 
 def environment_dirs() -> set[str]:
-    """Environments' cgroups (v1 and v2) and mount points under the default parents."""
+    """Environments' cgroups (v1 and v2) and mount points under the default parents, and
+    the workspace file systems made ahead (``pool-*``)."""
     parents = [*Path("/sys/fs/cgroup").glob("*/sandbox-sdk"), Path("/sys/fs/cgroup/sandbox-sdk")]
     parents.append(Path("/run/sandbox-sdk"))
-    return {str(entry) for parent in parents if parent.is_dir() for entry in parent.glob("env-*")}
+    return {
+        str(entry)
+        for parent in parents
+        if parent.is_dir()
+        for pattern in ("env-*", "pool-*")
+        for entry in parent.glob(pattern)
+    }
 
 
 def leaks(base: Path, before: set[str]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -25,6 +26,8 @@ V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
 _MIN_CPU_QUOTA_US = 1_000
+# Writes environments' cgroups while their creates go on (see EnvironmentCgroup.create_soon).
+_CREATING = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="cgroup")
 
 
 @dataclass(frozen=True)
@@ -236,12 +239,34 @@ class Cgroup(abc.ABC):
 class EnvironmentCgroup(Cgroup):
     """The cgroup of one environment, which carries its limits."""
 
+    _creation: concurrent.futures.Future[None] | None = None
+
     @abc.abstractmethod
     def create(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
         """Makes the directories and writes the limits."""
 
+    def create_soon(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
+        """Starts :meth:`create` on a thread, so that a create does other work meanwhile.
+
+        :meth:`attach` and :meth:`remove` wait for it: no process joins the
+        cgroup before its limits are written (a failed creation makes every
+        attach raise it), and nothing is removed while it is being made.
+        """
+        self._creation = _CREATING.submit(self.create, cpu_cores, memory_bytes, max_pids)
+
+    def _wait_created(self) -> None:
+        if self._creation is not None:
+            self._creation.result()
+
+    def remove(self) -> bool:
+        with contextlib.suppress(Exception):
+            self._wait_created()
+        return super().remove()
+
     def attach(self, pid: int) -> None:
-        """Moves ``pid`` into the environment's cgroup in every hierarchy."""
+        """Moves ``pid`` into the environment's cgroup in every hierarchy, once its
+        limits are in place."""
+        self._wait_created()
         for directory in self.dirs:
             _write(directory / "cgroup.procs", str(pid))
 

@@ -42,6 +42,7 @@ from sandbox_sdk.server.orchestrator.sandbox.workspace import (
     Workspace,
     split_path,
 )
+from sandbox_sdk.server.orchestrator.sandbox.workspace_pool import WorkspacePool
 from sandbox_sdk.server.request_ids import DuplicateRequestError
 from sandbox_sdk.server.status import ServiceError
 
@@ -65,6 +66,8 @@ class Lifecycle:
         self._capacity = capacity
         self._execution = execution
         self._termination = termination
+        # File systems made ahead (see workspace_pool); set once started.
+        self.pool: WorkspacePool | None = None
 
     # --- create ------------------------------------------------------------------------
 
@@ -150,6 +153,7 @@ class Lifecycle:
         try:
             await self._set_up(environment.id, runtime, files)
         except BaseException as error:
+            self._refill_pool()
             await asyncio.shield(self._fail_setup(environment, runtime, error))
             if isinstance(error, ServiceError | asyncio.CancelledError):
                 raise
@@ -162,7 +166,14 @@ class Lifecycle:
         environment = self._environments.store.update(environment, state=EnvironmentState.RUNNING)
         runtime.ready.set()
         self._environments.metrics.create_seconds.observe(time.monotonic() - started)
+        self._refill_pool()
         return environment
+
+    def _refill_pool(self) -> None:
+        """Makes up for a file system taken, once the create that took it is done (the
+        machine's CPUs are then the next creates', not a background ``mkfs.ext4``'s)."""
+        if self.pool is not None:
+            self.pool.refill()
 
     async def _settled(self, environment: Environment) -> Environment:
         runtime = self._environments.runtimes.get(environment.id)
@@ -179,17 +190,23 @@ class Lifecycle:
         limits = runtime.spec.limits
         if isolation.cgroups is not None:
             runtime.cgroup = isolation.cgroups.environment(environment_id)
-            runtime.cgroup.create(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
+            # Written on a thread while the agent's gate starts and the workspace is
+            # made; the gated process is attached only once the limits are in place.
+            runtime.cgroup.create_soon(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
 
         template = self._template_layer(environment_id, runtime.spec)
 
         async def make_workspace() -> None:
+            # Taken here, so that a start that fails before never strands one.
+            pool = self.pool
+            ready = pool.take(limits.disk_bytes) if pool is not None else None
             runtime.workspace = await Workspace.create(
                 environments.layout(environment_id),
                 quota_bytes=limits.disk_bytes,
                 loop_quota=isolation.loop_quota,
                 owner=isolation.sandbox_user,
                 template=template,
+                ready=ready,
             )
 
         # The agent's process waits at its gate while the workspace is made.

@@ -59,6 +59,7 @@ from sandbox_sdk.server.orchestrator.sandbox.processes import EnvironmentProcess
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
+from sandbox_sdk.server.orchestrator.sandbox.workspace_pool import WorkspacePool
 
 
 class SandboxManager:
@@ -132,6 +133,16 @@ class SandboxManager:
         self._capacity.find_egress_tools()
         await self._termination.recover()
         await self._termination.sweep_orphans()
+        pool = WorkspacePool(
+            self.workspace_root,
+            self.settings.mount_root if self.isolation.sandbox_user is not None else None,
+            self.orchestrator_id,
+            self.settings.pooled_disk_sizes() if self.isolation.loop_quota else (),
+            self.settings.workspace_pool_depth,
+        )
+        await pool.sweep()
+        self._lifecycle.pool = pool
+        pool.start()
         self._background.start()
 
     async def stop(self) -> None:
@@ -154,6 +165,8 @@ class SandboxManager:
             )
         )
         await asyncio.gather(*environments.background, return_exceptions=True)
+        if self._lifecycle.pool is not None:
+            await self._lifecycle.pool.close()
         self.files.close()
 
     def _admit_queued(self) -> None:

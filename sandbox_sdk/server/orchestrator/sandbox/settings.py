@@ -84,6 +84,12 @@ class SandboxSettings(BaseModel):
             oldest kept is OUT_OF_RANGE).
         max_finished_processes_per_environment: ended processes kept per
             environment for GetProcess and ListProcesses; the oldest go first.
+        workspace_pool_depth: workspace file systems made ahead per size in
+            ``workspace_pool_disk_bytes`` (loop disk quota only), so that a
+            create of such a size need not wait for ``mkfs.ext4``; 0: none.
+        workspace_pool_disk_bytes: the disk sizes made ahead; None: the
+            default size (``default_limits.disk_bytes``). Other sizes are made
+            on demand.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -155,6 +161,14 @@ class SandboxSettings(BaseModel):
     max_processes_per_environment: int = Field(default=64, gt=0)
     process_output_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     max_finished_processes_per_environment: int = Field(default=1000, gt=0)
+    workspace_pool_depth: int = Field(default=2, ge=0, le=64)
+    workspace_pool_disk_bytes: tuple[int, ...] | None = None
+
+    def pooled_disk_sizes(self) -> tuple[int, ...]:
+        """The disk sizes whose workspace file systems are made ahead."""
+        if self.workspace_pool_disk_bytes is None:
+            return (self.default_limits.disk_bytes,)
+        return self.workspace_pool_disk_bytes
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> SandboxSettings:
@@ -166,4 +180,6 @@ class SandboxSettings(BaseModel):
         if self.default_idle_timeout_seconds > self.max_idle_timeout_seconds:
             raise ValueError("default_idle_timeout_seconds is above max_idle_timeout_seconds")
         parse_cidrs(self.egress_denied_cidrs)
+        if any(size <= 0 for size in self.workspace_pool_disk_bytes or ()):
+            raise ValueError("workspace_pool_disk_bytes holds a size that is not positive")
         return self

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -38,6 +39,9 @@ from sandbox_sdk.server.orchestrator.sandbox.listing import LISTINGS
 _MAX_PATH_BYTES = 4096
 _MAX_NAME_BYTES = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_libc = ctypes.CDLL(None, use_errno=True)
+# mount(2) flags (linux/mount.h).
+_MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_NOATIME, _MS_BIND = 0x2, 0x4, 0x20, 0x400, 0x1000
 
 
 class WorkspacePathError(ValueError):
@@ -213,14 +217,25 @@ class Workspace:
         loop_quota: bool,
         owner: tuple[int, int] | None,
         template: TemplateLayer | None = None,
+        ready: WorkspaceLayout | None = None,
     ) -> Workspace:
         """Makes the file system (or directory), mounts it and lays out its directories;
-        with a ``template``, mounts its copy-on-write root too."""
+        with a ``template``, mounts its copy-on-write root too.
+
+        ``ready`` is a loop file system of the same quota made ahead by
+        :meth:`make_ready` (see :mod:`.workspace_pool`): it is moved to ``layout``
+        instead of making one, then laid out as any other, and whatever happens
+        it is never used again (a failure destroys it).
+        """
         workspace = cls(
             layout, quota_bytes=quota_bytes, quota_enforced_by_kernel=loop_quota, owner=owner
         )
         try:
-            if loop_quota:
+            if ready is not None:
+                if not loop_quota:
+                    raise ValueError("a ready file system needs the loop disk quota")
+                await workspace._adopt(ready)
+            elif loop_quota:
                 await workspace._make_loop_filesystem()
             else:
                 await workspace._make_directory()
@@ -228,10 +243,23 @@ class Workspace:
             if template is not None:
                 await workspace._mount_template_root(template)
         except BaseException:
+            if ready is not None:
+                await destroy_layout(ready)
             await destroy_layout(layout)
             raise
         workspace._baseline_bytes = workspace._filesystem_used() if loop_quota else 0
         return workspace
+
+    @classmethod
+    async def make_ready(cls, layout: WorkspaceLayout, *, quota_bytes: int) -> None:
+        """Makes and mounts a loop file system at ``layout`` to be adopted later by
+        :meth:`create` (``ready``), which lays it out; on failure leaves nothing."""
+        workspace = cls(layout, quota_bytes=quota_bytes, quota_enforced_by_kernel=True, owner=None)
+        try:
+            await workspace._make_loop_filesystem()
+        except BaseException:
+            await destroy_layout(layout)
+            raise
 
     async def _make_loop_filesystem(self) -> None:
         layout = self.layout
@@ -247,6 +275,27 @@ class Workspace:
         )  # fmt: skip
         with contextlib.suppress(OSError):
             (layout.mount_point / "lost+found").rmdir()
+
+    async def _adopt(self, ready: WorkspaceLayout) -> None:
+        """Moves a file system made ahead to this layout: its image renamed, its mount
+        bound at this mount point (nosuid, nodev, noatime, as :meth:`_make_loop_filesystem`
+        mounts) and the mount made ahead removed; no process runs for it."""
+        layout = self.layout
+        if ready.image.parent != layout.image.parent:
+            raise ValueError("a ready file system is adopted in its own workspace root")
+        os.rename(ready.image, layout.image)
+        layout.mount_point.mkdir(mode=0o700)
+        source, target = os.fsencode(ready.mount_point), os.fsencode(layout.mount_point)
+        _mount(source, target, _MS_BIND)
+        _mount(source, target, _MS_REMOUNT | _MS_BIND | _MS_NOSUID | _MS_NODEV | _MS_NOATIME)
+        if _libc.umount2(source, 0) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"unmounting {ready.mount_point}: {os.strerror(code)}")
+        with contextlib.suppress(OSError):
+            ready.mount_point.rmdir()
+        if ready.storage != ready.mount_point:
+            with contextlib.suppress(OSError):
+                ready.storage.rmdir()
 
     async def _make_directory(self) -> None:
         layout = self.layout
@@ -432,6 +481,12 @@ class Workspace:
             return
         if self._owner is not None:
             os.chown(name, *self._owner, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _mount(source: bytes, target: bytes, flags: int) -> None:
+    if _libc.mount(source, target, None, ctypes.c_ulong(flags), None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"mounting {os.fsdecode(target)}: {os.strerror(code)}")
 
 
 def _make_sparse_file(path: Path, size: int) -> None:
