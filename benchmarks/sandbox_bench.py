@@ -244,7 +244,8 @@ async def _measure(root: Path) -> dict[str, Any]:
     await cache.start()
     manager = SandboxManager(
         Database(root / "bench.db"),
-        SandboxSettings(),
+        # The bench's disk size is the one whose file systems are made ahead.
+        SandboxSettings(workspace_pool_disk_bytes=(SPEC.limits.disk_bytes,)),
         "bench",
         root / "workspaces",
         templates=cache,
