@@ -97,6 +97,7 @@ def wilson_interval(
     check_confidence(confidence)
     if n <= 0:
         raise ValueError("the Wilson interval needs a positive sample size")
+    scipy_stats()  # names the missing extra even when the quantile is cached
     z = _normal_quantile(0.5 + confidence / 2.0)
     z2n = z * z / n
     center = (rate + z2n / 2.0) / (1.0 + z2n)
@@ -109,6 +110,7 @@ def t_interval(
 ) -> tuple[float, float]:
     """``mean`` ± Student's t quantile times ``standard_error``."""
     check_confidence(confidence)
+    scipy_stats()  # names the missing extra even when the quantile is cached
     margin = _t_quantile(0.5 + confidence / 2.0, degrees_of_freedom)
     return mean - margin * standard_error, mean + margin * standard_error
 
