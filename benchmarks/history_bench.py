@@ -51,10 +51,10 @@ from sandbox_sdk.server.orchestrator.sandbox.store import EnvironmentStore
 from sandbox_sdk.server.tenancy import DEFAULT_TENANT
 
 HISTORY = 10_000
-ROUNDS = 5
-EXPERIMENTS = 60
+ROUNDS = 7
+EXPERIMENTS = 150
 CONCURRENT = 16  # under the default quota of 50 queued or running experiments
-ENVIRONMENTS = 6
+ENVIRONMENTS = 10
 GOAL = 0.95
 
 
