@@ -9,11 +9,11 @@ the index that bounds it.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from query_plans import QueryRecorder, query_plan
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -86,25 +86,6 @@ async def _run(store: ExperimentStore, new: NewExperiment, final: ExperimentStat
         )
 
 
-class _Recorder:
-    """Records the (sql, params) of every read of a Database."""
-
-    def __init__(self, database: Database) -> None:
-        self.queries: list[tuple[str, Sequence[object]]] = []
-        original = database.query
-
-        def query(sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-            self.queries.append((sql, params))
-            return original(sql, params)
-
-        database.query = query  # type: ignore[method-assign]
-
-
-def _plan(database: Database, sql: str, params: Sequence[object]) -> str:
-    rows = database.connection.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
-    return " | ".join(str(row[3]) for row in rows)
-
-
 @pytest.fixture
 async def history(tmp_path: Path) -> tuple[Database, ExperimentStore]:
     """HISTORY finished experiments of tenant t (one sample and a few events each), one
@@ -166,11 +147,11 @@ def test_hot_query_uses_its_index(
     index: str,
 ) -> None:
     database, store = history
-    recorder = _Recorder(database)
+    recorder = QueryRecorder(database)
     call(store)
     assert recorder.queries, name
     for sql, params in recorder.queries:
-        plan = _plan(database, sql, params)
+        plan = query_plan(database, sql, params)
         assert index in plan, (name, sql, plan)
         for table in ("exp_experiments", "exp_events", "exp_samples"):
             assert f"SCAN {table}" not in plan, (name, plan)

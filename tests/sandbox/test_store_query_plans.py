@@ -8,12 +8,12 @@ name the index that bounds it.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from query_plans import QueryRecorder, query_plan
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
@@ -63,25 +63,6 @@ def _environment(
         terminate_time=None,
         request_id=f"request-{number}",
     )
-
-
-class _Recorder:
-    """Records the (sql, params) of every read of a Database."""
-
-    def __init__(self, database: Database) -> None:
-        self.queries: list[tuple[str, Sequence[object]]] = []
-        original = database.query
-
-        def query(sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-            self.queries.append((sql, params))
-            return original(sql, params)
-
-        database.query = query  # type: ignore[method-assign]
-
-
-def _plan(database: Database, sql: str, params: Sequence[object]) -> str:
-    rows = database.connection.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
-    return " | ".join(str(row[3]) for row in rows)
 
 
 @pytest.fixture
@@ -135,11 +116,11 @@ def test_hot_query_uses_its_index(
     index: str,
 ) -> None:
     database, store = history
-    recorder = _Recorder(database)
+    recorder = QueryRecorder(database)
     call(store)
     assert recorder.queries, name
     for sql, params in recorder.queries:
-        plan = _plan(database, sql, params)
+        plan = query_plan(database, sql, params)
         assert index in plan, (name, sql, plan)
         assert "SCAN env_environments" not in plan.replace("USING INDEX", ""), plan
 
