@@ -242,6 +242,22 @@ def test_build_events_resume_from_a_sequence(api: Api) -> None:
     assert [event.sequence for event in resumed] == sequences[2:]
 
 
+def test_inline_archives_are_not_kept_on_the_orchestrators_disk(
+    api: Api, templates_stack: EmbeddedStack
+) -> None:
+    # A tenant must not be able to fill the host's disk with archives: neither a refused
+    # spec, nor a repeat of a built one, nor a finished build leaves its archive behind.
+    archives = next(templates_stack.data_dir.rglob("template-archives"))
+    refused = oci_spec("refused")
+    refused.apt_packages.append("-oAPT::Evil=1")
+    with pytest.raises(SandboxError):
+        api("CreateTemplate", requests_pb2.CreateTemplateRequest(spec=refused))
+    built = api.build(oci_spec("kept-nowhere"))
+    again = api("CreateTemplate", requests_pb2.CreateTemplateRequest(spec=oci_spec("kept-nowhere")))
+    assert again.template.id == built.id
+    assert list(archives.iterdir()) == []
+
+
 def test_bad_specs_are_invalid_arguments_naming_the_fields(api: Api) -> None:
     spec = template_pb2.TemplateSpec(
         debian=template_pb2.DebianBase(suite="Bookworm!", variant="huge"),

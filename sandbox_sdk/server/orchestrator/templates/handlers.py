@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -109,6 +110,7 @@ class TemplateService:
         building the operator's public set in the background."""
         await self.cache.start()
         await asyncio.to_thread(self.archives_dir.mkdir, 0o700, True, True)
+        await asyncio.to_thread(_remove_leftover_archives, self.archives_dir)
         self._builder = TemplateBuilder(self.manager.launcher, archive_dirs=(self.archives_dir,))
         for record in await asyncio.to_thread(self.records.unfinished):
             await asyncio.to_thread(
@@ -138,6 +140,7 @@ class TemplateService:
             self._start_build(
                 self._new_record(name, PUBLIC_TENANT, name, spec, spec_pb, Source.PUBLIC, ""),
                 spec,
+                spec_pb.oci_archive.archive,
             )
 
     def _forget(self, template_id: str) -> None:
@@ -155,7 +158,9 @@ class TemplateService:
     # --- specs -------------------------------------------------------------------------
 
     def _spec(self, message: template_pb2.TemplateSpec) -> TemplateSpec:
-        """The validated spec of a request (blocking: writes an inline archive)."""
+        """The validated spec of a request. An inline archive gets a path of its own in
+        ``archives_dir``, written by its build (see :meth:`_build`), not here: nothing
+        a refused or deduplicated request sends is kept on disk."""
         violations = FieldViolations()
         base: DebianBase | OciArchiveBase | None = None
         which = message.WhichOneof("base")
@@ -169,11 +174,7 @@ class TemplateService:
             elif message.oci_archive.sha256 and message.oci_archive.sha256 != digest:
                 violations.add("spec.oci_archive.sha256", f"the archive's sha256 is {digest}")
             else:
-                path = self.archives_dir / f"{digest}.tar"
-                if not path.exists():
-                    partial = path.with_suffix(".partial")
-                    partial.write_bytes(archive)
-                    partial.rename(path)
+                path = self.archives_dir / f"{digest}-{secrets.token_hex(8)}.tar"
                 base = OciArchiveBase(str(path), digest)
         else:
             violations.add("spec.base", "give spec.debian or spec.oci_archive")
@@ -242,12 +243,35 @@ class TemplateService:
 
     # --- builds ------------------------------------------------------------------------
 
-    def _start_build(self, record: TemplateRecord, spec: TemplateSpec) -> None:
-        task = asyncio.get_running_loop().create_task(self._build(record, spec))
+    def _start_build(self, record: TemplateRecord, spec: TemplateSpec, archive: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._build(record, spec, archive))
         self._builds[record.id] = task
         task.add_done_callback(lambda _: self._builds.pop(record.id, None))
 
-    async def _build(self, record: TemplateRecord, spec: TemplateSpec) -> None:
+    async def _build(self, record: TemplateRecord, spec: TemplateSpec, archive: bytes) -> None:
+        """Builds ``spec``; an inline ``archive`` is written to the spec's path for the
+        build and removed after it, whatever its outcome."""
+        inline = self._inline_archive_path(spec)
+        try:
+            if inline is not None:
+                try:
+                    await asyncio.to_thread(_write_new_file, inline, archive)
+                except OSError as error:
+                    message = f"the orchestrator could not store the archive: {error.strerror}"
+                    await self._finish(record, state=State.FAILED, failure_message=message)
+                    return
+            await self._build_and_record(record, spec)
+        finally:
+            if inline is not None:
+                await asyncio.shield(asyncio.to_thread(inline.unlink, True))
+
+    def _inline_archive_path(self, spec: TemplateSpec) -> Path | None:
+        base = spec.base
+        if isinstance(base, OciArchiveBase) and Path(base.path).parent == self.archives_dir:
+            return Path(base.path)
+        return None
+
+    async def _build_and_record(self, record: TemplateRecord, spec: TemplateSpec) -> None:
         assert self._builder is not None  # noqa: S101  (started)
 
         def on_log(line: str) -> None:
@@ -366,7 +390,7 @@ class TemplateService:
             Source.SPEC,
             request.request_id,
         )
-        self._start_build(record, spec)
+        self._start_build(record, spec, request.spec.oci_archive.archive)
         return requests_pb2.CreateTemplateResponse(template=self.message(record, tenant))
 
     async def GetTemplate(
@@ -655,3 +679,15 @@ def _event(event: BuildEvent) -> template_pb2.TemplateBuildEvent:
     else:
         message.log = event.log or ""
     return message
+
+
+def _write_new_file(path: Path, content: bytes) -> None:
+    with path.open("xb") as file:
+        file.write(content)
+
+
+def _remove_leftover_archives(directory: Path) -> None:
+    """Inline archives of builds a previous run did not finish (those builds are FAILED)."""
+    for leftover in directory.iterdir():
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
