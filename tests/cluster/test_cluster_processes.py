@@ -144,7 +144,7 @@ async def test_a_killed_orchestrator_is_reported_lost_and_new_environments_go_el
             assert error.metadata.get("orchestrator_id") == "o3"
             assert "orchestrator o3" in str(error)
             assert "gone" in str(error)
-        assert "o3" not in cluster.live_orchestrators()
+        assert "o3" not in await asyncio.to_thread(cluster.live_orchestrators)
 
         created = [await client.create_environment() for _ in range(6)]
         try:
