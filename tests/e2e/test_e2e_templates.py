@@ -26,6 +26,7 @@ from sandbox_sdk.api.v1 import (
     template_pb2,
 )
 from sandbox_sdk.errors import ErrorReason, SandboxError, from_rpc_error
+from sandbox_sdk.server.orchestrator.templates.build_log import MAX_LINES
 
 pytestmark = pytest.mark.skipif(
     not Path("/bin/busybox").exists() or shutil.which("umoci") is None or os.geteuid() != 0,
@@ -256,6 +257,16 @@ def test_inline_archives_are_not_kept_on_the_orchestrators_disk(
     again = api("CreateTemplate", requests_pb2.CreateTemplateRequest(spec=oci_spec("kept-nowhere")))
     assert again.template.id == built.id
     assert list(archives.iterdir()) == []
+
+
+def test_a_build_that_prints_without_end_keeps_a_bounded_log(api: Api) -> None:
+    spec = oci_spec("chatty")
+    flood = "i=0; while [ $i -lt 25000 ]; do echo line $i; i=$((i+1)); done"
+    spec.commands.append(template_pb2.TemplateCommand(argv=["/bin/sh", "-c", flood]))
+    template = api.build(spec)
+    logs = [event.log for event in api.events(template.id) if event.HasField("log")]
+    assert len(logs) <= MAX_LINES + 1
+    assert "more lines were not kept" in logs[-1]
 
 
 def test_bad_specs_are_invalid_arguments_naming_the_fields(api: Api) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from sandbox_sdk.server import ids, page_tokens
 from sandbox_sdk.server.field_violations import FieldViolations
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, convert, validation
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import EnvironmentState
+from sandbox_sdk.server.orchestrator.templates.build_log import BuildLog
 from sandbox_sdk.server.orchestrator.templates.build_steps import TemplateBuilder, tree_bytes
 from sandbox_sdk.server.orchestrator.templates.cache import (
     TemplateCache,
@@ -273,14 +275,16 @@ class TemplateService:
 
     async def _build_and_record(self, record: TemplateRecord, spec: TemplateSpec) -> None:
         assert self._builder is not None  # noqa: S101  (started)
-
-        def on_log(line: str) -> None:
-            self.records.append_logs(record.id, [line[:4096]])
-            self._notify(record.id)
-
+        on_log = BuildLog(
+            functools.partial(self.records.append_logs, record.id),
+            functools.partial(self._notify, record.id),
+        )
         started = time.monotonic()
         try:
-            template = await self.cache.build(spec, self._builder, on_log)
+            try:
+                template = await self.cache.build(spec, self._builder, on_log)
+            finally:
+                await on_log.close()  # every line before the final state
         except TemplateBuildError as error:
             await self._finish(record, state=State.FAILED, failure_message=str(error)[:4000])
         except asyncio.CancelledError:
