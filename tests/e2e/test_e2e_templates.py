@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,9 @@ def test_inline_archives_are_not_kept_on_the_orchestrators_disk(
 
 
 def test_a_build_that_prints_without_end_keeps_a_bounded_log(api: Api) -> None:
-    spec = oci_spec("chatty")
+    # A marker of its own: the template cache outlives test runs, and a cached build logs
+    # nothing but that it is already built.
+    spec = oci_spec(f"chatty-{uuid.uuid4().hex}")
     flood = "i=0; while [ $i -lt 25000 ]; do echo line $i; i=$((i+1)); done"
     spec.commands.append(template_pb2.TemplateCommand(argv=["/bin/sh", "-c", flood]))
     template = api.build(spec)
