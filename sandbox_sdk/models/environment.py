@@ -46,6 +46,20 @@ class NetworkPolicy(enum.StrEnum):
     EGRESS = "EGRESS"
 
 
+class IsolationRuntime(enum.StrEnum):
+    """What isolates an environment's commands from the host.
+
+    ``BUBBLEWRAP``: Linux namespaces, seccomp, cgroups and rlimits on the host
+    kernel. ``GVISOR``: the same commands under gVisor's user-space kernel
+    (``runsc``), so a host kernel bug is not an escape. ``UNSPECIFIED``: the
+    operator's default.
+    """
+
+    UNSPECIFIED = "UNSPECIFIED"
+    BUBBLEWRAP = "BUBBLEWRAP"
+    GVISOR = "GVISOR"
+
+
 _STATES = enum_table(
     environment_pb2.EnvironmentState.items(), "ENVIRONMENT_STATE_", EnvironmentState
 )
