@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sandbox_sdk.api.v1 import common_pb2 as sandbox_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csandbox/v1/environment.proto\x12\nsandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sandbox/v1/common.proto\"\xe6\x03\n\x0f\x45nvironmentSpec\x12*\n\x06limits\x18\x01 \x01(\x0b\x32\x1a.sandbox.v1.ResourceLimits\x12:\n\x08\x65nv_vars\x18\x02 \x03(\x0b\x32(.sandbox.v1.EnvironmentSpec.EnvVarsEntry\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.sandbox.v1.EnvironmentSpec.LabelsEntry\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cidle_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0enetwork_policy\x18\x06 \x01(\x0e\x32\x19.sandbox.v1.NetworkPolicy\x12\x1a\n\x12\x65gress_allow_cidrs\x18\x07 \x03(\t\x12\x19\n\x11\x65gress_deny_cidrs\x18\x08 \x03(\t\x12\x10\n\x08template\x18\t \x01(\t\x1a.\n\x0c\x45nvVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x03\n\x0b\x45nvironment\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.sandbox.v1.EnvironmentSpec\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.sandbox.v1.EnvironmentState\x12\x39\n\x12termination_reason\x18\x04 \x01(\x0e\x32\x1d.sandbox.v1.TerminationReason\x12\x1b\n\x13termination_message\x18\x05 \x01(\t\x12\x11\n\tisolation\x18\x06 \x01(\t\x12\x17\n\x0forchestrator_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12last_activity_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eterminate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\x0c \x01(\x05\x12\x13\n\x0btemplate_id\x18\r \x01(\t\":\n\x0b\x46ileContent\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0c\n\x04mode\x18\x03 \x01(\r\"\x8f\x01\n\x08\x46ileInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06is_dir\x18\x03 \x01(\x08\x12\x0c\n\x04mode\x18\x04 \x01(\r\x12/\n\x0bmodify_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_symlink\x18\x06 \x01(\x08\"\x1a\n\x0b\x45xecStarted\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"\xe2\x01\n\nExecExited\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12&\n\x06reason\x18\x03 \x01(\x0e\x32\x16.sandbox.v1.ExitReason\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.sandbox.v1.ResourceUsage\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08*\xd7\x01\n\x10\x45nvironmentState\x12!\n\x1d\x45NVIRONMENT_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45NVIRONMENT_STATE_CREATING\x10\x01\x12\x1d\n\x19\x45NVIRONMENT_STATE_RUNNING\x10\x02\x12!\n\x1d\x45NVIRONMENT_STATE_TERMINATING\x10\x03\x12 \n\x1c\x45NVIRONMENT_STATE_TERMINATED\x10\x04\x12\x1c\n\x18\x45NVIRONMENT_STATE_QUEUED\x10\x05*\x95\x03\n\x11TerminationReason\x12\"\n\x1eTERMINATION_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fTERMINATION_REASON_USER_DELETED\x10\x01\x12\"\n\x1eTERMINATION_REASON_TTL_EXPIRED\x10\x02\x12#\n\x1fTERMINATION_REASON_IDLE_TIMEOUT\x10\x03\x12$\n TERMINATION_REASON_OUT_OF_MEMORY\x10\x04\x12 \n\x1cTERMINATION_REASON_CPU_LIMIT\x10\x05\x12-\n)TERMINATION_REASON_ORCHESTRATOR_RESTARTED\x10\x06\x12(\n$TERMINATION_REASON_ORCHESTRATOR_LOST\x10\x07\x12#\n\x1fTERMINATION_REASON_SETUP_FAILED\x10\x08\x12(\n$TERMINATION_REASON_SANDBOX_VIOLATION\x10\t*\xc9\x01\n\nExitReason\x12\x1b\n\x17\x45XIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XIT_REASON_EXITED\x10\x01\x12\x18\n\x14\x45XIT_REASON_SIGNALED\x10\x02\x12\x17\n\x13\x45XIT_REASON_TIMEOUT\x10\x03\x12\x1d\n\x19\x45XIT_REASON_OUT_OF_MEMORY\x10\x04\x12\x19\n\x15\x45XIT_REASON_CPU_LIMIT\x10\x05\x12\x19\n\x15\x45XIT_REASON_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csandbox/v1/environment.proto\x12\nsandbox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sandbox/v1/common.proto\"\x95\x04\n\x0f\x45nvironmentSpec\x12*\n\x06limits\x18\x01 \x01(\x0b\x32\x1a.sandbox.v1.ResourceLimits\x12:\n\x08\x65nv_vars\x18\x02 \x03(\x0b\x32(.sandbox.v1.EnvironmentSpec.EnvVarsEntry\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.sandbox.v1.EnvironmentSpec.LabelsEntry\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cidle_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0enetwork_policy\x18\x06 \x01(\x0e\x32\x19.sandbox.v1.NetworkPolicy\x12\x1a\n\x12\x65gress_allow_cidrs\x18\x07 \x03(\t\x12\x19\n\x11\x65gress_deny_cidrs\x18\x08 \x03(\t\x12\x10\n\x08template\x18\t \x01(\t\x12-\n\x07runtime\x18\n \x01(\x0e\x32\x1c.sandbox.v1.IsolationRuntime\x1a.\n\x0c\x45nvVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x03\n\x0b\x45nvironment\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04spec\x18\x02 \x01(\x0b\x32\x1b.sandbox.v1.EnvironmentSpec\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.sandbox.v1.EnvironmentState\x12\x39\n\x12termination_reason\x18\x04 \x01(\x0e\x32\x1d.sandbox.v1.TerminationReason\x12\x1b\n\x13termination_message\x18\x05 \x01(\t\x12\x11\n\tisolation\x18\x06 \x01(\t\x12\x17\n\x0forchestrator_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12last_activity_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eterminate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\x0c \x01(\x05\x12\x13\n\x0btemplate_id\x18\r \x01(\t\":\n\x0b\x46ileContent\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x0c\n\x04mode\x18\x03 \x01(\r\"\x8f\x01\n\x08\x46ileInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06is_dir\x18\x03 \x01(\x08\x12\x0c\n\x04mode\x18\x04 \x01(\r\x12/\n\x0bmodify_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_symlink\x18\x06 \x01(\x08\"\x1a\n\x0b\x45xecStarted\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"\xe2\x01\n\nExecExited\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\x12&\n\x06reason\x18\x03 \x01(\x0e\x32\x16.sandbox.v1.ExitReason\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.sandbox.v1.ResourceUsage\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10stdout_truncated\x18\x06 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x07 \x01(\x08*u\n\x10IsolationRuntime\x12!\n\x1dISOLATION_RUNTIME_UNSPECIFIED\x10\x00\x12 \n\x1cISOLATION_RUNTIME_BUBBLEWRAP\x10\x01\x12\x1c\n\x18ISOLATION_RUNTIME_GVISOR\x10\x02*\xd7\x01\n\x10\x45nvironmentState\x12!\n\x1d\x45NVIRONMENT_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45NVIRONMENT_STATE_CREATING\x10\x01\x12\x1d\n\x19\x45NVIRONMENT_STATE_RUNNING\x10\x02\x12!\n\x1d\x45NVIRONMENT_STATE_TERMINATING\x10\x03\x12 \n\x1c\x45NVIRONMENT_STATE_TERMINATED\x10\x04\x12\x1c\n\x18\x45NVIRONMENT_STATE_QUEUED\x10\x05*\x95\x03\n\x11TerminationReason\x12\"\n\x1eTERMINATION_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fTERMINATION_REASON_USER_DELETED\x10\x01\x12\"\n\x1eTERMINATION_REASON_TTL_EXPIRED\x10\x02\x12#\n\x1fTERMINATION_REASON_IDLE_TIMEOUT\x10\x03\x12$\n TERMINATION_REASON_OUT_OF_MEMORY\x10\x04\x12 \n\x1cTERMINATION_REASON_CPU_LIMIT\x10\x05\x12-\n)TERMINATION_REASON_ORCHESTRATOR_RESTARTED\x10\x06\x12(\n$TERMINATION_REASON_ORCHESTRATOR_LOST\x10\x07\x12#\n\x1fTERMINATION_REASON_SETUP_FAILED\x10\x08\x12(\n$TERMINATION_REASON_SANDBOX_VIOLATION\x10\t*\xc9\x01\n\nExitReason\x12\x1b\n\x17\x45XIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XIT_REASON_EXITED\x10\x01\x12\x18\n\x14\x45XIT_REASON_SIGNALED\x10\x02\x12\x17\n\x13\x45XIT_REASON_TIMEOUT\x10\x03\x12\x1d\n\x19\x45XIT_REASON_OUT_OF_MEMORY\x10\x04\x12\x19\n\x15\x45XIT_REASON_CPU_LIMIT\x10\x05\x12\x19\n\x15\x45XIT_REASON_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +38,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVIRONMENTSPEC_ENVVARSENTRY']._serialized_options = b'8\001'
   _globals['_ENVIRONMENTSPEC_LABELSENTRY']._loaded_options = None
   _globals['_ENVIRONMENTSPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ENVIRONMENTSTATE']._serialized_start=1586
-  _globals['_ENVIRONMENTSTATE']._serialized_end=1801
-  _globals['_TERMINATIONREASON']._serialized_start=1804
-  _globals['_TERMINATIONREASON']._serialized_end=2209
-  _globals['_EXITREASON']._serialized_start=2212
-  _globals['_EXITREASON']._serialized_end=2413
+  _globals['_ISOLATIONRUNTIME']._serialized_start=1632
+  _globals['_ISOLATIONRUNTIME']._serialized_end=1749
+  _globals['_ENVIRONMENTSTATE']._serialized_start=1752
+  _globals['_ENVIRONMENTSTATE']._serialized_end=1967
+  _globals['_TERMINATIONREASON']._serialized_start=1970
+  _globals['_TERMINATIONREASON']._serialized_end=2375
+  _globals['_EXITREASON']._serialized_start=2378
+  _globals['_EXITREASON']._serialized_end=2579
   _globals['_ENVIRONMENTSPEC']._serialized_start=135
-  _globals['_ENVIRONMENTSPEC']._serialized_end=621
-  _globals['_ENVIRONMENTSPEC_ENVVARSENTRY']._serialized_start=528
-  _globals['_ENVIRONMENTSPEC_ENVVARSENTRY']._serialized_end=574
-  _globals['_ENVIRONMENTSPEC_LABELSENTRY']._serialized_start=576
-  _globals['_ENVIRONMENTSPEC_LABELSENTRY']._serialized_end=621
-  _globals['_ENVIRONMENT']._serialized_start=624
-  _globals['_ENVIRONMENT']._serialized_end=1120
-  _globals['_FILECONTENT']._serialized_start=1122
-  _globals['_FILECONTENT']._serialized_end=1180
-  _globals['_FILEINFO']._serialized_start=1183
-  _globals['_FILEINFO']._serialized_end=1326
-  _globals['_EXECSTARTED']._serialized_start=1328
-  _globals['_EXECSTARTED']._serialized_end=1354
-  _globals['_EXECEXITED']._serialized_start=1357
-  _globals['_EXECEXITED']._serialized_end=1583
+  _globals['_ENVIRONMENTSPEC']._serialized_end=668
+  _globals['_ENVIRONMENTSPEC_ENVVARSENTRY']._serialized_start=575
+  _globals['_ENVIRONMENTSPEC_ENVVARSENTRY']._serialized_end=621
+  _globals['_ENVIRONMENTSPEC_LABELSENTRY']._serialized_start=623
+  _globals['_ENVIRONMENTSPEC_LABELSENTRY']._serialized_end=668
+  _globals['_ENVIRONMENT']._serialized_start=671
+  _globals['_ENVIRONMENT']._serialized_end=1167
+  _globals['_FILECONTENT']._serialized_start=1169
+  _globals['_FILECONTENT']._serialized_end=1227
+  _globals['_FILEINFO']._serialized_start=1230
+  _globals['_FILEINFO']._serialized_end=1373
+  _globals['_EXECSTARTED']._serialized_start=1375
+  _globals['_EXECSTARTED']._serialized_end=1401
+  _globals['_EXECEXITED']._serialized_start=1404
+  _globals['_EXECEXITED']._serialized_end=1630
 # @@protoc_insertion_point(module_scope)

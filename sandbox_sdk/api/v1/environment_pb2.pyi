@@ -22,6 +22,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _IsolationRuntime:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IsolationRuntimeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IsolationRuntime.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ISOLATION_RUNTIME_UNSPECIFIED: _IsolationRuntime.ValueType  # 0
+    """The operator's default."""
+    ISOLATION_RUNTIME_BUBBLEWRAP: _IsolationRuntime.ValueType  # 1
+    """Linux namespaces, seccomp, cgroups and rlimits on the host kernel."""
+    ISOLATION_RUNTIME_GVISOR: _IsolationRuntime.ValueType  # 2
+    """gVisor's user-space kernel (runsc): a host kernel bug is not an escape."""
+
+class IsolationRuntime(_IsolationRuntime, metaclass=_IsolationRuntimeEnumTypeWrapper):
+    """What isolates an environment's commands from the host, weakest first."""
+
+ISOLATION_RUNTIME_UNSPECIFIED: IsolationRuntime.ValueType  # 0
+"""The operator's default."""
+ISOLATION_RUNTIME_BUBBLEWRAP: IsolationRuntime.ValueType  # 1
+"""Linux namespaces, seccomp, cgroups and rlimits on the host kernel."""
+ISOLATION_RUNTIME_GVISOR: IsolationRuntime.ValueType  # 2
+"""gVisor's user-space kernel (runsc): a host kernel bug is not an escape."""
+Global___IsolationRuntime: _TypeAlias = IsolationRuntime  # noqa: Y015
+
 class _EnvironmentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -211,6 +235,7 @@ class EnvironmentSpec(_message.Message):
     EGRESS_ALLOW_CIDRS_FIELD_NUMBER: _builtins.int
     EGRESS_DENY_CIDRS_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
     network_policy: _common_pb2.NetworkPolicy.ValueType
     """Network access for commands in the environment."""
     template: _builtins.str
@@ -220,6 +245,14 @@ class EnvironmentSpec(_message.Message):
     file system is shared read-only under a private writable layer, and its
     defaults (env vars, workdir, limits) apply under this spec's own values.
     A template of another tenant is NOT_FOUND.
+    """
+    runtime: Global___IsolationRuntime.ValueType
+    """What isolates the environment's commands from the host. UNSPECIFIED: the
+    operator's default (or, if stronger, the minimum the operator sets for the
+    caller's tenant). The Environment the server returns carries the runtime
+    it resolved to, never UNSPECIFIED. Asking for a runtime weaker than the
+    tenant's minimum is PERMISSION_DENIED; a runtime the orchestrator does
+    not have installed is FAILED_PRECONDITION, never a silent fallback.
     """
     @_builtins.property
     def limits(self) -> _common_pb2.ResourceLimits:
@@ -265,10 +298,11 @@ class EnvironmentSpec(_message.Message):
         egress_allow_cidrs: _abc.Iterable[_builtins.str] | None = ...,
         egress_deny_cidrs: _abc.Iterable[_builtins.str] | None = ...,
         template: _builtins.str = ...,
+        runtime: Global___IsolationRuntime.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "limits", b"limits", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_allow_cidrs", b"egress_allow_cidrs", "egress_deny_cidrs", b"egress_deny_cidrs", "env_vars", b"env_vars", "idle_timeout", b"idle_timeout", "labels", b"labels", "limits", b"limits", "network_policy", b"network_policy", "template", b"template", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_allow_cidrs", b"egress_allow_cidrs", "egress_deny_cidrs", b"egress_deny_cidrs", "env_vars", b"env_vars", "idle_timeout", b"idle_timeout", "labels", b"labels", "limits", b"limits", "network_policy", b"network_policy", "runtime", b"runtime", "template", b"template", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
