@@ -46,7 +46,9 @@ from sandbox_sdk.server.orchestrator.sandbox import agent
 
 # dash reads a pipe byte by byte, so nothing past the line is consumed. The
 # script is a constant; the limits are its positional parameters $1 to $4
-# (see ProcessLimits.gate_arguments), validated as numbers before it runs.
+# (see ProcessLimits.gate_arguments), validated as numbers before it runs;
+# ``-`` leaves one as it is (gVisor applies its limits inside its own kernel,
+# and its host processes need more address space and fds than a command).
 _GATE_SCRIPT = (
     "read -r _ || exit 125; "
     'ulimit -v "$1" && ulimit -f "$2" && ulimit -n "$3" && ulimit -c 0 || exit 126; '
