@@ -51,8 +51,11 @@ from sandbox_sdk.server.orchestrator.sandbox import agent
 # and its host processes need more address space and fds than a command).
 _GATE_SCRIPT = (
     "read -r _ || exit 125; "
-    'ulimit -v "$1" && ulimit -f "$2" && ulimit -n "$3" && ulimit -c 0 || exit 126; '
+    'if [ "$1" != - ]; then ulimit -v "$1" || exit 126; fi; '
+    'if [ "$2" != - ]; then ulimit -f "$2" || exit 126; fi; '
+    'if [ "$3" != - ]; then ulimit -n "$3" || exit 126; fi; '
     'if [ "$4" != - ]; then ulimit -p "$4" || exit 126; fi; '
+    "ulimit -c 0 || exit 126; "
     'shift 4; exec "$@"'
 )
 _GATE_LIMITS = 4
