@@ -6,6 +6,7 @@ from sandbox_sdk.models.comparison import ExperimentComparison, MetricComparison
 from sandbox_sdk.models.environment import (
     EnvironmentInfo,
     EnvironmentState,
+    IsolationRuntime,
     NetworkPolicy,
     ResourceLimits,
     TerminationReason,
@@ -64,6 +65,7 @@ __all__ = [
     "ExperimentState",
     "FileInfo",
     "IntervalMethod",
+    "IsolationRuntime",
     "JsonValid",
     "LogLevel",
     "LogLine",

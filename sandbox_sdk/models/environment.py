@@ -68,6 +68,29 @@ _REASONS = enum_table(
 )
 _NETWORKS = enum_table(common_pb2.NetworkPolicy.items(), "NETWORK_POLICY_", NetworkPolicy)
 NETWORK_POLICY_NUMBERS = enum_numbers(_NETWORKS)
+ISOLATION_RUNTIMES = enum_table(
+    environment_pb2.IsolationRuntime.items(), "ISOLATION_RUNTIME_", IsolationRuntime
+)
+"""``{wire number: runtime}``; a number missing from it is one this SDK does not know."""
+ISOLATION_RUNTIME_NUMBERS = enum_numbers(ISOLATION_RUNTIMES)
+
+
+def isolation_runtime(value: IsolationRuntime | str | None) -> IsolationRuntime:
+    """``runtime=`` as an :class:`IsolationRuntime`: ``None`` is ``UNSPECIFIED`` (the
+    operator's default); names are case-insensitive (``"gvisor"``, ``"BUBBLEWRAP"``).
+
+    Raises:
+        ValueError: ``value`` names no runtime; the message lists the choices.
+    """
+    if value is None:
+        return IsolationRuntime.UNSPECIFIED
+    try:
+        return IsolationRuntime(str(value).upper())
+    except ValueError:
+        raise ValueError(
+            f"runtime must be 'bubblewrap' or 'gvisor' (or None for the operator's default), "
+            f"not {value!r}"
+        ) from None
 
 
 @dataclass(slots=True)
@@ -97,7 +120,8 @@ class EnvironmentInfo:
     """A snapshot of an environment as the service last reported it.
 
     ``template_id`` is the template it started from (a public one's name), or ``""`` when
-    it runs on the host's read-only system directories.
+    it runs on the host's read-only system directories. ``runtime`` is what isolates it, as
+    the server resolved it (``UNSPECIFIED`` only from a server that predates runtimes).
     """
 
     id: str
@@ -120,6 +144,7 @@ class EnvironmentInfo:
     egress_deny: list[str] = field(default_factory=list)
     queue_position: int = 0
     template_id: str = ""
+    runtime: IsolationRuntime = IsolationRuntime.UNSPECIFIED
 
     @property
     def is_running(self) -> bool:
@@ -153,4 +178,5 @@ class EnvironmentInfo:
             egress_deny=list(spec.egress_deny_cidrs),
             queue_position=message.queue_position,
             template_id=message.template_id,
+            runtime=ISOLATION_RUNTIMES.get(spec.runtime, IsolationRuntime.UNSPECIFIED),
         )

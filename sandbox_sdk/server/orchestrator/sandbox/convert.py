@@ -10,7 +10,7 @@ from sandbox_sdk.api.v1 import (
     orchestrator_service_pb2,
     requests_pb2,
 )
-from sandbox_sdk.models.environment import EnvironmentState, TerminationReason
+from sandbox_sdk.models.environment import EnvironmentState, IsolationRuntime, TerminationReason
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Capacity,
     Environment,
@@ -28,6 +28,10 @@ from sandbox_sdk.utils.units import to_duration_pb, to_timestamp_pb
 _STATES = {
     state: environment_pb2.EnvironmentState.Value(f"ENVIRONMENT_STATE_{state.value}")
     for state in EnvironmentState
+}
+_RUNTIMES = {
+    runtime: environment_pb2.IsolationRuntime.Value(f"ISOLATION_RUNTIME_{runtime.value}")
+    for runtime in IsolationRuntime
 }
 _REASONS = {
     reason: environment_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason.value}")
@@ -66,6 +70,7 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
         egress_allow_cidrs=value.egress_allow_cidrs,
         egress_deny_cidrs=value.egress_deny_cidrs,
         template=value.template_id or "",
+        runtime=_RUNTIMES[value.runtime],
     )
 
 

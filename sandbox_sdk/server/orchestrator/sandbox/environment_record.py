@@ -3,7 +3,7 @@
 Protobuf stays at the wire (``convert.py``); everything below the handlers
 works with these dataclasses. Enum values are the proto enum names without
 their prefix, so conversion is by name; the states, termination reasons, network
-policies and exit reasons are the SDK's own (``sandbox_sdk.models``), as they
+policies, isolation runtimes and exit reasons are the SDK's own (``sandbox_sdk.models``), as they
 mean the same on both sides of the wire.
 """
 
@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy, TerminationReason
+from sandbox_sdk.models.environment import (
+    EnvironmentState,
+    IsolationRuntime,
+    NetworkPolicy,
+    TerminationReason,
+)
 from sandbox_sdk.models.execution import ExitReason
 
 __all__ = [
@@ -30,6 +35,7 @@ __all__ = [
     "ExitReason",
     "FileEntry",
     "FileWrite",
+    "IsolationRuntime",
     "Limits",
     "ListQuery",
     "NetworkPolicy",
@@ -66,6 +72,10 @@ class EnvironmentSpec:
     """The digest of the template whose root file system it starts from; None: the host's."""
     template_id: str | None = None
     """The id of that template (a public one's name), as the API names it."""
+    runtime: IsolationRuntime = IsolationRuntime.BUBBLEWRAP
+    """What isolates its commands: once admitted, the runtime the operator's policy
+    resolved the request to (see :mod:`.runtime_policy`), never UNSPECIFIED. A validated
+    request not yet admitted holds what was asked for, UNSPECIFIED included."""
 
 
 @dataclass(frozen=True)

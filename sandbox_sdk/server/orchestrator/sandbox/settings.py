@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.orchestrator.sandbox.network import DEFAULT_DENIED_CIDRS, parse_cidrs
 
 MiB = 1 << 20
@@ -28,6 +31,14 @@ class LimitValues(BaseModel):
 
 def _cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def _upper_case(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+# A runtime as an operator writes it in the YAML: "gvisor" or "GVISOR".
+RuntimeName = Annotated[IsolationRuntime, BeforeValidator(_upper_case)]
 
 
 class SandboxSettings(BaseModel):
@@ -90,6 +101,12 @@ class SandboxSettings(BaseModel):
         workspace_pool_disk_bytes: the disk sizes made ahead; None: the
             default size (``default_limits.disk_bytes``). Other sizes are made
             on demand.
+        default_runtime: what isolates an environment that names no runtime
+            (``BUBBLEWRAP`` or ``GVISOR``); see ``runtime_policy.py``.
+        minimum_runtime_by_tenant: the weakest runtime each listed tenant's
+            environments may run under, e.g. ``{"tenant-x": GVISOR}``: their
+            creates without a runtime get at least it, and asking for a weaker
+            one is PERMISSION_DENIED. Empty by default: no tenant is restricted.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -163,6 +180,8 @@ class SandboxSettings(BaseModel):
     max_finished_processes_per_environment: int = Field(default=1000, gt=0)
     workspace_pool_depth: int = Field(default=2, ge=0, le=64)
     workspace_pool_disk_bytes: tuple[int, ...] | None = None
+    default_runtime: RuntimeName = IsolationRuntime.BUBBLEWRAP
+    minimum_runtime_by_tenant: Mapping[str, RuntimeName] = Field(default_factory=dict)
 
     def pooled_disk_sizes(self) -> tuple[int, ...]:
         """The disk sizes whose workspace file systems are made ahead."""
@@ -182,4 +201,18 @@ class SandboxSettings(BaseModel):
         parse_cidrs(self.egress_denied_cidrs)
         if any(size <= 0 for size in self.workspace_pool_disk_bytes or ()):
             raise ValueError("workspace_pool_disk_bytes holds a size that is not positive")
+        _named_runtimes(self.default_runtime, self.minimum_runtime_by_tenant)
         return self
+
+
+def _named_runtimes(default: IsolationRuntime, minimums: Mapping[str, IsolationRuntime]) -> None:
+    """UNSPECIFIED means "the operator's default": the operator's own settings must name one."""
+    if default is IsolationRuntime.UNSPECIFIED:
+        raise ValueError("default_runtime must be BUBBLEWRAP or GVISOR")
+    unnamed = sorted(
+        tenant for tenant, runtime in minimums.items() if runtime is IsolationRuntime.UNSPECIFIED
+    )
+    if unnamed:
+        raise ValueError(
+            "minimum_runtime_by_tenant must name BUBBLEWRAP or GVISOR for " + ", ".join(unnamed)
+        )

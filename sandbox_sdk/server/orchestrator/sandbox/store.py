@@ -13,6 +13,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Environment,
     EnvironmentSpec,
     EnvironmentState,
+    IsolationRuntime,
     Limits,
     NetworkPolicy,
     TerminationReason,
@@ -91,6 +92,7 @@ def _spec_to_json(spec: EnvironmentSpec) -> str:
             "egress_deny_cidrs": list(spec.egress_deny_cidrs),
             "template": spec.template,
             "template_id": spec.template_id,
+            "runtime": spec.runtime.value,
         },
         sort_keys=True,
     )
@@ -109,6 +111,8 @@ def _spec_from_json(text: str) -> EnvironmentSpec:
         egress_deny_cidrs=tuple(data.get("egress_deny_cidrs", ())),
         template=data.get("template"),
         template_id=data.get("template_id"),
+        # Specs stored before runtimes were chosen ran under bubblewrap, the only one then.
+        runtime=IsolationRuntime(data.get("runtime", IsolationRuntime.BUBBLEWRAP.value)),
     )
 
 
