@@ -54,6 +54,8 @@ class SandboxSettings(BaseModel):
         max_read_file_bytes: the largest file ReadFile returns (gRPC's default
             4 MiB message limit, less headroom).
         sandbox_uid, sandbox_gid: who commands run as when the orchestrator is root.
+        runsc_path: gVisor's runsc, a path or a name on PATH; not found, the
+            gvisor runtime is not installed here (creates asking for it are refused).
         cgroup_parent: the cgroup (in each hierarchy) holding environments' cgroups.
         read_only_paths: host paths visible read-only inside bubblewrap.
         agent_python: the interpreter running each environment's agent; it
@@ -148,6 +150,7 @@ class SandboxSettings(BaseModel):
     sandbox_uid: int = Field(default=65534, ge=1)
     sandbox_gid: int = Field(default=65534, ge=1)
     bwrap_path: str = "/usr/bin/bwrap"
+    runsc_path: str = "runsc"
     agent_python: str = "/usr/bin/python3"
     cgroup_parent: str = Field(default="sandbox-sdk", pattern=r"^[A-Za-z0-9_.-]+$")
     read_only_paths: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
