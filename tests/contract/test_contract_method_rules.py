@@ -97,6 +97,7 @@ SPEC: dict[str, Rule] = {
     "ListApiKeys":            Rule(NSE,  False, A,    LOCAL,   None,               None),
     "RevokeApiKey":           Rule(IDEM, False, A,    LOCAL,   None,               None),
     "GetCapacity":            Rule(NSE,  False, None, None,    None,               ENVS),
+    "GetTenantUsage":         Rule(NSE,  False, None, None,    None,               ENVS),
     "StartProcess":           Rule(UNK,  True,  W,    ENV,     None,               ENVS),
     "GetProcess":             Rule(NSE,  False, R,    ENV,     None,               ENVS),
     "ListProcesses":          Rule(NSE,  False, R,    ENV,     None,               ENVS),

@@ -90,3 +90,52 @@ class GetCapacityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCapacityResponse: _TypeAlias = GetCapacityResponse  # noqa: Y015
+
+@_typing.final
+class GetTenantUsageRequest(_message.Message):
+    """Request for GetTenantUsage: empty, the tenant is the call's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantUsageRequest: _TypeAlias = GetTenantUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantUsageResponse(_message.Message):
+    """Response for GetTenantUsage: the calling tenant's counts on this orchestrator."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVIRONMENTS_LIVE_FIELD_NUMBER: _builtins.int
+    EXPERIMENTS_QUEUED_FIELD_NUMBER: _builtins.int
+    EXPERIMENTS_RUNNING_FIELD_NUMBER: _builtins.int
+    environments_live: _builtins.int
+    """Environments not yet TERMINATED (queued, creating, running or terminating):
+    those ListEnvironments returns without show_terminated.
+    """
+    experiments_queued: _builtins.int
+    """Experiments QUEUED."""
+    experiments_running: _builtins.int
+    """Experiments RUNNING."""
+    def __init__(
+        self,
+        *,
+        environments_live: _builtins.int = ...,
+        experiments_queued: _builtins.int = ...,
+        experiments_running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments_live", b"environments_live", "experiments_queued", b"experiments_queued", "experiments_running", b"experiments_running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantUsageResponse: _TypeAlias = GetTenantUsageResponse  # noqa: Y015

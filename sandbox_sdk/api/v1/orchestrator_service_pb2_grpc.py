@@ -31,7 +31,7 @@ class OrchestratorServiceStub:
     gateway authenticates them and passes the tenant in `x-sandbox-tenant`
     metadata, with `authorization: Bearer <internal token>` when one is set.
     It mirrors the gateway's environment, experiment and model calls with the
-    same messages, and adds GetCapacity for routing.
+    same messages, and adds GetCapacity for routing and GetTenantUsage for quotas.
     """
 
     def __init__(self, channel):
@@ -195,6 +195,11 @@ class OrchestratorServiceStub:
                 request_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityResponse.FromString,
                 _registered_method=True)
+        self.GetTenantUsage = channel.unary_unary(
+                '/sandbox.v1.OrchestratorService/GetTenantUsage',
+                request_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetTenantUsageRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetTenantUsageResponse.FromString,
+                _registered_method=True)
         self.StartProcess = channel.unary_unary(
                 '/sandbox.v1.OrchestratorService/StartProcess',
                 request_serializer=sandbox_dot_v1_dot_requests__pb2.StartProcessRequest.SerializeToString,
@@ -247,7 +252,7 @@ class OrchestratorServiceServicer:
     gateway authenticates them and passes the tenant in `x-sandbox-tenant`
     metadata, with `authorization: Bearer <internal token>` when one is set.
     It mirrors the gateway's environment, experiment and model calls with the
-    same messages, and adds GetCapacity for routing.
+    same messages, and adds GetCapacity for routing and GetTenantUsage for quotas.
     """
 
     def CreateEnvironment(self, request, context):
@@ -467,6 +472,16 @@ class OrchestratorServiceServicer:
 
     def GetCapacity(self, request, context):
         """Free and allocated capacity, for routing and admission.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantUsage(self, request, context):
+        """The calling tenant's live environments and queued and running experiments on
+        this orchestrator, for the gateway's quotas. Read from counters kept with every
+        state change, so its cost does not grow with the tenant's resources. The tenant
+        is the call's (`x-sandbox-tenant`); the request names none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -697,6 +712,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityResponse.SerializeToString,
             ),
+            'GetTenantUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantUsage,
+                    request_deserializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetTenantUsageRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_orchestrator__service__pb2.GetTenantUsageResponse.SerializeToString,
+            ),
             'StartProcess': grpc.unary_unary_rpc_method_handler(
                     servicer.StartProcess,
                     request_deserializer=sandbox_dot_v1_dot_requests__pb2.StartProcessRequest.FromString,
@@ -755,7 +775,7 @@ class OrchestratorService:
     gateway authenticates them and passes the tenant in `x-sandbox-tenant`
     metadata, with `authorization: Bearer <internal token>` when one is set.
     It mirrors the gateway's environment, experiment and model calls with the
-    same messages, and adds GetCapacity for routing.
+    same messages, and adds GetCapacity for routing and GetTenantUsage for quotas.
     """
 
     @staticmethod
@@ -1585,6 +1605,33 @@ class OrchestratorService:
             '/sandbox.v1.OrchestratorService/GetCapacity',
             sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityRequest.SerializeToString,
             sandbox_dot_v1_dot_orchestrator__service__pb2.GetCapacityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.OrchestratorService/GetTenantUsage',
+            sandbox_dot_v1_dot_orchestrator__service__pb2.GetTenantUsageRequest.SerializeToString,
+            sandbox_dot_v1_dot_orchestrator__service__pb2.GetTenantUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

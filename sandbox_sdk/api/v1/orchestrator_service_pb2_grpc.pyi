@@ -32,7 +32,7 @@ class OrchestratorServiceStub:
     gateway authenticates them and passes the tenant in `x-sandbox-tenant`
     metadata, with `authorization: Bearer <internal token>` when one is set.
     It mirrors the gateway's environment, experiment and model calls with the
-    same messages, and adds GetCapacity for routing.
+    same messages, and adds GetCapacity for routing and GetTenantUsage for quotas.
     """
 
     @_typing.overload
@@ -110,6 +110,12 @@ class OrchestratorServiceStub:
     """
     GetCapacity: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetCapacityRequest, _orchestrator_service_pb2.GetCapacityResponse]
     """Free and allocated capacity, for routing and admission."""
+    GetTenantUsage: _grpc.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetTenantUsageRequest, _orchestrator_service_pb2.GetTenantUsageResponse]
+    """The calling tenant's live environments and queued and running experiments on
+    this orchestrator, for the gateway's quotas. Read from counters kept with every
+    state change, so its cost does not grow with the tenant's resources. The tenant
+    is the call's (`x-sandbox-tenant`); the request names none.
+    """
     StartProcess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.StartProcessRequest, _requests_pb2.StartProcessResponse]
     """Starts a command in the background; its output is kept for StreamProcessOutput."""
     GetProcess: _grpc.UnaryUnaryMultiCallable[_requests_pb2.GetProcessRequest, _requests_pb2.GetProcessResponse]
@@ -142,7 +148,7 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     gateway authenticates them and passes the tenant in `x-sandbox-tenant`
     metadata, with `authorization: Bearer <internal token>` when one is set.
     It mirrors the gateway's environment, experiment and model calls with the
-    same messages, and adds GetCapacity for routing.
+    same messages, and adds GetCapacity for routing and GetTenantUsage for quotas.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -217,6 +223,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     GetCapacity: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetCapacityRequest, _orchestrator_service_pb2.GetCapacityResponse]  # type: ignore[assignment]
     """Free and allocated capacity, for routing and admission."""
+    GetTenantUsage: _aio.UnaryUnaryMultiCallable[_orchestrator_service_pb2.GetTenantUsageRequest, _orchestrator_service_pb2.GetTenantUsageResponse]  # type: ignore[assignment]
+    """The calling tenant's live environments and queued and running experiments on
+    this orchestrator, for the gateway's quotas. Read from counters kept with every
+    state change, so its cost does not grow with the tenant's resources. The tenant
+    is the call's (`x-sandbox-tenant`); the request names none.
+    """
     StartProcess: _aio.UnaryUnaryMultiCallable[_requests_pb2.StartProcessRequest, _requests_pb2.StartProcessResponse]  # type: ignore[assignment]
     """Starts a command in the background; its output is kept for StreamProcessOutput."""
     GetProcess: _aio.UnaryUnaryMultiCallable[_requests_pb2.GetProcessRequest, _requests_pb2.GetProcessResponse]  # type: ignore[assignment]
@@ -248,7 +260,7 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     gateway authenticates them and passes the tenant in `x-sandbox-tenant`
     metadata, with `authorization: Bearer <internal token>` when one is set.
     It mirrors the gateway's environment, experiment and model calls with the
-    same messages, and adds GetCapacity for routing.
+    same messages, and adds GetCapacity for routing and GetTenantUsage for quotas.
     """
 
     @_abc_1.abstractmethod
@@ -507,6 +519,18 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_service_pb2.GetCapacityResponse, _abc.Awaitable[_orchestrator_service_pb2.GetCapacityResponse]]:
         """Free and allocated capacity, for routing and admission."""
+
+    @_abc_1.abstractmethod
+    def GetTenantUsage(
+        self,
+        request: _orchestrator_service_pb2.GetTenantUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_service_pb2.GetTenantUsageResponse, _abc.Awaitable[_orchestrator_service_pb2.GetTenantUsageResponse]]:
+        """The calling tenant's live environments and queued and running experiments on
+        this orchestrator, for the gateway's quotas. Read from counters kept with every
+        state change, so its cost does not grow with the tenant's resources. The tenant
+        is the call's (`x-sandbox-tenant`); the request names none.
+        """
 
     @_abc_1.abstractmethod
     def StartProcess(

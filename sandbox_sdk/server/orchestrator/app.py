@@ -213,7 +213,9 @@ def handlers_of(
 ) -> dict[str, RpcHandler]:
     """The handler table, with CreateEnvironment resolving templates when there are any."""
     table = handler_table(
-        EnvironmentHandlers(sandboxes), ExperimentHandlers(experiments), templates
+        EnvironmentHandlers(sandboxes, experiments.store.live_counts),
+        ExperimentHandlers(experiments),
+        templates,
     )
     if templates is not None:
         table["CreateEnvironment"] = templates.create_environment(table["CreateEnvironment"])

@@ -23,6 +23,7 @@ from sandbox_sdk.server.orchestrator.sandbox import (
 )
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import FileWrite
 from sandbox_sdk.server.orchestrator.sandbox.manager import SandboxManager
+from sandbox_sdk.server.orchestrator.sandbox.tenant_usage import ExperimentCounts, TenantUsage
 from sandbox_sdk.server.status import invalid_argument
 from sandbox_sdk.server.tenancy import tenant_of
 
@@ -32,8 +33,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class EnvironmentHandlers:
     """Environment, command, file, usage and capacity RPCs."""
 
-    def __init__(self, manager: SandboxManager) -> None:
+    def __init__(
+        self, manager: SandboxManager, experiment_counts: ExperimentCounts | None = None
+    ) -> None:
+        """``experiment_counts`` answers GetTenantUsage's experiment counts (none: 0)."""
         self._manager = manager
+        self._tenant_usage = TenantUsage(manager.live_environment_count, experiment_counts)
 
     async def CreateEnvironment(
         self, request: requests_pb2.CreateEnvironmentRequest, context: Context
@@ -331,3 +336,10 @@ class EnvironmentHandlers:
     ) -> orchestrator_service_pb2.GetCapacityResponse:
         """Environments and resources promised, and the totals (experiment counts left 0)."""
         return convert.capacity(self._manager.capacity())
+
+    async def GetTenantUsage(
+        self, request: orchestrator_service_pb2.GetTenantUsageRequest, context: Context
+    ) -> orchestrator_service_pb2.GetTenantUsageResponse:
+        """The calling tenant's live environments and queued and running experiments here,
+        from counters (O(1)); the tenant is the call's, never the request's."""
+        return await self._tenant_usage.aread(tenant_of(context))

@@ -206,6 +206,11 @@ class SandboxManager:
         """What is promised to running environments, and the totals."""
         return self._capacity.capacity()
 
+    def live_environment_count(self, tenant: str) -> int:
+        """The tenant's environments not yet TERMINATED, from the store's counter (O(1));
+        blocks on the database, so callers on the event loop run it on a thread."""
+        return self._environments.store.live_count(tenant)
+
     # --- commands, files and usage (see execution.Execution) ---------------------------
 
     def exec_command(
