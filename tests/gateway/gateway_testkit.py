@@ -365,6 +365,20 @@ class FakeOrchestratorServicer(orchestrator_service_pb2_grpc.OrchestratorService
             isolation="fake",
         )
 
+    async def GetTenantUsage(
+        self, request: orchestrator_service_pb2.GetTenantUsageRequest, context: Context
+    ) -> orchestrator_service_pb2.GetTenantUsageResponse:
+        tenant = await self._enter("GetTenantUsage", context)
+        environments = [env for owner, env in self.state.environments.values() if owner == tenant]
+        states = Counter(
+            exp.state for owner, exp in self.state.experiments.values() if owner == tenant
+        )
+        return orchestrator_service_pb2.GetTenantUsageResponse(
+            environments_live=sum(1 for env in environments if env.state != TERMINATED),
+            experiments_queued=states[experiment_pb2.EXPERIMENT_STATE_QUEUED],
+            experiments_running=states[experiment_pb2.EXPERIMENT_STATE_RUNNING],
+        )
+
 
 def _paginate(items: list[Any], page_size: int, page_token: str) -> tuple[list[Any], str]:
     start = int(page_token or 0)

@@ -1,12 +1,14 @@
 """Per-tenant quotas on live environments and concurrent experiments.
 
-Usage is counted on the orchestrators themselves (ListEnvironments and
-ListExperiments for the tenant) when a create arrives, so environments that
-expired or experiments that finished free their slot without the gateway
-having to hear about it. Creates still in flight through this gateway are
-counted too: a create registers itself before counting, so two racing creates
-each see the other and the limit cannot be overshot (at worst a finished
-create is counted twice for a moment, which errs on the safe side).
+Usage is counted on the orchestrators themselves when a create arrives, one
+GetTenantUsage call each: an orchestrator answers from per-tenant counters it
+keeps with every state change, so a create costs the same whatever the
+tenant's live resources, and environments that expired or experiments that
+finished free their slot without the gateway having to hear about it. Creates
+still in flight through this gateway are counted too: a create registers
+itself before counting, so two racing creates each see the other and the limit
+cannot be overshot (at worst a finished create is counted twice for a moment,
+which errs on the safe side).
 
 Gateway replicas sharing a PostgreSQL store count each other's creates in
 flight as well: there a create reserves its slot in the store (see
@@ -23,7 +25,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
+from sandbox_sdk.api.v1 import orchestrator_service_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.gateway.config import LimitsConfig
 from sandbox_sdk.server.gateway.methods import Quota
@@ -38,13 +40,8 @@ from sandbox_sdk.server.store.reservations import DEFAULT_HOLD_SECONDS, SharedRe
 
 log = logging.getLogger(__name__)
 
-_PAGE_SIZE = 1000
-_LIST_ENVIRONMENTS = "/sandbox.v1.OrchestratorService/ListEnvironments"
-_LIST_EXPERIMENTS = "/sandbox.v1.OrchestratorService/ListExperiments"
-_ACTIVE_EXPERIMENT_STATES = (
-    experiment_pb2.EXPERIMENT_STATE_QUEUED,
-    experiment_pb2.EXPERIMENT_STATE_RUNNING,
-)
+_GET_TENANT_USAGE = "/sandbox.v1.OrchestratorService/GetTenantUsage"
+_USAGE_REQUEST = orchestrator_service_pb2.GetTenantUsageRequest().SerializeToString()
 # A reservation outlives its create's deadline by this much, for the gateway to release it.
 _HOLD_MARGIN_SECONDS = 30.0
 
@@ -170,37 +167,12 @@ class QuotaEnforcer:
         request_id: str,
         timeout: float | None,
     ) -> int:
-        metadata = call_metadata(link, tenant, request_id)
-        total = 0
-        page_token = ""
         try:
-            while True:
-                if quota is Quota.ENVIRONMENTS:
-                    raw = await link.unary(_LIST_ENVIRONMENTS)(
-                        requests_pb2.ListEnvironmentsRequest(
-                            page_size=_PAGE_SIZE, page_token=page_token
-                        ).SerializeToString(),
-                        timeout=timeout,
-                        metadata=metadata,
-                    )
-                    environments = requests_pb2.ListEnvironmentsResponse.FromString(raw)
-                    total += len(environments.environments)
-                    page_token = environments.next_page_token
-                else:
-                    raw = await link.unary(_LIST_EXPERIMENTS)(
-                        requests_pb2.ListExperimentsRequest(
-                            page_size=_PAGE_SIZE,
-                            page_token=page_token,
-                            states=_ACTIVE_EXPERIMENT_STATES,
-                        ).SerializeToString(),
-                        timeout=timeout,
-                        metadata=metadata,
-                    )
-                    experiments = requests_pb2.ListExperimentsResponse.FromString(raw)
-                    total += len(experiments.experiments)
-                    page_token = experiments.next_page_token
-                if not page_token:
-                    return total
+            raw = await link.unary(_GET_TENANT_USAGE)(
+                _USAGE_REQUEST,
+                timeout=timeout,
+                metadata=call_metadata(link, tenant, request_id),
+            )
         except grpc.aio.AioRpcError as error:
             # Quotas are a guard rail: an orchestrator that cannot be counted now
             # must not block creates on the others.
@@ -209,4 +181,13 @@ class QuotaEnforcer:
                 link.id,
                 error.code().name,
             )
-            return total
+            return 0
+        return _used(quota, orchestrator_service_pb2.GetTenantUsageResponse.FromString(raw))
+
+
+def _used(quota: Quota, usage: orchestrator_service_pb2.GetTenantUsageResponse) -> int:
+    """What of an orchestrator's usage counts against ``quota`` (a negative count, which
+    no orchestrator should send, counts as none rather than freeing others' slots)."""
+    if quota is Quota.ENVIRONMENTS:
+        return max(0, usage.environments_live)
+    return max(0, usage.experiments_queued) + max(0, usage.experiments_running)
