@@ -41,19 +41,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench_common import ratio_row
+from bench_common import BubblewrapFloor, percentile, plain_exec, ratio_row
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings, cgroups
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient
-from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import bwrap_command
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentSpec,
     Limits,
     NetworkPolicy,
     NewEnvironment,
 )
-from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.store import EnvironmentStore
 from sandbox_sdk.server.orchestrator.sandbox.workspace import Workspace
 from sandbox_sdk.server.orchestrator.templates import (
@@ -85,11 +83,6 @@ SPEC = EnvironmentSpec(
 )
 
 
-def _percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def _plain_create(scratch: Path) -> float:
     started = time.perf_counter()
     directory = Path(tempfile.mkdtemp(dir=scratch))
@@ -97,12 +90,6 @@ def _plain_create(scratch: Path) -> float:
     elapsed = time.perf_counter() - started
     shutil.rmtree(directory)
     return elapsed
-
-
-def _plain_exec() -> float:
-    started = time.perf_counter()
-    subprocess.run(["true"], check=True)
-    return time.perf_counter() - started
 
 
 def _template_cache() -> TemplateCache:
@@ -174,58 +161,6 @@ class _StepTimer:
                 setattr(owner, name, original)
 
 
-class _Floor:
-    """The orchestrator's own setpriv + bubblewrap command line (namespaces, system
-    mounts, workspace and /tmp binds, seccomp) starting ``python3 -I -S -c pass``."""
-
-    def __init__(self, manager: SandboxManager, scratch: Path) -> None:
-        self._manager = manager
-        isolation = manager.isolation
-        self.base = (
-            manager.settings.mount_root / f"floor-bench-{os.getpid()}"
-            if isolation.sandbox_user is not None
-            else scratch / "floor"
-        )
-        self.base.mkdir(mode=0o700)
-        for directory in (self.base, self.base / "workspace", self.base / "tmp"):
-            directory.mkdir(mode=0o700, exist_ok=True)
-            if isolation.sandbox_user is not None:
-                os.chown(directory, *isolation.sandbox_user)
-
-    async def start(self) -> float:
-        manager = self._manager
-        isolation = manager.isolation
-        if not isolation.bwrap_path:
-            raise RuntimeError("the floor needs bubblewrap")
-        started = time.perf_counter()
-        seccomp_fd = isolation.seccomp.to_fd() if isolation.seccomp is not None else None
-        try:
-            argv = isolation.drop_privileges() + bwrap_command(
-                isolation.bwrap_path,
-                system=manager.launcher.system_mounts,
-                workspace_dir=self.base / "workspace",
-                tmp_dir=self.base / "tmp",
-                cwd="",
-                network=NetworkPolicy.NONE,
-                command=[manager.settings.agent_python, "-I", "-S", "-c", "pass"],
-                seccomp_fd=seccomp_fd,
-            )
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                env=host_process_env(),
-                pass_fds=() if seccomp_fd is None else (seccomp_fd,),
-            )
-        finally:
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
-        if await process.wait() != 0:
-            raise RuntimeError(f"the floor's command line failed ({process.returncode})")
-        return time.perf_counter() - started
-
-    def remove(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
 async def _timed_create(manager: SandboxManager, spec: EnvironmentSpec) -> float:
     started = time.perf_counter()
     environment = await manager.create_environment(TENANT, NewEnvironment(spec))
@@ -255,7 +190,7 @@ async def _measure(root: Path) -> dict[str, Any]:
         template_spec = replace(SPEC, template=(await _minbase(manager, cache)).digest)
         creates, template_creates, plain_creates, floors = [], [], [], []
         steps = _StepTimer()
-        floor = _Floor(manager, root)
+        floor = BubblewrapFloor(manager, root)
         try:
             for index in range(CREATES + WARMUP):
                 with steps.installed():
@@ -280,7 +215,7 @@ async def _measure(root: Path) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
             if result.exit_code != 0:
                 raise RuntimeError(f"`true` failed in the sandbox: {result}")
-            plain = _plain_exec()
+            plain = plain_exec()
             if index >= WARMUP:
                 execs.append(elapsed)
                 plain_execs.append(plain)
@@ -319,8 +254,8 @@ def run() -> list[dict[str, Any]]:
         ),
         _row(
             "environment create p99",
-            _percentile(creates, 0.99),
-            _percentile(plain_creates, 0.99),
+            percentile(creates, 0.99),
+            percentile(plain_creates, 0.99),
             "report",
             isolation,
         ),
@@ -357,8 +292,8 @@ def run() -> list[dict[str, Any]]:
         ),
         _row(
             "exec `true` round trip p99",
-            _percentile(execs, 0.99),
-            _percentile(plain_execs, 0.99),
+            percentile(execs, 0.99),
+            percentile(plain_execs, 0.99),
             "report",
             isolation,
         ),
