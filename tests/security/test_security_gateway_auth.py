@@ -96,7 +96,8 @@ async def test_bad_credentials_are_refused_without_side_effects(
     assert caught.value.code() == code
     assert reason(caught.value) == expected_reason
     calls = stack.orchestrator.state.calls
-    assert calls["CreateEnvironment"] == calls["ListEnvironments"] == calls["GetCapacity"] == 0
+    assert calls["CreateEnvironment"] == calls["GetTenantUsage"] == calls["GetCapacity"] == 0
+    assert calls["ListEnvironments"] == 0
     assert stack.orchestrator.state.environments == {}
 
 
