@@ -80,6 +80,10 @@ class ErrorReason(enum.StrEnum):
     # server there reset the connection.
     PORT_NOT_LISTENING = "PORT_NOT_LISTENING"
     CONNECTION_RESET = "CONNECTION_RESET"
+    # Isolation runtimes (#17): the runtime asked for is weaker than the operator's
+    # minimum for the tenant; the runtime resolved to is not installed on the orchestrator.
+    RUNTIME_NOT_ALLOWED = "RUNTIME_NOT_ALLOWED"
+    RUNTIME_NOT_INSTALLED = "RUNTIME_NOT_INSTALLED"
 
 
 @dataclass(frozen=True)

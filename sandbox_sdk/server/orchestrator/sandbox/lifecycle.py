@@ -35,6 +35,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments
 from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
 from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
+from sandbox_sdk.server.orchestrator.sandbox.runtime_policy import resolve_runtime
 from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
 from sandbox_sdk.server.orchestrator.sandbox.termination import Termination
 from sandbox_sdk.server.orchestrator.sandbox.workspace import (
@@ -84,6 +85,7 @@ class Lifecycle:
             existing = environments.store.find_by_request(tenant, new.request_id)
             if existing is not None:
                 return await self._settled(existing)
+        new = self._with_resolved_runtime(tenant, new)
         self._capacity.check_network(tenant, new.spec.network)
         refusals = self._capacity.refusals(tenant, new.spec)
         queued = bool(refusals) and new.queue_when_full and environments.queue.takes(new.files)
@@ -102,6 +104,18 @@ class Lifecycle:
             log.info("environment %s queued at %d: %s", environment.id, position, refusals)
             return replace(environment, queue_position=position)
         return await asyncio.shield(self._start_creating(environment, new.files))
+
+    def _with_resolved_runtime(self, tenant: str, new: NewEnvironment) -> NewEnvironment:
+        """``new`` with the runtime the operator's policy gives it (PERMISSION_DENIED or
+        FAILED_PRECONDITION before anything is stored or started, see :mod:`.runtime_policy`)."""
+        environments = self._environments
+        runtime = resolve_runtime(
+            new.spec.runtime,
+            tenant,
+            environments.settings,
+            environments.isolation.installed_runtimes(),
+        )
+        return replace(new, spec=replace(new.spec, runtime=runtime))
 
     def _new_record(self, tenant: str, new: NewEnvironment, *, queued: bool) -> Environment:
         environments = self._environments

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from sandbox_sdk.api.v1 import requests_pb2
+from sandbox_sdk.models.environment import ISOLATION_RUNTIMES
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.field_violations import FieldViolations
 from sandbox_sdk.server.orchestrator.sandbox import request_fields as fields
@@ -20,6 +21,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentSpec,
     EnvironmentUpdate,
     FileWrite,
+    IsolationRuntime,
     ListQuery,
     NewEnvironment,
 )
@@ -77,6 +79,7 @@ def new_environment(
             maximum=settings.max_idle_timeout_seconds,
         ),
         network=fields.checked_network(violations, spec.network_policy),
+        runtime=_checked_runtime(violations, spec.runtime),
     )
     resolved = replace(
         resolved,
@@ -99,6 +102,20 @@ def new_environment(
         request_id=request.request_id,
         queue_when_full=request.queue_when_full,
     )
+
+
+def _checked_runtime(violations: FieldViolations, value: int) -> IsolationRuntime:
+    """The runtime asked for, UNSPECIFIED included (the operator's policy resolves it at
+    admission); a number this server does not know is a violation."""
+    runtime = ISOLATION_RUNTIMES.get(int(value))
+    if runtime is None:
+        violations.add(
+            "spec.runtime",
+            f"unknown runtime {int(value)}: use ISOLATION_RUNTIME_BUBBLEWRAP, "
+            "ISOLATION_RUNTIME_GVISOR, or leave it UNSPECIFIED for the operator's default",
+        )
+        return IsolationRuntime.UNSPECIFIED
+    return runtime
 
 
 def environment_update(
