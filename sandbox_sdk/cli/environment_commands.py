@@ -3,6 +3,7 @@ and copy files in and out."""
 
 from __future__ import annotations
 
+import enum
 import sys
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from sandbox_sdk.cli.session import (
 )
 from sandbox_sdk.client import Sandbox
 from sandbox_sdk.errors import SandboxError
+from sandbox_sdk.models.environment import EnvironmentInfo, IsolationRuntime
 from sandbox_sdk.models.execution import ExecResult, ExitReason
 from sandbox_sdk.models.processes import ProcessInfo
 from sandbox_sdk.models.usage import UsageReport
@@ -43,6 +45,17 @@ env_app = typer.Typer(
 
 def _size(num_bytes: int) -> str:
     return format_size(num_bytes) if num_bytes else "-"
+
+
+class RuntimeChoice(enum.StrEnum):
+    """The isolation runtimes ``env create --runtime`` takes."""
+
+    bubblewrap = "bubblewrap"
+    gvisor = "gvisor"
+
+
+def _runtime_shown(info: EnvironmentInfo) -> str:
+    return info.runtime.value.lower() if info.runtime is not IsolationRuntime.UNSPECIFIED else "-"
 
 
 @env_app.command("create", cls=CliCommand)
@@ -81,6 +94,14 @@ def env_create(
         str | None,
         typer.Option(metavar="ID|NAME", help="Start from this template (see `template ls`)."),
     ] = None,
+    runtime: Annotated[
+        RuntimeChoice | None,
+        typer.Option(
+            case_sensitive=False,
+            help="What isolates it: bubblewrap, or gvisor for hostile code. "
+            "Default: the operator's.",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Create an environment and print its id."""
@@ -97,6 +118,7 @@ def env_create(
             egress_deny=egress_deny,
             queue=queue,
             template=template,
+            runtime=runtime.value if runtime else None,
             labels=pairs(label, "--label"),
             env=pairs(env, "--env"),
         )
@@ -128,7 +150,7 @@ def env_ls(
         sandboxes = client_of(ctx).list_environments(
             labels=pairs(label, "--label"), show_terminated=all_
         )
-        table = Table("state", "cpu", "memory", "disk", "labels", "created")
+        table = Table("state", "runtime", "cpu", "memory", "disk", "labels", "created")
         table.columns.insert(0, Column("id", no_wrap=True))
         for sandbox in sandboxes:
             info = sandbox.info
@@ -140,6 +162,7 @@ def env_ls(
             table.add_row(
                 info.id,
                 info.state.value,
+                _runtime_shown(info),
                 f"{info.limits.cpu_cores:g}",
                 _size(info.limits.memory_bytes),
                 _size(info.limits.disk_bytes),
@@ -171,6 +194,8 @@ def env_get(
             ("disk", _size(limits.disk_bytes)),
             ("pids", limits.max_pids or "-"),
             ("network", info.network.value),
+            ("runtime", _runtime_shown(info)),
+            ("isolation", info.isolation or "-"),
             ("template", info.template_id or "-"),
             ("labels", joined_labels(info.labels)),
             ("created", info.create_time),

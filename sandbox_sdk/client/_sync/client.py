@@ -29,7 +29,13 @@ from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.models.api_keys import ApiKeyInfo, ApiKeyScope, CreatedApiKey
 from sandbox_sdk.models.catalog import ModelInfo
 from sandbox_sdk.models.comparison import ExperimentComparison, compare_results
-from sandbox_sdk.models.environment import EnvironmentState, NetworkPolicy
+from sandbox_sdk.models.environment import (
+    ISOLATION_RUNTIME_NUMBERS,
+    EnvironmentState,
+    IsolationRuntime,
+    NetworkPolicy,
+    isolation_runtime,
+)
 from sandbox_sdk.models.experiment import ExperimentInfo, ExperimentState
 from sandbox_sdk.models.results import ExperimentResults
 from sandbox_sdk.utils.units import DurationLike, Size
@@ -103,6 +109,7 @@ class SandboxClient:
         egress_deny: Sequence[str] | None = None,
         queue: bool = False,
         template: Template | str | None = None,
+        runtime: IsolationRuntime | str | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> Sandbox:
@@ -122,7 +129,15 @@ class SandboxClient:
         ``template`` (a template, its id, or a public template's name) gives the
         environment that template's root file system, copy-on-write, and its
         defaults under the limits and ``env`` given here.
+        ``runtime`` is what isolates it: ``"bubblewrap"`` (namespaces, seccomp and
+        cgroups on the host kernel) or ``"gvisor"`` (gVisor's user-space kernel, for
+        hostile code), case-insensitive; left out, the operator's default, or the
+        minimum the operator sets for your tenant if stronger. ``sandbox.info.runtime``
+        says which it got. A runtime weaker than your tenant's minimum raises
+        :class:`PermissionDeniedError`, one the server has not installed
+        :class:`FailedPreconditionError`; an unknown name raises ``ValueError``.
         """
+        wire_runtime = ISOLATION_RUNTIME_NUMBERS[isolation_runtime(runtime)]
         request = messages.create_environment_request(
             cpu=cpu,
             memory=memory,
@@ -140,6 +155,7 @@ class SandboxClient:
             queue=queue,
             template=template.id if isinstance(template, Template) else template or "",
         )
+        request.spec.runtime = wire_runtime  # type: ignore[assignment]
         deadline = None if timeout is None else time.monotonic() + timeout
         response = self._transport.call("CreateEnvironment", request, timeout=timeout, retry=retry)
         sandbox = Sandbox(self._transport, response.environment)
