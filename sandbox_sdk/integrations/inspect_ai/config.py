@@ -14,6 +14,7 @@ relative to the file) and this provider's keys beside it::
         memory: 512Mi
         template: python
         network: none
+        runtime: gvisor    # or bubblewrap; left out: the operator's default
 
 The configuration is written into inspect's eval logs, so it never holds an API key:
 give one with ``api_key_file`` or ``SANDBOX_API_KEY``.
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sandbox_sdk.config.settings import ClientSettings
 from sandbox_sdk.errors import ConfigError
+from sandbox_sdk.models.environment import isolation_runtime
 
 DEFAULT_ENVIRONMENT = "default"
 _PROVIDER_KEYS = ("environments",)
@@ -40,7 +42,8 @@ class EnvironmentOptions(BaseModel):
 
     Left out, a limit takes the server's default. ``template`` is a template's id or a public
     template's name (``client.list_templates()``); ``network`` is ``none``, ``egress`` or
-    ``host``.
+    ``host``; ``runtime`` is ``bubblewrap`` or ``gvisor`` (left out: the operator's default,
+    under the same policy as any other create).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,11 +61,18 @@ class EnvironmentOptions(BaseModel):
     egress_allow: list[str] | None = None
     egress_deny: list[str] | None = None
     template: str | None = None
+    runtime: str | None = None
     queue: bool = Field(
         default=True,
         description="Wait in the orchestrator's queue when it is full instead of failing.",
     )
     create_timeout: float = Field(default=600.0, gt=0)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str | None) -> str | None:
+        isolation_runtime(value)  # ValueError naming the choices
+        return value
 
 
 class SandboxSdkConfig(BaseModel):

@@ -260,6 +260,7 @@ async def _create(
             egress_allow=options.egress_allow,
             egress_deny=options.egress_deny,
             template=options.template,
+            runtime=options.runtime,
             queue=options.queue,
             timeout=options.create_timeout,
         )
