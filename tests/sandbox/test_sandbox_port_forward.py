@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from agent_modes import agent_mode
 from prometheus_client import CollectorRegistry
 from sandbox_support import (
     TENANT,
@@ -41,6 +42,7 @@ from sandbox_sdk.server.status import ErrorInterceptor
 from sandbox_sdk.server.tenancy import TENANT_KEY
 
 pytestmark = [*needs_isolation, pytest.mark.timeout(120)]
+__all__ = ["agent_mode"]  # a fixture: the forwards run with either agent mode
 
 SERVER_SOURCE = (Path(__file__).parent / "port_forward_server.py").read_bytes()
 # Starts the server in a session of its own (so it outlives this command) and
@@ -128,7 +130,8 @@ async def _serving(tmp_path: Path, settings: SandboxSettings) -> AsyncIterator[S
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+async def served(tmp_path: Path, agent_mode: str) -> AsyncIterator[Served]:
+    del agent_mode  # the agents start in it
     async with _serving(tmp_path, fast_settings()) as serving:
         yield serving
 
@@ -293,6 +296,7 @@ async def test_forwarding_opens_no_network(served: Served) -> None:
     assert await _read_to_end(call) == b""
 
 
+@pytest.mark.usefixtures("agent_mode")
 async def test_the_forwards_of_an_environment_are_limited(tmp_path: Path) -> None:
     async with _serving(tmp_path, fast_settings(max_port_forwards_per_environment=2)) as served:
         port = _host_free_port()

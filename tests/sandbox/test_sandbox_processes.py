@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from agent_modes import agent_mode
 from sandbox_support import fast_settings, needs_isolation, running_manager
 
 from sandbox_sdk.api.v1 import (
@@ -29,7 +30,9 @@ from sandbox_sdk.server.orchestrator.sandbox.processes_store import ProcessStore
 from sandbox_sdk.server.status import ErrorInterceptor
 from sandbox_sdk.server.tenancy import TENANT_KEY
 
-pytestmark = needs_isolation
+# Every test runs with either agent mode (see agent_modes).
+pytestmark = [*needs_isolation, pytest.mark.usefixtures("agent_mode")]
+__all__ = ["agent_mode"]
 
 RUNNING = process_pb2.PROCESS_STATE_RUNNING
 EXITED = process_pb2.PROCESS_STATE_EXITED

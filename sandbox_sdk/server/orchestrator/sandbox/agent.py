@@ -2,10 +2,12 @@
 
 It runs inside the environment's namespaces, cgroups and rlimits as the
 sandbox uid (with bubblewrap it is the sandbox's pid 1 and reaps every orphan),
-started by the orchestrator as ``python3 -I -S -c <this file> sandbox-agent <fd>``
-with the system interpreter: it imports nothing outside the standard library,
-and only cheap modules before it reports ready, because its start-up is part
-of environment creation. ``<fd>`` is its end of a Unix stream socket pair.
+started by the orchestrator as ``python3 -I -S -c <this file> sandbox-agent
+[--send-no-fds] <fd>`` with the system interpreter: it imports nothing outside
+the standard library, and only cheap modules before it reports ready, because
+its start-up is part of environment creation. ``<fd>`` is its end of a Unix
+stream socket pair (``0`` when the runtime passes only stdio into the sandbox,
+as gVisor does); ``--send-no-fds`` selects the one-way mode below.
 
 Protocol. A message is a 4-byte big-endian length, then that many bytes of a
 UTF-8 JSON object whose ``op`` names it. File descriptors travel as
@@ -31,6 +33,9 @@ Orchestrator to agent:
 * ``connect {id, port}``: connects a TCP socket to ``127.0.0.1:<port>`` in the
   environment's own network namespace (port forwarding: the orchestrator,
   outside it, could not reach that loopback), without blocking the agent.
+* ``resize {id, command, rows, cols}``: sets the size of the terminal of pty
+  command ``command`` (one-way mode only: otherwise the orchestrator holds the
+  terminal and sets it itself); answered by ``resized {id}`` in any case.
 
 Agent to orchestrator:
 
@@ -48,6 +53,25 @@ Agent to orchestrator:
   Sent once the rest of the command's process group, killed when its first
   process exited, is gone too (or after a second). Processes that started
   their own session outlive the command, until the environment ends.
+
+One-way mode (``--send-no-fds``). Some runtimes (gVisor) cannot pass fds
+out of the sandbox, only into it: the agent then sends no fds at all, and
+whatever the orchestrator would have received comes as a relay instead.
+
+* ``started {id, pid}`` carries no fds (the orchestrator knows the command
+  only by ``id`` and this ``pid``, in the agent's namespace).
+* A pty ``spawn`` carries one fd, the orchestrator's end of a socket pair:
+  the agent makes the pty as above, keeps the master only to serve
+  ``resize``, and forks a relay child that copies bytes both ways between the
+  master and that socket.
+* ``connect`` carries one fd, a socket pair end as well: once connected, a
+  relay child copies bytes both ways between the TCP connection and it (end
+  of file on one side half-closes the other); ``connected {id}`` carries no fds.
+
+A relay child holds only its two fds, never blocks the agent (which goes on
+serving), and exits when the orchestrator closes its end, when an error
+ends either side, when both directions reached end of file, or for a
+terminal when either side closes; it is killed when the agent dies.
 
 A command that cannot be executed (not found, not executable) exits 127 or
 126 with a message on its stderr, as in a shell. When the socket closes (the
@@ -69,6 +93,7 @@ import posix
 import sys
 
 _HEADER_BYTES = 4
+SEND_NO_FDS = "--send-no-fds"
 
 
 def _frame(body: bytes) -> bytes:
@@ -108,6 +133,12 @@ _GROUP_GRACE_SECONDS = 1.0
 _POLL_SECONDS = 0.01
 _INT_BYTES = 4
 _CONNECT_TIMEOUT_SECONDS = 10.0
+_RELAY_BYTES = 1 << 16
+_PR_SET_PDEATHSIG = 1
+_MAX_TERMINAL_CELLS = 0xFFFF
+# Tells a terminal's relay its command ended (10: SIGUSR1): a pty's master does not
+# report its slave's closing under gVisor, as it does under Linux.
+_RELAY_DRAIN_SIGNAL = 10
 # What posix_spawn fails with when no process could be made (rather than not executed).
 _NO_PROCESS_ERRNOS = (errno.EAGAIN, errno.ENOMEM)
 
@@ -115,9 +146,13 @@ _NO_PROCESS_ERRNOS = (errno.EAGAIN, errno.ENOMEM)
 class _Command:
     """A spawned command: its first process (which leads its group) and, once it exited, how."""
 
-    def __init__(self, request_id: int, pid: int) -> None:
+    def __init__(self, request_id: int, pid: int, terminal: int = -1) -> None:
         self.request_id = request_id
         self.pid = pid
+        # One-way mode: the pty's master end, kept to set its size; closed at the exit.
+        self.terminal = terminal
+        # One-way mode: the pid of its terminal's relay until that is reaped.
+        self.relay = -1
         self.exit_message: dict[str, Any] | None = None
         self.deadline = 0.0
 
@@ -125,22 +160,32 @@ class _Command:
 class _Connect:
     """A connect in progress: its request, its non-blocking socket, and when it gives up."""
 
-    def __init__(self, request_id: int, sock: _socket.socket, deadline: float) -> None:
+    def __init__(
+        self, request_id: int, sock: _socket.socket, deadline: float, relay_end: int
+    ) -> None:
         self.request_id = request_id
         self.sock = sock
         self.deadline = deadline
+        # One-way mode: the orchestrator's socket to relay the connection to (else -1).
+        self.relay_end = relay_end
 
 
 class Agent:
-    """Serves spawn, signal and connect requests on ``sock`` until it closes."""
+    """Serves spawn, signal, connect and resize requests on ``sock`` until it closes.
 
-    def __init__(self, sock: _socket.socket) -> None:
+    ``send_fds`` false is the one-way mode (see the module docstring).
+    """
+
+    def __init__(self, sock: _socket.socket, send_fds: bool = True) -> None:
         self.sock = sock
+        self.send_fds = send_fds
         self.buffer = bytearray()
         self.fds: list[int] = []
         self.by_pid: dict[int, _Command] = {}
         self.by_id: dict[int, _Command] = {}
         self.ending: list[_Command] = []
+        # Terminal relays (one-way mode) not reaped yet, by pid.
+        self.relays: dict[int, _Command] = {}
         # Connects in progress (port forwarding), by their socket's fd.
         self.connecting: dict[int, _Connect] = {}
         self.wakeup = -1
@@ -207,33 +252,56 @@ class Agent:
 
     def _handle(self, request: dict[str, Any]) -> None:
         if request["op"] == "spawn":
-            count = 0 if request.get("pty") else 3 if request["stdin"] else 2
-            fds, self.fds = self.fds[:count], self.fds[count:]
-            self._spawn(request, fds)
+            if request.get("pty"):
+                count = 0 if self.send_fds else 1
+            else:
+                count = 3 if request["stdin"] else 2
+            self._spawn(request, self._take_fds(count))
         elif request["op"] == "signal":
             command = self.by_id.get(request["id"])
             if command is not None:
                 _signal_group(command.pid, request["signal"])
         elif request["op"] == "connect":
-            self._connect(request["id"], request["port"])
+            relay_end = -1 if self.send_fds else self._take_fds(1)[0]
+            self._connect(request["id"], request["port"], relay_end)
+        elif request["op"] == "resize":
+            self._resize(request)
+
+    def _take_fds(self, count: int) -> list[int]:
+        fds, self.fds = self.fds[:count], self.fds[count:]
+        if len(fds) < count:
+            raise RuntimeError("the orchestrator sent a request without its fds")
+        return fds
 
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         request_id = request["id"]
-        master = -1
+        master, relay = -1, -1
         try:
             if request.get("pty"):
                 master, pid = _start_terminal_command(request)
             else:
                 pid = _start_command(request, fds)
+            if master >= 0 and not self.send_fds:
+                relay = _start_relay(master, fds[0], half_close=False)
         except OSError as error:
+            if master >= 0:  # its command started, but nothing could carry its terminal
+                os.close(master)
+                master = -1
+                _kill_group(pid)
             self._send({"op": "failed", "id": request_id, "error": f"spawn: {error.strerror}"})
             return
         finally:
             for fd in fds:
                 os.close(fd)
-        command = _Command(request_id, pid)
-        self.by_pid[pid] = command
-        self.by_id[request_id] = command
+        if not self.send_fds:
+            command = _Command(request_id, pid, master)
+            if relay > 0:
+                command.relay = relay
+                self.relays[relay] = command
+            self._remember(command)
+            self._send({"op": "started", "id": request_id, "pid": pid})
+            return
+        self._remember(_Command(request_id, pid))
         pidfd = os.pidfd_open(pid)
         try:
             sent = [pidfd] if master < 0 else [pidfd, master]
@@ -243,24 +311,44 @@ class Agent:
             if master >= 0:
                 os.close(master)
 
+    def _remember(self, command: _Command) -> None:
+        self.by_pid[command.pid] = command
+        self.by_id[command.request_id] = command
+
+    def _resize(self, request: dict[str, Any]) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        command = self.by_id.get(request["command"])
+        rows, cols = request["rows"], request["cols"]
+        sizes_valid = all(type(n) is int and 0 < n <= _MAX_TERMINAL_CELLS for n in (rows, cols))
+        if command is not None and command.terminal >= 0 and sizes_valid:
+            size = struct.pack("HHHH", rows, cols, 0, 0)
+            try:  # noqa: SIM105  (contextlib costs start-up time)
+                fcntl.ioctl(command.terminal, termios.TIOCSWINSZ, size)
+            except OSError:
+                pass
+        self._send({"op": "resized", "id": request["id"]})
+
     # --- connections (port forwarding) -----------------------------------------------
 
-    def _connect(self, request_id: int, port: int) -> None:
+    def _connect(self, request_id: int, port: int, relay_end: int) -> None:
         if type(port) is not int or not 0 < port < 65536:
-            self._connect_failed(request_id, errno.EINVAL)
+            self._connect_failed(request_id, errno.EINVAL, relay_end)
             return
         try:
             sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         except OSError as error:
-            self._connect_failed(request_id, error.errno or errno.EMFILE)
+            self._connect_failed(request_id, error.errno or errno.EMFILE, relay_end)
             return
         sock.setblocking(False)
         result = sock.connect_ex(("127.0.0.1", port))
+        pending = _Connect(request_id, sock, time.monotonic() + _CONNECT_TIMEOUT_SECONDS, relay_end)
         if result == errno.EINPROGRESS:
-            deadline = time.monotonic() + _CONNECT_TIMEOUT_SECONDS
-            self.connecting[sock.fileno()] = _Connect(request_id, sock, deadline)
+            self.connecting[sock.fileno()] = pending
             return
-        self._connect_done(request_id, sock, result)
+        self._connect_done(pending, result)
 
     def _finish_connects(self, writable: list[int]) -> None:
         now = time.monotonic()
@@ -273,18 +361,28 @@ class Agent:
             else:
                 continue
             del self.connecting[fd]
-            self._connect_done(pending.request_id, pending.sock, result)
+            self._connect_done(pending, result)
 
-    def _connect_done(self, request_id: int, sock: _socket.socket, result: int) -> None:
+    def _connect_done(self, pending: _Connect, result: int) -> None:
+        request_id, sock, relay_end = pending.request_id, pending.sock, pending.relay_end
         try:
-            if result == 0:
+            if result == 0 and relay_end >= 0:
+                _start_relay(sock.fileno(), relay_end, half_close=True)
+                self._send({"op": "connected", "id": request_id})
+            elif result == 0:
                 self._send({"op": "connected", "id": request_id}, [sock.fileno()])
             else:
                 self._connect_failed(request_id, result)
+        except OSError as error:  # no relay could be made
+            self._connect_failed(request_id, error.errno or errno.EAGAIN)
         finally:
             sock.close()
+            if relay_end >= 0:
+                os.close(relay_end)
 
-    def _connect_failed(self, request_id: int, number: int) -> None:
+    def _connect_failed(self, request_id: int, number: int, relay_end: int = -1) -> None:
+        if relay_end >= 0:
+            os.close(relay_end)
         message = {"op": "connect_failed", "id": request_id, "errno": number}
         self._send({**message, "error": os.strerror(number)})
 
@@ -302,6 +400,9 @@ class Agent:
             if info is None:
                 return
             command = self.by_pid.pop(info.si_pid, None)
+            relayed = self.relays.pop(info.si_pid, None)
+            if relayed is not None:
+                relayed.relay = -1
             if command is not None:
                 _signal_group(command.pid, signal.SIGKILL)
             _, status, usage = os.wait4(info.si_pid, 0)
@@ -323,6 +424,11 @@ class Agent:
                 continue
             self.ending.remove(command)
             self.by_id.pop(command.request_id, None)
+            if command.terminal >= 0:
+                os.close(command.terminal)
+                command.terminal = -1
+            if command.relay > 0:  # it passes on what the terminal holds, then ends
+                _signal_process(command.relay, _RELAY_DRAIN_SIGNAL)
             if command.exit_message is not None:
                 self._send(command.exit_message)
 
@@ -371,6 +477,19 @@ def _signal_group(pgid: int, number: int) -> None:
         os.killpg(pgid, number)
     except OSError:
         pass
+
+
+def _signal_process(pid: int, number: int) -> None:
+    try:  # noqa: SIM105  (contextlib costs start-up time)
+        os.kill(pid, number)
+    except OSError:
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    import signal
+
+    _signal_group(pgid, signal.SIGKILL)
 
 
 def _group_exists(pgid: int) -> bool:
@@ -522,12 +641,181 @@ def _lower_rlimits(pid: int, limits: list[list[Any]]) -> None:
             pass
 
 
-def main(sock: _socket.socket) -> None:
-    """Runs the agent on ``sock``, on which it said ready."""
-    agent = Agent(sock)
+def _start_relay(inside: int, outside: int, *, half_close: bool) -> int:
+    """Forks a child that relays between ``inside`` (a pty master or a TCP connection) and
+    ``outside`` (the orchestrator's socket) until either is done; returns its pid.
+
+    The caller keeps its copies of both fds, and closes them. Raises OSError when
+    no process can be made.
+    """
+    import signal
+
+    # Held back until the child can take it: a command that ends at once must not
+    # kill its relay with the drain signal's default action.
+    drain_signal = {_RELAY_DRAIN_SIGNAL}
+    signal.pthread_sigmask(signal.SIG_BLOCK, drain_signal)
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, drain_signal)
+    if pid == 0:  # the child: never returns
+        try:
+            drain = _become_relay(inside, outside)
+            _relay(inside, outside, half_close, drain)
+            # Not just closed: under gVisor a closed end may not reach the host yet.
+            _shut(outside, _socket.SHUT_RDWR)
+            if half_close:
+                _shut(inside, _socket.SHUT_RDWR)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _become_relay(inside: int, outside: int) -> int:
+    """Drops all the agent's fds but the two, dies with the agent, and returns the fd that
+    turns readable once the agent sends the drain signal."""
+    import ctypes
+    import signal
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    low = 0
+    for fd in sorted((inside, outside)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.set_blocking(inside, False)
+    os.set_blocking(outside, False)
+    drain, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)
+    signal.signal(_RELAY_DRAIN_SIGNAL, lambda *_: None)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {_RELAY_DRAIN_SIGNAL})
+    return drain
+
+
+def _relay(inside: int, outside: int, half_close: bool, drain: int) -> None:
+    """Copies bytes both ways, one bounded chunk in flight per direction.
+
+    It returns when the orchestrator closed ``outside`` (POLLHUP), on any error,
+    when an fd it no longer reads hangs up, and at an end of file: with
+    ``half_close`` that direction ends by shutting the other side's writing
+    (the relay goes on until both did); without, the relay ends. ``drain``
+    readable (the command ended) passes on what ``inside`` still holds and ends.
+    """
+    relay = _Relay(inside, outside)
+    relay.poller.register(drain, select.POLLIN)
+    while relay.flowing():
+        for fd, events in relay.poll():
+            if fd == drain:
+                relay.drain()
+                return
+            if events & (select.POLLERR | select.POLLNVAL):
+                return
+            if events & select.POLLHUP and (fd == outside or not relay.reading[fd]):
+                return
+            if events & select.POLLOUT and not relay.write_to(fd):
+                return
+            if events & (select.POLLIN | select.POLLHUP) and relay.readable(fd):
+                data = _relay_read(fd)
+                if data:
+                    relay.waiting[fd] = data
+                elif data is not None:  # its end
+                    if not half_close:
+                        return
+                    relay.reading[fd] = False
+                    _shut(relay.other[fd], _socket.SHUT_WR)
+
+
+class _Relay:
+    """The state of a relay: what each fd's reading left waiting, and which are still read."""
+
+    def __init__(self, inside: int, outside: int) -> None:
+        self.outside = outside
+        self.other = {inside: outside, outside: inside}
+        # Bytes read from an fd and not yet written to its other side.
+        self.waiting = {inside: b"", outside: b""}
+        self.reading = {inside: True, outside: True}
+        self.poller = select.poll()
+
+    def flowing(self) -> bool:
+        return any(self.reading.values()) or any(self.waiting.values())
+
+    def readable(self, fd: int) -> bool:
+        return self.reading[fd] and not self.waiting[fd]
+
+    def poll(self) -> list[tuple[int, int]]:
+        """Waits for what there is to do. ``outside`` is always polled, so its closing is
+        seen even while nothing flows; ``inside`` only when there is something to do with
+        it, so a hang-up it reports while its chunk waits cannot make the relay spin."""
+        for fd, other in self.other.items():
+            mask = select.POLLIN if self.readable(fd) else 0
+            mask |= select.POLLOUT if self.waiting[other] else 0
+            if mask or fd == self.outside:
+                self.poller.register(fd, mask)
+            else:
+                try:  # noqa: SIM105  (contextlib costs start-up time)
+                    self.poller.unregister(fd)
+                except KeyError:
+                    pass
+        return self.poller.poll()
+
+    def drain(self) -> None:
+        """Writes what ``inside`` still holds to ``outside``, waiting for room as needed."""
+        os.set_blocking(self.outside, True)
+        inside = self.other[self.outside]
+        data = self.waiting[inside]
+        try:
+            while data:
+                written = os.write(self.outside, data)
+                data = data[written:] or _relay_read(inside) or b""
+        except OSError:
+            pass
+
+    def write_to(self, fd: int) -> bool:
+        """Writes what the other side left waiting into ``fd``; False when it takes no more."""
+        source = self.other[fd]
+        try:
+            written = os.write(fd, self.waiting[source])
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        self.waiting[source] = self.waiting[source][written:]
+        return True
+
+
+def _relay_read(fd: int) -> bytes | None:
+    """The next bytes of ``fd``; empty at its end (or EIO: a pty's last slave closed), None
+    when there are none yet."""
+    try:
+        return os.read(fd, _RELAY_BYTES)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def _shut(fd: int, how: int) -> None:
+    """Shuts the socket ``fd`` down (``how``: SHUT_WR, SHUT_RDWR), as far as it still is up."""
+    sock = _socket.socket(fileno=fd)
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
+def main(sock: _socket.socket, send_fds: bool = True) -> None:
+    """Runs the agent on ``sock``, on which it said ready (``send_fds``: see the docstring)."""
+    agent = Agent(sock, send_fds)
     agent.start()
     agent.serve()
 
 
 if __name__ == "__main__":
-    main(_SOCKET)
+    main(_SOCKET, send_fds=sys.argv[-2:-1] != [SEND_NO_FDS])

@@ -8,7 +8,10 @@ parameters) and ``exec``s the rest (setpriv dropping to the sandbox uid,
 bubblewrap, the interpreter running the agent). Nothing in the sandbox runs
 before it is contained, and ``subprocess`` never switches uid itself (which
 would force ``fork()`` over ``vfork()`` in the gRPC server). Its socket is
-passed as an inherited fd. The gate and everything up to the agent run with
+passed as an inherited fd, or (``socket_on_stdin``, for runtimes that pass only
+stdio into the sandbox) as the gate's stdin, from which the gate reads its line
+byte by byte, so the agent gets the socket as fd 0 with nothing of it consumed.
+The gate and everything up to the agent run with
 the fixed host environment (:mod:`.host_env`): nothing a request carried is
 seen by a host-side process.
 
@@ -19,15 +22,26 @@ TCP socket, checked to be one); every other fd is closed as soon as it is
 read; a message must be one the protocol allows at that point (``ready`` once
 and first, ``started`` and ``failed`` for a spawn in flight, ``exited`` for a
 running command, ``connected`` and ``connect_failed`` for a connect in
-flight). Anything else is a protocol
+flight, ``resized`` for a resize in flight). Anything else is a protocol
 violation: the connection ends, and ``on_violation`` tells the owner, which
 ends that environment alone.
+
+In the one-way mode (``fds_from_agent`` false, for runtimes such as gVisor that
+cannot pass fds out of the sandbox) the agent sends no fds at all, and any fd
+it sends is a violation. A command is then known by its id only (no host pid),
+and the orchestrator itself makes a socket pair for each pty spawn and each
+connect, sending one end with the request: the agent relays the terminal or
+the connection through it, and the other end stands in for the terminal's
+master or the TCP socket, so the owners of commands and forwards see no
+difference but for resizes, which go through the agent
+(:meth:`AgentCommand.resize`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -35,7 +49,9 @@ import os
 import signal
 import socket
 import stat
+import struct
 import sys
+import termios
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -64,6 +80,9 @@ _MAX_MESSAGE_BYTES = 1 << 20
 # The most fds one message may carry, and the most held between messages.
 _MAX_FDS = 2  # a pty's started: its pidfd and the terminal
 _INT_BYTES = 4
+# Pids in the agent's namespace are below the kernel's largest pid_max.
+_PID_LIMIT = 1 << 22
+_GO_LINE = b"go\n"
 _READY_TIMEOUT_SECONDS = 10.0
 _EXIT_TIMEOUT_SECONDS = 5.0
 _STDERR_DETAIL_BYTES = 2000
@@ -92,18 +111,29 @@ class ConnectFailed(AgentError):
 class AgentLaunch:
     """How to start an environment's agent.
 
-    ``argv`` ends with the interpreter's options and the agent's source; the
-    socket's fd number is appended. ``limits`` are the start gate's four
-    rlimit values (:meth:`.ProcessLimits.gate_arguments`) the agent, and so
-    every command, runs under. ``env`` is the fixed host environment.
-    ``pass_fds`` are inherited by the process (such as bubblewrap's seccomp
-    program); :meth:`AgentClient.start` closes them once it started.
+    ``argv`` ends with the interpreter's options and the agent's source;
+    :func:`agent_arguments` (the mode's flag, the socket's fd number) is
+    appended, unless ``append_agent_arguments`` is false because ``argv`` starts
+    the agent elsewhere (such as a runtime's container spec, which must then
+    end the agent's own arguments with ``agent_arguments(fds_from_agent, 0)``
+    and set ``socket_on_stdin``). ``limits`` are the start gate's four rlimit
+    values (:meth:`.ProcessLimits.gate_arguments`) the agent, and so every
+    command, runs under. ``env`` is the fixed host environment. ``pass_fds``
+    are inherited by the process (such as bubblewrap's seccomp program);
+    :meth:`AgentClient.start` closes them once it started.
+
+    ``fds_from_agent`` false selects the one-way protocol (the agent sends no
+    fds; see the module docstring); ``socket_on_stdin`` makes the agent's
+    socket the gate's stdin, so fd 0 of every process up to the agent.
     """
 
     argv: Sequence[str]
     limits: Sequence[str]
     env: Mapping[str, str]
     pass_fds: Sequence[int] = ()
+    fds_from_agent: bool = True
+    socket_on_stdin: bool = False
+    append_agent_arguments: bool = True
 
     def __post_init__(self) -> None:
         if len(self.limits) != _GATE_LIMITS or not all(
@@ -142,6 +172,11 @@ class CommandExit:
     lost: bool = False
 
 
+def agent_arguments(fds_from_agent: bool, fd: int) -> list[str]:
+    """What the agent's arguments end with: its mode's flag, then its socket's fd."""
+    return ([] if fds_from_agent else [agent.SEND_NO_FDS]) + [str(fd)]
+
+
 @cache
 def agent_source() -> str:
     """The agent module's source, which runs as ``python3 -c`` in the sandbox."""
@@ -149,14 +184,26 @@ def agent_source() -> str:
 
 
 class AgentCommand:
-    """A command the agent started: its pid as the orchestrator sees it, and its exit."""
+    """A command the agent started, and its exit.
+
+    ``pid`` is its pid as the orchestrator sees it, None in the one-way mode
+    (the agent sends no pidfd, and a runtime like gVisor has no host pid for
+    it); ``sandbox_pid`` its pid in the agent's namespace, as the agent said.
+    """
 
     def __init__(
-        self, client: AgentClient, request_id: int, pid: int, terminal: int | None = None
+        self,
+        client: AgentClient,
+        request_id: int,
+        pid: int | None,
+        sandbox_pid: int,
+        terminal: int | None = None,
     ) -> None:
         self.request_id = request_id
         self.pid = pid
-        # The pty's master end, for a pty command; its owner closes it.
+        self.sandbox_pid = sandbox_pid
+        # For a pty command, the terminal's master end or (one-way) the socket the
+        # agent relays it through; its owner closes it.
         self.terminal = terminal
         self.exited: asyncio.Future[CommandExit] = asyncio.get_running_loop().create_future()
         self._client = client
@@ -165,6 +212,20 @@ class AgentCommand:
         """Signals the command's process group (it is a no-op once the command exited)."""
         if not self.exited.done():
             self._client.send({"op": "signal", "id": self.request_id, "signal": number})
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Sets its terminal's size: on the master end held here, else through the agent.
+
+        Raises ValueError for a command without a terminal, AgentError when the
+        agent is gone.
+        """
+        if self.terminal is None:
+            raise ValueError("the command has no terminal")
+        if self._client.fds_from_agent:
+            size = struct.pack("HHHH", rows, cols, 0, 0)
+            fcntl.ioctl(self.terminal, termios.TIOCSWINSZ, size)
+            return
+        await self._client.resize(self.request_id, rows, cols)
 
 
 class AgentClient:
@@ -175,8 +236,11 @@ class AgentClient:
         process: asyncio.subprocess.Process,
         sock: socket.socket,
         on_violation: Callable[[str], None] | None = None,
+        *,
+        fds_from_agent: bool = True,
     ) -> None:
         self.process = process
+        self.fds_from_agent = fds_from_agent
         self._sock = sock
         self._on_violation = on_violation
         self.violation = ""
@@ -195,6 +259,13 @@ class AgentClient:
         # Connects (port forwarding) in flight, and those whose callers went away.
         self._connecting: dict[int, asyncio.Future[socket.socket]] = {}
         self._abandoned_connects: set[int] = set()
+        # One-way mode: our ends of the socket pairs sent with pty spawns and
+        # connects, until their answers, by request id.
+        self._pty_ends: dict[int, int] = {}
+        self._connect_ends: dict[int, socket.socket] = {}
+        # Resizes (one-way mode) in flight, and those whose callers went away.
+        self._resizing: dict[int, asyncio.Future[None]] = {}
+        self._abandoned_resizes: set[int] = set()
         self.closed = False
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self._on_readable)
@@ -228,7 +299,7 @@ class AgentClient:
         finally:
             for fd in launch.pass_fds:
                 os.close(fd)
-        client = cls(process, ours, on_violation)
+        client = cls(process, ours, on_violation, fds_from_agent=launch.fds_from_agent)
         contained = asyncio.ensure_future(asyncio.to_thread(contain, process.pid))
         try:
             if prepare is not None:
@@ -241,8 +312,10 @@ class AgentClient:
         try:
             await contained
             if process.stdin is not None:
-                process.stdin.write(b"go\n")
+                process.stdin.write(_GO_LINE)
                 process.stdin.close()
+            else:  # the socket is the gate's stdin; nothing else was sent on it yet
+                ours.send(_GO_LINE)
             await asyncio.wait_for(asyncio.shield(client._ready), _READY_TIMEOUT_SECONDS)
         except BaseException as error:
             await client.close()
@@ -286,7 +359,12 @@ class AgentClient:
         }
         if request.pty is not None:
             message["pty"] = list(request.pty)
-            self._pty_spawns.add(request_id)
+            if self.fds_from_agent:
+                self._pty_spawns.add(request_id)
+            else:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._pty_ends[request_id] = ours.detach()
+                fds = [theirs.detach()]
         self.send(message, fds)
         try:
             return await future
@@ -304,12 +382,35 @@ class AgentClient:
         request_id = next(self._ids)
         future: asyncio.Future[socket.socket] = self._loop.create_future()
         self._connecting[request_id] = future
-        self.send({"op": "connect", "id": request_id, "port": port})
+        fds = []
+        if not self.fds_from_agent:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._connect_ends[request_id] = ours
+            fds = [theirs.detach()]
+        self.send({"op": "connect", "id": request_id, "port": port}, fds)
         try:
             return await future
         finally:
             if self._connecting.pop(request_id, None) is not None:  # not answered yet
                 self._abandoned_connects.add(request_id)
+
+    async def resize(self, command_id: int, rows: int, cols: int) -> None:
+        """One-way mode: has the agent set the size of command ``command_id``'s terminal;
+        returns once it did. Raises AgentError when the agent is gone."""
+        if self.fds_from_agent:
+            raise ValueError("the agent resizes terminals in the one-way mode only")
+        if self.closed:
+            raise AgentError("the environment's agent is gone")
+        request_id = next(self._ids)
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._resizing[request_id] = future
+        message = {"op": "resize", "id": request_id, "command": command_id}
+        self.send({**message, "rows": rows, "cols": cols})
+        try:
+            await future
+        finally:
+            if self._resizing.pop(request_id, None) is not None:  # not answered yet
+                self._abandoned_resizes.add(request_id)
 
     def send(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
         """Queues a message (and fds, closed once sent) and sends what the socket takes now."""
@@ -375,7 +476,8 @@ class AgentClient:
                 self._on_violation(detail)
 
     def _take_fds(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> None:
-        """Keeps the fds that came (closing them all if there are too many)."""
+        """Keeps the fds that came (closing them all if there are too many, or in the
+        one-way mode, any)."""
         received: list[int] = []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -385,6 +487,9 @@ class AgentClient:
                     for i in range(0, usable, _INT_BYTES)
                 ]
         self._fds += received
+        if self._fds and not self.fds_from_agent:
+            self._close_fds()
+            raise ProtocolViolation("a file descriptor from an agent that sends none")
         if flags & socket.MSG_CTRUNC or len(self._fds) > _MAX_FDS:
             # The kernel already closed what did not fit; these go now.
             self._close_fds()
@@ -420,37 +525,77 @@ class AgentClient:
             raise ProtocolViolation(f"{op!r} before ready")
         if op == "started":
             request_id = _message_id(message)
-            terminal = None
-            if request_id in self._pty_spawns:
-                self._pty_spawns.discard(request_id)
-                if len(self._fds) < 2:
-                    raise ProtocolViolation("a pty's started without its terminal")
-                terminal = self._fds.pop()
-                if not os.isatty(terminal):
-                    os.close(terminal)
-                    raise ProtocolViolation("a pty's started without a terminal")
-            try:
-                pid = self._take_pidfd()
-            except BaseException:
-                if terminal is not None:
-                    os.close(terminal)
-                raise
-            self._started(request_id, pid, terminal)
+            sandbox_pid = _sandbox_pid(message)
+            if self.fds_from_agent:
+                terminal = self._take_terminal(request_id)
+                try:
+                    pid: int | None = self._take_pidfd()
+                except BaseException:
+                    if terminal is not None:
+                        os.close(terminal)
+                    raise
+            else:
+                terminal, pid = self._pty_ends.pop(request_id, None), None
+            self._started(request_id, pid, sandbox_pid, terminal)
         elif op == "failed":
-            self._pty_spawns.discard(_message_id(message))
-            future = self._spawn_in_flight(_message_id(message))
-            if future is not None:
-                future.set_exception(AgentError(f"could not start: {message['error']}"[:500]))
+            self._spawn_failed(_message_id(message), message)
         elif op == "exited":
             self._exited(_message_id(message), message)
         elif op == "connected":
-            self._connected(_message_id(message), _socket_of(self._take_fd(op)))
+            request_id = _message_id(message)
+            if self.fds_from_agent:
+                self._connected(request_id, _socket_of(self._take_fd(op)))
+            else:
+                self._connected(request_id, self._connect_end(request_id))
         elif op == "connect_failed":
             self._connect_failed(_message_id(message), message)
+        elif op == "resized":
+            future = self._resize_in_flight(_message_id(message))
+            if future is not None and not future.done():
+                future.set_result(None)
         else:
             raise ProtocolViolation(f"an unknown op {str(op)[:40]!r}")
         if self._fds:
             raise ProtocolViolation(f"a file descriptor with {op!r}")
+
+    def _take_terminal(self, request_id: int) -> int | None:
+        """A pty spawn's terminal, the last fd of its started (None for other spawns)."""
+        if request_id not in self._pty_spawns:
+            return None
+        self._pty_spawns.discard(request_id)
+        if len(self._fds) < 2:
+            raise ProtocolViolation("a pty's started without its terminal")
+        terminal = self._fds.pop()
+        if not os.isatty(terminal):
+            os.close(terminal)
+            raise ProtocolViolation("a pty's started without a terminal")
+        return terminal
+
+    def _spawn_failed(self, request_id: int, message: Mapping[str, Any]) -> None:
+        self._pty_spawns.discard(request_id)
+        end = self._pty_ends.pop(request_id, None)
+        if end is not None:
+            os.close(end)
+        future = self._spawn_in_flight(request_id)
+        if future is not None:
+            future.set_exception(AgentError(f"could not start: {message['error']}"[:500]))
+
+    def _connect_end(self, request_id: int) -> socket.socket:
+        """One-way mode: our end of the pair sent with a connect in flight."""
+        end = self._connect_ends.pop(request_id, None)
+        if end is None:
+            raise ProtocolViolation(f"an answer for connect {request_id}, which is not in flight")
+        return end
+
+    def _resize_in_flight(self, request_id: int) -> asyncio.Future[None] | None:
+        """The answered resize's future; None if its caller went away meanwhile."""
+        future = self._resizing.pop(request_id, None)
+        if future is not None:
+            return future
+        if request_id in self._abandoned_resizes:
+            self._abandoned_resizes.discard(request_id)
+            return None
+        raise ProtocolViolation(f"an answer for resize {request_id}, which is not in flight")
 
     def _take_pidfd(self) -> int:
         """The pid, in the orchestrator's namespace, of the pidfd the message carried."""
@@ -493,6 +638,9 @@ class AgentClient:
         if type(number) is not int:
             raise ProtocolViolation("a connect_failed errno that is not an integer")
         future = self._connect_in_flight(request_id)
+        end = self._connect_ends.pop(request_id, None)
+        if end is not None:
+            end.close()
         if future is not None and not future.done():
             detail = str(message["error"])[:200]
             future.set_exception(ConnectFailed(number, f"could not connect: {detail}"))
@@ -507,14 +655,16 @@ class AgentClient:
             return None
         raise ProtocolViolation(f"an answer for spawn {request_id}, which is not in flight")
 
-    def _started(self, request_id: int, pid: int, terminal: int | None = None) -> None:
+    def _started(
+        self, request_id: int, pid: int | None, sandbox_pid: int, terminal: int | None
+    ) -> None:
         try:
             future = self._spawn_in_flight(request_id)
         except ProtocolViolation:
             if terminal is not None:
                 os.close(terminal)
             raise
-        command = AgentCommand(self, request_id, pid, terminal)
+        command = AgentCommand(self, request_id, pid, sandbox_pid, terminal)
         self._commands[request_id] = command
         if future is None or future.done():  # its caller went away: nobody would end it
             command.signal(signal.SIGKILL)
@@ -549,19 +699,30 @@ class AgentClient:
                 os.close(fd)
         self._outgoing.clear()
         self._close_fds()
+        self._close_relay_ends()
         gone = AgentError(f"the environment's agent is gone{f' ({detail})' if detail else ''}")
         if not self._ready.done():
             self._ready.set_exception(gone)
-        for future in self._spawning.values():
+        pending: list[asyncio.Future[Any]] = [
+            *self._spawning.values(),
+            *self._connecting.values(),
+            *self._resizing.values(),
+        ]
+        for future in pending:
             if not future.done():
                 future.set_exception(gone)
-        for connecting in self._connecting.values():
-            if not connecting.done():
-                connecting.set_exception(gone)
         for command in self._commands.values():
             if not command.exited.done():
                 command.exited.set_result(CommandExit(-signal.SIGKILL, 0.0, 0, lost=True))
         self._commands.clear()
+
+    def _close_relay_ends(self) -> None:
+        for end in self._pty_ends.values():
+            os.close(end)
+        self._pty_ends.clear()
+        for connect_end in self._connect_ends.values():
+            connect_end.close()
+        self._connect_ends.clear()
 
     async def close(self) -> None:
         """Disconnects (the agent then kills its commands and exits) and waits for it."""
@@ -584,6 +745,8 @@ async def _start_gated(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # The gate's and the agent's stderr, read only to say why the agent did not start.
     stderr_read, stderr_write = os.pipe()
+    fd = 0 if launch.socket_on_stdin else theirs.fileno()
+    tail = agent_arguments(launch.fds_from_agent, fd) if launch.append_agent_arguments else []
     try:
         process = await asyncio.create_subprocess_exec(
             "/bin/sh",
@@ -592,14 +755,14 @@ async def _start_gated(
             "sandbox-gate",
             *launch.limits,
             *launch.argv,
-            str(theirs.fileno()),
-            stdin=asyncio.subprocess.PIPE,
+            *tail,
+            stdin=theirs.fileno() if launch.socket_on_stdin else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr_write,
             cwd="/",  # the workspace may not exist yet; the agent changes directory per command
             env=dict(launch.env),
             start_new_session=True,
-            pass_fds=[theirs.fileno(), *launch.pass_fds],
+            pass_fds=[*([] if launch.socket_on_stdin else [theirs.fileno()]), *launch.pass_fds],
         )
     except BaseException:
         ours.close()
@@ -615,6 +778,13 @@ def _message_id(message: Mapping[str, Any]) -> int:
     value = message["id"]
     if type(value) is not int:
         raise ProtocolViolation("a message id that is not an integer")
+    return value
+
+
+def _sandbox_pid(message: Mapping[str, Any]) -> int:
+    value = message["pid"]
+    if type(value) is not int or not 0 < value < _PID_LIMIT:
+        raise ProtocolViolation("a started pid that is not a pid")
     return value
 
 

@@ -307,7 +307,7 @@ class EnvironmentHandlers:
         """Changes the size of the process's terminal."""
         found = self._process(request, context)
         rows, cols = process_requests.resize(request)
-        self._manager.processes.resize(found, rows, cols)
+        await self._manager.processes.resize(found, rows, cols)
         return requests_pb2.ResizeProcessTerminalResponse()
 
     async def GetEnvironmentUsage(

@@ -202,7 +202,9 @@ async def run_process(
 ) -> AsyncGenerator[ProcessEvent, None]:
     """Runs ``launch`` and yields started, output chunks as they come, then the exit.
 
-    ``on_started(pid)`` learns the command's pid. Setting ``cancel``, the
+    ``on_started(pid)`` learns the command's host pid; a command without one (the
+    one-way agent, see :attr:`.AgentCommand.pid`) skips it, and its started event
+    says pid 0. Setting ``cancel``, the
     timeout, or closing this generator kills the command's process group.
     Raises :class:`~.agent_client.AgentError` if the agent cannot start it.
     """
@@ -219,9 +221,10 @@ async def run_process(
     output = _Output({"stdout": stdout_read, "stderr": stderr_read}, launch.chunk_bytes)
     feeder = None
     try:
-        on_started(command.pid)
+        if command.pid is not None:
+            on_started(command.pid)
         started = time.monotonic()
-        yield ExecStarted(command.pid)
+        yield ExecStarted(command.pid if command.pid is not None else 0)
         if stdin_write is not None:
             feeder = asyncio.create_task(_feed(stdin_write, launch.stdin))
             stdin_write = None

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import secrets
 import signal
-import struct
-import termios
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -307,7 +304,7 @@ class EnvironmentProcesses:
             self._save(process)
             return process
         process.command = started
-        process.pid = started.pid
+        process.pid = started.sandbox_pid
         if started.terminal is not None:
             process.terminal = started.terminal
             process._terminal_input = True
@@ -518,21 +515,26 @@ class EnvironmentProcesses:
             process.command.signal(number)
             self._activity.touch(process.environment_id)
 
-    def resize(self, process: ManagedProcess, rows: int, cols: int) -> None:
-        """Sets the terminal's size (the kernel tells the foreground group with SIGWINCH)."""
+    async def resize(self, process: ManagedProcess, rows: int, cols: int) -> None:
+        """Sets the terminal's size (the kernel tells the foreground group with SIGWINCH);
+        returns once it is set."""
         if not process.pty:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 ErrorReason.NOT_A_TERMINAL,
                 f"process {process.id} runs without a pty; start it with pty set to resize it",
             )
-        if process.terminal is None:
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                ErrorReason.PROCESS_NOT_RUNNING,
-                f"process {process.id} has ended ({process.state})",
-            )
-        fcntl.ioctl(process.terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        ended = ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            ErrorReason.PROCESS_NOT_RUNNING,
+            f"process {process.id} has ended ({process.state}); start a new one to resize",
+        )
+        if process.terminal is None or process.command is None:
+            raise ended
+        try:
+            await process.command.resize(rows, cols)
+        except (AgentError, OSError):
+            raise ended from None
 
     async def output(
         self, process: ManagedProcess, after_sequence: int, follow: bool
