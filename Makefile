@@ -22,7 +22,7 @@ install: $(STAMP) node-deps
 SYSTEM_TOOLS := bwrap:bubblewrap setpriv:util-linux nsenter:util-linux mkfs.ext4:e2fsprogs \
   slirp4netns:slirp4netns nft:nftables ip:iproute2 node:nodejs npm:npm \
   pg_ctlcluster:postgresql redis-server:redis-server \
-  mmdebstrap:mmdebstrap skopeo:skopeo umoci:umoci busybox:busybox-static
+  mmdebstrap:mmdebstrap skopeo:skopeo umoci:umoci busybox:busybox-static runsc:runsc
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

@@ -21,7 +21,6 @@ from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
 from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
-from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import system_mounts
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
     RunningCommand,
     exit_event,
@@ -44,6 +43,7 @@ from sandbox_sdk.server.orchestrator.sandbox.network import NetworkSetupError
 from sandbox_sdk.server.orchestrator.sandbox.process import Launch, ProcessExit, run_process
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
+from sandbox_sdk.server.orchestrator.sandbox.runtimes import LaunchPlan, installed_runtimes
 from sandbox_sdk.server.orchestrator.sandbox.statuses import (
     environment_not_found,
     file_errors,
@@ -66,7 +66,6 @@ class Execution:
         self._settings = environments.settings
         self._activity = activity
         self._termination = termination
-        self._system_mounts = system_mounts(environments.settings.read_only_paths)
         self._sandbox_launcher: SandboxLauncher | None = None
 
     def prepare_launcher(self) -> None:
@@ -77,12 +76,12 @@ class Execution:
             if isolation.sandbox_user
             else self._environments.workspace_root
         )
+        agent_runtime = _agent_runtime(self._settings.agent_python)
         self._sandbox_launcher = SandboxLauncher(
             isolation,
             self._settings,
-            self._system_mounts,
+            installed_runtimes(isolation, self._settings, agent_runtime),
             write_resolv_conf(shared),
-            _agent_runtime(self._settings.agent_python),
         )
 
     @property
@@ -224,12 +223,15 @@ class Execution:
         :meth:`AgentClient.start`); the caller holds ``runtime.agent_lock``."""
         layout = self._environments.layout(environment_id)
         try:
-            sandbox = await self._launcher().start(
+            plan = LaunchPlan(
                 environment_id=environment_id,
                 spec=runtime.spec,
                 layout=layout,
-                root=layout.root_dir if runtime.spec.template is not None else None,
                 limits=self.process_limits(runtime),
+                root=layout.root_dir if runtime.spec.template is not None else None,
+            )
+            sandbox = await self._launcher().start(
+                plan,
                 cgroup=runtime.cgroup,
                 prepare=prepare,
                 on_violation=lambda detail: self._agent_broke_protocol(environment_id, detail),

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import bwrap_command, system_mounts
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import (
     V1_CONTROLLERS,
@@ -28,6 +29,7 @@ from sandbox_sdk.server.orchestrator.sandbox.cgroups import (
     v2_controllers_available,
 )
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPolicy
+from sandbox_sdk.server.orchestrator.sandbox.gvisor import Gvisor, probe_gvisor
 from sandbox_sdk.server.orchestrator.sandbox.host_env import HOST_PROCESS_ENV, host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.seccomp import (
     SeccompProgram,
@@ -53,6 +55,7 @@ class Isolation:
     ``sandbox_user`` None: commands keep the orchestrator's uid (not root, or
     no ``setpriv``); else ``setpriv_path`` switches them to it.
     ``seccomp`` None: no system call filter (it needs bubblewrap to load it).
+    ``gvisor`` None: the gvisor runtime is not installed here.
     """
 
     bwrap_path: str | None
@@ -62,6 +65,15 @@ class Isolation:
     setpriv_path: str | None = None
     warnings: tuple[str, ...] = ()
     seccomp: SeccompProgram | None = None
+    gvisor: Gvisor | None = None
+
+    def installed_runtimes(self) -> frozenset[IsolationRuntime]:
+        """The isolation runtimes environments may ask for here (bubblewrap's path is
+        always there, with whatever layers it has)."""
+        runtimes = {IsolationRuntime.BUBBLEWRAP}
+        if self.gvisor is not None:
+            runtimes.add(IsolationRuntime.GVISOR)
+        return frozenset(runtimes)
 
     def drop_privileges(self) -> list[str]:
         """The argv prefix that runs the rest as the sandbox uid, without any capability."""
@@ -93,13 +105,6 @@ class Isolation:
         if self.loop_quota:
             layers.append("disk-quota")
         return "+".join(layers)
-
-    def describe(self, template: str | None) -> str:
-        """:attr:`level`, and for an environment of a template what its root is:
-        ``+root=template:<first 12 digits of its digest>+overlay``."""
-        if template is None:
-            return self.level
-        return f"{self.level}+root=template:{template[:12]}+overlay"
 
 
 def detect_isolation(
@@ -144,13 +149,24 @@ def detect_isolation(
     loop_quota, problem = _probe_loop_quota(settings, is_root, probe_dir)
     if problem:
         warnings.append(problem)
+    gvisor, problem = _probe_gvisor(settings, bwrap_path)
+    if problem:
+        warnings.append(problem)
     isolation = Isolation(
-        bwrap_path, cgroups, loop_quota, user, setpriv_path, tuple(warnings), seccomp
+        bwrap_path, cgroups, loop_quota, user, setpriv_path, tuple(warnings), seccomp, gvisor
     )
     for warning in warnings:
         log.warning("sandbox isolation is weaker than it could be: %s", warning)
     log.info("sandbox isolation: %s", isolation.level)
     return isolation
+
+
+def _probe_gvisor(settings: SandboxSettings, bwrap_path: str | None) -> tuple[Gvisor | None, str]:
+    """gVisor, if runsc is installed; it shares bubblewrap's file layout (the same
+    system directories, workspace and ``/tmp``), so it needs bubblewrap's path too."""
+    if bwrap_path is None:
+        return None, ""
+    return probe_gvisor(shutil.which(settings.runsc_path))
 
 
 def _build_seccomp() -> tuple[SeccompProgram | None, str]:

@@ -1,29 +1,24 @@
-"""Starting an environment's sandbox: its agent, under the seccomp filter, and its network.
+"""Starting an environment's sandbox: its agent, under its runtime, and its network.
 
-The fds a start needs (bubblewrap's seccomp program, and for egress the pipe
-on which bubblewrap reports the sandbox's pid) are made here and handed to
-the launch, which closes them; the egress network is attached before the
-agent is handed out, so no command ever runs before its firewall.
+The runtime (:mod:`.runtimes`) prepares the sandbox and says how to start
+the agent; the egress network is attached before the agent is handed out, so
+no command ever runs before its firewall.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient
 from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
-from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import RootMount
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
-from sandbox_sdk.server.orchestrator.sandbox.commands import agent_launch
-from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
-    EnvironmentSpec,
-    NetworkPolicy,
-)
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import EnvironmentSpec
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.network import (
     RESOLV_CONF,
@@ -32,9 +27,13 @@ from sandbox_sdk.server.orchestrator.sandbox.network import (
     host_addresses,
     parse_cidrs,
 )
-from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
+from sandbox_sdk.server.orchestrator.sandbox.runtimes import (
+    BubblewrapRuntime,
+    LaunchPlan,
+    SandboxRuntime,
+    egress_wanted,
+)
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
-from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
 RESOLV_CONF_NAME = "egress-resolv.conf"
 
@@ -49,18 +48,38 @@ class Sandbox:
 
 @dataclass(frozen=True)
 class SandboxLauncher:
-    """Starts environments' sandboxes on this orchestrator.
+    """Starts environments' sandboxes on this orchestrator, each under its runtime.
 
-    ``resolv_conf`` is the resolver file egress sandboxes see (made by
-    :func:`write_resolv_conf`), readable by the sandbox uid. ``agent_runtime``
-    runs the agent in template roots (None: they are refused).
+    ``runtimes`` are the isolation runtimes installed here (bubblewrap's is
+    always there, whatever layers it has). ``resolv_conf`` is the resolver
+    file egress sandboxes see (made by :func:`write_resolv_conf`), readable by
+    the sandbox uid.
     """
 
     isolation: Isolation
     settings: SandboxSettings
-    system_mounts: Sequence[str]
+    runtimes: Mapping[IsolationRuntime, SandboxRuntime]
     resolv_conf: Path
-    agent_runtime: AgentRuntime | None = None
+
+    @property
+    def agent_runtime(self) -> AgentRuntime | None:
+        """The host interpreter as template roots see it (None: they are refused)."""
+        bubblewrap = self.runtimes[IsolationRuntime.BUBBLEWRAP]
+        return bubblewrap.agent_runtime if isinstance(bubblewrap, BubblewrapRuntime) else None
+
+    def runtime(self, kind: IsolationRuntime) -> SandboxRuntime:
+        """The runtime of ``kind``; raises LookupError if it is not installed here."""
+        try:
+            return self.runtimes[kind]
+        except KeyError:
+            raise LookupError(f"the {kind.value.lower()} runtime is not installed here") from None
+
+    def level(self, spec: EnvironmentSpec) -> str:
+        """The isolation level of an environment of ``spec``, and what its root is."""
+        level = self.runtime(spec.runtime).level(self.isolation)
+        if spec.template is None:
+            return level
+        return f"{level}+root=template:{spec.template[:12]}+overlay"
 
     def egress_rules(self, spec: EnvironmentSpec) -> EgressRules:
         """The operator's deny list and this host's addresses, then the environment's own."""
@@ -72,55 +91,28 @@ class SandboxLauncher:
 
     async def start(
         self,
+        plan: LaunchPlan,
         *,
-        environment_id: str,
-        spec: EnvironmentSpec,
-        layout: WorkspaceLayout,
-        limits: ProcessLimits,
         cgroup: EnvironmentCgroup | None,
         prepare: Coroutine[Any, Any, None] | None,
         on_violation: Callable[[str], None],
-        root: Path | None = None,
-        root_as_owner: bool = False,
     ) -> Sandbox:
-        """Starts the agent (``prepare`` is awaited meanwhile), then its network.
-
-        ``root`` is a template root bound at ``/`` (``root_as_owner``: the
-        sandbox uid owns it and is uid 0 inside, for template builds).
-        """
-        egress = spec.network is NetworkPolicy.EGRESS and self.isolation.bwrap_path is not None
-        seccomp = self.isolation.seccomp if self.isolation.bwrap_path else None
-        owned: list[int] = []
+        """Starts the agent (``prepare`` is awaited meanwhile), then its network."""
+        egress = egress_wanted(plan.spec, self.isolation)
         try:
-            seccomp_fd = seccomp.to_fd() if seccomp is not None else None
-            if seccomp_fd is not None:
-                owned.append(seccomp_fd)
-            info_read, info_write = os.pipe() if egress else (None, None)
-            owned += [fd for fd in (info_read, info_write) if fd is not None]
-            mount = self._root_mount(root, root_as_owner)
-            launch = agent_launch(
-                self.isolation,
-                environment_id=environment_id,
-                spec=spec,
-                layout=layout,
-                system_mounts=self.system_mounts,
-                limits=limits,
-                python=self.settings.agent_python,
-                seccomp_fd=seccomp_fd,
-                info_fd=info_write,
-                resolv_conf=self.resolv_conf if egress else None,
-                root=mount,
-                runtime=self.agent_runtime,
+            prepared = await self.runtime(plan.spec.runtime).prepare(
+                plan, self.isolation, self.resolv_conf if egress else None
             )
         except BaseException:
-            for fd in owned:
-                os.close(fd)
             if prepare is not None:
                 prepare.close()
             raise
+        info_read = prepared.egress_pid_read
+        if prepared.finish is not None:
+            prepare = _then(prepare, prepared.finish)
         try:
             agent = await AgentClient.start(
-                launch,
+                prepared.launch,
                 contain=cgroup.attach if cgroup is not None else lambda _: None,
                 prepare=prepare,
                 on_violation=on_violation,
@@ -131,14 +123,7 @@ class SandboxLauncher:
             raise
         if info_read is None:
             return Sandbox(agent, None)
-        return Sandbox(agent, await self._connect(agent, info_read, spec, cgroup))
-
-    def _root_mount(self, root: Path | None, as_owner: bool) -> RootMount | None:
-        if root is None:
-            return None
-        if self.agent_runtime is None:
-            raise ValueError("template roots need the host interpreter's runtime")
-        return RootMount(root, tuple(self.agent_runtime.bwrap_binds()), as_root=as_owner)
+        return Sandbox(agent, await self._connect(agent, info_read, plan.spec, cgroup))
 
     async def _connect(
         self,
@@ -158,6 +143,14 @@ class SandboxLauncher:
             with contextlib.suppress(OSError):
                 cgroup.attach(network.pid)
         return network
+
+
+async def _then(
+    first: Coroutine[Any, Any, None] | None, second: Callable[[], Awaitable[None]]
+) -> None:
+    if first is not None:
+        await first
+    await second()
 
 
 def write_resolv_conf(directory: Path) -> Path:

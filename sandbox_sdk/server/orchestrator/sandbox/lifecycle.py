@@ -127,7 +127,7 @@ class Lifecycle:
             state=EnvironmentState.QUEUED if queued else EnvironmentState.CREATING,
             termination_reason=TerminationReason.UNSPECIFIED,
             termination_message="",
-            isolation=environments.isolation.describe(new.spec.template),
+            isolation=self._execution.launcher.level(new.spec),
             orchestrator_id=environments.orchestrator_id,
             create_time=now,
             expire_time=now + new.spec.ttl_seconds,

@@ -44,6 +44,7 @@ from sandbox_sdk.server.orchestrator.sandbox.process import (
     run_process,
 )
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
+from sandbox_sdk.server.orchestrator.sandbox.runtimes import LaunchPlan
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 from sandbox_sdk.server.orchestrator.templates.debian_base import (
@@ -223,11 +224,13 @@ class TemplateBuilder:
         cgroup = self._make_cgroup(name, limits)
         layout = WorkspaceLayout(work, work / "none.img", work / "scratch")
         try:
-            sandbox = await launcher.start(
+            plan = LaunchPlan(
                 environment_id=name, spec=spec, layout=layout, limits=process_limits,
-                cgroup=cgroup, prepare=None, on_violation=lambda _: None,
                 root=work / "rootfs", root_as_owner=True,
             )  # fmt: skip
+            sandbox = await launcher.start(
+                plan, cgroup=cgroup, prepare=None, on_violation=lambda _: None
+            )
             try:
                 exit_ = await _run_step(sandbox.agent, step, env, process_limits, settings, on_log)
             finally:

@@ -1,0 +1,273 @@
+"""gVisor: an environment's agent under ``runsc``, a kernel of its own in user space.
+
+With bubblewrap, commands talk to the host kernel through namespaces and a
+seccomp filter, so a kernel bug is an escape. Under gVisor they talk to its
+Sentry, which implements Linux in a Go process that itself may make only a
+few dozen host system calls; its file proxy (the Gofer) serves the mounts.
+
+How an environment runs here:
+
+* ``runsc`` runs **rootless** as the unprivileged sandbox uid (the start gate,
+  setpriv, then runsc), so neither the Sentry nor the Gofer holds any host
+  privilege. Rootless runsc maps a single uid, so commands are uid 0 of
+  gVisor's own kernel, with no capability at all (the OCI spec's sets are
+  empty and ``noNewPrivileges`` is set); on the host their files belong to
+  the sandbox uid, as with bubblewrap.
+* Its host processes run inside the environment's cgroups: the start gate is
+  moved there before it executes runsc, and everything runsc starts inherits
+  them, so memory, CPU and pids limits cover the whole sandbox, gVisor's own
+  overhead included (``--ignore-cgroups``: rootless runsc cannot manage cgroups
+  itself, and does not need to).
+* The rlimits apply inside gVisor's kernel (the spec's ``process.rlimits``);
+  on the host the gate leaves runsc's own limits alone, since its kernel
+  needs far more address space and fds than a command.
+* The bundle (the OCI spec and an empty root) and runsc's state live in the
+  environment's own file system, out of the sandbox's sight, and go with it.
+* The agent's socket is the sandbox's stdin (runsc passes only stdio in), and
+  it never sends fds back: gVisor cannot pass its fds to the host (see
+  :mod:`.agent`'s one-way mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime, inside
+from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import HOSTNAME, TMP_MOUNT, WORKSPACE_MOUNT
+from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
+from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "ptrace"  # the only platform that works here: KVM guests hang on this hardware
+BUNDLE_DIR_NAME = ".gvisor"
+# The agent runs from a file: runsc hands the spec to its kernel through a pipe
+# that does not take the source as an argument (as ``python -c`` gets it elsewhere).
+AGENT_SOURCE_MOUNT = PurePosixPath("/.sandbox-agent-code")
+AGENT_FILE_NAME = "agent.py"
+_PROBE_TIMEOUT_SECONDS = 10.0
+_OCI_VERSION = "1.0.2"
+_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+_VERSION = re.compile(r"runsc version (\S+)")
+
+
+@dataclass(frozen=True)
+class Gvisor:
+    """gVisor as installed on this host: where ``runsc`` is and what it runs on."""
+
+    runsc_path: str
+    version: str
+    platform: str = PLATFORM
+
+    @property
+    def layer(self) -> str:
+        """This runtime in an isolation level: ``gvisor(ptrace)``."""
+        return f"gvisor({self.platform})"
+
+    def command(self, bundle: GvisorBundle, container_id: str) -> list[str]:
+        """runsc's argv (run by the sandbox uid) starting the container of ``bundle``."""
+        return [
+            self.runsc_path,
+            "--rootless",
+            "--network=none",
+            "--ignore-cgroups",
+            # The orchestrator writes files into the sandbox's mounts from the host:
+            # the Sentry must not cache what it read of them.
+            "--file-access=shared",
+            f"--platform={self.platform}",
+            f"--root={bundle.state}",
+            "run",
+            f"--bundle={bundle.directory}",
+            container_id,
+        ]
+
+
+def probe_gvisor(runsc_path: str | None) -> tuple[Gvisor | None, str]:
+    """gVisor if ``runsc`` is installed and answers, else None and why not."""
+    if runsc_path is None:
+        return None, "runsc not found: install the Debian package runsc for the gVisor runtime"
+    try:
+        result = subprocess.run(
+            [runsc_path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_SECONDS,
+            env=host_process_env(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"runsc at {runsc_path} does not run ({error}): reinstall the runsc package"
+    match = _VERSION.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        return None, f"runsc at {runsc_path} did not report its version: reinstall runsc"
+    return Gvisor(runsc_path, match.group(1)), ""
+
+
+@dataclass(frozen=True)
+class GvisorBundle:
+    """An environment's OCI bundle and runsc state, in its own file system.
+
+    ``directory`` holds ``config.json`` and ``rootfs`` (root-owned, read-only
+    to runsc); ``state`` is runsc's, owned by the sandbox uid.
+    """
+
+    directory: Path
+
+    @classmethod
+    def in_environment(cls, mount_point: Path) -> GvisorBundle:
+        """The bundle beside an environment's ``workspace`` and ``tmp``, not inside them."""
+        return cls(mount_point / BUNDLE_DIR_NAME)
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config.json"
+
+    @property
+    def rootfs(self) -> Path:
+        """The empty read-only root the host's system directories are mounted on."""
+        return self.directory / "rootfs"
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state"
+
+    def _root(self, spec: Mapping[str, Any]) -> Path:
+        path = Path(spec["root"]["path"])
+        return path if path.is_absolute() else self.directory / path
+
+    @property
+    def agent_dir(self) -> Path:
+        """Holds the agent's source, mounted read-only at :data:`AGENT_SOURCE_MOUNT`."""
+        return self.directory / "agent"
+
+    def write(
+        self,
+        spec: Mapping[str, Any],
+        symlinks: Mapping[str, str],
+        agent_source: str,
+        owner: tuple[int, int] | None,
+    ) -> None:
+        """Writes the bundle, ``symlinks`` made in its root (blocking: call it off the loop)."""
+        self.directory.mkdir(mode=0o755, exist_ok=True)
+        self.rootfs.mkdir(mode=0o755, exist_ok=True)
+        self.state.mkdir(mode=0o700, exist_ok=True)
+        if owner is not None:
+            os.chown(self.state, *owner)
+        root = self._root(spec)
+        for link, target in symlinks.items():
+            path = root / link.lstrip("/")
+            if not path.is_symlink():
+                path.symlink_to(target)
+        # runsc's file proxy, unprivileged, cannot make the mount points itself.
+        for mount in spec["mounts"]:
+            (root / mount["destination"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        self.agent_dir.mkdir(mode=0o755, exist_ok=True)
+        (self.agent_dir / AGENT_FILE_NAME).write_text(agent_source, encoding="utf-8")
+        partial = self.config.with_suffix(".partial")
+        partial.write_text(json.dumps(spec), encoding="utf-8")
+        partial.chmod(0o644)
+        partial.replace(self.config)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One OCI bind mount: a host ``source`` at ``destination``."""
+
+    source: Path | str
+    destination: PurePosixPath | str
+    writable: bool = False
+
+    def to_oci(self) -> dict[str, Any]:
+        return {
+            "destination": str(self.destination),
+            "type": "bind",
+            "source": str(self.source),
+            "options": ["rbind", "rw" if self.writable else "ro"],
+        }
+
+
+def oci_spec(
+    *,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    limits: ProcessLimits,
+    mounts: Sequence[Mount],
+    root: Path | None,
+) -> dict[str, Any]:
+    """The OCI runtime spec of an environment's agent.
+
+    ``root`` is a template's root (writable, its overlay); None: the bundle's
+    empty read-only ``rootfs``, the host's system directories in ``mounts``.
+    """
+    return {
+        "ociVersion": _OCI_VERSION,
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(argv),
+            "env": [f"{name}={value}" for name, value in env.items()],
+            "cwd": str(WORKSPACE_MOUNT),
+            "capabilities": {kind: [] for kind in _CAPABILITY_SETS},
+            "noNewPrivileges": True,
+            "rlimits": _rlimits(limits),
+        },
+        # Not "readonly": the environment's file system is mounted nosuid and nodev, which
+        # rootless runsc cannot remount. The empty root is the host's root's, and the
+        # sandbox uid cannot write it either way.
+        "root": {"path": str(root) if root is not None else "rootfs", "readonly": False},
+        "hostname": HOSTNAME,
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+        + [mount.to_oci() for mount in mounts],
+        "linux": {"namespaces": [{"type": kind} for kind in _NAMESPACES]},
+    }
+
+
+_CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+
+
+def _rlimits(limits: ProcessLimits) -> list[dict[str, Any]]:
+    values = {
+        "RLIMIT_AS": limits.address_space_bytes,
+        "RLIMIT_FSIZE": limits.file_size_bytes,
+        "RLIMIT_NOFILE": limits.open_files,
+        "RLIMIT_CORE": 0,
+    }
+    if limits.processes is not None:
+        values["RLIMIT_NPROC"] = limits.processes
+    return [{"type": kind, "soft": value, "hard": value} for kind, value in values.items()]
+
+
+def system_directory_mounts(read_only_paths: Sequence[str]) -> tuple[list[Mount], dict[str, str]]:
+    """The host's system directories read-only, and its symlinks among them as symlinks."""
+    mounts: list[Mount] = []
+    symlinks: dict[str, str] = {}
+    for path in read_only_paths:
+        if os.path.islink(path):
+            symlinks[path] = os.readlink(path)
+        elif os.path.isdir(path):
+            mounts.append(Mount(path, path))
+    return mounts, symlinks
+
+
+def agent_runtime_mounts(runtime: AgentRuntime) -> list[Mount]:
+    """The host interpreter's directories, read-only under ``/.sandbox-agent``
+    (for a template root)."""
+    return [Mount(directory, inside(directory)) for directory in runtime.host_dirs]
+
+
+def agent_source_mount(bundle: GvisorBundle) -> Mount:
+    """The agent's source directory, read-only."""
+    return Mount(bundle.agent_dir, AGENT_SOURCE_MOUNT)
+
+
+def workspace_mounts(files_dir: Path, tmp_dir: Path) -> list[Mount]:
+    """The environment's ``/workspace`` and ``/tmp``, writable, on its own file system."""
+    return [Mount(files_dir, WORKSPACE_MOUNT, writable=True), Mount(tmp_dir, TMP_MOUNT, True)]
