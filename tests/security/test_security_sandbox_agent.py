@@ -28,6 +28,11 @@ from sandbox_attack_support import (
     running_manager,
 )
 
+# isort: off
+# On the path once sandbox_attack_support put tests/sandbox there.
+from agent_modes import AGENT_MODES, agent_mode
+# isort: on
+
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
     AgentClient,
     AgentError,
@@ -39,6 +44,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 )
 
 pytestmark = needs_isolation
+__all__ = ["agent_mode"]  # a fixture: the attacks run against either agent mode
 
 _NO_COMMAND = SpawnRequest(argv=["true"], cwd="/", env={}, rlimits=[])
 
@@ -60,7 +66,7 @@ _ATTACKS_ON_PID_1 = python_in_sandbox(
     attempt("ptrace-attach", lambda: syscall(101, 16, 1, 0, 0))
     attempt("ptrace-seize", lambda: syscall(101, 0x4206, 1, 0, 0))
     pidfd = os.pidfd_open(1)
-    for fd in range(3, 12):
+    for fd in range(12):  # fd 0 too: the one-way agent's socket
         attempt(f"pidfd_getfd-{fd}", lambda fd=fd: syscall(438, pidfd, fd, 0))
     buffer = ctypes.create_string_buffer(64)
     local = (ctypes.c_void_p * 2)(ctypes.addressof(buffer), 64)
@@ -83,6 +89,7 @@ _ATTACKS_ON_PID_1 = python_in_sandbox(
 )
 
 
+@pytest.mark.usefixtures("agent_mode")
 @pytest.mark.parametrize("repeat", range(2))
 async def test_commands_cannot_trace_read_borrow_from_or_kill_the_agent(
     tmp_path: Path, repeat: int
@@ -103,6 +110,7 @@ async def test_commands_cannot_trace_read_borrow_from_or_kill_the_agent(
         assert after.out == "still here\n"
 
 
+@pytest.mark.usefixtures("agent_mode")
 async def test_another_commands_secrets_cannot_be_taken_from_the_agent(tmp_path: Path) -> None:
     # Commands of one environment are one trust domain (one uid, like the processes
     # of one container); what the agent carries for them must not leak through it.
@@ -156,11 +164,11 @@ class _PeerAgent:
         self.sock.sendmsg([data], ancillary)
 
 
-async def _client() -> tuple[AgentClient, _PeerAgent, list[str]]:
+async def _client(mode: str = "two-way") -> tuple[AgentClient, _PeerAgent, list[str]]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     process = await asyncio.create_subprocess_exec("sleep", "30")
     violations: list[str] = []
-    client = AgentClient(process, ours, violations.append)
+    client = AgentClient(process, ours, violations.append, fds_from_agent=mode == "two-way")
     peer = _PeerAgent(theirs)
     peer.say({"op": "ready", "pid": 1})
     await asyncio.sleep(0.05)
@@ -185,16 +193,17 @@ _HOSTILE_MESSAGES: list[tuple[str, object, int]] = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("mode", AGENT_MODES)
 @pytest.mark.parametrize(
     ("message", "fd_count"),
     [(message, fds) for _, message, fds in _HOSTILE_MESSAGES],
     ids=[name for name, _, _ in _HOSTILE_MESSAGES],
 )
 async def test_a_hostile_agent_is_cut_off_and_its_fds_closed(
-    message: object, fd_count: int
+    message: object, fd_count: int, mode: str
 ) -> None:
     before = _open_fds()
-    client, peer, violations = await _client()
+    client, peer, violations = await _client(mode)
     sent = [os.open("/dev/null", os.O_RDONLY) for _ in range(fd_count)]
     peer.say(message, sent)
     for fd in sent:
@@ -211,9 +220,10 @@ async def test_a_hostile_agent_is_cut_off_and_its_fds_closed(
     assert _open_fds() <= before
 
 
-async def test_an_fd_flood_does_not_exhaust_the_orchestrator() -> None:
+@pytest.mark.parametrize("mode", AGENT_MODES)
+async def test_an_fd_flood_does_not_exhaust_the_orchestrator(mode: str) -> None:
     before = _open_fds()
-    client, peer, violations = await _client()
+    client, peer, violations = await _client(mode)
     spare = os.open("/dev/null", os.O_RDONLY)
     try:
         for _ in range(200):
@@ -231,6 +241,7 @@ async def test_an_fd_flood_does_not_exhaust_the_orchestrator() -> None:
     assert _open_fds() <= before
 
 
+@pytest.mark.usefixtures("agent_mode")
 async def test_a_compromised_agent_ends_only_its_own_environment(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         victim = await create(manager)
