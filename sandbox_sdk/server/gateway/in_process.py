@@ -254,7 +254,12 @@ async def _parsed(
 
 
 class _InProcessStream:
-    """One server-streaming call: the handler's generator, advanced once per read."""
+    """One server-streaming call: the handler's generator, advanced once per read.
+
+    The deadline is one timer for the whole call, not a timeout scope per message:
+    when it fires during a read, it cancels the reading task and the read raises
+    DEADLINE_EXCEEDED; when it fired between reads, the next read does.
+    """
 
     def __init__(
         self,
@@ -269,6 +274,13 @@ class _InProcessStream:
         self._close_later = close_later
         self._messages: AsyncGenerator[Message, None] | None = None
         self._cancelled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+        # The task in a read; whether the deadline cancelled it, and how many
+        # cancellations it had pending before.
+        self._reader: asyncio.Task[Any] | None = None
+        self._reader_cancelled = False
+        self._reader_cancelling = 0
 
     def __aiter__(self) -> _InProcessStream:
         return self
@@ -276,19 +288,25 @@ class _InProcessStream:
     async def __anext__(self) -> bytes:
         if self._cancelled:
             raise _rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
-        scope = asyncio.timeout_at(self._deadline)
+        if self._expired:
+            raise _deadline_exceeded()
+        messages = self._messages
+        if messages is None:
+            _require_time_left(self._deadline)
+            messages = self._messages = self._start()
+            self._arm_deadline()
+        self._reader = asyncio.current_task()
         try:
-            async with scope:
-                if self._messages is None:
-                    _require_time_left(self._deadline)
-                    self._messages = self._start()
-                message = await anext(self._messages)
-        except ServiceError as error:
-            raise _remote_error(error, self._context) from None
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise _deadline_exceeded() from None
+            message = await anext(messages)
+        except BaseException as error:  # the end of the stream, or of the call
+            self._disarm_deadline()
+            if isinstance(error, ServiceError):
+                raise _remote_error(error, self._context) from None
+            if isinstance(error, asyncio.CancelledError) and self._deadline_cancelled_read():
+                raise _deadline_exceeded() from None
+            raise
+        finally:
+            self._reader = None
         return message.SerializeToString()
 
     def cancel(self) -> bool:
@@ -300,10 +318,38 @@ class _InProcessStream:
         if self._cancelled:
             return False
         self._cancelled = True
+        self._disarm_deadline()
         messages = self._messages
         if messages is not None and _paused(messages):
             self._close_later(messages)
         return True
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(self._deadline, self._expire)
+
+    def _disarm_deadline(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._expired = True
+        if self._reader is not None and not self._reader.done():
+            self._reader_cancelled = True
+            self._reader_cancelling = self._reader.cancelling()
+            self._reader.cancel()
+
+    def _deadline_cancelled_read(self) -> bool:
+        """Whether the CancelledError a read raised is the deadline's own, which it then
+        withdraws (as ``asyncio.timeout`` does); a cancellation from elsewhere is kept."""
+        if not self._reader_cancelled:
+            return False
+        self._reader_cancelled = False
+        reader = self._reader
+        return reader is not None and reader.uncancel() <= self._reader_cancelling
 
 
 def _paused(messages: AsyncGenerator[Message, None]) -> bool:

@@ -1,0 +1,166 @@
+"""The in-process link's stream deadline: one timer per call, not a scope per message.
+
+The link's streams are read directly (as the gateway reads them) from the real
+orchestrator's ExecCommand, whose command can hold a read open for as long as it likes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, requests_pb2
+from sandbox_sdk.server.embedded import EmbeddedServer, run_embedded
+from sandbox_sdk.server.gateway.api_keys import Scope
+from sandbox_sdk.server.gateway.orchestrators import OrchestratorLink, StreamCall, call_metadata
+
+EXEC = "/sandbox.v1.OrchestratorService/ExecCommand"
+Metadata = tuple[tuple[str, str], ...]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    """``sandbox-sdk serve`` with its in-process link."""
+    embedded = await run_embedded("127.0.0.1", 0, tmp_path)
+    yield embedded
+    await embedded.stop(1)
+
+
+@pytest.fixture
+async def environment_id(server: EmbeddedServer) -> AsyncIterator[str]:
+    """A running environment of tenant ``alpha``, deleted after the test."""
+    created = server.gateway.keys.create("alpha", [Scope.READ, Scope.WRITE])
+    key = (("authorization", f"Bearer {created.secret}"),)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
+        response = await stub.CreateEnvironment(
+            requests_pb2.CreateEnvironmentRequest(), metadata=key, timeout=60
+        )
+        yield response.environment.id
+        await stub.DeleteEnvironment(
+            requests_pb2.DeleteEnvironmentRequest(environment_id=response.environment.id),
+            metadata=key,
+            timeout=60,
+        )
+
+
+def _exec(
+    link: OrchestratorLink, environment_id: str, script: str, timeout: float | None
+) -> StreamCall:
+    request = requests_pb2.ExecCommandRequest(
+        environment_id=environment_id, argv=["sh", "-c", script]
+    )
+    return link.stream(EXEC)(
+        request.SerializeToString(),
+        timeout=timeout,
+        metadata=call_metadata(link, "alpha", secrets.token_hex(8)),
+    )
+
+
+def _marker() -> list[str]:
+    return ["sleep", str(10_000 + secrets.randbelow(80_000))]
+
+
+def _processes(argv: list[str]) -> set[int]:
+    """Live processes (anywhere on the machine) running exactly ``argv``."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if cmdline.read() == wanted:
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+async def _eventually(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    """Polls until ``condition`` holds; fails after ``within`` s (a deadline, not a timing test)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {within}s")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_command_that_holds_a_read_open_past_the_deadline_ends_it_and_dies(
+    server: EmbeddedServer, environment_id: str
+) -> None:
+    # The attack: a command that never writes again keeps the handler awaiting forever.
+    link = server.gateway.pool.links[0]
+    marker = _marker()
+    call = _exec(link, environment_id, f"{' '.join(marker)} & wait", timeout=2.0)
+    messages = aiter(call)
+    try:
+        first = requests_pb2.ExecCommandResponse.FromString(await anext(messages))
+        assert first.WhichOneof("event") == "started"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await anext(messages)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        await _eventually(lambda: not _processes(marker), "the timed-out command's tree died")
+    finally:
+        call.cancel()
+
+
+async def test_a_deadline_that_passes_between_reads_ends_the_next_read(
+    server: EmbeddedServer, environment_id: str
+) -> None:
+    link = server.gateway.pool.links[0]
+    marker = _marker()
+    call = _exec(link, environment_id, f"echo up; {' '.join(marker)}", timeout=1.0)
+    messages = aiter(call)
+    try:
+        assert requests_pb2.ExecCommandResponse.FromString(await anext(messages)).HasField(
+            "started"
+        )
+        await asyncio.sleep(1.5)  # past the deadline, with no read in progress
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await anext(messages)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        assert call.cancel()
+    await _eventually(lambda: not _processes(marker), "the abandoned command's tree died")
+
+
+async def test_cancelling_the_reader_stays_a_cancellation_not_a_deadline(
+    server: EmbeddedServer, environment_id: str
+) -> None:
+    link = server.gateway.pool.links[0]
+    marker = _marker()
+    call = _exec(link, environment_id, f"{' '.join(marker)} & wait", timeout=60.0)
+    messages = aiter(call)
+    try:
+        assert requests_pb2.ExecCommandResponse.FromString(await anext(messages)).HasField(
+            "started"
+        )
+        reading = asyncio.create_task(anext(messages))
+        await _eventually(lambda: bool(_processes(marker)), "the command started")
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+    finally:
+        call.cancel()
+    await _eventually(lambda: not _processes(marker), "the cancelled command's tree died")
+
+
+async def test_a_stream_read_to_its_end_within_the_deadline_is_unaffected(
+    server: EmbeddedServer, environment_id: str
+) -> None:
+    link = server.gateway.pool.links[0]
+    call = _exec(link, environment_id, "echo one; echo two", timeout=60.0)
+    events = [
+        requests_pb2.ExecCommandResponse.FromString(message).WhichOneof("event")
+        async for message in call
+    ]
+    assert events[0] == "started"
+    assert events[-1] == "exited"
