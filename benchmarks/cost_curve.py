@@ -412,10 +412,15 @@ def live_rows(points: Sequence[LivePoint]) -> list[dict[str, Any]]:
                 "MiB",
             ),
             _row(
-                f"agent + bubblewrap RSS per environment, {live} ({memory.agents} agents, "
-                f"{memory.bwraps} bwrap; baseline: their PSS per environment)",
-                (memory.agent_rss + memory.bwrap_rss) / max(memory.agents, 1) / MiB,
-                (memory.agent_pss + memory.bwrap_pss) / max(memory.agents, 1) / MiB,
+                f"agents' RSS summed, {live} ({memory.agents} agents; baseline: their PSS)",
+                memory.agent_rss / MiB,
+                memory.agent_pss / MiB,
+                "MiB",
+            ),
+            _row(
+                f"bubblewrap RSS summed, {live} ({memory.bwraps} bwrap; baseline: their PSS)",
+                memory.bwrap_rss / MiB,
+                memory.bwrap_pss / MiB,
                 "MiB",
             ),
             _row(
@@ -480,41 +485,82 @@ def _measure(
     return points, _run_servers(concurrency, history, scratch)
 
 
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def print_curve(points: Sequence[LivePoint]) -> None:
-    """The live-environment curve as one Markdown table, times in ms and memory in MiB;
-    the per-environment columns divide by the agents counted (the held ones and the exec
-    target); server idle CPU is of one core."""
-    print(
-        "| held | create p50 | p95 | floor p50 | ratio | exec p50 | p95 | subprocess p50 "
-        "| ratio | server RSS | agent+bwrap RSS | per env RSS | per env PSS "
-        "| server idle CPU | host mounts |"
-    )
-    print("|" + "---|" * 15)
+    """The live-environment curve as two Markdown tables: latency in ms against its
+    floors, and memory in MiB (per environment: divided by the agents counted, the held
+    ones and the exec target), the server's idle CPU (of one core) and the host's mounts."""
+    latency = []
+    memory_rows = []
     for point in points:
         memory = point.memory
         assert memory is not None
         create, floor = statistics.median(point.creates), statistics.median(point.floors)
         execute, plain = statistics.median(point.execs), statistics.median(point.plain_execs)
+        latency.append(
+            [
+                f"{point.live}",
+                f"{create * 1000:.1f}",
+                f"{percentile(point.creates, 0.95) * 1000:.1f}",
+                f"{floor * 1000:.1f}",
+                f"{create / floor:.2f}",
+                f"{execute * 1000:.2f}",
+                f"{percentile(point.execs, 0.95) * 1000:.2f}",
+                f"{plain * 1000:.2f}",
+                f"{execute / plain:.2f}",
+            ]
+        )
         environments = max(memory.agents, 1)
-        rss = memory.agent_rss + memory.bwrap_rss
-        cells = [
-            f"{point.live}",
-            f"{create * 1000:.1f}",
-            f"{percentile(point.creates, 0.95) * 1000:.1f}",
-            f"{floor * 1000:.1f}",
-            f"{create / floor:.2f}",
-            f"{execute * 1000:.2f}",
-            f"{percentile(point.execs, 0.95) * 1000:.2f}",
-            f"{plain * 1000:.2f}",
-            f"{execute / plain:.2f}",
-            f"{memory.server_rss / MiB:.0f}",
-            f"{rss / MiB:.0f}",
-            f"{rss / environments / MiB:.1f}",
-            f"{(memory.agent_pss + memory.bwrap_pss) / environments / MiB:.1f}",
-            f"{point.idle_cpu:.1%}",
-            f"{point.host_mounts}",
-        ]
-        print("| " + " | ".join(cells) + " |")
+        memory_rows.append(
+            [
+                f"{point.live}",
+                f"{memory.agents}",
+                f"{memory.server_rss / MiB:.1f}",
+                f"{memory.agent_rss / MiB:.0f}",
+                f"{memory.bwrap_rss / MiB:.0f}",
+                f"{memory.agent_rss / environments / MiB:.2f}",
+                f"{memory.bwrap_rss / environments / MiB:.2f}",
+                f"{(memory.agent_pss + memory.bwrap_pss) / environments / MiB:.2f}",
+                f"{point.idle_cpu:.1%}",
+                f"{point.host_mounts}",
+            ]
+        )
+    _markdown(
+        (
+            "held",
+            "create p50",
+            "create p95",
+            "floor p50",
+            "create/floor",
+            "exec p50",
+            "exec p95",
+            "subprocess.run p50",
+            "exec/subprocess",
+        ),
+        latency,
+    )
+    print()
+    _markdown(
+        (
+            "held",
+            "agents",
+            "server RSS",
+            "agents RSS",
+            "bwrap RSS",
+            "agent RSS/env",
+            "bwrap RSS/env",
+            "agent+bwrap PSS/env",
+            "server idle CPU",
+            "host mounts",
+        ),
+        memory_rows,
+    )
 
 
 def _sizes(text: str) -> list[int]:
