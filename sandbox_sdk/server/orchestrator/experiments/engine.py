@@ -28,9 +28,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -74,6 +74,7 @@ from sandbox_sdk.server.status import ServiceError, not_found
 from sandbox_sdk.server.store.archive import ExperimentArchive
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _Committed: TypeAlias = "asyncio.Future[list[StoredEvent]]"
 # How long CancelExperiment waits for a running experiment to record its end.
@@ -313,6 +314,20 @@ class ExperimentEngine:
         await self.get(tenant, experiment_id)
         async for event in self.events.stream(experiment_id, after_sequence, follow=follow):
             yield event
+
+    async def open_stream(
+        self,
+        tenant: str,
+        experiment_id: str,
+        after_sequence: int,
+        *,
+        follow: bool,
+        render: Callable[[StoredEvent], T],
+    ) -> AsyncGenerator[T, None]:
+        """The tenant's experiment's events rendered off the loop (see EventLog.rendered);
+        NOT_FOUND at once for an experiment that is not the tenant's."""
+        await self.get(tenant, experiment_id)
+        return self.events.rendered(experiment_id, after_sequence, follow=follow, render=render)
 
     def capacity(self) -> tuple[int, int]:
         """Experiments running now and experiments waiting, for GetCapacity."""

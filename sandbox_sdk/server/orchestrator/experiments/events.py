@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 from sandbox_sdk.server.orchestrator.experiments.records import (
     EventPayload,
@@ -26,6 +28,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
 )
 from sandbox_sdk.server.orchestrator.experiments.store import ExperimentStore
 
+T = TypeVar("T")
 STREAM_PAGE_SIZE = 500
 OUTPUT_FLUSH_SECONDS = 0.05
 OUTPUT_FLUSH_COUNT = 64
@@ -71,42 +74,74 @@ class EventLog:
         for experiment_id in experiment_ids:
             self.notify(experiment_id)
 
-    async def stream(
+    def stream(
         self, experiment_id: str, after_sequence: int, *, follow: bool
     ) -> AsyncIterator[StoredEvent]:
-        """The committed events after ``after_sequence``.
+        """The committed events after ``after_sequence``; see :meth:`rendered`."""
+        return self.rendered(experiment_id, after_sequence, follow=follow, render=_itself)
+
+    async def rendered(
+        self,
+        experiment_id: str,
+        after_sequence: int,
+        *,
+        follow: bool,
+        render: Callable[[StoredEvent], T],
+    ) -> AsyncGenerator[T, None]:
+        """``render(event)`` of each committed event after ``after_sequence``, made on a
+        reader thread with the page the event is read in.
 
         Without ``follow`` it ends at the newest committed event. With it, it
         waits for more until it has sent the state event that ends the
-        experiment (at once if that was sent before ``after_sequence``).
+        experiment (at once if that was sent before ``after_sequence``). After a
+        full page the next one is read while this one is sent.
         """
         last = after_sequence
+        ahead: asyncio.Task[list[tuple[StoredEvent, T]]] | None = None
+        # Taken before reading, so a commit made while this stream is suspended
+        # in a yield (or its read ahead is on a thread) still wakes it afterwards.
+        waiter = self._waiter(experiment_id)
         try:
             while True:
-                # Take the waiter before reading, so a commit made while this
-                # stream is suspended in a yield still wakes it afterwards.
-                waiter = self._waiters.setdefault(experiment_id, asyncio.Event())
-                events = await self.store.aevents_after(experiment_id, last, STREAM_PAGE_SIZE)
-                for event in events:
-                    yield event
+                if ahead is not None:
+                    page, ahead = await ahead, None
+                else:
+                    page = await self.store.arendered_events_after(
+                        experiment_id, last, STREAM_PAGE_SIZE, render
+                    )
+                if len(page) == STREAM_PAGE_SIZE:
+                    next_waiter = self._waiter(experiment_id)
+                    ahead = asyncio.ensure_future(
+                        self.store.arendered_events_after(
+                            experiment_id, page[-1][0].sequence, STREAM_PAGE_SIZE, render
+                        )
+                    )
+                for event, rendered in page:
+                    yield rendered
                     last = event.sequence
                     if follow and _is_final(event):
                         return
-                if len(events) == STREAM_PAGE_SIZE:
+                if ahead is not None:
+                    waiter = next_waiter
                     continue
                 if not follow or await self._finished_before(experiment_id, last):
                     return
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter.wait(), FOLLOW_POLL_SECONDS)
-                except TimeoutError:
-                    continue
+                waiter = self._waiter(experiment_id)
         finally:
+            if ahead is not None:
+                ahead.cancel()
             idle = self._waiters.get(experiment_id)
             if idle is not None and not idle.is_set():
                 # Drop an idle waiter; a live stream of the same experiment
                 # makes a new one on its next read.
                 self._waiters.pop(experiment_id, None)
                 idle.set()
+
+    def _waiter(self, experiment_id: str) -> asyncio.Event:
+        """The event the next commit of the experiment sets."""
+        return self._waiters.setdefault(experiment_id, asyncio.Event())
 
     async def _finished_before(self, experiment_id: str, sequence: int) -> bool:
         progress = await self.store.aprogress(experiment_id)
@@ -202,6 +237,10 @@ class ExperimentWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _itself(event: StoredEvent) -> StoredEvent:
+    return event
 
 
 def _is_final(event: StoredEvent) -> bool:

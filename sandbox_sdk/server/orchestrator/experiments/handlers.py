@@ -8,6 +8,7 @@ gateway's metadata; another tenant's experiment is NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -18,7 +19,11 @@ from sandbox_sdk.server import ids, page_tokens
 from sandbox_sdk.server.orchestrator.experiments import convert
 from sandbox_sdk.server.orchestrator.experiments.engine import ExperimentEngine
 from sandbox_sdk.server.orchestrator.experiments.paging import page_size
-from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord, ExperimentState
+from sandbox_sdk.server.orchestrator.experiments.records import (
+    ExperimentRecord,
+    ExperimentState,
+    StoredEvent,
+)
 from sandbox_sdk.server.orchestrator.experiments.spec_messages import SpecMessages
 from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
 from sandbox_sdk.server.orchestrator.experiments.validation import (
@@ -151,14 +156,16 @@ class ExperimentHandlers:
             raise invalid_argument(
                 [("after_sequence", "use 0 for all events, or the last sequence you received")]
             )
-        events = self.engine.stream(
+        responses = await self.engine.open_stream(
             tenant_of(context),
             _experiment_id(request.experiment_id),
             request.after_sequence,
             follow=request.follow,
+            render=_event_response,
         )
-        async for event in events:
-            yield requests_pb2.StreamExperimentEventsResponse(event=convert.event_to_proto(event))
+        async with contextlib.aclosing(responses):  # a closed call stops its read ahead
+            async for response in responses:
+                yield response
 
     async def ListModels(
         self, request: requests_pb2.ListModelsRequest, context: Context
@@ -181,6 +188,11 @@ class ExperimentHandlers:
     def _large(self, record: ExperimentRecord) -> bool:
         """Whether building the record's message is worth a worker thread."""
         return len(record.spec.inputs) > _INLINE_WORK_INPUTS and not self._specs.cached(record.id)
+
+
+def _event_response(event: StoredEvent) -> requests_pb2.StreamExperimentEventsResponse:
+    # Runs on the store's reader thread, for a page of events at a time.
+    return requests_pb2.StreamExperimentEventsResponse(event=convert.event_to_proto(event))
 
 
 def _experiment_id(experiment_id: str) -> str:

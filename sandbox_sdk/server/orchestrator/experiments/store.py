@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.db_connection import open_connection
@@ -53,6 +53,7 @@ from sandbox_sdk.server.orchestrator.experiments.results import Aggregates, aggr
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
 from sandbox_sdk.server.request_ids import DuplicateRequestError, is_duplicate_request
 
+T = TypeVar("T")
 COMPONENT = "experiments"
 MIGRATIONS = [
     """
@@ -445,6 +446,18 @@ class ExperimentStore:
         """Committed events with sequence greater than ``after``, oldest first."""
         return await self.readers.run(
             lambda conn: _select_events(_query_on(conn), experiment_id, after, limit)
+        )
+
+    async def arendered_events_after(
+        self, experiment_id: str, after: int, limit: int, render: Callable[[StoredEvent], T]
+    ) -> list[tuple[StoredEvent, T]]:
+        """:meth:`aevents_after`, each event with ``render(event)`` made on the reader thread:
+        a stream turns events into messages there, not on the event loop."""
+        return await self.readers.run(
+            lambda conn: [
+                (event, render(event))
+                for event in _select_events(_query_on(conn), experiment_id, after, limit)
+            ]
         )
 
     async def apage_samples(
