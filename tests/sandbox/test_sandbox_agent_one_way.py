@@ -257,6 +257,11 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _send_then_half_close(connection: socket.socket, data: bytes) -> None:
+    connection.sendall(data)
+    connection.shutdown(socket.SHUT_WR)
+
+
 def _read_until(fd: int, wanted: bytes) -> bytes:
     """What ``fd`` (blocking) says up to and with ``wanted``; fails at its end before it."""
     said = b""
@@ -362,7 +367,8 @@ import socket
 server = socket.create_server(("127.0.0.1", 0))
 print(server.getsockname()[1], flush=True)
 connection, _ = server.accept()
-connection.sendall(connection.recv(100).upper())
+while data := connection.recv(65536):
+    connection.sendall(data.upper())
 connection.close()
 """
 
@@ -401,7 +407,12 @@ async def test_the_one_way_agent_runs_commands_terminals_and_connections_under_g
         )
         port = int(await asyncio.to_thread(lambda: os.read(read, 100)))
         connection = await client.connect(port)
-        connection.sendall(b"hello")
-        assert await asyncio.to_thread(_read_all, connection.detach()) == b"HELLO"
+        # More than every buffer on the way holds, both ways at once, then a half-close:
+        # the echo's last bytes, sent as its server closes, must all come back.
+        payload = os.urandom(8 << 20).lower()
+        sending = asyncio.create_task(asyncio.to_thread(_send_then_half_close, connection, payload))
+        assert await asyncio.to_thread(_read_all, os.dup(connection.fileno())) == payload.upper()
+        await sending
+        connection.close()
         assert (await asyncio.wait_for(server.exited, CALL_TIMEOUT)).returncode == 0
         os.close(read)

@@ -30,7 +30,7 @@ from sandbox_attack_support import (
 
 # isort: off
 # On the path once sandbox_attack_support put tests/sandbox there.
-from agent_modes import AGENT_MODES, agent_mode
+from agent_modes import AGENT_MODES, agent_mode, launch_agents_one_way
 # isort: on
 
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
@@ -143,6 +143,74 @@ async def test_another_commands_secrets_cannot_be_taken_from_the_agent(tmp_path:
         assert "s3cr3t-token" not in thief.out  # argv/env of the agent and its messages
         assert "victim's stdin" not in thief.out
         assert (await victim).out == "done\n"
+
+
+_ATTACKS_ON_RELAYS = python_in_sandbox(
+    """
+    import ctypes, os, signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    def attempt(name, call):
+        try:
+            result = call()
+            print(name, "SUCCEEDED", result)
+        except OSError as error:
+            print(name, "denied", error.errno)
+    def syscall(number, *args):
+        result = libc.syscall(number, *args)
+        if result < 0:
+            raise OSError(ctypes.get_errno(), "")
+        return result
+    relays = []
+    for name in os.listdir("/proc"):
+        try:
+            argv = open(f"/proc/{name}/cmdline").read().split("\\0")
+        except OSError:
+            continue
+        if name.isdigit() and int(name) > 1 and "sandbox-agent" in argv:
+            relays.append(int(name))
+    print("relays", len(relays))
+    for pid in relays:
+        attempt("ptrace-attach", lambda: syscall(101, 16, pid, 0, 0))
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as error:
+            print("pidfd_open denied", error.errno)
+        else:
+            for fd in range(12):
+                attempt(f"pidfd_getfd-{fd}", lambda fd=fd: syscall(438, pidfd, fd, 0))
+        attempt("mem-read", lambda: open(f"/proc/{pid}/mem", "rb").read(1))
+        attempt("fd-list", lambda: os.listdir(f"/proc/{pid}/fd"))
+        attempt("fd-open", lambda: open(f"/proc/{pid}/fd/0", "rb"))
+    print("done")
+    """
+)
+
+
+async def test_commands_cannot_trace_or_borrow_from_the_one_way_agents_relays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relay holds a terminal's master or a forwarded connection, and the socket to
+    # the orchestrator: it is a fork of the agent, as untouchable as the agent.
+    launch_agents_one_way(monkeypatch)
+    async with running_manager(tmp_path) as manager:
+        environment = await create(manager)
+        agent = manager._environments.runtimes[environment.id].agent
+        assert agent is not None
+        terminal = await agent.spawn(
+            SpawnRequest(["sleep", "30"], cwd="/", env={}, rlimits=[], pty=(24, 80)),
+            None,
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+        )
+        result = await run(manager, environment.id, _ATTACKS_ON_RELAYS)
+        lines = result.out.splitlines()
+        assert lines[0] == "relays 1", result.out + result.err
+        assert lines[-1] == "done", result.out + result.err
+        assert not [line for line in lines if "SUCCEEDED" in line], result.out
+        terminal.signal(9)
+        await terminal.exited
+        assert terminal.terminal is not None
+        os.close(terminal.terminal)
 
 
 # --- a compromised agent: the orchestrator's side ------------------------------------

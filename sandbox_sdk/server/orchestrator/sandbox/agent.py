@@ -675,13 +675,20 @@ def _start_relay(inside: int, outside: int, *, half_close: bool) -> int:
 
 def _become_relay(inside: int, outside: int) -> int:
     """Drops all the agent's fds but the two, dies with the agent, and returns the fd that
-    turns readable once the agent sends the drain signal."""
+    turns readable once the agent sends the drain signal.
+
+    It makes itself non-dumpable again, as the agent is: Linux keeps that across
+    ``fork``, gVisor does not. It exits if it cannot.
+    """
     import ctypes
     import signal
 
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc = ctypes.CDLL(None)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        os._exit(1)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     low = 0
     for fd in sorted((inside, outside)):
         os.closerange(low, fd)
@@ -700,11 +707,15 @@ def _become_relay(inside: int, outside: int) -> int:
 def _relay(inside: int, outside: int, half_close: bool, drain: int) -> None:
     """Copies bytes both ways, one bounded chunk in flight per direction.
 
-    It returns when the orchestrator closed ``outside`` (POLLHUP), on any error,
-    when an fd it no longer reads hangs up, and at an end of file: with
-    ``half_close`` that direction ends by shutting the other side's writing
-    (the relay goes on until both did); without, the relay ends. ``drain``
-    readable (the command ended) passes on what ``inside`` still holds and ends.
+    It returns when the orchestrator closed ``outside`` (POLLHUP, which Linux
+    reports and gVisor does not: there writing to it fails instead), on an
+    error writing, when an fd it no longer reads hangs up, and at an end of
+    file: with ``half_close`` that direction ends by shutting the other side's
+    writing (the relay goes on until both did); without, the relay ends. An
+    error or hang-up on ``inside`` is read through first: gVisor reports one on
+    a connection whose peer closed while its last bytes still wait to be read.
+    ``drain`` readable (the command ended) passes on what ``inside`` still holds
+    and ends.
     """
     relay = _Relay(inside, outside)
     relay.poller.register(drain, select.POLLIN)
@@ -713,21 +724,25 @@ def _relay(inside: int, outside: int, half_close: bool, drain: int) -> None:
             if fd == drain:
                 relay.drain()
                 return
-            if events & (select.POLLERR | select.POLLNVAL):
-                return
-            if events & select.POLLHUP and (fd == outside or not relay.reading[fd]):
+            hung_up = events & (select.POLLERR | select.POLLHUP)
+            if events & select.POLLNVAL or (fd == outside and hung_up):
                 return
             if events & select.POLLOUT and not relay.write_to(fd):
                 return
-            if events & (select.POLLIN | select.POLLHUP) and relay.readable(fd):
-                data = _relay_read(fd)
-                if data:
-                    relay.waiting[fd] = data
-                elif data is not None:  # its end
-                    if not half_close:
-                        return
-                    relay.reading[fd] = False
-                    _shut(relay.other[fd], _socket.SHUT_WR)
+            if not events & select.POLLIN and not hung_up:
+                continue
+            if not relay.readable(fd):
+                if relay.reading[fd]:
+                    continue  # read once its chunk is passed on
+                return
+            data = _relay_read(fd)
+            if data:
+                relay.waiting[fd] = data
+            elif data is not None:  # its end
+                if not half_close:
+                    return
+                relay.reading[fd] = False
+                _shut(relay.other[fd], _socket.SHUT_WR)
 
 
 class _Relay:
