@@ -68,10 +68,14 @@ whatever the orchestrator would have received comes as a relay instead.
   relay child copies bytes both ways between the TCP connection and it (end
   of file on one side half-closes the other); ``connected {id}`` carries no fds.
 
-A relay child holds only its two fds, never blocks the agent (which goes on
-serving), and exits when the orchestrator closes its end, when an error
-ends either side, when both directions reached end of file, or for a
-terminal when either side closes; it is killed when the agent dies.
+A relay child holds only its two fds, is non-dumpable as the agent is, never
+blocks the agent (which goes on serving), and exits when the orchestrator
+closes its end (under gVisor, which reports no hang-up of a host socket, once
+that end reads end of file or takes no more), when writing fails on either
+side, when both directions reached end of file, or for a terminal when either
+side closes or, told by the agent with SIGUSR1, once its command ended (a
+pty master under gVisor does not report that its slave closed); it is killed
+when the agent dies.
 
 A command that cannot be executed (not found, not executable) exits 127 or
 126 with a message on its stderr, as in a shell. When the socket closes (the

@@ -2,10 +2,12 @@
 
 The orchestrator never connects into an environment itself: it sits in the
 host's network namespace, where ``127.0.0.1`` is the host's own loopback. The
-environment's agent, already inside the environment's namespaces, connects
-to ``127.0.0.1:<port>`` there and hands the connected socket back (see
-:meth:`.AgentClient.connect`); the only thing taken from the request is the
-port, checked to be 1 to 65535. No network is opened for it: the
+environment's agent, already inside the environment's namespaces, connects to
+``127.0.0.1:<port>`` there and hands the connected socket back, or (a one-way
+agent, as under gVisor) relays it through a socket pair whose other end the
+orchestrator uses in its place (see :meth:`.AgentClient.connect`); a server's
+reset then arrives as an end of file. The only thing taken from the request is
+the port, checked to be 1 to 65535. No network is opened for it: the
 environment's policy (none, egress) stays as it is.
 
 The bytes are relayed on the event loop (:mod:`.byte_relay`), counted in the

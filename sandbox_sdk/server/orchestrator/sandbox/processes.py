@@ -3,10 +3,12 @@
 A process is started through the environment's agent like a command, but
 nobody has to read it: the orchestrator reads its stdout and stderr pipes (or,
 under a pty, the terminal's master end, which the agent made inside the
-sandbox) with event-loop reader callbacks into a bounded buffer of numbered
-events. Any number of clients read that buffer from a sequence of their
-choice; the oldest events are dropped when it is full. The process's stdin is
-a pipe (or the terminal) that WriteProcessInput writes to.
+sandbox, or with a one-way agent the socket the agent relays that terminal
+through: :attr:`.AgentCommand.terminal` either way, and resizes go through
+:meth:`.AgentCommand.resize`) with event-loop reader callbacks into a bounded
+buffer of numbered events. Any number of clients read that buffer from a
+sequence of their choice; the oldest events are dropped when it is full. The
+process's stdin is a pipe (or the terminal) that WriteProcessInput writes to.
 
 Policy. A process obeys the environment's cgroup, rlimits and seccomp filter
 (the agent starts it as it starts commands) but has no wall-clock timeout: it
