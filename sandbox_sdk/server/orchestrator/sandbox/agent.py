@@ -668,7 +668,7 @@ def _start_relay(inside: int, outside: int, *, half_close: bool) -> int:
         try:
             drain = _become_relay(inside, outside)
             _relay(inside, outside, half_close, drain)
-            # Not just closed: under gVisor a closed end may not reach the host yet.
+            # Shut, not just closed: the orchestrator sees the end whoever else holds a copy.
             _shut(outside, _socket.SHUT_RDWR)
             if half_close:
                 _shut(inside, _socket.SHUT_RDWR)
