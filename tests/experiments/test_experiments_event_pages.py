@@ -14,11 +14,13 @@ from .exp_support import SubprocessSandbox, create_request, make_spec, wait_fina
 
 CTX = TenantContext()
 # Small pages, so that a short experiment spans many of them.
+FIRST_PAGE = 3
 PAGE = 7
 
 
 @pytest.fixture(autouse=True)
 def _small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "FIRST_PAGE_SIZE", FIRST_PAGE)
     monkeypatch.setattr(events, "STREAM_PAGE_SIZE", PAGE)
 
 
@@ -67,7 +69,7 @@ async def test_a_followed_stream_spans_pages_while_the_experiment_runs(
     assert streamed[-1].event.WhichOneof("payload") == "state_change"
 
 
-@pytest.mark.parametrize("after", [PAGE - 1, PAGE, PAGE + 1, 2 * PAGE])
+@pytest.mark.parametrize("after", [1, FIRST_PAGE, FIRST_PAGE + PAGE, 2 * PAGE + 1])
 async def test_a_resumed_stream_starts_right_after_its_sequence_at_any_page_edge(
     make_engine: EngineFactory, sandbox: SubprocessSandbox, after: int
 ) -> None:
@@ -91,10 +93,10 @@ async def test_a_stream_stopped_mid_page_leaves_no_read_ahead_or_waiter(
     request = requests_pb2.StreamExperimentEventsRequest(experiment_id=experiment_id)
     stream = handlers.StreamExperimentEvents(request, CTX)
 
-    first = [await anext(stream) for _ in range(PAGE + 2)]  # into the second page
+    first = [await anext(stream) for _ in range(FIRST_PAGE + 2)]  # into the second page
     await stream.aclose()
 
-    assert [r.event.sequence for r in first] == list(range(1, PAGE + 3))
+    assert [r.event.sequence for r in first] == list(range(1, FIRST_PAGE + 3))
     assert experiment_id not in engine.events._waiters
 
 

@@ -30,6 +30,7 @@ from sandbox_sdk.server.orchestrator.experiments.store import ExperimentStore
 
 T = TypeVar("T")
 STREAM_PAGE_SIZE = 500
+FIRST_PAGE_SIZE = 50
 OUTPUT_FLUSH_SECONDS = 0.05
 OUTPUT_FLUSH_COUNT = 64
 # A follower re-reads at least this often, in case it was woken by nobody
@@ -105,11 +106,15 @@ class EventLog:
             while True:
                 if ahead is not None:
                     page, ahead = await ahead, None
+                    size = STREAM_PAGE_SIZE
                 else:
+                    # Short pages until the stream has sent something: its first events
+                    # go out without waiting for a full page to be read and made.
+                    size = FIRST_PAGE_SIZE if last == after_sequence else STREAM_PAGE_SIZE
                     page = await self.store.arendered_events_after(
-                        experiment_id, last, STREAM_PAGE_SIZE, render
+                        experiment_id, last, size, render
                     )
-                if len(page) == STREAM_PAGE_SIZE:
+                if len(page) == size:
                     next_waiter = self._waiter(experiment_id)
                     ahead = asyncio.ensure_future(
                         self.store.arendered_events_after(
