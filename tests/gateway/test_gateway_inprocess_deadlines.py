@@ -1,7 +1,8 @@
-"""The in-process link's stream deadline: one timer per call, not a scope per message.
+"""The in-process link's deadlines: one timer per call, not a timeout scope per message.
 
-The link's streams are read directly (as the gateway reads them) from the real
-orchestrator's ExecCommand, whose command can hold a read open for as long as it likes.
+The link is called directly (as the gateway calls it) on the real orchestrator:
+ExecCommand's command can hold a stream's read open, and WaitProcess a unary call, for
+as long as it likes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -164,3 +165,54 @@ async def test_a_stream_read_to_its_end_within_the_deadline_is_unaffected(
     ]
     assert events[0] == "started"
     assert events[-1] == "exited"
+
+
+async def _started_process(link: OrchestratorLink, environment_id: str, argv: list[str]) -> str:
+    started = await link.unary("/sandbox.v1.OrchestratorService/StartProcess")(
+        requests_pb2.StartProcessRequest(
+            environment_id=environment_id, argv=argv
+        ).SerializeToString(),
+        timeout=60,
+        metadata=call_metadata(link, "alpha", secrets.token_hex(8)),
+    )
+    return requests_pb2.StartProcessResponse.FromString(started).process.id
+
+
+def _wait_process(
+    link: OrchestratorLink, environment_id: str, process_id: str, timeout: float
+) -> Awaitable[bytes]:
+    return link.unary("/sandbox.v1.OrchestratorService/WaitProcess")(
+        requests_pb2.WaitProcessRequest(
+            environment_id=environment_id, process_id=process_id
+        ).SerializeToString(),
+        timeout=timeout,
+        metadata=call_metadata(link, "alpha", secrets.token_hex(8)),
+    )
+
+
+async def test_a_unary_call_that_waits_past_its_deadline_is_deadline_exceeded(
+    server: EmbeddedServer, environment_id: str
+) -> None:
+    link = server.gateway.pool.links[0]
+    process_id = await _started_process(link, environment_id, _marker())
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _wait_process(link, environment_id, process_id, timeout=1.0)
+
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_cancelling_a_waiting_unary_call_stays_a_cancellation(
+    server: EmbeddedServer, environment_id: str
+) -> None:
+    link = server.gateway.pool.links[0]
+    marker = _marker()
+    process_id = await _started_process(link, environment_id, marker)
+    await _eventually(lambda: bool(_processes(marker)), "the process started")
+    waiting = asyncio.ensure_future(_wait_process(link, environment_id, process_id, timeout=60))
+    await asyncio.sleep(0.2)
+
+    waiting.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

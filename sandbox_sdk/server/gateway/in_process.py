@@ -152,9 +152,7 @@ class InProcessLink(LinkState):
         async def call(
             request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
         ) -> bytes:
-            return await _one_response(
-                handler, lambda: _parse(request_type, request), timeout, metadata
-            )
+            return await _one_response(handler, _parse, (request_type, request), timeout, metadata)
 
         return call
 
@@ -215,7 +213,7 @@ def _client_streaming(request_type: type[Message], handler: RpcHandler) -> Clien
         metadata: CallMetadata | None = None,
     ) -> bytes:
         return await _one_response(
-            handler, lambda: _parsed(request_type, request_iterator), timeout, metadata
+            handler, _parsed, (request_type, request_iterator), timeout, metadata
         )
 
     return call
@@ -223,26 +221,29 @@ def _client_streaming(request_type: type[Message], handler: RpcHandler) -> Clien
 
 async def _one_response(
     handler: RpcHandler,
-    request: Callable[[], Any],
+    make_request: Callable[..., Any],
+    request_args: tuple[Any, ...],
     timeout: float | None,
     metadata: CallMetadata | None,
 ) -> bytes:
     """The serialized response of a call answered once (unary or client stream): the
-    handler awaited within the deadline with the request ``request()`` makes, its
-    ServiceError turned into the remote error the orchestrator would have sent."""
+    handler awaited within the deadline with the request ``make_request(*request_args)``,
+    its ServiceError turned into the remote error the orchestrator would have sent."""
     deadline = _deadline(timeout)
     context = InProcessContext(metadata or (), deadline)
-    scope = asyncio.timeout_at(deadline)
+    _require_time_left(deadline)
+    timer = _DeadlineTimer(deadline)
+    timer.watch()
     try:
-        _require_time_left(deadline)
-        async with scope:
-            response: Message = await handler(request(), context)
+        response: Message = await handler(make_request(*request_args), context)
     except ServiceError as error:
         raise _remote_error(error, context) from None
-    except TimeoutError:
-        if not scope.expired():
-            raise
-        raise _deadline_exceeded() from None
+    except asyncio.CancelledError:
+        if timer.cancelled_the_task():
+            raise _deadline_exceeded() from None
+        raise
+    finally:
+        timer.stop()
     return response.SerializeToString()
 
 
@@ -257,8 +258,8 @@ class _InProcessStream:
     """One server-streaming call: the handler's generator, advanced once per read.
 
     The deadline is one timer for the whole call, not a timeout scope per message:
-    when it fires during a read, it cancels the reading task and the read raises
-    DEADLINE_EXCEEDED; when it fired between reads, the next read does.
+    when it passes during a read, the read raises DEADLINE_EXCEEDED; when it passed
+    between reads, the next read does.
     """
 
     def __init__(
@@ -271,16 +272,10 @@ class _InProcessStream:
         self._start = start
         self._context = context
         self._deadline = deadline
+        self._timer = _DeadlineTimer(deadline)
         self._close_later = close_later
         self._messages: AsyncGenerator[Message, None] | None = None
         self._cancelled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._expired = False
-        # The task in a read; whether the deadline cancelled it, and how many
-        # cancellations it had pending before.
-        self._reader: asyncio.Task[Any] | None = None
-        self._reader_cancelled = False
-        self._reader_cancelling = 0
 
     def __aiter__(self) -> _InProcessStream:
         return self
@@ -288,25 +283,25 @@ class _InProcessStream:
     async def __anext__(self) -> bytes:
         if self._cancelled:
             raise _rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
-        if self._expired:
+        timer = self._timer
+        if timer.expired:
             raise _deadline_exceeded()
         messages = self._messages
         if messages is None:
             _require_time_left(self._deadline)
             messages = self._messages = self._start()
-            self._arm_deadline()
-        self._reader = asyncio.current_task()
+        timer.watch()
         try:
             message = await anext(messages)
         except BaseException as error:  # the end of the stream, or of the call
-            self._disarm_deadline()
+            by_deadline = isinstance(error, asyncio.CancelledError) and timer.cancelled_the_task()
+            timer.stop()
             if isinstance(error, ServiceError):
                 raise _remote_error(error, self._context) from None
-            if isinstance(error, asyncio.CancelledError) and self._deadline_cancelled_read():
+            if by_deadline:
                 raise _deadline_exceeded() from None
             raise
-        finally:
-            self._reader = None
+        timer.pause()
         return message.SerializeToString()
 
     def cancel(self) -> bool:
@@ -318,38 +313,66 @@ class _InProcessStream:
         if self._cancelled:
             return False
         self._cancelled = True
-        self._disarm_deadline()
+        self._timer.stop()
         messages = self._messages
         if messages is not None and _paused(messages):
             self._close_later(messages)
         return True
 
-    def _arm_deadline(self) -> None:
-        if self._deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(self._deadline, self._expire)
 
-    def _disarm_deadline(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+class _DeadlineTimer:
+    """A call's deadline as one timer: it cancels the task it watches when the deadline
+    passes, and the call then tells that cancellation (which it turns into
+    DEADLINE_EXCEEDED) from one that came from elsewhere, as ``asyncio.timeout`` does,
+    without a timeout scope (a timer scheduled and cancelled) per message of a stream.
+    """
+
+    __slots__ = ("_cancelled_task", "_cancelling", "_deadline", "_handle", "_task", "expired")
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled_task = False
+        self._cancelling = 0
+        self.expired = False
+
+    def watch(self) -> None:
+        """Watches the current task (arming the timer the first time)."""
+        self._task = asyncio.current_task()
+        if self._handle is None and self._deadline is not None and not self.expired:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_at(self._deadline, self._expire)
+
+    def pause(self) -> None:
+        """Watches no task until the next :meth:`watch`; the deadline keeps running."""
+        self._task = None
+
+    def stop(self) -> None:
+        """Disarms the timer: the call is over."""
+        self._task = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def cancelled_the_task(self) -> bool:
+        """Whether the CancelledError the watched task got is the deadline's own, which
+        is then withdrawn; a cancellation from elsewhere is kept."""
+        task = self._task
+        self._task = None
+        if not self._cancelled_task or task is None:
+            return False
+        self._cancelled_task = False
+        return task.uncancel() <= self._cancelling
 
     def _expire(self) -> None:
-        self._timer = None
-        self._expired = True
-        if self._reader is not None and not self._reader.done():
-            self._reader_cancelled = True
-            self._reader_cancelling = self._reader.cancelling()
-            self._reader.cancel()
-
-    def _deadline_cancelled_read(self) -> bool:
-        """Whether the CancelledError a read raised is the deadline's own, which it then
-        withdraws (as ``asyncio.timeout`` does); a cancellation from elsewhere is kept."""
-        if not self._reader_cancelled:
-            return False
-        self._reader_cancelled = False
-        reader = self._reader
-        return reader is not None and reader.uncancel() <= self._reader_cancelling
+        self._handle = None
+        self.expired = True
+        task = self._task
+        if task is not None and not task.done():
+            self._cancelled_task = True
+            self._cancelling = task.cancelling()
+            task.cancel()
 
 
 def _paused(messages: AsyncGenerator[Message, None]) -> bool:
