@@ -153,9 +153,11 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 if TYPE_CHECKING:
     MethodHandler = grpc.RpcMethodHandler[Any, Any]
     ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+    GenericRpcHandlerBase = grpc.GenericRpcHandler[Any, Any]
 else:  # grpc's classes are generic only in grpc-stubs
     MethodHandler = grpc.RpcMethodHandler
     ServerInterceptorBase = grpc.aio.ServerInterceptor
+    GenericRpcHandlerBase = grpc.GenericRpcHandler
 _UnaryHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 _StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
@@ -299,6 +301,28 @@ class ErrorInterceptor(ServerInterceptorBase):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class ErrorStatusHandlers(GenericRpcHandlerBase):
+    """Another generic handler's methods wrapped as :class:`ErrorInterceptor` wraps them,
+    once per method: a server whose handlers all come from it needs no interceptor, which
+    grpc.aio would run on every call."""
+
+    def __init__(self, handlers: GenericRpcHandlerBase) -> None:
+        self._handlers = handlers
+        # Only methods ``handlers`` serves are remembered, so unknown paths cannot grow it.
+        self._wrapped: dict[str, MethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler | None:
+        """The wrapped handler for a method path, or ``None`` for paths not served."""
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = self._handlers.service(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = ErrorInterceptor._wrap(handler, method)
+        return wrapped
 
 
 def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:

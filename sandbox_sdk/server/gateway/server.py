@@ -39,7 +39,7 @@ from sandbox_sdk.server.ops import (
     mark_not_serving,
     serve_metrics,
 )
-from sandbox_sdk.server.status import ErrorInterceptor
+from sandbox_sdk.server.status import ErrorStatusHandlers
 from sandbox_sdk.server.store.archive import ExperimentArchive
 from sandbox_sdk.server.store.backends import SqlBackend, is_postgres_url
 from sandbox_sdk.server.store.registry import OrchestratorRegistry
@@ -135,8 +135,8 @@ class GatewayServer:
             retry=config.retry,
             archived=ArchivedExperiments(ExperimentArchive(database)),
         )
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
-        server.add_generic_rpc_handlers((service,))
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((ErrorStatusHandlers(service),))
         health = await add_health_and_reflection(server, [GATEWAY_SERVICE.full_name])
         if config.tls is not None:
             port = server.add_secure_port(config.listen, server_credentials(config.tls, "tls"))
