@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Mapping
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -228,23 +228,72 @@ async def _one_response(
 ) -> bytes:
     """The serialized response of a call answered once (unary or client stream): the
     handler awaited within the deadline with the request ``make_request(*request_args)``,
-    its ServiceError turned into the remote error the orchestrator would have sent."""
+    its ServiceError turned into the remote error the orchestrator would have sent.
+
+    The handler's first step runs at once; a deadline timer is armed only if it then
+    waits. Most reads answer from memory without waiting, and nothing can pass a
+    deadline while the loop is not running anything else.
+    """
     deadline = _deadline(timeout)
     context = InProcessContext(metadata or (), deadline)
     _require_time_left(deadline)
+    try:
+        call = handler(make_request(*request_args), context)
+        try:
+            waiting_on = call.send(None)
+        except StopIteration as answered:
+            response: Message = answered.value
+        else:
+            response = await _rest_within_deadline(call, waiting_on, deadline)
+    except ServiceError as error:
+        raise _remote_error(error, context) from None
+    return response.SerializeToString()
+
+
+async def _rest_within_deadline(
+    call: Coroutine[Any, Any, Message], waiting_on: Any, deadline: float | None
+) -> Message:
+    """The rest of a handler's call that is waiting on ``waiting_on``, cut at the deadline."""
     timer = _DeadlineTimer(deadline)
     timer.watch()
     try:
-        response: Message = await handler(make_request(*request_args), context)
-    except ServiceError as error:
-        raise _remote_error(error, context) from None
+        return await _Resumed(call, waiting_on)
     except asyncio.CancelledError:
         if timer.cancelled_the_task():
             raise _deadline_exceeded() from None
         raise
     finally:
         timer.stop()
-    return response.SerializeToString()
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine whose first step already ran and yielded
+    ``waiting_on``: what ``await`` does after that step, done by hand."""
+
+    __slots__ = ("_call", "_waiting_on")
+
+    def __init__(self, call: Coroutine[Any, Any, Message], waiting_on: Any) -> None:
+        self._call = call
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        call, waiting_on = self._call, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                call.close()
+                raise
+            except BaseException as error:  # thrown in by the task (a cancellation)
+                try:
+                    waiting_on = call.throw(error)
+                except StopIteration as answered:
+                    return cast(Message, answered.value)
+            else:
+                try:
+                    waiting_on = call.send(sent)
+                except StopIteration as answered:
+                    return cast(Message, answered.value)
 
 
 async def _parsed(
