@@ -32,7 +32,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentState,
     FileWrite,
 )
-from sandbox_sdk.server.orchestrator.sandbox.gvisor import oci_spec
+from sandbox_sdk.server.orchestrator.sandbox.gvisor import GvisorUsers, oci_spec
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.settings import MiB
 
@@ -111,8 +111,12 @@ async def test_the_host_is_out_of_sight(manager: SandboxManager, environment: En
         "ls_pids=$(cd /proc && echo [0-9]*); echo pids: $ls_pids; "
         # No network but loopback.
         'echo "interfaces: $(grep -c : /proc/net/dev)"; '
-        # The agent is pid 1 of gVisor's kernel: its commands cannot kill it.
-        "kill -9 1 2>/dev/null; echo still-here"
+        # The agent is pid 1 of gVisor's kernel, and another uid: commands can neither
+        # kill it nor open its fds or memory (gVisor would let its own uid do both).
+        "kill -9 1 2>/dev/null; echo still-here; "
+        "for path in /proc/1/fd/0 /proc/1/fd/3 /proc/1/mem; do "
+        "  cat $path >/dev/null 2>&1 </dev/null && echo OPENED $path; "
+        "done"
     )
     result = await run(manager, environment.id, ["sh", "-c", probes])
     assert "HOST-FILES" not in result.out
@@ -120,6 +124,7 @@ async def test_the_host_is_out_of_sight(manager: SandboxManager, environment: En
     assert len(lines["pids"].split()) < 10, result.out
     assert int(lines["interfaces"]) <= 1, result.out  # loopback at most
     assert "still-here" in result.out
+    assert "OPENED" not in result.out
     again = await run(manager, environment.id, ["true"])
     assert again.result.exit_code == 0
 
@@ -168,13 +173,27 @@ def _host_processes_naming(environment_id: str) -> list[str]:
     return found
 
 
-def test_the_spec_gives_no_capability_and_its_limits_apply_inside() -> None:
+def test_the_spec_maps_two_users_and_applies_its_limits_inside() -> None:
     limits = ProcessLimits(
         address_space_bytes=1 << 30, cpu_seconds=10, file_size_bytes=1 << 20, open_files=64
     )
-    spec = oci_spec(argv=["agent"], env={"PATH": "/bin"}, limits=limits, mounts=[], root=None)
+    spec = oci_spec(
+        argv=["agent"],
+        env={"PATH": "/bin"},
+        limits=limits,
+        max_processes=32,
+        mounts=[],
+        root=None,
+        users=GvisorUsers(agent=(65532, 65532), command=(65534, 65534)),
+    )
     process = spec["process"]
-    assert all(values == [] for values in process["capabilities"].values())
+    # The agent may switch its commands' user and signal them; commands get nothing.
+    assert process["capabilities"]["effective"] == ["CAP_SETUID", "CAP_SETGID", "CAP_KILL"]
+    assert process["capabilities"]["ambient"] == process["capabilities"]["inheritable"] == []
+    assert spec["linux"]["uidMappings"] == [
+        {"containerID": 0, "hostID": 65532, "size": 1},
+        {"containerID": 65534, "hostID": 65534, "size": 1},
+    ]
     assert process["noNewPrivileges"] is True
     rlimits = {entry["type"]: entry["hard"] for entry in process["rlimits"]}
     assert rlimits == {
@@ -182,5 +201,6 @@ def test_the_spec_gives_no_capability_and_its_limits_apply_inside() -> None:
         "RLIMIT_FSIZE": 1 << 20,
         "RLIMIT_NOFILE": 64,
         "RLIMIT_CORE": 0,
+        "RLIMIT_NPROC": 31,
     }
     assert {entry["type"] for entry in spec["linux"]["namespaces"]} >= {"pid", "network", "mount"}

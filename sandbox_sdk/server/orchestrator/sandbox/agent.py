@@ -98,6 +98,7 @@ import sys
 
 _HEADER_BYTES = 4
 SEND_NO_FDS = "--send-no-fds"
+COMMAND_USER = "--command-user="
 
 
 def _frame(body: bytes) -> bytes:
@@ -131,6 +132,8 @@ if TYPE_CHECKING:  # typing costs milliseconds of start-up
     from typing import Any, NoReturn
 
 _MAX_FDS = 3
+# --command-user: commands switch to this (uid, gid) before they execute (see the docstring).
+_COMMAND_USER: tuple[int, int] | None = None
 _PR_SET_DUMPABLE = 4
 _RECEIVE_BYTES = 1 << 16
 _GROUP_GRACE_SECONDS = 1.0
@@ -519,6 +522,8 @@ def _start_command(request: dict[str, Any], fds: list[int]) -> int:
     """
     import signal
 
+    if _COMMAND_USER is not None:
+        return _fork_command(request, fds)
     argv: list[str] = request["argv"]
     env: dict[str, str] = request["env"]
     actions: list[tuple[Any, ...]] = [
@@ -564,7 +569,6 @@ def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
     master, slave = os.openpty()
     try:
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        os.chdir(request["cwd"])
         pid = os.fork()
     except BaseException:
         os.close(master)
@@ -583,6 +587,8 @@ def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
                 os.dup2(slave, target)
             if slave > 2:
                 os.close(slave)
+            _become_command_user()
+            os.chdir(request["cwd"])
             _set_own_rlimits(request["rlimits"])
             argv: list[str] = request["argv"]
             os.execvpe(argv[0], argv, request["env"])  # noqa: S606  (argv as given, no shell)
@@ -594,6 +600,55 @@ def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
             os._exit(code)
     os.close(slave)
     return master, pid
+
+
+def _fork_command(request: dict[str, Any], fds: list[int]) -> int:
+    """Starts the command as the command user (``fork``, switch, ``exec``); returns its pid.
+
+    posix_spawn cannot switch users, so this is the path under ``--command-user``.
+    Raises OSError when no process can be made; a command that cannot be executed
+    says so on its stderr and exits 127 or 126, as with posix_spawn.
+    """
+    import signal
+
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 126
+    try:  # the child: never returns
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(number, signal.SIG_DFL)
+        os.setsid()
+        stdin = fds[0] if request["stdin"] else os.open("/dev/null", os.O_RDONLY)
+        for source, target in ((stdin, 0), (fds[-2], 1), (fds[-1], 2)):
+            os.dup2(source, target)
+        _become_command_user()
+        os.chdir(request["cwd"])  # as the command user, who owns the workspace
+        _set_own_rlimits(request["rlimits"])
+        argv: list[str] = request["argv"]
+        os.execvpe(argv[0], argv, request["env"])  # noqa: S606  (argv as given, no shell)
+    except OSError as error:
+        code = 127 if isinstance(error, FileNotFoundError) else 126
+        message = f"sandbox: cannot run {request['argv'][0]!r}: {error.strerror}\n"
+        os.write(2, message.encode(errors="replace"))
+    finally:
+        os._exit(code)
+    return -1  # not reached
+
+
+def _become_command_user() -> None:
+    """In a command's child, before it executes: the command user, if the agent has one.
+
+    Changing every uid away from 0 clears all capabilities, so the command keeps none
+    of the few the agent holds (to switch users and signal its commands).
+    """
+    if _COMMAND_USER is None:
+        return
+    uid, gid = _COMMAND_USER
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
 
 
 def _set_own_rlimits(limits: list[list[Any]]) -> None:
@@ -836,5 +891,15 @@ def main(sock: _socket.socket, send_fds: bool = True) -> None:
     agent.serve()
 
 
+def _command_user(argv: list[str]) -> tuple[int, int] | None:
+    """The ``uid:gid`` of ``--command-user=`` in ``argv``, if there is one."""
+    for arg in argv:
+        if arg.startswith(COMMAND_USER):
+            uid, gid = arg[len(COMMAND_USER) :].split(":")
+            return int(uid), int(gid)
+    return None
+
+
 if __name__ == "__main__":
-    main(_SOCKET, send_fds=sys.argv[-2:-1] != [SEND_NO_FDS])
+    _COMMAND_USER = _command_user(sys.argv)
+    main(_SOCKET, send_fds=SEND_NO_FDS not in sys.argv)

@@ -7,22 +7,27 @@ few dozen host system calls; its file proxy (the Gofer) serves the mounts.
 
 How an environment runs here:
 
-* ``runsc`` runs **rootless** as the unprivileged sandbox uid (the start gate,
-  setpriv, then runsc), so neither the Sentry nor the Gofer holds any host
-  privilege. Rootless runsc maps a single uid, so commands are uid 0 of
-  gVisor's own kernel, with no capability at all (the OCI spec's sets are
-  empty and ``noNewPrivileges`` is set); on the host their files belong to
-  the sandbox uid, as with bubblewrap.
+* ``runsc`` starts as root, the way gVisor is deployed (the Sentry then runs in
+  namespaces of its own, as nobody, under its own seccomp filter). Rootless
+  runsc was tried first and rejected: it maps a single uid, so commands would
+  share the agent's uid, and gVisor's kernel lets a process of the same uid
+  SIGKILL its pid 1 and list a non-dumpable process's fds. Here the agent is
+  gVisor's uid 0 (on the host an otherwise unused uid, owning nothing) with
+  three capabilities (switch users, signal), and every command switches to
+  the sandbox uid, with none; on the host their files belong to the sandbox
+  uid, as with bubblewrap (see :class:`GvisorUsers`).
 * Its host processes run inside the environment's cgroups: the start gate is
   moved there before it executes runsc, and everything runsc starts inherits
   them, so memory, CPU and pids limits cover the whole sandbox, gVisor's own
-  overhead included (``--ignore-cgroups``: rootless runsc cannot manage cgroups
-  itself, and does not need to).
+  overhead included (``--ignore-cgroups``: runsc is not to move them).
 * The rlimits apply inside gVisor's kernel (the spec's ``process.rlimits``);
   on the host the gate leaves runsc's own limits alone, since its kernel
   needs far more address space and fds than a command.
-* The bundle (the OCI spec and an empty root) and runsc's state live in the
-  environment's own file system, out of the sandbox's sight, and go with it.
+* The bundle (the OCI spec, an empty root, the agent's source) and runsc's
+  state live in the environment's runtime directory, which only root may
+  write: runsc, as root, reads it at every start, so no sandbox uid (which
+  owns the workspace's file system) may have a hand in it. It goes with the
+  workspace.
 * The agent's socket is the sandbox's stdin (runsc passes only stdio in), and
   it never sends fds back: gVisor cannot pass its fds to the host (see
   :mod:`.agent`'s one-way mode).
@@ -34,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,18 +50,22 @@ from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime, 
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import HOSTNAME, TMP_MOUNT, WORKSPACE_MOUNT
 from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
+from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "ptrace"  # the only platform that works here: KVM guests hang on this hardware
-BUNDLE_DIR_NAME = ".gvisor"
+BUNDLE_DIR_NAME = "gvisor"
 # The agent runs from a file: runsc hands the spec to its kernel through a pipe
 # that does not take the source as an argument (as ``python -c`` gets it elsewhere).
 AGENT_SOURCE_MOUNT = PurePosixPath("/.sandbox-agent-code")
 AGENT_FILE_NAME = "agent.py"
 _PROBE_TIMEOUT_SECONDS = 10.0
 _OCI_VERSION = "1.0.2"
-_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+_NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "user")
+# What the agent may do in gVisor's kernel: switch its commands to their user and
+# signal them. Commands, of another uid, hold no capability at all.
+_AGENT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")
 _VERSION = re.compile(r"runsc version (\S+)")
 
 
@@ -73,10 +83,10 @@ class Gvisor:
         return f"gvisor({self.platform})"
 
     def command(self, bundle: GvisorBundle, container_id: str) -> list[str]:
-        """runsc's argv (run by the sandbox uid) starting the container of ``bundle``."""
+        """runsc's argv (run as root, see the module docstring) starting the container of
+        ``bundle``, with gVisor's own network stack and loopback only."""
         return [
             self.runsc_path,
-            "--rootless",
             "--network=none",
             "--ignore-cgroups",
             # The orchestrator writes files into the sandbox's mounts from the host:
@@ -122,9 +132,10 @@ class GvisorBundle:
     directory: Path
 
     @classmethod
-    def in_environment(cls, mount_point: Path) -> GvisorBundle:
-        """The bundle beside an environment's ``workspace`` and ``tmp``, not inside them."""
-        return cls(mount_point / BUNDLE_DIR_NAME)
+    def of(cls, layout: WorkspaceLayout) -> GvisorBundle:
+        """The bundle of an environment: in its runtime directory, root's alone (runsc, as
+        root, reads it), and removed with its workspace."""
+        return cls(layout.runtime_dir / BUNDLE_DIR_NAME)
 
     @property
     def config(self) -> Path:
@@ -156,9 +167,14 @@ class GvisorBundle:
         owner: tuple[int, int] | None,
     ) -> None:
         """Writes the bundle, ``symlinks`` made in its root (blocking: call it off the loop)."""
-        self.directory.mkdir(mode=0o755, exist_ok=True)
+        # Traversable, not listable: runsc's file proxy, in its own user namespace, reaches
+        # the root and the agent's source through it.
+        self.directory.mkdir(mode=0o711, parents=True, exist_ok=True)
+        self.directory.parent.chmod(0o711)
         self.rootfs.mkdir(mode=0o755, exist_ok=True)
-        self.state.mkdir(mode=0o700, exist_ok=True)
+        # A new start (the agent died and is replaced) must not meet the last one's container.
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.state.mkdir(mode=0o700)
         if owner is not None:
             os.chown(self.state, *owner)
         root = self._root(spec)
@@ -199,10 +215,13 @@ def oci_spec(
     argv: Sequence[str],
     env: Mapping[str, str],
     limits: ProcessLimits,
+    max_processes: int,
     mounts: Sequence[Mount],
     root: Path | None,
+    users: GvisorUsers,
 ) -> dict[str, Any]:
-    """The OCI runtime spec of an environment's agent.
+    """The OCI runtime spec of an environment's agent, whose sandbox may hold
+    ``max_processes`` processes (the environment's pids limit) at once.
 
     ``root`` is a template's root (writable, its overlay); None: the bundle's
     empty read-only ``rootfs``, the host's system directories in ``mounts``.
@@ -211,37 +230,83 @@ def oci_spec(
         "ociVersion": _OCI_VERSION,
         "process": {
             "terminal": False,
-            "user": {"uid": 0, "gid": 0},
+            "user": {"uid": 0, "gid": 0},  # the agent; its commands switch to users.command
             "args": list(argv),
             "env": [f"{name}={value}" for name, value in env.items()],
             "cwd": str(WORKSPACE_MOUNT),
-            "capabilities": {kind: [] for kind in _CAPABILITY_SETS},
+            "capabilities": _agent_capabilities(),
             "noNewPrivileges": True,
-            "rlimits": _rlimits(limits),
+            "rlimits": _rlimits(limits, max_processes),
         },
         # Not "readonly": the environment's file system is mounted nosuid and nodev, which
-        # rootless runsc cannot remount. The empty root is the host's root's, and the
-        # sandbox uid cannot write it either way.
+        # runsc's file proxy, in a user namespace, cannot remount. The empty root is the
+        # host root's, and no uid of the sandbox may write it either way.
         "root": {"path": str(root) if root is not None else "rootfs", "readonly": False},
         "hostname": HOSTNAME,
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
-        + [mount.to_oci() for mount in mounts],
-        "linux": {"namespaces": [{"type": kind} for kind in _NAMESPACES]},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            # POSIX shared memory and semaphores (multiprocessing's locks), as bubblewrap's /dev.
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": _SHM},  # noqa: S108
+            *(mount.to_oci() for mount in mounts),
+        ],
+        "linux": {
+            "namespaces": [{"type": kind} for kind in _NAMESPACES],
+            "uidMappings": users.mappings(0),
+            "gidMappings": users.mappings(1),
+        },
     }
 
 
-_CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+_SHM = ["nosuid", "nodev", "noexec", "mode=1777"]
 
 
-def _rlimits(limits: ProcessLimits) -> list[dict[str, Any]]:
+def _agent_capabilities() -> dict[str, list[str]]:
+    held = list(_AGENT_CAPABILITIES)
+    return {
+        "bounding": held,
+        "effective": held,
+        "permitted": held,
+        "inheritable": [],
+        "ambient": [],
+    }
+
+
+@dataclass(frozen=True)
+class GvisorUsers:
+    """Who is who in a gVisor environment, as (uid, gid) on the host.
+
+    gVisor's uid 0 (the agent) is ``agent`` on the host, and ``command`` (the
+    sandbox uid, which owns the workspace) is the same number inside and out;
+    nothing else is mapped. So commands are not the agent's user: they cannot
+    signal it, trace it or open its fds, and it needs no host privilege.
+    """
+
+    agent: tuple[int, int]
+    command: tuple[int, int]
+
+    def mappings(self, index: int) -> list[dict[str, int]]:
+        """The OCI id mappings of uids (``index`` 0) or gids (1)."""
+        return [
+            {"containerID": 0, "hostID": self.agent[index], "size": 1},
+            {"containerID": self.command[index], "hostID": self.command[index], "size": 1},
+        ]
+
+    def agent_argument(self) -> str:
+        """The agent's ``--command-user`` argument."""
+        uid, gid = self.command
+        return f"--command-user={uid}:{gid}"
+
+
+def _rlimits(limits: ProcessLimits, max_processes: int) -> list[dict[str, Any]]:
     values = {
         "RLIMIT_AS": limits.address_space_bytes,
         "RLIMIT_FSIZE": limits.file_size_bytes,
         "RLIMIT_NOFILE": limits.open_files,
         "RLIMIT_CORE": 0,
     }
-    if limits.processes is not None:
-        values["RLIMIT_NPROC"] = limits.processes
+    # Every command runs as the one command uid, so this is the environment's pids limit
+    # inside gVisor's kernel (the host's cgroup also counts gVisor's own tasks).
+    values["RLIMIT_NPROC"] = max_processes - 1  # the agent is one, as in the host's cgroup
     return [{"type": kind, "soft": value, "hard": value} for kind, value in values.items()]
 
 

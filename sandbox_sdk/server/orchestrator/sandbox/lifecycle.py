@@ -85,8 +85,8 @@ class Lifecycle:
             existing = environments.store.find_by_request(tenant, new.request_id)
             if existing is not None:
                 return await self._settled(existing)
-        new = self._with_resolved_runtime(tenant, new)
         self._capacity.check_network(tenant, new.spec.network)
+        new = self._with_resolved_runtime(tenant, new)
         refusals = self._capacity.refusals(tenant, new.spec)
         queued = bool(refusals) and new.queue_when_full and environments.queue.takes(new.files)
         if refusals and not queued:
@@ -115,6 +115,11 @@ class Lifecycle:
             environments.settings,
             environments.isolation.installed_runtimes(),
         )
+        refusal = self._execution.launcher.runtime(runtime).cannot_run(new.spec)
+        if refusal is not None:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.NETWORK_UNAVAILABLE, refusal
+            )
         return replace(new, spec=replace(new.spec, runtime=runtime))
 
     def _new_record(self, tenant: str, new: NewEnvironment, *, queued: bool) -> Environment:
@@ -206,7 +211,8 @@ class Lifecycle:
             runtime.cgroup = isolation.cgroups.environment(environment_id)
             # Written on a thread while the agent's gate starts and the workspace is
             # made; the gated process is attached only once the limits are in place.
-            runtime.cgroup.create_soon(limits.cpu_cores, limits.memory_bytes, limits.max_pids)
+            host = self._execution.launcher.runtime(runtime.spec.runtime).host_limits(limits)
+            runtime.cgroup.create_soon(host.cpu_cores, host.memory_bytes, host.max_pids)
 
         template = self._template_layer(environment_id, runtime.spec)
 

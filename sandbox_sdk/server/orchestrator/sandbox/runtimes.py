@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import RootMount, system
 from sandbox_sdk.server.orchestrator.sandbox.commands import ENVIRONMENT_ID_VARIABLE, agent_launch
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentSpec,
+    Limits,
     NetworkPolicy,
 )
 from sandbox_sdk.server.orchestrator.sandbox.gvisor import (
@@ -38,6 +39,7 @@ from sandbox_sdk.server.orchestrator.sandbox.gvisor import (
     AGENT_SOURCE_MOUNT,
     Gvisor,
     GvisorBundle,
+    GvisorUsers,
     agent_runtime_mounts,
     agent_source_mount,
     oci_spec,
@@ -49,6 +51,15 @@ from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.workspace import WorkspaceLayout
+
+# What gVisor itself holds on the host, counted in the environment's cgroup on top of
+# its commands' limits: measured idle at 69 tasks (its kernel's threads, its file
+# proxy) and 30 MiB. Each command process adds a ptrace stub process with up to a few
+# threads on the host, so the host's pids limit grows with the environment's. Inside,
+# gVisor's own kernel holds the commands to max_pids (see .gvisor).
+GVISOR_TASKS = 128
+GVISOR_TASKS_PER_PROCESS = 4
+GVISOR_MEMORY_BYTES = 96 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,16 @@ class SandboxRuntime(Protocol):
         uid a template build changes); ``resolv_conf`` set: it gets an egress network."""
         ...
 
+    def host_limits(self, limits: Limits) -> Limits:
+        """The cgroup limits the host enforces on an environment with ``limits``: what its
+        commands may use, plus what the runtime itself needs."""
+        ...
+
+    def cannot_run(self, spec: EnvironmentSpec) -> str | None:
+        """Why this runtime cannot run an environment of ``spec`` here, and what to do
+        instead (None: it can)."""
+        ...
+
 
 def _shared_layers(isolation: Isolation) -> list[str]:
     layers = []
@@ -124,6 +145,12 @@ class BubblewrapRuntime:
 
     def level(self, isolation: Isolation) -> str:
         return isolation.level
+
+    def host_limits(self, limits: Limits) -> Limits:
+        return limits
+
+    def cannot_run(self, spec: EnvironmentSpec) -> str | None:
+        return None
 
     async def prepare(
         self, plan: LaunchPlan, isolation: Isolation, resolv_conf: Path | None
@@ -178,14 +205,31 @@ class GvisorRuntime:
     def level(self, isolation: Isolation) -> str:
         return "+".join([self.gvisor.layer, *_shared_layers(isolation)])
 
+    def cannot_run(self, spec: EnvironmentSpec) -> str | None:
+        if spec.network is not NetworkPolicy.NONE:
+            return (
+                f"network {spec.network.value} is not available under gvisor on this "
+                "orchestrator (its environments get gVisor's own network stack with "
+                "loopback only): create the environment with runtime='bubblewrap' for "
+                "a network, or with network NONE under gvisor"
+            )
+        return None
+
+    def host_limits(self, limits: Limits) -> Limits:
+        return replace(
+            limits,
+            memory_bytes=limits.memory_bytes + GVISOR_MEMORY_BYTES,
+            max_pids=GVISOR_TASKS + GVISOR_TASKS_PER_PROCESS * limits.max_pids,
+        )
+
     async def prepare(
         self, plan: LaunchPlan, isolation: Isolation, resolv_conf: Path | None
     ) -> PreparedLaunch:
         if resolv_conf is not None:
-            raise ValueError("gVisor environments have no egress network on this orchestrator")
+            raise ValueError(self.cannot_run(plan.spec))
         if plan.root_as_owner:
             raise ValueError("template builds run under bubblewrap")
-        bundle = GvisorBundle.in_environment(plan.layout.mount_point)
+        bundle = GvisorBundle.of(plan.layout)
         mounts, symlinks = system_directory_mounts(self.settings.read_only_paths)
         if plan.root is not None:
             if self.agent_runtime is None:
@@ -194,18 +238,20 @@ class GvisorRuntime:
         mounts += workspace_mounts(plan.layout.files_dir, plan.layout.tmp_dir)
         mounts.append(agent_source_mount(bundle))
         spec = oci_spec(
-            argv=self._agent_argv(plan.root is not None),
+            argv=self._agent_argv(plan.root is not None, self._users(isolation)),
             env=host_process_env(**{ENVIRONMENT_ID_VARIABLE: plan.environment_id}),
             limits=plan.limits,
+            max_processes=plan.spec.limits.max_pids,
             mounts=mounts,
             root=plan.root,
+            users=self._users(isolation),
         )
-        owner = isolation.sandbox_user
 
         async def write_bundle() -> None:
-            await asyncio.to_thread(bundle.write, spec, symlinks, agent_source(), owner)
+            await asyncio.to_thread(bundle.write, spec, symlinks, agent_source(), None)
 
-        argv = isolation.drop_privileges() + self.gvisor.command(bundle, plan.environment_id)
+        # As root (see .gvisor): runsc drops what it does not need itself.
+        argv = self.gvisor.command(bundle, plan.environment_id)
         return PreparedLaunch(
             AgentLaunch(
                 argv=argv,
@@ -218,9 +264,15 @@ class GvisorRuntime:
             finish=write_bundle,
         )
 
-    def _agent_argv(self, in_template: bool) -> list[str]:
+    def _users(self, isolation: Isolation) -> GvisorUsers:
+        if isolation.sandbox_user is None:
+            raise ValueError("gVisor environments need the orchestrator to be root")
+        agent = (self.settings.gvisor_agent_uid, self.settings.gvisor_agent_uid)
+        return GvisorUsers(agent=agent, command=isolation.sandbox_user)
+
+    def _agent_argv(self, in_template: bool, users: GvisorUsers) -> list[str]:
         agent_file = str(AGENT_SOURCE_MOUNT / AGENT_FILE_NAME)
-        agent_args = ["-I", "-S", agent_file, "sandbox-agent"]
+        agent_args = ["-I", "-S", agent_file, "sandbox-agent", users.agent_argument()]
         agent_args += agent_arguments(fds_from_agent=False, fd=0)
         if in_template and self.agent_runtime is not None:
             return self.agent_runtime.command(*agent_args)

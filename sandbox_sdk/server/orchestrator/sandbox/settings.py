@@ -56,6 +56,9 @@ class SandboxSettings(BaseModel):
         sandbox_uid, sandbox_gid: who commands run as when the orchestrator is root.
         runsc_path: gVisor's runsc, a path or a name on PATH; not found, the
             gvisor runtime is not installed here (creates asking for it are refused).
+        gvisor_agent_uid: the host uid gVisor environments' agents are (uid 0 of
+            gVisor's kernel, where commands are ``sandbox_uid``); it owns nothing
+            on the host and must be neither ``sandbox_uid`` nor any user's.
         cgroup_parent: the cgroup (in each hierarchy) holding environments' cgroups.
         read_only_paths: host paths visible read-only inside bubblewrap.
         agent_python: the interpreter running each environment's agent; it
@@ -151,6 +154,7 @@ class SandboxSettings(BaseModel):
     sandbox_gid: int = Field(default=65534, ge=1)
     bwrap_path: str = "/usr/bin/bwrap"
     runsc_path: str = "runsc"
+    gvisor_agent_uid: int = Field(default=65532, ge=1)
     agent_python: str = "/usr/bin/python3"
     cgroup_parent: str = Field(default="sandbox-sdk", pattern=r"^[A-Za-z0-9_.-]+$")
     read_only_paths: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64")

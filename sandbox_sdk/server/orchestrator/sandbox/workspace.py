@@ -119,6 +119,12 @@ class WorkspaceLayout:
         return self.mount_point / "overlay"
 
     @property
+    def runtime_dir(self) -> Path:
+        """The isolation runtime's own files for the environment (gVisor's bundle), beside
+        its mount point: root's, out of reach of the sandbox uid, which owns the mount."""
+        return self.mount_point.with_name(f"{self.mount_point.name}.runtime")
+
+    @property
     def root_dir(self) -> Path:
         """Where a template environment's overlay is mounted: its ``/``."""
         return self.mount_point / "root"
@@ -186,7 +192,7 @@ async def destroy_layout(layout: WorkspaceLayout) -> None:
         await _unmount(layout.storage)
     with contextlib.suppress(FileNotFoundError):
         layout.image.unlink()
-    for directory in dict.fromkeys((layout.mount_point, layout.storage)):
+    for directory in dict.fromkeys((layout.mount_point, layout.storage, layout.runtime_dir)):
         if directory.exists() and not _mounted(directory):
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
