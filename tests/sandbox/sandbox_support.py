@@ -6,15 +6,17 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import sandbox_runtimes
 from prometheus_client import CollectorRegistry
 
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, SandboxSettings
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
@@ -31,6 +33,8 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 )
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
 from sandbox_sdk.server.orchestrator.sandbox.settings import LimitValues, MiB
+
+T = TypeVar("T")
 
 TENANT = "tenant-a"
 ORCHESTRATOR_ID = "t1"
@@ -60,6 +64,7 @@ def fast_settings(**overrides: Any) -> SandboxSettings:
         ),
         "reaper_interval_seconds": 0.1,
         "monitor_interval_seconds": 0.2,
+        "default_runtime": sandbox_runtimes.current(),
     }
     values.update(overrides)
     return SandboxSettings(**values)
@@ -79,8 +84,9 @@ def make_spec(
     network: NetworkPolicy = NetworkPolicy.NONE,
     egress_allow_cidrs: Sequence[str] = (),
     egress_deny_cidrs: Sequence[str] = (),
+    runtime: IsolationRuntime | None = None,
 ) -> EnvironmentSpec:
-    """An environment spec with test-sized limits."""
+    """An environment spec with test-sized limits, under the test's runtime by default."""
     return EnvironmentSpec(
         limits=Limits(cpu_cores, memory_bytes, disk_bytes, max_pids, exec_timeout_seconds),
         env_vars=dict(env_vars or {}),
@@ -90,6 +96,7 @@ def make_spec(
         network=network,
         egress_allow_cidrs=tuple(egress_allow_cidrs),
         egress_deny_cidrs=tuple(egress_deny_cidrs),
+        runtime=runtime or sandbox_runtimes.current(),
     )
 
 
@@ -201,6 +208,18 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def eventually_async(
+    read: Callable[[], Awaitable[T]], wanted: T, *, within: float = 15.0, what: str = "condition"
+) -> None:
+    """Reads until ``read()`` gives ``wanted``; fails after ``within`` seconds (a deadline,
+    not a timing assertion)."""
+    deadline = time.monotonic() + within
+    while (last := await read()) != wanted:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {within}s (last read: {last!r})")
+        await asyncio.sleep(0.05)
+
+
 def cgroup_dirs(environment_id: str, parent: str = "sandbox-sdk") -> list[Path]:
     """The environment's cgroup directories that exist now (v1 hierarchies or v2)."""
     root = Path("/sys/fs/cgroup")
@@ -219,12 +238,15 @@ def cgroup_pids(environment_id: str) -> set[int]:
 
 
 def _is_agent(pid: int) -> bool:
-    """Whether ``pid`` is an environment's agent (or the bubblewrap process around it)."""
+    """Whether ``pid`` is an environment's agent (or the bubblewrap process around it), or
+    under gVisor one of its host processes, which hold the agent."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             args = cmdline.read().split(b"\0")
     except OSError:
         return False
+    if args[0].endswith(b"runsc") or args[0].startswith(b"runsc-"):
+        return True
     return len(args) >= 3 and args[-3] == b"sandbox-agent"  # [..., name, fd, ""]
 
 
@@ -245,3 +267,27 @@ def pid_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+_PROCESS_PROBE = """
+import os
+for entry in os.listdir("/proc"):
+    if entry.isdigit() and int(entry) not in (1, os.getpid()):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                print(cmdline.read().replace(b"\\0", b" ").decode().strip())
+        except OSError:
+            pass
+"""
+
+
+async def processes_inside(manager: SandboxManager, environment_id: str) -> list[str]:
+    """The command lines of the environment's live processes as its own kernel sees them
+    (under any runtime), but its agent's (pid 1) and this probe's."""
+    probe = await run(manager, environment_id, ["python3", "-I", "-S", "-c", _PROCESS_PROBE])
+    return [line for line in probe.out.splitlines() if line and "_PROCESS_PROBE" not in line]
+
+
+def under_gvisor() -> bool:
+    """Whether the running test's sandboxes run under gVisor."""
+    return sandbox_runtimes.current() is IsolationRuntime.GVISOR

@@ -105,6 +105,10 @@ def test_this_machine_gets_every_layer() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fallback drops privileges, which needs root")
+@pytest.mark.bubblewrap_only(
+    reason="checks bubblewrap's fallbacks without cgroups or without bubblewrap, where gVisor is "
+    "not offered at all (test_sandbox_runtime_policy checks that refusal)"
+)
 async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,6 +153,10 @@ async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
 
 
 @pytest.mark.skipif(not HAS_ISOLATION, reason="needs root, bubblewrap and cgroups")
+@pytest.mark.bubblewrap_only(
+    reason="checks bubblewrap's fallbacks without cgroups or without bubblewrap, where gVisor is "
+    "not offered at all (test_sandbox_runtime_policy checks that refusal)"
+)
 async def test_without_cgroups_bubblewrap_still_isolates(tmp_path: Path) -> None:
     settings = fast_settings()
     isolation = detect_isolation(settings, mounts_file=_mounts_file(tmp_path, []))

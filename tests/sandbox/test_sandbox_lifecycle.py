@@ -29,6 +29,7 @@ from sandbox_support import (
     running_manager,
 )
 
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
@@ -52,7 +53,7 @@ async def test_create_get_and_delete_twice(tmp_path: Path) -> None:
         assert environment.state is EnvironmentState.RUNNING
         assert environment.orchestrator_id == ORCHESTRATOR_ID
         assert environment.id.startswith(f"env-{ORCHESTRATOR_ID}-")
-        assert environment.isolation == manager.isolation.level
+        assert environment.isolation == manager.launcher.level(make_spec())
         assert manager.get_environment(TENANT, environment.id) == environment
         mount = manager.settings.mount_root / environment.id
         assert mount.is_mount()
@@ -281,8 +282,11 @@ async def test_a_dead_agent_is_replaced_and_the_environment_lives_on(tmp_path: P
 RESTART_CHILD = """
 import asyncio, sys
 from pathlib import Path
-sys.path.insert(0, {support!r})
+sys.path[:0] = [{support!r}, {tests!r}]
+import sandbox_runtimes
 from sandbox_support import create, fast_settings
+from sandbox_sdk.models.environment import IsolationRuntime
+sandbox_runtimes.use(IsolationRuntime({runtime!r}))
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import Command
@@ -302,9 +306,15 @@ asyncio.run(main())
 """
 
 
-async def test_restart_marks_leftovers_and_leaves_nothing_running(tmp_path: Path) -> None:
+async def test_restart_marks_leftovers_and_leaves_nothing_running(
+    tmp_path: Path, sandbox_runtime: IsolationRuntime
+) -> None:
     script = RESTART_CHILD.format(
-        support=str(Path(__file__).parent), root=str(tmp_path), orch=ORCHESTRATOR_ID
+        support=str(Path(__file__).parent),
+        tests=str(Path(__file__).parents[1]),
+        runtime=sandbox_runtime.value,
+        root=str(tmp_path),
+        orch=ORCHESTRATOR_ID,
     )
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", textwrap.dedent(script), stdout=asyncio.subprocess.PIPE

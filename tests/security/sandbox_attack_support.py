@@ -29,6 +29,7 @@ from sandbox_support import (
     needs_isolation,
     run,
     running_manager,
+    under_gvisor,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "python_in_sandbox",
     "run",
     "running_manager",
+    "under_gvisor",
 ]
 
 

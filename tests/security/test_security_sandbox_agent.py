@@ -26,6 +26,7 @@ from sandbox_attack_support import (
     python_in_sandbox,
     run,
     running_manager,
+    under_gvisor,
 )
 
 # isort: off
@@ -65,9 +66,13 @@ _ATTACKS_ON_PID_1 = python_in_sandbox(
         return result
     attempt("ptrace-attach", lambda: syscall(101, 16, 1, 0, 0))
     attempt("ptrace-seize", lambda: syscall(101, 0x4206, 1, 0, 0))
-    pidfd = os.pidfd_open(1)
-    for fd in range(12):  # fd 0 too: the one-way agent's socket
-        attempt(f"pidfd_getfd-{fd}", lambda fd=fd: syscall(438, pidfd, fd, 0))
+    try:
+        pidfd = os.pidfd_open(1)
+    except OSError as error:  # gVisor's kernel has no pidfds at all
+        print("pidfd_open denied", error.errno)
+    else:
+        for fd in range(12):  # fd 0 too: the one-way agent's socket
+            attempt(f"pidfd_getfd-{fd}", lambda fd=fd: syscall(438, pidfd, fd, 0))
     buffer = ctypes.create_string_buffer(64)
     local = (ctypes.c_void_p * 2)(ctypes.addressof(buffer), 64)
     remote = (ctypes.c_void_p * 2)(0x400000, 64)
@@ -102,7 +107,12 @@ async def test_commands_cannot_trace_read_borrow_from_or_kill_the_agent(
         result = await run(manager, environment.id, _ATTACKS_ON_PID_1)
         lines = result.out.splitlines()
         assert lines[-1] == "done", result.out + result.err
-        assert not [line for line in lines if "SUCCEEDED" in line], result.out
+        # gVisor's kernel lets another uid list a non-dumpable process's fd numbers and
+        # read its environment (the agent's holds PATH, LANG and the environment's id);
+        # opening those fds, its memory, tracing and signalling it are refused there too.
+        harmless = ("fd-list SUCCEEDED", "environ SUCCEEDED") if under_gvisor() else ()
+        succeeded = [line for line in lines if "SUCCEEDED" in line]
+        assert not [line for line in succeeded if not line.startswith(harmless)], result.out
         await asyncio.sleep(0.2)  # a signal that killed it would have by now
         assert manager._environments.runtimes[environment.id].agent is agent
         assert not agent.closed
@@ -206,7 +216,12 @@ async def test_commands_cannot_trace_or_borrow_from_the_one_way_agents_relays(
         lines = result.out.splitlines()
         assert lines[0] == "relays 1", result.out + result.err
         assert lines[-1] == "done", result.out + result.err
-        assert not [line for line in lines if "SUCCEEDED" in line], result.out
+        # gVisor's kernel lets another uid list a non-dumpable process's fd numbers and
+        # read its environment (the agent's holds PATH, LANG and the environment's id);
+        # opening those fds, its memory, tracing and signalling it are refused there too.
+        harmless = ("fd-list SUCCEEDED", "environ SUCCEEDED") if under_gvisor() else ()
+        succeeded = [line for line in lines if "SUCCEEDED" in line]
+        assert not [line for line in succeeded if not line.startswith(harmless)], result.out
         terminal.signal(9)
         await terminal.exited
         assert terminal.terminal is not None
@@ -310,6 +325,10 @@ async def test_an_fd_flood_does_not_exhaust_the_orchestrator(mode: str) -> None:
 
 
 @pytest.mark.usefixtures("agent_mode")
+@pytest.mark.bubblewrap_only(
+    reason="forges the agent's messages with its socket taken from its host process, which under "
+    "gVisor is gVisor's kernel; test_sandbox_agent_one_way forges the one-way protocol"
+)
 async def test_a_compromised_agent_ends_only_its_own_environment(tmp_path: Path) -> None:
     async with running_manager(tmp_path) as manager:
         victim = await create(manager)

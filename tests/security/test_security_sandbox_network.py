@@ -25,6 +25,7 @@ from sandbox_attack_support import (
     python_in_sandbox,
     run,
     running_manager,
+    under_gvisor,
 )
 
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import NetworkPolicy
@@ -95,6 +96,10 @@ def loopback_server() -> Iterator[int]:
     listener.close()
 
 
+@pytest.mark.bubblewrap_only(
+    reason="gVisor environments have no network but loopback here (docs/security.md); "
+    "test_sandbox_gvisor checks that one asking for a network is refused"
+)
 async def test_egress_reaches_an_outside_host(tmp_path: Path, outside: OutsideHost) -> None:
     async with running_manager(tmp_path, settings=NO_OPERATOR_DENY) as manager:
         environment = await create(manager, make_spec(network=EGRESS))
@@ -103,6 +108,10 @@ async def test_egress_reaches_an_outside_host(tmp_path: Path, outside: OutsideHo
         )
 
 
+@pytest.mark.bubblewrap_only(
+    reason="gVisor environments have no network but loopback here (docs/security.md); "
+    "test_sandbox_gvisor checks that one asking for a network is refused"
+)
 async def test_the_hosts_loopback_and_own_addresses_are_unreachable(
     tmp_path: Path, loopback_server: int
 ) -> None:
@@ -120,6 +129,10 @@ async def test_the_hosts_loopback_and_own_addresses_are_unreachable(
             assert reached.startswith("refused"), (target, reached)
 
 
+@pytest.mark.bubblewrap_only(
+    reason="gVisor environments have no network but loopback here (docs/security.md); "
+    "test_sandbox_gvisor checks that one asking for a network is refused"
+)
 async def test_operator_and_tenant_deny_lists_and_allow_lists_hold(
     tmp_path: Path, outside: OutsideHost
 ) -> None:
@@ -143,6 +156,10 @@ async def test_operator_and_tenant_deny_lists_and_allow_lists_hold(
             assert reached.startswith("refused"), reached
 
 
+@pytest.mark.bubblewrap_only(
+    reason="gVisor environments have no network but loopback here (docs/security.md); "
+    "test_sandbox_gvisor checks that one asking for a network is refused"
+)
 async def test_commands_cannot_change_the_firewall_or_the_interface(
     tmp_path: Path, outside: OutsideHost
 ) -> None:
@@ -192,7 +209,10 @@ async def test_no_network_environments_share_nothing_with_the_host(
     )
     try:
         async with running_manager(tmp_path) as manager:
-            for network in (NetworkPolicy.NONE, EGRESS):
+            # Under gVisor a network is refused (test_sandbox_gvisor): NONE is all there is.
+            for network in (
+                (NetworkPolicy.NONE,) if under_gvisor() else (NetworkPolicy.NONE, EGRESS)
+            ):
                 environment = await create(manager, make_spec(network=network))
                 result = await run(manager, environment.id, probe)
                 assert result.out.startswith("refused"), (network, result.out)
