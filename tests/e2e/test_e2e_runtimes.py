@@ -189,3 +189,16 @@ def test_the_cli_creates_with_a_runtime_and_shows_it(
     assert refused.exit_code == 2
     assert "bubblewrap" in refused.output
     assert "gvisor" in refused.output
+
+
+def test_a_tenant_held_to_gvisor_cannot_run_build_steps_under_bubblewrap(
+    restricted: tuple[EmbeddedStack, str],
+) -> None:
+    """Template build steps run the tenant's code in a bubblewrap build sandbox: for a
+    tenant held to gVisor that would be a way around the hold, so they are refused."""
+    stack, tenant = restricted
+    with stack.client(api_key=stack.tenant_key(tenant), retry=RetryPolicy.disabled()) as owner:
+        for steps in ({"commands": ["id"]}, {"files": {"/etc/x": b"x"}}, {"pip": ["six"]}):
+            with pytest.raises(PermissionDeniedError, match="template build steps"):
+                owner.build_template(debian="bookworm", **steps)  # type: ignore[arg-type]
+        assert list(owner.list_templates()) == []

@@ -20,7 +20,7 @@ from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.orchestrator.sandbox.settings import SandboxSettings
 from sandbox_sdk.server.status import ServiceError
 
-__all__ = ["STRENGTH", "resolve_runtime"]
+__all__ = ["STRENGTH", "check_build_steps_allowed", "resolve_runtime"]
 
 STRENGTH: dict[IsolationRuntime, int] = {
     IsolationRuntime.BUBBLEWRAP: 1,
@@ -103,4 +103,25 @@ def _not_installed(
         ErrorReason.RUNTIME_NOT_INSTALLED,
         f"the {_name(runtime)} runtime {chosen} but is not installed on this orchestrator: "
         f"ask its operator to install it ({_INSTALL_HINTS[runtime]}), {alternative}",
+    )
+
+
+def check_build_steps_allowed(tenant: str, settings: SandboxSettings) -> None:
+    """Refuses template build steps (pip, files, commands) to a tenant held to a runtime
+    stronger than bubblewrap: the steps run the tenant's code in a bubblewrap build
+    sandbox, which would be a way around the hold.
+
+    Raises:
+        ServiceError: PERMISSION_DENIED (RUNTIME_NOT_ALLOWED) for such a tenant.
+    """
+    minimum = settings.minimum_runtime_by_tenant.get(tenant)
+    if minimum is None or STRENGTH[minimum] <= STRENGTH[IsolationRuntime.BUBBLEWRAP]:
+        return
+    raise ServiceError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        ErrorReason.RUNTIME_NOT_ALLOWED,
+        f"the operator's policy (sandbox.minimum_runtime_by_tenant) runs this tenant's code "
+        f"under {_name(minimum)} at least, and template build steps (pip_packages, files, "
+        "commands) run under bubblewrap: build the template from its base alone and set it "
+        "up in the environment, or ask the operator to build it for you",
     )

@@ -30,6 +30,7 @@ from sandbox_sdk.server import ids, page_tokens
 from sandbox_sdk.server.field_violations import FieldViolations
 from sandbox_sdk.server.orchestrator.sandbox import SandboxManager, convert, validation
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import EnvironmentState
+from sandbox_sdk.server.orchestrator.sandbox.runtime_policy import check_build_steps_allowed
 from sandbox_sdk.server.orchestrator.templates.build_log import BuildLog
 from sandbox_sdk.server.orchestrator.templates.build_steps import TemplateBuilder, tree_bytes
 from sandbox_sdk.server.orchestrator.templates.cache import (
@@ -381,6 +382,8 @@ class TemplateService:
         if len(request.display_name) > 200:
             raise invalid_argument([("display_name", "at most 200 characters")])
         spec = await asyncio.to_thread(self._spec, request.spec)
+        if spec.needs_sandbox:
+            check_build_steps_allowed(tenant, self.manager.settings)
         existing = await asyncio.to_thread(self.records.by_digest, tenant, spec.digest)
         if existing is not None:
             return requests_pb2.CreateTemplateResponse(template=self.message(existing, tenant))
