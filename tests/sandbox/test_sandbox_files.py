@@ -90,7 +90,7 @@ async def test_symlinks_out_of_the_workspace_are_not_followed(tmp_path: Path) ->
         environment = await create(manager)
         setup = "ln -s /etc/passwd passwd; ln -s /etc etc; mkdir real"
         await run(manager, environment.id, ["sh", "-c", setup])
-        # Made from the host: gVisor's file proxy makes no named pipes on it.
+        # Made from the host: a named pipe made under gVisor lives in gVisor's kernel alone.
         workspace = manager.settings.mount_root / environment.id / "workspace"
         os.mkfifo(workspace / "pipe")
         for path in ("passwd", "etc/passwd", "etc/shadow"):
