@@ -6,17 +6,15 @@ orchestrator behind it is the real one (bubblewrap sandboxes, SQLite).
 
 from __future__ import annotations
 
-import asyncio
-import os
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from gateway_testkit import detail, reason
 from google.rpc import error_details_pb2
+from process_watch import eventually, processes_running, sleep_marker
 
 from sandbox_sdk.api.v1 import common_pb2, environment_pb2, gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
@@ -66,31 +64,6 @@ async def _delete(stub: Stub, key: Metadata, environment_id: str) -> None:
         metadata=key,
         timeout=60,
     )
-
-
-def _processes(argv: list[str]) -> set[int]:
-    """Live processes (anywhere on the machine) running exactly ``argv``."""
-    wanted = "\0".join(argv).encode() + b"\0"
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if cmdline.read() == wanted:
-                    found.add(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-async def _eventually(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    """Polls until ``condition`` holds; fails after ``within`` s (a deadline, not a timing test)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {within}s")
-        await asyncio.sleep(0.05)
 
 
 async def test_serve_links_the_gateway_in_process_unless_told_not_to(
@@ -227,7 +200,7 @@ async def test_cancelling_an_exec_call_kills_its_processes(
 ) -> None:
     key = _tenant_key(server, "alpha")
     environment_id = await _create(stub, key)
-    marker = ["sleep", str(10_000 + secrets.randbelow(80_000))]
+    marker = sleep_marker()
     try:
         call = stub.ExecCommand(
             requests_pb2.ExecCommandRequest(
@@ -239,9 +212,9 @@ async def test_cancelling_an_exec_call_kills_its_processes(
         )
         assert (await call.read()).WhichOneof("event") == "started"
         assert (await call.read()).stdout.startswith(b"up\n")
-        await _eventually(lambda: bool(_processes(marker)), "the command started")
+        await eventually(lambda: bool(processes_running(marker)), "the command started")
         call.cancel()
-        await _eventually(lambda: not _processes(marker), "the cancelled command's tree died")
+        await eventually(lambda: not processes_running(marker), "the cancelled command's tree died")
     finally:
         await _delete(stub, key, environment_id)
 
@@ -251,7 +224,7 @@ async def test_an_exec_call_past_its_deadline_ends_and_kills_its_processes(
 ) -> None:
     key = _tenant_key(server, "alpha")
     environment_id = await _create(stub, key)
-    marker = ["sleep", str(10_000 + secrets.randbelow(80_000))]
+    marker = sleep_marker()
     try:
         call = stub.ExecCommand(
             requests_pb2.ExecCommandRequest(
@@ -264,7 +237,7 @@ async def test_an_exec_call_past_its_deadline_ends_and_kills_its_processes(
             async for _ in call:
                 pass
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        await _eventually(lambda: not _processes(marker), "the timed-out command's tree died")
+        await eventually(lambda: not processes_running(marker), "the timed-out command's tree died")
     finally:
         await _delete(stub, key, environment_id)
 
@@ -276,7 +249,7 @@ async def test_cancelling_a_paused_in_process_stream_closes_the_handler(
     # link's stream is read directly and left paused between messages.
     key = _tenant_key(server, "alpha")
     environment_id = await _create(stub, key)
-    marker = ["sleep", str(10_000 + secrets.randbelow(80_000))]
+    marker = sleep_marker()
     link = server.gateway.pool.links[0]
     try:
         call = link.stream("/sandbox.v1.OrchestratorService/ExecCommand")(
@@ -288,9 +261,9 @@ async def test_cancelling_a_paused_in_process_stream_closes_the_handler(
         messages = aiter(call)
         first = requests_pb2.ExecCommandResponse.FromString(await anext(messages))
         assert first.WhichOneof("event") == "started"
-        await _eventually(lambda: bool(_processes(marker)), "the command started")
+        await eventually(lambda: bool(processes_running(marker)), "the command started")
         assert call.cancel()
-        await _eventually(lambda: not _processes(marker), "the cancelled command's tree died")
+        await eventually(lambda: not processes_running(marker), "the cancelled command's tree died")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await anext(messages)
         assert caught.value.code() is grpc.StatusCode.CANCELLED

@@ -8,14 +8,13 @@ as long as it likes.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
 import pytest
+from process_watch import eventually, processes_running, sleep_marker
 
 from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.server.embedded import EmbeddedServer, run_embedded
@@ -65,41 +64,12 @@ def _exec(
     )
 
 
-def _marker() -> list[str]:
-    return ["sleep", str(10_000 + secrets.randbelow(80_000))]
-
-
-def _processes(argv: list[str]) -> set[int]:
-    """Live processes (anywhere on the machine) running exactly ``argv``."""
-    wanted = "\0".join(argv).encode() + b"\0"
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                if cmdline.read() == wanted:
-                    found.add(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-async def _eventually(condition: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    """Polls until ``condition`` holds; fails after ``within`` s (a deadline, not a timing test)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {within}s")
-        await asyncio.sleep(0.05)
-
-
 async def test_a_command_that_holds_a_read_open_past_the_deadline_ends_it_and_dies(
     server: EmbeddedServer, environment_id: str
 ) -> None:
     # The attack: a command that never writes again keeps the handler awaiting forever.
     link = server.gateway.pool.links[0]
-    marker = _marker()
+    marker = sleep_marker()
     call = _exec(link, environment_id, f"{' '.join(marker)} & wait", timeout=2.0)
     messages = aiter(call)
     try:
@@ -108,7 +78,7 @@ async def test_a_command_that_holds_a_read_open_past_the_deadline_ends_it_and_di
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await anext(messages)
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-        await _eventually(lambda: not _processes(marker), "the timed-out command's tree died")
+        await eventually(lambda: not processes_running(marker), "the timed-out command's tree died")
     finally:
         call.cancel()
 
@@ -117,7 +87,7 @@ async def test_a_deadline_that_passes_between_reads_ends_the_next_read(
     server: EmbeddedServer, environment_id: str
 ) -> None:
     link = server.gateway.pool.links[0]
-    marker = _marker()
+    marker = sleep_marker()
     call = _exec(link, environment_id, f"echo up; {' '.join(marker)}", timeout=1.0)
     messages = aiter(call)
     try:
@@ -130,14 +100,14 @@ async def test_a_deadline_that_passes_between_reads_ends_the_next_read(
         assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         assert call.cancel()
-    await _eventually(lambda: not _processes(marker), "the abandoned command's tree died")
+    await eventually(lambda: not processes_running(marker), "the abandoned command's tree died")
 
 
 async def test_cancelling_the_reader_stays_a_cancellation_not_a_deadline(
     server: EmbeddedServer, environment_id: str
 ) -> None:
     link = server.gateway.pool.links[0]
-    marker = _marker()
+    marker = sleep_marker()
     call = _exec(link, environment_id, f"{' '.join(marker)} & wait", timeout=60.0)
     messages = aiter(call)
     try:
@@ -145,13 +115,13 @@ async def test_cancelling_the_reader_stays_a_cancellation_not_a_deadline(
             "started"
         )
         reading = asyncio.create_task(anext(messages))
-        await _eventually(lambda: bool(_processes(marker)), "the command started")
+        await eventually(lambda: bool(processes_running(marker)), "the command started")
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reading
     finally:
         call.cancel()
-    await _eventually(lambda: not _processes(marker), "the cancelled command's tree died")
+    await eventually(lambda: not processes_running(marker), "the cancelled command's tree died")
 
 
 async def test_a_stream_read_to_its_end_within_the_deadline_is_unaffected(
@@ -194,7 +164,7 @@ async def test_a_unary_call_that_waits_past_its_deadline_is_deadline_exceeded(
     server: EmbeddedServer, environment_id: str
 ) -> None:
     link = server.gateway.pool.links[0]
-    process_id = await _started_process(link, environment_id, _marker())
+    process_id = await _started_process(link, environment_id, sleep_marker())
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _wait_process(link, environment_id, process_id, timeout=1.0)
@@ -206,9 +176,9 @@ async def test_cancelling_a_waiting_unary_call_stays_a_cancellation(
     server: EmbeddedServer, environment_id: str
 ) -> None:
     link = server.gateway.pool.links[0]
-    marker = _marker()
+    marker = sleep_marker()
     process_id = await _started_process(link, environment_id, marker)
-    await _eventually(lambda: bool(_processes(marker)), "the process started")
+    await eventually(lambda: bool(processes_running(marker)), "the process started")
     waiting = asyncio.ensure_future(_wait_process(link, environment_id, process_id, timeout=60))
     await asyncio.sleep(0.2)
 
