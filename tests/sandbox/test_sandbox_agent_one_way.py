@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import socket
-import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from peer_agent import open_fd_count, peer_client
 from sandbox_support import eventually
 
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
@@ -48,59 +47,6 @@ _LIMITS = ["4294967296", "68719476736", "1024", "-"]
 # --- a compromised agent ----------------------------------------------------------------
 
 
-class _PeerAgent:
-    """The agent's end of a one-way AgentClient's socket, played by the test."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.setblocking(False)
-
-    async def request(self) -> tuple[dict[str, Any], list[int]]:
-        """The next request (one at a time) and the fds that came with it."""
-        for _ in range(int(CALL_TIMEOUT / 0.01)):
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(16))
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("no request came")
-        fds: list[int] = []
-        for _, _, payload in ancillary:
-            usable = len(payload) - len(payload) % 4
-            fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
-        message: dict[str, Any] = json.loads(data[4 : 4 + int.from_bytes(data[:4], "big")])
-        return message, fds
-
-    def say(self, message: object, fds: Sequence[int] = ()) -> None:
-        body = json.dumps(message).encode()
-        ancillary = []
-        if fds:
-            packed = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, packed)]
-        self.sock.sendmsg([len(body).to_bytes(4, "big") + body], ancillary)
-
-
-@contextlib.asynccontextmanager
-async def _one_way_client() -> AsyncIterator[tuple[AgentClient, _PeerAgent, list[str]]]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    process = await asyncio.create_subprocess_exec("sleep", "30")
-    violations: list[str] = []
-    client = AgentClient(process, ours, violations.append, fds_from_agent=False)
-    peer = _PeerAgent(theirs)
-    peer.say({"op": "ready", "pid": 1})
-    try:
-        yield client, peer, violations
-    finally:
-        theirs.close()
-        process.kill()
-        await client.close()
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def _dev_null() -> int:
     return os.open("/dev/null", os.O_RDONLY)
 
@@ -109,8 +55,8 @@ _PTY = SpawnRequest(argv=["sh"], cwd="/", env={}, rlimits=[], pty=(24, 80))
 
 
 async def test_a_pty_spawn_sends_a_socket_and_its_end_stands_in_for_the_terminal() -> None:
-    before = _open_fds()
-    async with _one_way_client() as (client, peer, violations):
+    before = open_fd_count()
+    async with peer_client(fds_from_agent=False) as (client, peer, violations):
         spawning = asyncio.ensure_future(client.spawn(_PTY, None, None, None))  # type: ignore[arg-type]
         request, fds = await peer.request()
         assert request["op"] == "spawn"
@@ -135,11 +81,11 @@ async def test_a_pty_spawn_sends_a_socket_and_its_end_stands_in_for_the_terminal
         os.close(command.terminal)
         os.close(fds[0])
         assert not violations
-    assert _open_fds() <= before
+    assert open_fd_count() <= before
 
 
 async def test_a_connect_sends_a_socket_and_returns_its_other_end() -> None:
-    async with _one_way_client() as (client, peer, violations):
+    async with peer_client(fds_from_agent=False) as (client, peer, violations):
         connecting = asyncio.ensure_future(client.connect(8080))
         request, fds = await peer.request()
         assert (request["op"], request["port"], len(fds)) == ("connect", 8080, 1)
@@ -153,8 +99,8 @@ async def test_a_connect_sends_a_socket_and_returns_its_other_end() -> None:
 
 
 async def test_a_failed_pty_spawn_and_a_failed_connect_close_their_ends() -> None:
-    before = _open_fds()
-    async with _one_way_client() as (client, peer, _):
+    before = open_fd_count()
+    async with peer_client(fds_from_agent=False) as (client, peer, _):
         spawning = asyncio.ensure_future(client.spawn(_PTY, None, None, None))  # type: ignore[arg-type]
         request, fds = await peer.request()
         peer.say({"op": "failed", "id": request["id"], "error": "EAGAIN"})
@@ -170,7 +116,7 @@ async def test_a_failed_pty_spawn_and_a_failed_connect_close_their_ends() -> Non
         for fd in fds:
             os.close(fd)
         assert not client.closed
-    assert _open_fds() <= before
+    assert open_fd_count() <= before
 
 
 _HOSTILE: list[tuple[str, str, dict[str, Any], int]] = [
@@ -196,8 +142,8 @@ _HOSTILE: list[tuple[str, str, dict[str, Any], int]] = [
 async def test_a_one_way_agent_sending_an_fd_or_a_forged_answer_is_cut_off(
     asked: str, answer: dict[str, Any], fd_count: int
 ) -> None:
-    before = _open_fds()
-    async with _one_way_client() as (client, peer, violations):
+    before = open_fd_count()
+    async with peer_client(fds_from_agent=False) as (client, peer, violations):
         if asked == "connect":
             pending: asyncio.Future[Any] = asyncio.ensure_future(client.connect(8080))
         else:
@@ -215,7 +161,7 @@ async def test_a_one_way_agent_sending_an_fd_or_a_forged_answer_is_cut_off(
         assert violations
         with pytest.raises(AgentError, match="gone"):
             await asyncio.wait_for(pending, CALL_TIMEOUT)
-    assert _open_fds() <= before
+    assert open_fd_count() <= before
 
 
 # --- the real agent, without a sandbox -------------------------------------------------

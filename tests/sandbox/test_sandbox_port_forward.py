@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from agent_modes import agent_mode
+from peer_agent import open_fd_count, peer_client
 from prometheus_client import CollectorRegistry
 from sandbox_support import (
     TENANT,
@@ -31,7 +30,7 @@ from sandbox_support import (
 from sandbox_sdk.api.v1 import orchestrator_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import SandboxError, from_rpc_error
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentError
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     FileWrite,
     NetworkPolicy,
@@ -352,49 +351,6 @@ async def test_the_forward_ends_with_its_environment(served: Served) -> None:
 # --- a compromised agent answering connects --------------------------------------------
 
 
-class _PeerAgent:
-    """The agent's end of an AgentClient's socket, played by the test."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        sock.setblocking(False)
-
-    async def request(self) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        header = await loop.sock_recv(self.sock, 4)
-        body = await loop.sock_recv(self.sock, int.from_bytes(header, "big"))
-        message: dict[str, Any] = json.loads(body)
-        return message
-
-    def say(self, message: object, fds: list[int] | None = None) -> None:
-        body = json.dumps(message).encode()
-        ancillary = []
-        if fds:
-            packed = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, packed)]
-        self.sock.sendmsg([len(body).to_bytes(4, "big") + body], ancillary)
-
-
-@contextlib.asynccontextmanager
-async def _agent_client() -> AsyncIterator[tuple[AgentClient, _PeerAgent, list[str]]]:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    process = await asyncio.create_subprocess_exec("sleep", "30")
-    violations: list[str] = []
-    client = AgentClient(process, ours, violations.append)
-    peer = _PeerAgent(theirs)
-    peer.say({"op": "ready", "pid": 1})
-    try:
-        yield client, peer, violations
-    finally:
-        theirs.close()
-        process.kill()
-        await client.close()
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def _tcp_socket() -> int:
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM).detach()
 
@@ -408,9 +364,9 @@ def _dev_null() -> int:
 
 
 async def test_a_connect_answered_with_a_tcp_socket_returns_it() -> None:
-    async with _agent_client() as (client, peer, violations):
+    async with peer_client() as (client, peer, violations):
         connecting = asyncio.ensure_future(client.connect(8080))
-        request = await peer.request()
+        request, _ = await peer.request()
         assert (request["op"], request["port"]) == ("connect", 8080)
         fd = _tcp_socket()
         peer.say({"op": "connected", "id": request["id"]}, [fd])
@@ -437,10 +393,10 @@ _HOSTILE_ANSWERS: list[tuple[str, bool, Callable[[], int] | None]] = [
 async def test_a_hostile_connected_answer_cuts_the_agent_off_and_closes_the_fd(
     in_flight: bool, make_fd: Callable[[], int] | None
 ) -> None:
-    before = _open_fds()
-    async with _agent_client() as (client, peer, violations):
+    before = open_fd_count()
+    async with peer_client() as (client, peer, violations):
         connecting = asyncio.ensure_future(client.connect(8080))
-        request = await peer.request()
+        request, _ = await peer.request()
         fds = [make_fd()] if make_fd is not None else []
         peer.say({"op": "connected", "id": request["id"] + (0 if in_flight else 1000)}, fds)
         for fd in fds:
@@ -449,13 +405,13 @@ async def test_a_hostile_connected_answer_cuts_the_agent_off_and_closes_the_fd(
             await asyncio.wait_for(connecting, CALL_TIMEOUT)
         assert violations
         assert client.closed
-    assert _open_fds() <= before
+    assert open_fd_count() <= before
 
 
 async def test_a_connect_failed_with_a_forged_errno_cuts_the_agent_off() -> None:
-    async with _agent_client() as (client, peer, violations):
+    async with peer_client() as (client, peer, violations):
         connecting = asyncio.ensure_future(client.connect(8080))
-        request = await peer.request()
+        request, _ = await peer.request()
         peer.say({"op": "connect_failed", "id": request["id"], "errno": "111", "error": "x"})
         with pytest.raises(AgentError, match="gone"):
             await asyncio.wait_for(connecting, CALL_TIMEOUT)
