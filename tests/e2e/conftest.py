@@ -1,14 +1,17 @@
 """Fixtures for the end-to-end tests: the real SDK, Gateway, Orchestrator and sandboxes.
 
-- ``stack``: one embedded server (gateway + orchestrator, bubblewrap and cgroup
-  sandboxes, the SmolLM2 model) for the whole session, in this process.
+- ``stack``: one embedded server (gateway + orchestrator, sandboxes, the SmolLM2
+  model) per isolation runtime for the whole session, in this process; a test
+  gets the one whose default runtime is the test's (tests/sandbox_runtimes.py).
+  Every server the fixtures start takes the test's runtime as its default.
 - ``client`` / ``async_client``: SDK clients of that server with its admin key.
 - ``tenant_client``: a client holding a fresh tenant's read/write key.
 - ``start_stack``: more in-process servers with their own ``--config``.
 - ``server_process``: `sandbox-sdk serve` child processes, for restart tests.
 - ``gateway``: the raw gRPC stub and admin key, once for each way the gateway
   reaches its orchestrator (``in_process``: the shared stack; ``over_grpc``: a
-  server of the test module's own, whose gateway calls it over a gRPC channel).
+  server of the test module's own per runtime, whose gateway calls it over a
+  gRPC channel).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sandbox_runtimes
 from e2e_support import (
     BackgroundLoop,
     EmbeddedStack,
@@ -28,10 +32,12 @@ from e2e_support import (
     ServerProcess,
     bearer,
     unique_tenant,
+    write_server_config,
 )
 
 from sandbox_sdk import AsyncSandboxClient, SandboxClient, SandboxError
 from sandbox_sdk.api.v1 import gateway_service_pb2_grpc
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.embedded import run_embedded
 
 StartStack = Callable[[Mapping[str, Any]], EmbeddedStack]
@@ -55,34 +61,81 @@ def background_loop() -> Iterator[BackgroundLoop]:
 
 
 @pytest.fixture(scope="session")
-def stack(
+def _stacks(
     background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EmbeddedStack]:
-    """The embedded server with its default configuration, shared by the session."""
-    started = EmbeddedStack.start(background_loop, tmp_path_factory.mktemp("stack") / "data")
+) -> Iterator[dict[IsolationRuntime, EmbeddedStack]]:
+    """The shared embedded servers, one per isolation runtime, each started when a test
+    under that runtime first needs it."""
+    started: dict[IsolationRuntime, EmbeddedStack] = {}
     yield started
-    with started.client() as admin:
-        leftovers = [sandbox.id for sandbox in admin.list_environments()]
-        _delete_environments(admin)
-    started.stop()
+    leftovers: list[str] = []
+    for shared in started.values():
+        with shared.client() as admin:
+            leftovers += [sandbox.id for sandbox in admin.list_environments()]
+            _delete_environments(admin)
+        shared.stop()
     assert not leftovers, f"tests left environments of tenant default running: {leftovers}"
 
 
+@pytest.fixture
+def stack(
+    _stacks: dict[IsolationRuntime, EmbeddedStack],
+    sandbox_runtime: IsolationRuntime,
+    background_loop: BackgroundLoop,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> EmbeddedStack:
+    """The embedded server with its default configuration, shared by the session's tests
+    under this test's runtime (its default runtime)."""
+    if sandbox_runtime not in _stacks:
+        data_dir = tmp_path_factory.mktemp(f"stack-{sandbox_runtime.value.lower()}") / "data"
+        _stacks[sandbox_runtime] = EmbeddedStack.start(background_loop, data_dir)
+    return _stacks[sandbox_runtime]
+
+
 @pytest.fixture(scope="module")
-def over_grpc(
+def _over_grpc_servers(
+    background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], Gateway]]:
+    """Starts, per test module and runtime, a server whose gateway reaches its orchestrator
+    over a gRPC channel; stops them after the module."""
+    gateways: dict[IsolationRuntime, Gateway] = {}
+    with contextlib.ExitStack() as cleanup:
+
+        def gateway_under_current_runtime() -> Gateway:
+            runtime = sandbox_runtimes.current()
+            if runtime not in gateways:
+                gateways[runtime] = cleanup.enter_context(
+                    _over_grpc_server(background_loop, tmp_path_factory)
+                )
+            return gateways[runtime]
+
+        yield gateway_under_current_runtime
+
+
+@contextlib.contextmanager
+def _over_grpc_server(
     background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    """A server whose gateway reaches its orchestrator over a gRPC channel.
-
-    Module-scoped: each test module that uses it gets a server of its own."""
     data_dir = tmp_path_factory.mktemp("over-grpc")
-    server = background_loop.run(run_embedded("127.0.0.1", 0, data_dir, in_process=False), 60)
+    config_path = write_server_config(data_dir.parent / f"{data_dir.name}.yaml", None)
+    server = background_loop.run(
+        run_embedded("127.0.0.1", 0, data_dir, config_path, in_process=False), 60
+    )
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
             yield Gateway(stub, bearer(server.admin_key_path.read_text().strip()))
     finally:
         background_loop.run(server.stop(1.0), 30)
+
+
+@pytest.fixture
+def over_grpc(
+    _over_grpc_servers: Callable[[], Gateway], sandbox_runtime: IsolationRuntime
+) -> Gateway:
+    """A server whose gateway reaches its orchestrator over a gRPC channel, under this
+    test's runtime. Each test module that uses it gets servers of its own."""
+    return _over_grpc_servers()
 
 
 @pytest.fixture

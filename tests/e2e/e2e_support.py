@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import sandbox_runtimes
 import yaml
 
 from sandbox_sdk import AsyncSandboxClient, RetryPolicy, SandboxClient
@@ -66,9 +67,22 @@ class Gateway:
     key: Metadata
 
 
-def write_server_config(path: Path, config: Mapping[str, Any]) -> Path:
-    """Writes a `--config` YAML file (``gateway:`` and ``orchestrator:`` sections)."""
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+def under_test_runtime(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` whose orchestrator isolates environments under the running test's runtime
+    (tests/sandbox_runtimes.py) by default, unless ``config`` names a default itself."""
+    merged = dict(config or {})
+    orchestrator = dict(merged.get("orchestrator") or {})
+    sandbox = dict(orchestrator.get("sandbox") or {})
+    sandbox.setdefault("default_runtime", sandbox_runtimes.current().value)
+    orchestrator["sandbox"] = sandbox
+    merged["orchestrator"] = orchestrator
+    return merged
+
+
+def write_server_config(path: Path, config: Mapping[str, Any] | None) -> Path:
+    """Writes a `--config` YAML file (``gateway:`` and ``orchestrator:`` sections), its
+    orchestrator's default runtime the running test's unless ``config`` names one."""
+    path.write_text(yaml.safe_dump(under_test_runtime(config), sort_keys=False))
     return path
 
 
@@ -137,13 +151,10 @@ class EmbeddedStack(_Endpoint):
         data_dir: Path,
         config: Mapping[str, Any] | None = None,
     ) -> EmbeddedStack:
-        """Starts a stack on a free port, with ``config`` as its ``--config`` file if given."""
+        """Starts a stack on a free port, with ``config`` as its ``--config`` file if given,
+        under the running test's runtime (see :func:`under_test_runtime`)."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        config_path = (
-            write_server_config(data_dir.parent / f"{data_dir.name}.yaml", config)
-            if config is not None
-            else None
-        )
+        config_path = write_server_config(data_dir.parent / f"{data_dir.name}.yaml", config)
         server = background.run(
             run_embedded("127.0.0.1", 0, data_dir, config_path), START_TIMEOUT_SECONDS
         )
@@ -167,11 +178,7 @@ class ServerProcess(_Endpoint):
     def __init__(self, data_dir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.config_path = (
-            write_server_config(data_dir.parent / f"{data_dir.name}.yaml", config)
-            if config is not None
-            else None
-        )
+        self.config_path = write_server_config(data_dir.parent / f"{data_dir.name}.yaml", config)
         self.output: list[str] = []
         self._process: subprocess.Popen[str] | None = None
 
@@ -196,8 +203,7 @@ class ServerProcess(_Endpoint):
             "--data-dir",
             str(self.data_dir),
         ]
-        if self.config_path is not None:
-            command += ["--config", str(self.config_path)]
+        command += ["--config", str(self.config_path)]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
         process = subprocess.Popen(
             command,

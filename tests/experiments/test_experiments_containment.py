@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sandbox_runtimes
 
 from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.server.database import Database
@@ -45,7 +46,11 @@ async def real_sandbox(tmp_path: Path) -> AsyncIterator[tuple[Any, ExperimentEng
     db = Database(tmp_path / "orchestrator.db")
     manager = SandboxManager(
         db,
-        SandboxSettings(reaper_interval_seconds=0.1, monitor_interval_seconds=0.2),
+        SandboxSettings(
+            reaper_interval_seconds=0.1,
+            monitor_interval_seconds=0.2,
+            default_runtime=sandbox_runtimes.current(),
+        ),
         "t1",
         tmp_path / "workspaces",
     )

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import grpc
 import pytest
+import sandbox_runtimes
 
 from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.server.database import Database
@@ -147,7 +148,11 @@ async def real_sandbox(
     db = Database(tmp_path / "orchestrator.db")
     manager = SandboxManager(
         db,
-        SandboxSettings(reaper_interval_seconds=0.1, monitor_interval_seconds=0.2),
+        SandboxSettings(
+            reaper_interval_seconds=0.1,
+            monitor_interval_seconds=0.2,
+            default_runtime=sandbox_runtimes.current(),
+        ),
         "t1",
         tmp_path / "workspaces",
     )

@@ -82,6 +82,7 @@ def test_a_missing_config_file_says_how_to_name_one(tmp_path: Path) -> None:
         load_config_file(tmp_path / "absent.yaml")
 
 
+@pytest.mark.isolation
 async def test_commands_run_as_the_environments_own_user_only(
     environment: SandboxSdkEnvironment,
 ) -> None:
@@ -92,6 +93,7 @@ async def test_commands_run_as_the_environments_own_user_only(
         await environment.exec(["id"], user="root")
 
 
+@pytest.mark.isolation
 async def test_the_connection_is_the_cli_shell_of_the_environment(
     environment: SandboxSdkEnvironment, config: SandboxSdkConfig
 ) -> None:
@@ -103,6 +105,7 @@ async def test_the_connection_is_the_cli_shell_of_the_environment(
     )
 
 
+@pytest.mark.isolation
 async def test_files_larger_than_a_chunk_travel_in_chunks(
     environment: SandboxSdkEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,6 +117,7 @@ async def test_files_larger_than_a_chunk_travel_in_chunks(
     assert await environment.read_file("/tmp/chunks/big.bin", text=False) == contents
 
 
+@pytest.mark.isolation
 async def test_output_past_the_limit_keeps_its_end(environment: SandboxSdkEnvironment) -> None:
     with override_max_exec_output_size(1024):
         result = await environment.exec(["sh", "-c", "seq 1 2000"])
@@ -122,6 +126,7 @@ async def test_output_past_the_limit_keeps_its_end(environment: SandboxSdkEnviro
     assert result.stdout.endswith("1999\n2000\n")
 
 
+@pytest.mark.isolation
 async def test_text_that_is_not_utf8_raises_unicode_decode_error(
     environment: SandboxSdkEnvironment,
 ) -> None:
@@ -131,6 +136,7 @@ async def test_text_that_is_not_utf8_raises_unicode_decode_error(
         await environment.read_file("latin1.txt", text=True)
 
 
+@pytest.mark.isolation
 async def test_a_deleted_environment_is_unavailable_not_a_failed_command(
     environment: SandboxSdkEnvironment,
 ) -> None:
@@ -140,6 +146,7 @@ async def test_a_deleted_environment_is_unavailable_not_a_failed_command(
         await environment.exec(["true"])
 
 
+@pytest.mark.isolation
 async def test_an_interrupted_sample_still_deletes_its_environments(
     config: SandboxSdkConfig, integration_stack: EmbeddedStack
 ) -> None:
@@ -154,6 +161,7 @@ async def test_an_interrupted_sample_still_deletes_its_environments(
         assert (await client.get_environment(sandbox.id)).state is EnvironmentState.TERMINATED
 
 
+@pytest.mark.isolation
 async def test_task_cleanup_deletes_environments_a_sample_left_behind(
     config: SandboxSdkConfig, integration_stack: EmbeddedStack
 ) -> None:

@@ -6,28 +6,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sandbox_runtimes
 import yaml
 from e2e_support import EmbeddedStack
 
-from sandbox_sdk import ConfigError, IsolationRuntime
+from sandbox_sdk import ConfigError
 from sandbox_sdk.integrations.inspect_ai import SandboxSdkConfig, SandboxSdkEnvironment
 from sandbox_sdk.integrations.inspect_ai.config import EnvironmentOptions, load_config_file
 
 TASK = "runtime-test"
 
 
+@pytest.mark.isolation
 async def test_a_sample_environment_runs_under_the_runtime_its_config_names(
     integration_stack: EmbeddedStack, api_key_file: Path
 ) -> None:
+    # Another runtime than the server's default where one is installed, so the config decides.
+    others = [r for r in sandbox_runtimes.installed() if r is not sandbox_runtimes.current()]
+    named = others[0] if others else sandbox_runtimes.current()
     config = SandboxSdkConfig(
         target=integration_stack.target,
         api_key_file=str(api_key_file),
-        environments={"default": EnvironmentOptions(runtime="bubblewrap")},
+        environments={"default": EnvironmentOptions(runtime=named.value.lower())},
     )
     environments = await SandboxSdkEnvironment.sample_init(TASK, config, {})
     try:
         default = environments["default"].as_type(SandboxSdkEnvironment)
-        assert default.sandbox.info.runtime is IsolationRuntime.BUBBLEWRAP
+        assert default.sandbox.info.runtime is named
     finally:
         await SandboxSdkEnvironment.sample_cleanup(TASK, config, environments, False)
 

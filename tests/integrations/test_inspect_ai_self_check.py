@@ -18,6 +18,8 @@ from inspect_ai.util._sandbox.self_check import *  # noqa: F403 (the checks are 
 
 from sandbox_sdk.integrations.inspect_ai import SandboxSdkConfig, SandboxSdkEnvironment
 
+pytestmark = pytest.mark.isolation
+
 TASK = "self-check"
 CANNOT_PASS = {
     "test_exec_as_user": (
