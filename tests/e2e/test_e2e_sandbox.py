@@ -6,15 +6,19 @@ import itertools
 import threading
 
 import pytest
-from e2e_support import EmbeddedStack
+import sandbox_runtimes
+from e2e_support import EmbeddedStack, unique_tenant
 
 from sandbox_sdk import (
     EnvironmentState,
     ExitReason,
+    FailedPreconditionError,
+    IsolationRuntime,
     NetworkPolicy,
     PermissionDeniedError,
     SandboxClient,
 )
+from sandbox_sdk.errors import ErrorReason
 
 pytestmark = pytest.mark.isolation
 
@@ -33,7 +37,9 @@ def test_commands_are_confined_by_the_environments_limits(
     client: SandboxClient, stack: EmbeddedStack
 ) -> None:
     with client.create_environment(memory="64Mi", pids=32, labels={"suite": "e2e"}) as sandbox:
-        assert "bubblewrap" in sandbox.info.isolation
+        runtime = sandbox_runtimes.current()
+        assert sandbox.info.runtime is runtime
+        assert sandbox.info.isolation.startswith(runtime.value.lower())
 
         # No network: not even the gateway on the host's loopback.
         reached = sandbox.exec(["python3", "-c", CONNECT, str(stack.server.port)])
@@ -86,6 +92,10 @@ def test_deleting_an_environment_ends_its_command_and_usage_streams(
     assert sandbox.refresh().state is EnvironmentState.TERMINATED
 
 
+@pytest.mark.bubblewrap_only(
+    reason="gVisor environments have no network but loopback here (docs/security.md); "
+    "test_a_network_under_gvisor_is_refused_with_what_to_do_instead checks the refusal"
+)
 def test_egress_reaches_out_but_never_the_gateway_and_host_is_refused(
     client: SandboxClient, stack: EmbeddedStack
 ) -> None:
@@ -100,3 +110,15 @@ def test_egress_reaches_out_but_never_the_gateway_and_host_is_refused(
             assert reached.stdout.strip() != "connected", address
     with pytest.raises(PermissionDeniedError, match="NETWORK_POLICY_EGRESS"):
         client.create_environment(network="host")
+
+
+def test_a_network_under_gvisor_is_refused_with_what_to_do_instead(client: SandboxClient) -> None:
+    if sandbox_runtimes.current() is not IsolationRuntime.GVISOR:
+        pytest.skip("gVisor only: under bubblewrap an environment may have a network")
+    label = {"asked": unique_tenant("network")}
+    with pytest.raises(FailedPreconditionError) as refused:
+        client.create_environment(network="egress", labels=label)
+    assert refused.value.reason == ErrorReason.NETWORK_UNAVAILABLE
+    assert "runtime='bubblewrap'" in str(refused.value)
+    assert "network NONE" in str(refused.value)
+    assert list(client.list_environments(labels=label, show_terminated=True)) == []
