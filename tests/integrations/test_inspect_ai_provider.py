@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import sandbox_runtimes
 import yaml
 from e2e_support import EmbeddedStack
 from inspect_ai.util import SandboxUnavailableError, SandboxUserUnsupportedError
@@ -31,7 +32,9 @@ def config(integration_stack: EmbeddedStack, api_key_file: Path) -> SandboxSdkCo
 async def environment(config: SandboxSdkConfig) -> AsyncIterator[SandboxSdkEnvironment]:
     environments = await SandboxSdkEnvironment.sample_init(TASK, config, {})
     try:
-        yield environments["default"].as_type(SandboxSdkEnvironment)
+        made = environments["default"].as_type(SandboxSdkEnvironment)
+        assert made.sandbox.info.runtime is sandbox_runtimes.current()
+        yield made
     finally:
         await SandboxSdkEnvironment.sample_cleanup(TASK, config, environments, False)
 

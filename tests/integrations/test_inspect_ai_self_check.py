@@ -3,7 +3,8 @@
 Every check of ``inspect_ai.util._sandbox.self_check`` runs on a fresh environment made by
 the provider's ``sample_init`` and removed by its ``sample_cleanup``. A check our
 environments cannot pass is an expected failure with its reason (strict: it fails the run
-once it passes), and README.md's inspect_ai section lists it.
+once it passes), and README.md's inspect_ai section lists it. The suite runs under each
+isolation runtime (an ``isolation`` test), on the server whose default runtime it is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sandbox_runtimes
 from e2e_support import EmbeddedStack
 from inspect_ai.util import SandboxEnvironment
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403 (the checks are the tests)
@@ -23,9 +25,10 @@ pytestmark = pytest.mark.isolation
 TASK = "self-check"
 CANNOT_PASS = {
     "test_exec_as_user": (
-        "commands run as the environment's one unprivileged user (nobody, in its own user "
-        "namespace): there is no root to add a user or to switch to, so user='root' raises "
-        "SandboxUserUnsupportedError"
+        "commands run as the environment's one unprivileged user (nobody: in its own user "
+        "namespace under bubblewrap, the sandbox uid without any capability in gVisor's "
+        "kernel under gVisor): there is no root to add a user or to switch to, so "
+        "user='root' raises SandboxUserUnsupportedError"
     ),
 }
 
@@ -42,7 +45,9 @@ async def sandbox_env(
     await SandboxSdkEnvironment.task_init("startup", config)
     environments = await SandboxSdkEnvironment.sample_init(TASK, config, {})
     try:
-        yield environments["default"]
+        made = environments["default"].as_type(SandboxSdkEnvironment)
+        assert made.sandbox.info.runtime is sandbox_runtimes.current()
+        yield made
     finally:
         await SandboxSdkEnvironment.sample_cleanup(TASK, config, environments, False)
         await SandboxSdkEnvironment.task_cleanup("shutdown", config, True)
