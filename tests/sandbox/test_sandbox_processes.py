@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_modes import agent_mode
-from sandbox_support import fast_settings, needs_isolation, running_manager
+from sandbox_support import TENANT as SANDBOX_TENANT
+from sandbox_support import create, fast_settings, needs_isolation, running_manager
 
 from sandbox_sdk.api.v1 import (
     environment_pb2,
@@ -25,6 +26,7 @@ from sandbox_sdk.errors import ErrorReason, from_rpc_error
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator import servicer
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers
+from sandbox_sdk.server.orchestrator.sandbox.environment_record import Command
 from sandbox_sdk.server.orchestrator.sandbox.processes import ManagedProcess
 from sandbox_sdk.server.orchestrator.sandbox.processes_store import ProcessStore
 from sandbox_sdk.server.status import ErrorInterceptor
@@ -228,6 +230,27 @@ async def test_signal_kill_and_the_allow_list(tmp_path: Path) -> None:
             metadata=world.a,
         )
         assert again.process.signal == 15
+
+
+async def test_a_signal_right_after_start_is_never_lost(tmp_path: Path) -> None:
+    # A process's group must exist by the time its start is answered: the agent signals
+    # the group, and a command forked (under gVisor, or with a pty) made it only after
+    # answering, once. Signalled in the same turn of the loop as the start returns.
+    async with running_manager(tmp_path) as manager:
+        environment = await create(manager)
+        for pty in (None, (24, 80)):
+            for index in range(10):
+                process = await manager.processes.start(
+                    SANDBOX_TENANT,
+                    environment.id,
+                    Command(argv=("sleep", "60")),
+                    keep_stdin=False,
+                    pty=pty,
+                    request_id=f"kill-{pty}-{index}",
+                )
+                manager.processes.signal(process, 9)
+                await asyncio.wait_for(process.done.wait(), 30)  # a deadline, not a timing check
+                assert (process.state, process.signal) == ("KILLED", 9)
 
 
 async def test_sigint_ends_a_process_without_a_handler(tmp_path: Path) -> None:

@@ -569,7 +569,7 @@ def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
     master, slave = os.openpty()
     try:
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        pid = os.fork()
+        pid = _fork_then_wait(*os.pipe())  # returns once the child's session exists
     except BaseException:
         os.close(master)
         os.close(slave)
@@ -606,12 +606,14 @@ def _fork_command(request: dict[str, Any], fds: list[int]) -> int:
     """Starts the command as the command user (``fork``, switch, ``exec``); returns its pid.
 
     posix_spawn cannot switch users, so this is the path under ``--command-user``.
-    Raises OSError when no process can be made; a command that cannot be executed
-    says so on its stderr and exits 127 or 126, as with posix_spawn.
+    Returns once the child executed (or failed to), as posix_spawn does: only then does
+    its process group exist to be signalled. Raises OSError when no process can be
+    made; a command that cannot be executed says so on its stderr and exits 127 or
+    126, as with posix_spawn.
     """
     import signal
 
-    pid = os.fork()
+    pid = _fork_then_wait(*os.pipe())  # both ends close on exec
     if pid != 0:
         return pid
     code = 126
@@ -635,6 +637,27 @@ def _fork_command(request: dict[str, Any], fds: list[int]) -> int:
     finally:
         os._exit(code)
     return -1  # not reached
+
+
+def _fork_then_wait(executed_read: int, executed: int) -> int:
+    """``fork``; the parent then waits until the child executes or exits (the pipe's
+    write end, close-on-exec, is closed either way) and returns its pid; the child gets 0.
+    """
+    try:
+        pid = os.fork()
+    except BaseException:
+        os.close(executed_read)
+        os.close(executed)
+        raise
+    if pid == 0:
+        os.close(executed_read)
+        return 0
+    os.close(executed)
+    try:
+        os.read(executed_read, 1)
+    finally:
+        os.close(executed_read)
+    return pid
 
 
 def _become_command_user() -> None:
