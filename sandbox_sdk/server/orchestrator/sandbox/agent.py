@@ -282,15 +282,18 @@ class Agent:
 
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         request_id = request["id"]
-        master, relay = -1, -1
+        master, relay, executed = -1, -1, -1
         try:
             if request.get("pty"):
-                master, pid = _start_terminal_command(request)
+                master, pid, executed = _start_terminal_command(request)
             else:
                 pid = _start_command(request, fds)
             if master >= 0 and not self.send_fds:
+                # Reading before the command can run: a quick one's output must not end up
+                # behind the drain its exit sends the relay.
                 relay = _start_relay(master, fds[0], half_close=False)
         except OSError as error:
+            _wait_executed(executed)
             if master >= 0:  # its command started, but nothing could carry its terminal
                 os.close(master)
                 master = -1
@@ -300,6 +303,7 @@ class Agent:
         finally:
             for fd in fds:
                 os.close(fd)
+        _wait_executed(executed)  # its session exists before its start is said
         if not self.send_fds:
             command = _Command(request_id, pid, master)
             if relay > 0:
@@ -553,8 +557,9 @@ def _start_command(request: dict[str, Any], fds: list[int]) -> int:
     return pid
 
 
-def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
-    """Starts the command under a new pseudo-terminal; returns (master fd, pid).
+def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int, int]:
+    """Starts the command under a new pseudo-terminal; returns (master fd, pid, the fd to
+    :func:`_wait_executed` on before its start is said).
 
     The child (forked from the single-threaded agent, so safe to run Python in
     before exec) leads a new session whose controlling terminal is the pty.
@@ -569,7 +574,7 @@ def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
     master, slave = os.openpty()
     try:
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        pid = _fork_then_wait(*os.pipe())  # returns once the child's session exists
+        pid, executed = _fork_watched()
     except BaseException:
         os.close(master)
         os.close(slave)
@@ -599,7 +604,7 @@ def _start_terminal_command(request: dict[str, Any]) -> tuple[int, int]:
         finally:
             os._exit(code)
     os.close(slave)
-    return master, pid
+    return master, pid, executed
 
 
 def _fork_command(request: dict[str, Any], fds: list[int]) -> int:
@@ -613,8 +618,9 @@ def _fork_command(request: dict[str, Any], fds: list[int]) -> int:
     """
     import signal
 
-    pid = _fork_then_wait(*os.pipe())  # both ends close on exec
+    pid, executed = _fork_watched()
     if pid != 0:
+        _wait_executed(executed)
         return pid
     code = 126
     try:  # the child: never returns
@@ -639,10 +645,10 @@ def _fork_command(request: dict[str, Any], fds: list[int]) -> int:
     return -1  # not reached
 
 
-def _fork_then_wait(executed_read: int, executed: int) -> int:
-    """``fork``; the parent then waits until the child executes or exits (the pipe's
-    write end, close-on-exec, is closed either way) and returns its pid; the child gets 0.
-    """
+def _fork_watched() -> tuple[int, int]:
+    """``fork``: the parent gets the child's pid and an fd that reads end of file once the
+    child executed or exited (see :func:`_wait_executed`); the child gets ``(0, -1)``."""
+    executed_read, executed = os.pipe()  # both close on exec
     try:
         pid = os.fork()
     except BaseException:
@@ -651,13 +657,20 @@ def _fork_then_wait(executed_read: int, executed: int) -> int:
         raise
     if pid == 0:
         os.close(executed_read)
-        return 0
+        return 0, -1
     os.close(executed)
+    return pid, executed_read
+
+
+def _wait_executed(executed: int) -> None:
+    """Waits until the child of :func:`_fork_watched` executed or exited, and closes ``executed``
+    (-1: nothing to wait for). Its setup (its own session) is done by then."""
+    if executed < 0:
+        return
     try:
-        os.read(executed_read, 1)
+        os.read(executed, 1)
     finally:
-        os.close(executed_read)
-    return pid
+        os.close(executed)
 
 
 def _become_command_user() -> None:
