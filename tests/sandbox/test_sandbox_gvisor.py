@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from sandbox_support import (
+    HAS_ISOLATION,
     TENANT,
     create,
     make_spec,
-    needs_isolation,
     run,
     running_manager,
 )
@@ -32,12 +32,20 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     EnvironmentState,
     FileWrite,
 )
-from sandbox_sdk.server.orchestrator.sandbox.gvisor import GvisorUsers, oci_spec
+from sandbox_sdk.server.orchestrator.sandbox.gvisor import (
+    GvisorBundle,
+    GvisorUsers,
+    Mount,
+    agent_source_mount,
+    oci_spec,
+)
 from sandbox_sdk.server.orchestrator.sandbox.rlimits import ProcessLimits
 from sandbox_sdk.server.orchestrator.sandbox.settings import MiB
 
+# Not marked `isolation`: these create gVisor environments by name, so they run once,
+# not once per runtime.
 pytestmark = [
-    *needs_isolation,
+    pytest.mark.skipif(not HAS_ISOLATION, reason="needs root, bubblewrap and cgroups"),
     pytest.mark.skipif(
         shutil.which("runsc") is None, reason="needs gVisor (apt-get install runsc)"
     ),
@@ -204,3 +212,32 @@ def test_the_spec_maps_two_users_and_applies_its_limits_inside() -> None:
         "RLIMIT_NPROC": 31,
     }
     assert {entry["type"] for entry in spec["linux"]["namespaces"]} >= {"pid", "network", "mount"}
+
+
+def test_the_bundle_makes_nothing_in_a_template_root(tmp_path: Path) -> None:
+    # A template environment's root is its sandbox's to write: a symlink planted at a mount
+    # point must not lead the orchestrator (root) to make directories where it points.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "template-root"
+    root.mkdir()
+    (root / ".sandbox-agent-code").symlink_to(outside)
+    (root / "workspace").symlink_to(outside)
+    bundle = GvisorBundle(tmp_path / "bundle")
+    limits = ProcessLimits(
+        address_space_bytes=1 << 30, cpu_seconds=10, file_size_bytes=1 << 20, open_files=64
+    )
+    mounts = [Mount(tmp_path, "/workspace/deeper", writable=True), agent_source_mount(bundle)]
+    spec = oci_spec(
+        argv=["agent"],
+        env={},
+        limits=limits,
+        max_processes=8,
+        mounts=mounts,
+        root=root,
+        users=GvisorUsers(agent=(65532, 65532), command=(65534, 65534)),
+    )
+    bundle.write(spec, {"/bin": "usr/bin"}, "print('agent')")
+    assert list(outside.iterdir()) == []
+    assert not (root / "bin").exists()
+    assert (bundle.agent_dir / "agent.py").read_text() == "print('agent')"

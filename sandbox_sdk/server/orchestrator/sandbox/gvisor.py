@@ -123,10 +123,10 @@ def probe_gvisor(runsc_path: str | None) -> tuple[Gvisor | None, str]:
 
 @dataclass(frozen=True)
 class GvisorBundle:
-    """An environment's OCI bundle and runsc state, in its own file system.
+    """An environment's OCI bundle and runsc state, in its runtime directory.
 
-    ``directory`` holds ``config.json`` and ``rootfs`` (root-owned, read-only
-    to runsc); ``state`` is runsc's, owned by the sandbox uid.
+    ``directory`` holds ``config.json``, ``rootfs`` and the agent's source, all
+    root's; ``state`` is runsc's.
     """
 
     directory: Path
@@ -150,6 +150,19 @@ class GvisorBundle:
     def state(self) -> Path:
         return self.directory / "state"
 
+    def _lay_out_rootfs(self, spec: Mapping[str, Any], symlinks: Mapping[str, str]) -> None:
+        """The host's symlinks and the mount points in the bundle's own empty root (runsc's
+        file proxy, in its user namespace, cannot make them). A template's root gets
+        nothing from here: the sandbox writes it, so a root process following paths in it
+        could be led anywhere on the host; its mount points were made before it first ran
+        (see :data:`.lifecycle.SANDBOX_MOUNT_POINTS`)."""
+        for link, target in symlinks.items():
+            path = self.rootfs / link.lstrip("/")
+            if not path.is_symlink():
+                path.symlink_to(target)
+        for mount in spec["mounts"]:
+            (self.rootfs / mount["destination"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+
     def _root(self, spec: Mapping[str, Any]) -> Path:
         path = Path(spec["root"]["path"])
         return path if path.is_absolute() else self.directory / path
@@ -164,7 +177,6 @@ class GvisorBundle:
         spec: Mapping[str, Any],
         symlinks: Mapping[str, str],
         agent_source: str,
-        owner: tuple[int, int] | None,
     ) -> None:
         """Writes the bundle, ``symlinks`` made in its root (blocking: call it off the loop)."""
         # Traversable, not listable: runsc's file proxy, in its own user namespace, reaches
@@ -175,16 +187,8 @@ class GvisorBundle:
         # A new start (the agent died and is replaced) must not meet the last one's container.
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(mode=0o700)
-        if owner is not None:
-            os.chown(self.state, *owner)
-        root = self._root(spec)
-        for link, target in symlinks.items():
-            path = root / link.lstrip("/")
-            if not path.is_symlink():
-                path.symlink_to(target)
-        # runsc's file proxy, unprivileged, cannot make the mount points itself.
-        for mount in spec["mounts"]:
-            (root / mount["destination"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        if self._root(spec) == self.rootfs:
+            self._lay_out_rootfs(spec, symlinks)
         self.agent_dir.mkdir(mode=0o755, exist_ok=True)
         (self.agent_dir / AGENT_FILE_NAME).write_text(agent_source, encoding="utf-8")
         partial = self.config.with_suffix(".partial")

@@ -34,6 +34,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 )
 from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments
 from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
+from sandbox_sdk.server.orchestrator.sandbox.gvisor import AGENT_SOURCE_MOUNT
 from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
 from sandbox_sdk.server.orchestrator.sandbox.runtime_policy import resolve_runtime
 from sandbox_sdk.server.orchestrator.sandbox.statuses import file_errors
@@ -50,7 +51,12 @@ from sandbox_sdk.server.status import ServiceError
 log = logging.getLogger(__name__)
 
 # Where bubblewrap mounts /workspace, /tmp, /proc and /dev in a template root.
-_SANDBOX_MOUNT_POINTS = tuple(PurePosixPath(name) for name in ("workspace", "tmp", "proc", "dev"))
+# Made in a template environment's private layer before it first runs: what bubblewrap
+# and gVisor mount over its root (gVisor also /dev/shm and the agent's source).
+SANDBOX_MOUNT_POINTS = (
+    *(PurePosixPath(name) for name in ("workspace", "tmp", "proc", "dev", "dev/shm")),
+    AGENT_SOURCE_MOUNT.relative_to("/"),
+)
 
 
 class Lifecycle:
@@ -254,7 +260,7 @@ class Lifecycle:
                 "bubblewrap and a template store); create it without a template",
             )
         rootfs = templates.acquire(spec.template, environment_id)
-        points = [*runtime.mount_points(), *_SANDBOX_MOUNT_POINTS]
+        points = [*runtime.mount_points(), *SANDBOX_MOUNT_POINTS]
         return TemplateLayer(rootfs, tuple(points))
 
     async def _fail_setup(

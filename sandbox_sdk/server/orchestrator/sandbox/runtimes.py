@@ -248,7 +248,7 @@ class GvisorRuntime:
         )
 
         async def write_bundle() -> None:
-            await asyncio.to_thread(bundle.write, spec, symlinks, agent_source(), None)
+            await asyncio.to_thread(bundle.write, spec, symlinks, agent_source())
 
         # As root (see .gvisor): runsc drops what it does not need itself.
         argv = self.gvisor.command(bundle, plan.environment_id)
