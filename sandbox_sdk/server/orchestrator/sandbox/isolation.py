@@ -149,7 +149,7 @@ def detect_isolation(
     loop_quota, problem = _probe_loop_quota(settings, is_root, probe_dir)
     if problem:
         warnings.append(problem)
-    gvisor, problem = _probe_gvisor(settings, bwrap_path)
+    gvisor, problem = _probe_gvisor(settings, bwrap_path, dropping)
     if problem:
         warnings.append(problem)
     isolation = Isolation(
@@ -161,10 +161,13 @@ def detect_isolation(
     return isolation
 
 
-def _probe_gvisor(settings: SandboxSettings, bwrap_path: str | None) -> tuple[Gvisor | None, str]:
+def _probe_gvisor(
+    settings: SandboxSettings, bwrap_path: str | None, as_root: bool
+) -> tuple[Gvisor | None, str]:
     """gVisor, if runsc is installed; it shares bubblewrap's file layout (the same
-    system directories, workspace and ``/tmp``), so it needs bubblewrap's path too."""
-    if bwrap_path is None:
+    system directories, workspace and ``/tmp``), so it needs bubblewrap's path too, and
+    runsc must be started as root to map the agent's and the commands' two users."""
+    if bwrap_path is None or not as_root:
         return None, ""
     return probe_gvisor(shutil.which(settings.runsc_path))
 
