@@ -195,7 +195,8 @@ class BubblewrapRuntime:
 
 @dataclass(frozen=True)
 class GvisorRuntime:
-    """gVisor's user-space kernel (``runsc``, rootless) inside the environment's cgroups."""
+    """gVisor's user-space kernel (``runsc``) inside the environment's cgroups, its agent
+    and its commands two different users (see :mod:`.gvisor`)."""
 
     gvisor: Gvisor
     settings: SandboxSettings
@@ -237,14 +238,15 @@ class GvisorRuntime:
             mounts, symlinks = agent_runtime_mounts(self.agent_runtime), {}
         mounts += workspace_mounts(plan.layout.files_dir, plan.layout.tmp_dir)
         mounts.append(agent_source_mount(bundle))
+        users = self._users(isolation)
         spec = oci_spec(
-            argv=self._agent_argv(plan.root is not None, self._users(isolation)),
+            argv=self._agent_argv(plan.root is not None, users),
             env=host_process_env(**{ENVIRONMENT_ID_VARIABLE: plan.environment_id}),
             limits=plan.limits,
             max_processes=plan.spec.limits.max_pids,
             mounts=mounts,
             root=plan.root,
-            users=self._users(isolation),
+            users=users,
         )
 
         async def write_bundle() -> None:
@@ -255,7 +257,7 @@ class GvisorRuntime:
         return PreparedLaunch(
             AgentLaunch(
                 argv=argv,
-                limits=["-"] * 4,
+                limits=["-"] * 4,  # the rlimits apply inside gVisor's kernel (the spec's)
                 env=host_process_env(**{ENVIRONMENT_ID_VARIABLE: plan.environment_id}),
                 fds_from_agent=False,
                 socket_on_stdin=True,
