@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sandbox_sdk.server.database import Database
 
@@ -26,3 +26,12 @@ def query_plan(database: Database, sql: str, params: Sequence[object]) -> str:
     """SQLite's ``EXPLAIN QUERY PLAN`` of one statement, its steps joined by `` | ``."""
     rows = database.connection.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
     return " | ".join(str(row[3]) for row in rows)
+
+
+def plans_of_reads(database: Database, call: Callable[[], object]) -> list[tuple[str, str]]:
+    """``call()``'s reads of ``database`` and the plan of each, as (sql, plan); it must
+    read at least once."""
+    recorder = QueryRecorder(database)
+    call()
+    assert recorder.queries, "the call read nothing"
+    return [(sql, query_plan(database, sql, params)) for sql, params in recorder.queries]

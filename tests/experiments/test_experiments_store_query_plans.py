@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from query_plans import QueryRecorder, query_plan
+from query_plans import plans_of_reads
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -147,11 +147,7 @@ def test_hot_query_uses_its_index(
     index: str,
 ) -> None:
     database, store = history
-    recorder = QueryRecorder(database)
-    call(store)
-    assert recorder.queries, name
-    for sql, params in recorder.queries:
-        plan = query_plan(database, sql, params)
+    for sql, plan in plans_of_reads(database, lambda: call(store)):
         assert index in plan, (name, sql, plan)
         for table in ("exp_experiments", "exp_events", "exp_samples"):
             assert f"SCAN {table}" not in plan, (name, plan)

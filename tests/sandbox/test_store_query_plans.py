@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from query_plans import QueryRecorder, query_plan
+from query_plans import plans_of_reads
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
@@ -116,11 +116,7 @@ def test_hot_query_uses_its_index(
     index: str,
 ) -> None:
     database, store = history
-    recorder = QueryRecorder(database)
-    call(store)
-    assert recorder.queries, name
-    for sql, params in recorder.queries:
-        plan = query_plan(database, sql, params)
+    for sql, plan in plans_of_reads(database, lambda: call(store)):
         assert index in plan, (name, sql, plan)
         assert "SCAN env_environments" not in plan.replace("USING INDEX", ""), plan
 
