@@ -30,10 +30,13 @@ def is_valid(resource_id: str, kind: str) -> bool:
     return match is not None and match.group(1) == kind
 
 
-def owner_of(resource_id: str) -> str | None:
-    """The orchestrator id inside a resource id, or ``None`` if it is malformed."""
+def owner_of(resource_id: str, kind: str | None = None) -> str | None:
+    """The orchestrator id inside a resource id, or ``None`` if it is malformed (or, with
+    ``kind``, of another kind)."""
     match = _match(resource_id)
-    return match.group(2) if match else None
+    if match is None or (kind is not None and match.group(1) != kind):
+        return None
+    return match.group(2)
 
 
 def _match(resource_id: str) -> re.Match[str] | None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import secrets
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -147,7 +147,12 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     one is replaced rather than sent back.
     """
     presented = metadata_value(context, REQUEST_ID_KEY)
-    return presented if valid_request_id(presented) else uuid.uuid4().hex
+    return presented if valid_request_id(presented) else new_request_id()
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 random hex digits."""
+    return secrets.token_hex(16)
 
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from sandbox_sdk.server.gateway.wire import (
     message_field,
     string_field,
 )
-from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found
+from sandbox_sdk.server.status import ServiceError, invalid_argument, new_request_id, not_found
 from sandbox_sdk.utils.backoff import backoff_ceiling, ends_in_time, full_jitter
 
 access_log = logging.getLogger("sandbox_sdk.server.gateway.access")
@@ -92,7 +91,7 @@ def _request_id(context: Context) -> str:
     for key, value in context.trailing_metadata() or ():
         if key == REQUEST_ID_KEY:
             return str(value)
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 class GatewayService(_GenericRpcHandler):
@@ -412,7 +411,8 @@ class GatewayService(_GenericRpcHandler):
         if spec.routing is Routing.TEMPLATE and not resource_id.startswith(f"{kind}-"):
             # A public template's name: every orchestrator builds the public set.
             return self._any_available()
-        if not ids.is_valid(resource_id, kind):
+        orchestrator_id = ids.owner_of(resource_id, kind)
+        if orchestrator_id is None:
             raise invalid_argument(
                 [
                     (
@@ -422,7 +422,6 @@ class GatewayService(_GenericRpcHandler):
                     )
                 ]
             )
-        orchestrator_id = ids.owner_of(resource_id) or ""
         link = self._pool.owner(orchestrator_id)
         if link is None:
             self._pool.require_not_lost(orchestrator_id)

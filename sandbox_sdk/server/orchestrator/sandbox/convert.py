@@ -37,13 +37,13 @@ _REASONS = {
     reason: environment_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason.value}")
     for reason in TerminationReason
 }
-# Environment id -> (the spec, its message). A record's spec object is replaced on every
-# change of it (the dataclasses are frozen), so a message is reused only for the very
-# spec it was made from; the least recently converted environments leave first.
-_SPEC_MESSAGES: OrderedDict[str, tuple[EnvironmentSpec, environment_pb2.EnvironmentSpec]] = (
-    OrderedDict()
-)
-_SPEC_MESSAGES_SIZE = 4096
+# Environment id -> (the record, its message). Records are frozen dataclasses replaced on
+# every change, so a message is reused only for the very record it was made from (an idle
+# environment polled with GetEnvironment converts once), and a changed record reuses its
+# spec's part when the spec object is the same; the least recently converted leave first.
+# Callers put the message into a response, which copies it: nobody changes a cached one.
+_MESSAGES: OrderedDict[str, tuple[Environment, environment_pb2.Environment]] = OrderedDict()
+_MESSAGES_SIZE = 4096
 
 
 def limits(value: Limits) -> common_pb2.ResourceLimits:
@@ -74,24 +74,16 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
     )
 
 
-def _spec_message(environment_id: str, value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
-    cached = _SPEC_MESSAGES.get(environment_id)
-    if cached is not None and cached[0] is value:
-        _SPEC_MESSAGES.move_to_end(environment_id)
-        return cached[1]
-    message = spec(value)
-    _SPEC_MESSAGES[environment_id] = (value, message)
-    _SPEC_MESSAGES.move_to_end(environment_id)
-    while len(_SPEC_MESSAGES) > _SPEC_MESSAGES_SIZE:
-        _SPEC_MESSAGES.popitem(last=False)
-    return message
-
-
 def environment(value: Environment) -> environment_pb2.Environment:
-    """Environment; the spec's message is made once per spec (see ``_SPEC_MESSAGES``)."""
+    """Environment; made once per record (see ``_MESSAGES``): do not change the message."""
+    cached = _MESSAGES.get(value.id)
+    if cached is not None and cached[0] is value:
+        _MESSAGES.move_to_end(value.id)
+        return cached[1]
+    same_spec = cached is not None and cached[0].spec is value.spec
     message = environment_pb2.Environment(
         id=value.id,
-        spec=_spec_message(value.id, value.spec),
+        spec=cached[1].spec if cached is not None and same_spec else spec(value.spec),
         state=_STATES[value.state],
         termination_reason=_REASONS[value.termination_reason],
         termination_message=value.termination_message,
@@ -105,6 +97,10 @@ def environment(value: Environment) -> environment_pb2.Environment:
     )
     if value.terminate_time is not None:
         message.terminate_time.CopyFrom(to_timestamp_pb(value.terminate_time))
+    _MESSAGES[value.id] = (value, message)
+    _MESSAGES.move_to_end(value.id)
+    while len(_MESSAGES) > _MESSAGES_SIZE:
+        _MESSAGES.popitem(last=False)
     return message
 
 
