@@ -2,12 +2,17 @@
 
 It runs inside the environment's namespaces, cgroups and rlimits as the
 sandbox uid (with bubblewrap it is the sandbox's pid 1 and reaps every orphan),
-started by the orchestrator as ``python3 -I -S -c <this file> sandbox-agent
-[--send-no-fds] <fd>`` with the system interpreter: it imports nothing outside
-the standard library, and only cheap modules before it reports ready, because
-its start-up is part of environment creation. ``<fd>`` is its end of a Unix
-stream socket pair (``0`` when the runtime passes only stdio into the sandbox,
-as gVisor does); ``--send-no-fds`` selects the one-way mode below.
+started by the orchestrator as ``python3 -I -S -c <bootstrap> <this file's code>
+sandbox-agent [--send-no-fds] <fd>`` with the system interpreter: the bootstrap
+(see the orchestrator's ``agent_code``) runs this file compiled ahead by the
+same interpreter, or compiles its source when the interpreter is not the one
+it was compiled by, and leaves ``sys.argv`` as if this file were the ``-c``
+program. It imports nothing outside the standard library, and only cheap
+modules before it reports ready, because its start-up is part of environment
+creation. ``<fd>`` is its end of a Unix stream socket pair (``0`` when the
+runtime passes only stdio into the sandbox, as gVisor does, which also gives the
+bootstrap a read-only directory holding the code and the source instead of
+them as arguments); ``--send-no-fds`` selects the one-way mode below.
 
 Protocol. A message is a 4-byte big-endian length, then that many bytes of a
 UTF-8 JSON object whose ``op`` names it. File descriptors travel as

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
-    AgentLaunch,
-    SpawnRequest,
-    agent_source,
-)
+from sandbox_sdk.server.orchestrator.sandbox import agent_code
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentLaunch, SpawnRequest
 from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import (
     TMP_MOUNT,
@@ -92,16 +89,18 @@ def agent_launch(
 ) -> AgentLaunch:
     """How to start the environment's agent: in bubblewrap when there is one, as the sandbox uid.
 
-    The agent runs ``python -I -S -c <source>``: the system interpreter, which
-    the sandbox can read, and no file of the orchestrator's. Everything up to
-    it runs on the host with the fixed host environment; the environment's own
-    variables are applied by the agent, per command (:func:`spawn_request`).
+    The agent runs ``python -I -S -c <bootstrap> <its code>``: the system
+    interpreter, which the sandbox can read, and no file of the orchestrator's;
+    its code is compiled ahead when it could be (see :mod:`.agent_code`).
+    Everything up to it runs on the host with the fixed host environment; the
+    environment's own variables are applied by the agent, per command
+    (:func:`spawn_request`).
     ``seccomp_fd`` holds bubblewrap's filter and ``info_fd`` gets the sandbox's
     pid (both owned by the launch from here on); ``resolv_conf`` is the egress
     network's resolver configuration. With a template ``root`` the agent runs on
     the host's interpreter bound into it (``runtime``, see :mod:`.agent_runtime`).
     """
-    agent_args = ["-I", "-S", "-c", agent_source(), "sandbox-agent"]
+    agent_args = [*agent_code.compiled(python).interpreter_arguments(), "sandbox-agent"]
     agent_argv = [python, *agent_args]
     if root is not None:
         if runtime is None or not isolation.bwrap_path:

@@ -46,6 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sandbox_sdk.server.orchestrator.sandbox.agent_code import (
+    CODE_FILE_NAME,
+    NO_CODE,
+    SOURCE_FILE_NAME,
+)
 from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime, inside
 from sandbox_sdk.server.orchestrator.sandbox.bubblewrap import HOSTNAME, TMP_MOUNT, WORKSPACE_MOUNT
 from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
@@ -56,10 +61,10 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "ptrace"  # the only platform that works here: KVM guests hang on this hardware
 BUNDLE_DIR_NAME = "gvisor"
-# The agent runs from a file: runsc hands the spec to its kernel through a pipe
-# that does not take the source as an argument (as ``python -c`` gets it elsewhere).
+# The agent runs from files: runsc hands the spec to its kernel through a pipe that
+# does not take the source as an argument (as ``python -c`` gets it elsewhere).
 AGENT_SOURCE_MOUNT = PurePosixPath("/.sandbox-agent-code")
-AGENT_FILE_NAME = "agent.py"
+AGENT_FILE_NAME = SOURCE_FILE_NAME
 _PROBE_TIMEOUT_SECONDS = 10.0
 _OCI_VERSION = "1.0.2"
 _NAMESPACES = ("pid", "network", "ipc", "uts", "mount", "user")
@@ -169,7 +174,8 @@ class GvisorBundle:
 
     @property
     def agent_dir(self) -> Path:
-        """Holds the agent's source, mounted read-only at :data:`AGENT_SOURCE_MOUNT`."""
+        """Holds the agent's source and its compiled code (see :mod:`.agent_code`), mounted
+        read-only at :data:`AGENT_SOURCE_MOUNT`."""
         return self.directory / "agent"
 
     def write(
@@ -177,8 +183,11 @@ class GvisorBundle:
         spec: Mapping[str, Any],
         symlinks: Mapping[str, str],
         agent_source: str,
+        agent_code: bytes = NO_CODE.file_bytes(),
     ) -> None:
-        """Writes the bundle, ``symlinks`` made in its root (blocking: call it off the loop)."""
+        """Writes the bundle, ``symlinks`` made in its root (blocking: call it off the loop);
+        ``agent_code`` is :meth:`.AgentCode.file_bytes` (by default none: the agent compiles
+        its source)."""
         # Traversable, not listable: runsc's file proxy, in its own user namespace, reaches
         # the root and the agent's source through it.
         self.directory.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -191,6 +200,7 @@ class GvisorBundle:
             self._lay_out_rootfs(spec, symlinks)
         self.agent_dir.mkdir(mode=0o755, exist_ok=True)
         (self.agent_dir / AGENT_FILE_NAME).write_text(agent_source, encoding="utf-8")
+        (self.agent_dir / CODE_FILE_NAME).write_bytes(agent_code)
         partial = self.config.with_suffix(".partial")
         partial.write_text(json.dumps(spec), encoding="utf-8")
         partial.chmod(0o644)

@@ -30,6 +30,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.orchestrator.sandbox import agent_code
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.background import BackgroundTasks
 from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
@@ -130,6 +131,8 @@ class SandboxManager:
             self.settings.mount_root.mkdir(parents=True, exist_ok=True)
             self.settings.mount_root.chmod(0o711)
         self._execution.prepare_launcher()
+        # Compiled once per process, before the first agent starts (see agent_code).
+        await agent_code.prepare(self.settings.agent_python)
         self._capacity.find_egress_tools()
         await self._termination.recover()
         await self._termination.sweep_orphans()

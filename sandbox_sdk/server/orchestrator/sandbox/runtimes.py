@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbox_sdk.models.environment import IsolationRuntime
+from sandbox_sdk.server.orchestrator.sandbox import agent_code
 from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
     AgentLaunch,
     agent_arguments,
@@ -35,7 +36,6 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     NetworkPolicy,
 )
 from sandbox_sdk.server.orchestrator.sandbox.gvisor import (
-    AGENT_FILE_NAME,
     AGENT_SOURCE_MOUNT,
     Gvisor,
     GvisorBundle,
@@ -250,7 +250,8 @@ class GvisorRuntime:
         )
 
         async def write_bundle() -> None:
-            await asyncio.to_thread(bundle.write, spec, symlinks, agent_source())
+            code = agent_code.compiled(self.settings.agent_python).file_bytes()
+            await asyncio.to_thread(bundle.write, spec, symlinks, agent_source(), code)
 
         # As root (see .gvisor): runsc drops what it does not need itself.
         argv = self.gvisor.command(bundle, plan.environment_id)
@@ -273,8 +274,8 @@ class GvisorRuntime:
         return GvisorUsers(agent=agent, command=isolation.sandbox_user)
 
     def _agent_argv(self, in_template: bool, users: GvisorUsers) -> list[str]:
-        agent_file = str(AGENT_SOURCE_MOUNT / AGENT_FILE_NAME)
-        agent_args = ["-I", "-S", agent_file, "sandbox-agent", users.agent_argument()]
+        agent_args = agent_code.directory_interpreter_arguments(str(AGENT_SOURCE_MOUNT))
+        agent_args += ["sandbox-agent", users.agent_argument()]
         agent_args += agent_arguments(fds_from_agent=False, fd=0)
         if in_template and self.agent_runtime is not None:
             return self.agent_runtime.command(*agent_args)
