@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from sandbox_sdk.api.v1 import experiment_pb2, orchestrator_service_pb2_grpc, requests_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.models.execution import ExitReason
 from sandbox_sdk.server import ids
@@ -21,6 +21,7 @@ from sandbox_sdk.server.orchestrator.experiments import ExperimentEngine, Experi
 from sandbox_sdk.server.orchestrator.experiments.records import ExperimentRecord
 from sandbox_sdk.server.orchestrator.experiments.settings import ModelConfig
 from sandbox_sdk.server.orchestrator.ports import CommandResult, UsageSample
+from sandbox_sdk.server.orchestrator.servicer import add_orchestrator_service, handler_table
 from sandbox_sdk.server.status import ErrorInterceptor, ServiceError, not_found
 
 
@@ -231,28 +232,14 @@ def process_exists(pid: int) -> bool:
         return False
 
 
-_EXPERIMENT_RPCS = (
-    "CreateExperiment",
-    "GetExperiment",
-    "ListExperiments",
-    "CancelExperiment",
-    "GetExperimentResults",
-    "StreamExperimentEvents",
-    "ListModels",
-)
-
-
 async def serve_experiments(handlers: ExperimentHandlers) -> tuple[grpc.aio.Server, str]:
     """A grpc.aio OrchestratorService on 127.0.0.1:0 whose experiment RPCs are ``handlers``'s.
 
-    The other RPCs keep the generated UNIMPLEMENTED bodies. Returns the
+    The other RPCs answer UNIMPLEMENTED. Returns the
     started server and its address.
     """
-    servicer = orchestrator_service_pb2_grpc.OrchestratorServiceServicer()
-    for name in _EXPERIMENT_RPCS:
-        setattr(servicer, name, getattr(handlers, name))
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
+    add_orchestrator_service(server, handler_table(object(), handlers, None))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"

@@ -152,7 +152,7 @@ async def test_a_shipment_that_fails_keeps_the_row_and_ships_after_recovery(
     assert list(summary.metrics) == list(results.metrics)
     assert summary.total_usage == results.total_usage
     streamed = [
-        response.event.SerializeToString()
+        requests_pb2.StreamExperimentEventsResponse.FromString(response).event.SerializeToString()
         async for response in handlers.StreamExperimentEvents(
             requests_pb2.StreamExperimentEventsRequest(experiment_id=experiment_id), CTX
         )

@@ -30,7 +30,10 @@ async def _sequences(
     request = requests_pb2.StreamExperimentEventsRequest(
         experiment_id=experiment_id, after_sequence=after, follow=follow
     )
-    return [response async for response in handlers.StreamExperimentEvents(request, CTX)]
+    return [
+        requests_pb2.StreamExperimentEventsResponse.FromString(response)
+        async for response in handlers.StreamExperimentEvents(request, CTX)
+    ]
 
 
 async def _experiment(handlers: ExperimentHandlers, sandbox: SubprocessSandbox) -> str:
@@ -96,7 +99,10 @@ async def test_a_stream_stopped_mid_page_leaves_no_read_ahead_or_waiter(
     first = [await anext(stream) for _ in range(FIRST_PAGE + 2)]  # into the second page
     await stream.aclose()
 
-    assert [r.event.sequence for r in first] == list(range(1, FIRST_PAGE + 3))
+    sequences = [
+        requests_pb2.StreamExperimentEventsResponse.FromString(r).event.sequence for r in first
+    ]
+    assert sequences == list(range(1, FIRST_PAGE + 3))
     assert experiment_id not in engine.events._waiters
 
 

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 RpcHandler = Callable[[Any, Any], Any]
 """A bound orchestrator handler: ``(request, context)`` to a response or an async generator."""
+Responses = AsyncGenerator[Message | bytes, None]
+"""A streaming handler's responses: messages, or responses it serialized already (an
+experiment's stored events), which go through as they are."""
 
 
 class InProcessContext:
@@ -192,13 +195,13 @@ class InProcessLink(LinkState):
         deadline = _deadline(timeout)
         context = InProcessContext(metadata or (), deadline)
 
-        def start() -> AsyncGenerator[Message, None]:
-            generator: AsyncGenerator[Message, None] = handler(request(), context)
+        def start() -> Responses:
+            generator: Responses = handler(request(), context)
             return generator
 
         return _InProcessStream(start, context, deadline, self._close_later)
 
-    def _close_later(self, messages: AsyncGenerator[Message, None]) -> None:
+    def _close_later(self, messages: Responses) -> None:
         task = asyncio.get_running_loop().create_task(_close(messages))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -313,17 +316,17 @@ class _InProcessStream:
 
     def __init__(
         self,
-        start: Callable[[], AsyncGenerator[Message, None]],
+        start: Callable[[], Responses],
         context: InProcessContext,
         deadline: float | None,
-        close_later: Callable[[AsyncGenerator[Message, None]], None],
+        close_later: Callable[[Responses], None],
     ) -> None:
         self._start = start
         self._context = context
         self._deadline = deadline
         self._timer = _DeadlineTimer(deadline)
         self._close_later = close_later
-        self._messages: AsyncGenerator[Message, None] | None = None
+        self._messages: Responses | None = None
         self._cancelled = False
 
     def __aiter__(self) -> _InProcessStream:
@@ -351,7 +354,7 @@ class _InProcessStream:
                 raise _deadline_exceeded() from None
             raise
         timer.pause()
-        return message.SerializeToString()
+        return message if isinstance(message, bytes) else message.SerializeToString()
 
     def cancel(self) -> bool:
         """Stops the call; a generator paused at a message is closed in a task.
@@ -424,12 +427,12 @@ class _DeadlineTimer:
             task.cancel()
 
 
-def _paused(messages: AsyncGenerator[Message, None]) -> bool:
+def _paused(messages: Responses) -> bool:
     # A generator that returned or raised has no frame left to close.
-    return cast(types.AsyncGeneratorType[Message, None], messages).ag_frame is not None
+    return cast(types.AsyncGeneratorType[Message | bytes, None], messages).ag_frame is not None
 
 
-async def _close(messages: AsyncGenerator[Message, None]) -> None:
+async def _close(messages: Responses) -> None:
     try:
         await messages.aclose()
     except Exception:

@@ -8,14 +8,16 @@ cannot go unserved."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 
-from sandbox_sdk.api.v1 import options_pb2, orchestrator_service_pb2, orchestrator_service_pb2_grpc
+from sandbox_sdk.api.v1 import options_pb2, orchestrator_service_pb2
 from sandbox_sdk.errors import ErrorReason
-from sandbox_sdk.server.status import ServiceError
+from sandbox_sdk.server.status import MethodHandler, ServiceError
 
 SERVICE = orchestrator_service_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
 
@@ -84,17 +86,33 @@ def _unimplemented(method: MethodDescriptor) -> RpcHandler:
 
 def add_orchestrator_service(server: grpc.aio.Server, handlers: dict[str, RpcHandler]) -> None:
     """Serves every OrchestratorService RPC from :func:`handler_table`'s handlers."""
-    servicer = _Servicer()
-    for name, handler in handlers.items():
-        setattr(servicer, name, handler)
     unbound = {m.name for m in SERVICE.methods} - set(handlers)
     if unbound:
         raise RuntimeError(f"OrchestratorService RPCs with no handler: {sorted(unbound)}")
-    # The generated servicer's stub is abstract; this duck-typed one has every method.
-    orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
-        cast(orchestrator_service_pb2_grpc.OrchestratorServiceServicer, servicer), server
+    methods = {m.name: _method_handler(m, handlers[m.name]) for m in SERVICE.methods}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, methods),)
     )
 
 
-class _Servicer:
-    """Holds the bound handler methods, one attribute per RPC."""
+def _method_handler(method: MethodDescriptor, handler: RpcHandler) -> MethodHandler:
+    """What the generated ``add_OrchestratorServiceServicer_to_server`` registers for a
+    method, but with :func:`_serialized` as the response serializer."""
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[method.client_streaming, method.server_streaming]
+    return make(
+        handler,
+        request_deserializer=GetMessageClass(method.input_type).FromString,
+        response_serializer=_serialized,
+    )
+
+
+def _serialized(response: Message | bytes) -> bytes:
+    """A response's bytes: a handler may answer with a response it serialized already (an
+    experiment's stored events), which goes out unchanged."""
+    return response if isinstance(response, bytes) else response.SerializeToString()

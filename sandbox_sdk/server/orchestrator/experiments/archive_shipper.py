@@ -65,10 +65,7 @@ def archived_experiment(contents: ArchiveContents) -> ArchivedExperiment:
             ArchivedSample(s.input_index, s.repeat, convert.sample_to_proto(s).SerializeToString())
             for s in contents.samples
         ],
-        events=[
-            ArchivedEvent(e.sequence, convert.event_to_proto(e).SerializeToString())
-            for e in contents.events
-        ],
+        events=[ArchivedEvent(sequence, message) for sequence, message in contents.events],
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
-from sandbox_sdk.api.v1 import experiment_pb2
+from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 from sandbox_sdk.models.experiment import LEVEL_NUMBERS, STATE_NUMBERS, state_from_number
 from sandbox_sdk.models.results import AggregateMetric
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -188,6 +188,36 @@ def event_to_proto(event: StoredEvent) -> experiment_pb2.ExperimentEvent:
             )
         )
     return message
+
+
+def event_bytes(event: StoredEvent) -> bytes:
+    """The serialized ExperimentEvent message of a committed event."""
+    return bytes(event_to_proto(event).SerializeToString())
+
+
+# StreamExperimentEventsResponse.event: its tag, as a length-delimited field.
+_EVENT_TAG = bytes(
+    (
+        requests_pb2.StreamExperimentEventsResponse.DESCRIPTOR.fields_by_name["event"].number << 3
+        | 2,
+    )
+)
+
+
+def event_response_bytes(event: bytes) -> bytes:
+    """The serialized StreamExperimentEventsResponse holding a serialized ExperimentEvent:
+    its only field, framed around the event's bytes as the wire format defines, without
+    parsing them. The same bytes protobuf would write for the response."""
+    return b"".join((_EVENT_TAG, _varint(len(event)), event))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def sample_to_proto(sample: SampleRecord) -> experiment_pb2.SampleResult:

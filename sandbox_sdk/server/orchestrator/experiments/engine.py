@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
@@ -40,7 +40,11 @@ from sandbox_sdk.server import ids
 from sandbox_sdk.server.clipping import echo
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments.archive_shipper import ArchiveShipper
-from sandbox_sdk.server.orchestrator.experiments.events import EventLog, ExperimentWriter
+from sandbox_sdk.server.orchestrator.experiments.events import (
+    EventLog,
+    ExperimentWriter,
+    ResponsePages,
+)
 from sandbox_sdk.server.orchestrator.experiments.metrics import EngineMetrics
 from sandbox_sdk.server.orchestrator.experiments.providers.registry import ModelRegistry
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -316,18 +320,13 @@ class ExperimentEngine:
             yield event
 
     async def open_stream(
-        self,
-        tenant: str,
-        experiment_id: str,
-        after_sequence: int,
-        *,
-        follow: bool,
-        render: Callable[[StoredEvent], T],
-    ) -> AsyncGenerator[T, None]:
-        """The tenant's experiment's events rendered off the loop (see EventLog.rendered);
-        NOT_FOUND at once for an experiment that is not the tenant's."""
+        self, tenant: str, experiment_id: str, after_sequence: int, *, follow: bool
+    ) -> ResponsePages:
+        """The tenant's experiment's serialized StreamExperimentEventsResponses, a page at a
+        time (see EventLog.responses); NOT_FOUND at once for an experiment that is not the
+        tenant's."""
         await self.get(tenant, experiment_id)
-        return self.events.rendered(experiment_id, after_sequence, follow=follow, render=render)
+        return self.events.responses(experiment_id, after_sequence, follow=follow)
 
     def capacity(self) -> tuple[int, int]:
         """Experiments running now and experiments waiting, for GetCapacity."""

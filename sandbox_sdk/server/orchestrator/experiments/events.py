@@ -15,20 +15,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from sandbox_sdk.server.orchestrator.experiments.records import (
+    EventPage,
     EventPayload,
     ExperimentChanges,
     OutputEvent,
     SampleRecord,
-    StateEvent,
     StoredEvent,
 )
 from sandbox_sdk.server.orchestrator.experiments.store import ExperimentStore
 
 T = TypeVar("T")
+PageReader = Callable[[str, int, int], Coroutine[Any, Any, EventPage[T]]]
+"""Reads a page: ``(experiment_id, after_sequence, limit)`` to the events after it."""
+ResponsePages = AsyncGenerator[list[bytes], None]
+"""A stream's serialized StreamExperimentEventsResponses, a page at a time."""
 STREAM_PAGE_SIZE = 500
 FIRST_PAGE_SIZE = 50
 OUTPUT_FLUSH_SECONDS = 0.05
@@ -75,22 +79,37 @@ class EventLog:
         for experiment_id in experiment_ids:
             self.notify(experiment_id)
 
-    def stream(
+    async def stream(
         self, experiment_id: str, after_sequence: int, *, follow: bool
-    ) -> AsyncIterator[StoredEvent]:
-        """The committed events after ``after_sequence``; see :meth:`rendered`."""
-        return self.rendered(experiment_id, after_sequence, follow=follow, render=_itself)
+    ) -> AsyncGenerator[StoredEvent, None]:
+        """The committed events after ``after_sequence``, one by one; see :meth:`pages`."""
+        pages = self.pages(
+            experiment_id, after_sequence, follow=follow, read=self.store.aevent_page
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for event in page:
+                    yield event
 
-    async def rendered(
+    def responses(self, experiment_id: str, after_sequence: int, *, follow: bool) -> ResponsePages:
+        """The serialized StreamExperimentEventsResponse of each committed event after
+        ``after_sequence``, a page at a time, made on a reader thread from the messages
+        stored with the events; see :meth:`pages`."""
+        return self.pages(
+            experiment_id, after_sequence, follow=follow, read=self.store.aresponse_page
+        )
+
+    async def pages(
         self,
         experiment_id: str,
         after_sequence: int,
         *,
         follow: bool,
-        render: Callable[[StoredEvent], T],
-    ) -> AsyncGenerator[T, None]:
-        """``render(event)`` of each committed event after ``after_sequence``, made on a
-        reader thread with the page the event is read in.
+        read: PageReader[T],
+    ) -> AsyncGenerator[list[T], None]:
+        """The committed events after ``after_sequence``, oldest first, in the pages
+        ``read(experiment_id, after, limit)`` makes of them (on a reader thread); never an
+        empty page.
 
         Without ``follow`` it ends at the newest committed event. With it, it
         waits for more until it has sent the state event that ends the
@@ -98,7 +117,7 @@ class EventLog:
         full page the next one is read while this one is sent.
         """
         last = after_sequence
-        ahead: asyncio.Task[list[tuple[StoredEvent, T]]] | None = None
+        ahead: asyncio.Task[EventPage[T]] | None = None
         # Taken before reading, so a commit made while this stream is suspended
         # in a yield (or its read ahead is on a thread) still wakes it afterwards.
         waiter = self._waiter(experiment_id)
@@ -111,21 +130,18 @@ class EventLog:
                     # Short pages until the stream has sent something: its first events
                     # go out without waiting for a full page to be read and made.
                     size = FIRST_PAGE_SIZE if last == after_sequence else STREAM_PAGE_SIZE
-                    page = await self.store.arendered_events_after(
-                        experiment_id, last, size, render
-                    )
-                if len(page) == size:
+                    page = await read(experiment_id, last, size)
+                if follow and page.final_at is not None:
+                    yield page.events[: page.final_at + 1]
+                    return
+                if len(page.events) == size:
                     next_waiter = self._waiter(experiment_id)
                     ahead = asyncio.ensure_future(
-                        self.store.arendered_events_after(
-                            experiment_id, page[-1][0].sequence, STREAM_PAGE_SIZE, render
-                        )
+                        read(experiment_id, page.last_sequence, STREAM_PAGE_SIZE)
                     )
-                for event, rendered in page:
-                    yield rendered
-                    last = event.sequence
-                    if follow and _is_final(event):
-                        return
+                if page.events:
+                    yield page.events
+                last = page.last_sequence
                 if ahead is not None:
                     waiter = next_waiter
                     continue
@@ -242,11 +258,3 @@ class ExperimentWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _itself(event: StoredEvent) -> StoredEvent:
-    return event
-
-
-def _is_final(event: StoredEvent) -> bool:
-    return isinstance(event.payload, StateEvent) and event.payload.state.is_final

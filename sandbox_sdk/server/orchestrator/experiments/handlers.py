@@ -22,7 +22,6 @@ from sandbox_sdk.server.orchestrator.experiments.paging import page_size
 from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentRecord,
     ExperimentState,
-    StoredEvent,
 )
 from sandbox_sdk.server.orchestrator.experiments.spec_messages import SpecMessages
 from sandbox_sdk.server.orchestrator.experiments.store import ListFilter
@@ -150,22 +149,23 @@ class ExperimentHandlers:
 
     async def StreamExperimentEvents(
         self, request: requests_pb2.StreamExperimentEventsRequest, context: Context
-    ) -> AsyncIterator[requests_pb2.StreamExperimentEventsResponse]:
-        """The experiment's events after ``after_sequence``; with ``follow``, until it ends."""
+    ) -> AsyncIterator[bytes]:
+        """The experiment's events after ``after_sequence``; with ``follow``, until it ends.
+        Each response goes out serialized, as it was made from the stored event."""
         if request.after_sequence < 0:
             raise invalid_argument(
                 [("after_sequence", "use 0 for all events, or the last sequence you received")]
             )
-        responses = await self.engine.open_stream(
+        pages = await self.engine.open_stream(
             tenant_of(context),
             _experiment_id(request.experiment_id),
             request.after_sequence,
             follow=request.follow,
-            render=_event_response,
         )
-        async with contextlib.aclosing(responses):  # a closed call stops its read ahead
-            async for response in responses:
-                yield response
+        async with contextlib.aclosing(pages):  # a closed call stops its read ahead
+            async for page in pages:
+                for response in page:
+                    yield response
 
     async def ListModels(
         self, request: requests_pb2.ListModelsRequest, context: Context
@@ -188,11 +188,6 @@ class ExperimentHandlers:
     def _large(self, record: ExperimentRecord) -> bool:
         """Whether building the record's message is worth a worker thread."""
         return len(record.spec.inputs) > _INLINE_WORK_INPUTS and not self._specs.cached(record.id)
-
-
-def _event_response(event: StoredEvent) -> requests_pb2.StreamExperimentEventsResponse:
-    # Runs on the store's reader thread, for a page of events at a time.
-    return requests_pb2.StreamExperimentEventsResponse(event=convert.event_to_proto(event))
 
 
 def _experiment_id(experiment_id: str) -> str:

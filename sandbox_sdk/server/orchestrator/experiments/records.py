@@ -8,11 +8,15 @@ name them alike; the engine never stores or sends ``UNSPECIFIED``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from sandbox_sdk.models.experiment import ExperimentState, LogLevel
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec
 
+T = TypeVar("T")
+
 __all__ = [
+    "EventPage",
     "EventPayload",
     "ExperimentChanges",
     "ExperimentRecord",
@@ -134,6 +138,18 @@ class StoredEvent:
     sequence: int
     time: float
     payload: EventPayload
+
+
+@dataclass(frozen=True)
+class EventPage(Generic[T]):
+    """Committed events read in one query, oldest first, each as its reader made it (a
+    :class:`StoredEvent`, or the bytes a stream sends)."""
+
+    events: list[T]
+    # The sequence of the last event read; the sequence read after when there is none.
+    last_sequence: int
+    # The index in ``events`` of the state event that ended the experiment, if read.
+    final_at: int | None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.db_connection import open_connection
 from sandbox_sdk.server.db_readers import ReadPool
 from sandbox_sdk.server.db_writer import BatchWriter
+from sandbox_sdk.server.orchestrator.experiments.convert import event_bytes, event_response_bytes
 from sandbox_sdk.server.orchestrator.experiments.records import (
+    EventPage,
     EventPayload,
     ExperimentChanges,
     ExperimentRecord,
@@ -145,6 +147,12 @@ MIGRATIONS = [
       running INTEGER NOT NULL
     ) WITHOUT ROWID
     """,
+    # Each event's ExperimentEvent message, serialized once when it is committed, so a
+    # stream sends stored bytes instead of building a message per event per reader.
+    # Rows written before have NULL here and are converted from their payload.
+    """
+    ALTER TABLE exp_events ADD COLUMN message BLOB
+    """,
 ]
 
 _ACTIVE_STATES = frozenset((ExperimentState.QUEUED, ExperimentState.RUNNING))
@@ -170,6 +178,17 @@ _PAYLOAD_KINDS: dict[str, type[EventPayload]] = {
     "tool_result": ToolResultEvent,
 }
 _KIND_OF = {cls: kind for kind, cls in _PAYLOAD_KINDS.items()}
+_INSERT_EVENT = (
+    "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload, message)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SELECT_MESSAGES = (
+    "SELECT sequence, message, kind, time,"
+    # The payload only where it is needed: a state event's (did the experiment end?),
+    # and a row written before messages were stored (its message is made from it).
+    " CASE WHEN message IS NULL OR kind = 'state' THEN payload END"
+    " FROM exp_events WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+)
 
 
 @dataclass(frozen=True)
@@ -214,7 +233,8 @@ class ArchiveContents:
 
     record: ExperimentRecord
     samples: list[SampleRecord]
-    events: list[StoredEvent]
+    # Each event's sequence and serialized ExperimentEvent message.
+    events: list[tuple[int, bytes]]
     aggregates: Aggregates
 
 
@@ -375,7 +395,7 @@ class ExperimentStore:
             return ArchiveContents(
                 record=record,
                 samples=_select_samples(query, experiment_id, None, None),
-                events=_select_events(query, experiment_id, 0, -1),
+                events=_select_messages(query, experiment_id),
                 aggregates=aggregate(_select_sample_metrics(query, experiment_id)),
             )
 
@@ -448,16 +468,21 @@ class ExperimentStore:
             lambda conn: _select_events(_query_on(conn), experiment_id, after, limit)
         )
 
-    async def arendered_events_after(
-        self, experiment_id: str, after: int, limit: int, render: Callable[[StoredEvent], T]
-    ) -> list[tuple[StoredEvent, T]]:
-        """:meth:`aevents_after`, each event with ``render(event)`` made on the reader thread:
-        a stream turns events into messages there, not on the event loop."""
+    async def aevent_page(
+        self, experiment_id: str, after: int, limit: int
+    ) -> EventPage[StoredEvent]:
+        """:meth:`aevents_after` as a page (what :class:`EventLog` streams are read in)."""
         return await self.readers.run(
-            lambda conn: [
-                (event, render(event))
-                for event in _select_events(_query_on(conn), experiment_id, after, limit)
-            ]
+            lambda conn: _event_page(
+                _select_events(_query_on(conn), experiment_id, after, limit), after
+            )
+        )
+
+    async def aresponse_page(self, experiment_id: str, after: int, limit: int) -> EventPage[bytes]:
+        """The serialized StreamExperimentEventsResponse of each committed event after
+        ``after``, oldest first, made on a reader thread from the stored messages."""
+        return await self.readers.run(
+            lambda conn: _select_responses(_query_on(conn), experiment_id, after, limit)
         )
 
     async def apage_samples(
@@ -576,11 +601,7 @@ def _insert_experiment(conn: sqlite3.Connection, new: NewExperiment, queued: Sta
         "INSERT INTO exp_labels (experiment_id, key, value) VALUES (?, ?, ?)",
         [(new.id, k, v) for k, v in new.spec.labels.items()],
     )
-    conn.execute(
-        "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload)"
-        " VALUES (?, 1, ?, ?, ?)",
-        (new.id, now, *_encode(queued)),
-    )
+    conn.execute(_INSERT_EVENT, _event_row(StoredEvent(new.id, 1, now, queued)))
 
 
 def _commit_events(
@@ -604,11 +625,7 @@ def _commit_events(
         StoredEvent(experiment_id, first + offset, now, payload)
         for offset, payload in enumerate(payloads)
     ]
-    conn.executemany(
-        "INSERT INTO exp_events (experiment_id, sequence, time, kind, payload)"
-        " VALUES (?, ?, ?, ?, ?)",
-        [(experiment_id, e.sequence, now, *_encode(e.payload)) for e in events],
-    )
+    conn.executemany(_INSERT_EVENT, [_event_row(e) for e in events])
     assignments, params = _assignments(changes, sample, has_output)
     assignments.append("last_sequence = ?")
     params.append(first + len(events) - 1)
@@ -730,6 +747,42 @@ def _select_events(query: Query, experiment_id: str, after: int, limit: int) -> 
     return [StoredEvent(experiment_id, row[0], row[1], _decode(row[2], row[3])) for row in rows]
 
 
+def _event_page(events: list[StoredEvent], after: int) -> EventPage[StoredEvent]:
+    final_at = next((i for i, e in enumerate(events) if _ends_experiment(e.payload)), None)
+    return EventPage(events, events[-1].sequence if events else after, final_at)
+
+
+def _select_responses(query: Query, experiment_id: str, after: int, limit: int) -> EventPage[bytes]:
+    rows = query(_SELECT_MESSAGES, (experiment_id, after, limit))
+    responses: list[bytes] = []
+    final_at: int | None = None
+    for row in rows:
+        message, ends = _message_of(experiment_id, row)
+        if ends and final_at is None:
+            final_at = len(responses)
+        responses.append(event_response_bytes(message))
+    return EventPage(responses, rows[-1][0] if rows else after, final_at)
+
+
+def _select_messages(query: Query, experiment_id: str) -> list[tuple[int, bytes]]:
+    rows = query(_SELECT_MESSAGES, (experiment_id, 0, -1))
+    return [(row[0], _message_of(experiment_id, row)[0]) for row in rows]
+
+
+def _message_of(experiment_id: str, row: sqlite3.Row) -> tuple[bytes, bool]:
+    """A ``_SELECT_MESSAGES`` row's serialized ExperimentEvent, and whether it is the state
+    event that ended the experiment."""
+    sequence, message, kind, time, payload = row
+    if payload is None:
+        return message, False
+    event = StoredEvent(experiment_id, sequence, time, _decode(kind, payload))
+    return (event_bytes(event) if message is None else message), _ends_experiment(event.payload)
+
+
+def _ends_experiment(payload: EventPayload) -> bool:
+    return isinstance(payload, StateEvent) and payload.state.is_final
+
+
 def _select_outbox(query: Query, limit: int | None) -> list[str]:
     rows = query(
         "SELECT experiment_id FROM exp_archive_outbox ORDER BY queue_time, experiment_id LIMIT ?",
@@ -830,6 +883,18 @@ def _insert_sample(conn: sqlite3.Connection, experiment_id: str, sample: SampleR
             sample.tool_calls,
             sample.tool_errors,
         ),
+    )
+
+
+def _event_row(event: StoredEvent) -> tuple[str, int, float, str, str, bytes]:
+    """The ``_INSERT_EVENT`` parameters of an event, its message serialized here (on the
+    writer thread), once."""
+    return (
+        event.experiment_id,
+        event.sequence,
+        event.time,
+        *_encode(event.payload),
+        event_bytes(event),
     )
 
 
