@@ -236,7 +236,12 @@ async def test_cancelling_the_stream_kills_the_process_tree_inside(tmp_path: Pat
         )
         assert isinstance(await anext(events), ExecStarted)
         assert await anext(events) == ExecOutput("stdout", b"up\n")
-        assert "sleep 303" in await processes_inside(manager, environment.id)
+
+        async def sleep_started() -> bool:
+            # The shell's background child runs as a copy of the shell until it executes.
+            return "sleep 303" in await processes_inside(manager, environment.id)
+
+        await eventually_async(sleep_started, True, what="the background sleep started")
         await events.aclose()
         await eventually_async(
             lambda: processes_inside(manager, environment.id), [], what="the tree died"
