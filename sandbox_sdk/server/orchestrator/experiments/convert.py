@@ -204,11 +204,18 @@ _EVENT_TAG = bytes(
 )
 
 
+# The field's tag and length of every event shorter than 128 bytes (a one-byte varint).
+_SHORT_PREFIXES = [_EVENT_TAG + bytes((length,)) for length in range(128)]
+
+
 def event_response_bytes(event: bytes) -> bytes:
     """The serialized StreamExperimentEventsResponse holding a serialized ExperimentEvent:
     its only field, framed around the event's bytes as the wire format defines, without
     parsing them. The same bytes protobuf would write for the response."""
-    return b"".join((_EVENT_TAG, _varint(len(event)), event))
+    length = len(event)
+    if length < 128:  # most events: one concatenation
+        return _SHORT_PREFIXES[length] + event
+    return b"".join((_EVENT_TAG, _varint(length), event))
 
 
 def _varint(value: int) -> bytes:

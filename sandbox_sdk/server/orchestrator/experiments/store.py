@@ -183,11 +183,15 @@ _INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _SELECT_MESSAGES = (
-    "SELECT sequence, message, kind, time,"
-    # The payload only where it is needed: a state event's (did the experiment end?),
-    # and a row written before messages were stored (its message is made from it).
-    " CASE WHEN message IS NULL OR kind = 'state' THEN payload END"
+    "SELECT sequence, message,"
+    # Whether the payload must be read too (for few rows): a state event's (did it end
+    # the experiment?), and a row written before messages were stored (its message is
+    # made from the payload).
+    " message IS NULL OR kind = 'state'"
     " FROM exp_events WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+)
+_SELECT_PAYLOAD = (
+    "SELECT time, kind, payload FROM exp_events WHERE experiment_id = ? AND sequence = ?"
 )
 
 
@@ -395,7 +399,7 @@ class ExperimentStore:
             return ArchiveContents(
                 record=record,
                 samples=_select_samples(query, experiment_id, None, None),
-                events=_select_messages(query, experiment_id),
+                events=_select_messages(_tuples_on(conn), experiment_id),
                 aggregates=aggregate(_select_sample_metrics(query, experiment_id)),
             )
 
@@ -482,7 +486,7 @@ class ExperimentStore:
         """The serialized StreamExperimentEventsResponse of each committed event after
         ``after``, oldest first, made on a reader thread from the stored messages."""
         return await self.readers.run(
-            lambda conn: _select_responses(_query_on(conn), experiment_id, after, limit)
+            lambda conn: _select_responses(_tuples_on(conn), experiment_id, after, limit)
         )
 
     async def apage_samples(
@@ -564,6 +568,17 @@ class ExperimentStore:
 def _query_on(conn: sqlite3.Connection) -> Query:
     def query(sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return conn.execute(sql, params).fetchall()
+
+    return query
+
+
+def _tuples_on(conn: sqlite3.Connection) -> Query:
+    """:func:`_query_on` with rows as plain tuples: cheaper, where rows are many."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+
+    def query(sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return cursor.execute(sql, params).fetchall()
 
     return query
 
@@ -753,28 +768,37 @@ def _event_page(events: list[StoredEvent], after: int) -> EventPage[StoredEvent]
 
 
 def _select_responses(query: Query, experiment_id: str, after: int, limit: int) -> EventPage[bytes]:
+    # A stream reads this for every event it sends: rows come as tuples, and only the
+    # rare ones read anything more.
     rows = query(_SELECT_MESSAGES, (experiment_id, after, limit))
     responses: list[bytes] = []
     final_at: int | None = None
-    for row in rows:
-        message, ends = _message_of(experiment_id, row)
-        if ends and final_at is None:
-            final_at = len(responses)
+    for sequence, stored, with_payload in rows:
+        message = stored
+        if with_payload:
+            message, ends = _read_message(query, experiment_id, sequence, stored)
+            if ends and final_at is None:
+                final_at = len(responses)
         responses.append(event_response_bytes(message))
     return EventPage(responses, rows[-1][0] if rows else after, final_at)
 
 
 def _select_messages(query: Query, experiment_id: str) -> list[tuple[int, bytes]]:
     rows = query(_SELECT_MESSAGES, (experiment_id, 0, -1))
-    return [(row[0], _message_of(experiment_id, row)[0]) for row in rows]
+    return [
+        (sequence, _read_message(query, experiment_id, sequence, message)[0])
+        if with_payload
+        else (sequence, message)
+        for sequence, message, with_payload in rows
+    ]
 
 
-def _message_of(experiment_id: str, row: sqlite3.Row) -> tuple[bytes, bool]:
-    """A ``_SELECT_MESSAGES`` row's serialized ExperimentEvent, and whether it is the state
-    event that ended the experiment."""
-    sequence, message, kind, time, payload = row
-    if payload is None:
-        return message, False
+def _read_message(
+    query: Query, experiment_id: str, sequence: int, message: bytes | None
+) -> tuple[bytes, bool]:
+    """An event's serialized ExperimentEvent (``message`` if stored, else made from its
+    payload), and whether it is the state event that ended the experiment."""
+    time, kind, payload = query(_SELECT_PAYLOAD, (experiment_id, sequence))[0]
     event = StoredEvent(experiment_id, sequence, time, _decode(kind, payload))
     return (event_bytes(event) if message is None else message), _ends_experiment(event.payload)
 
