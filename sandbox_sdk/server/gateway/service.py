@@ -259,20 +259,27 @@ class GatewayService(_GenericRpcHandler):
         return handle
 
     def _streaming(self, spec: MethodSpec) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
-        async def route(request: bytes, context: Context, caller: Caller) -> AsyncIterator[bytes]:
+        # The owner's stream itself, not re-yielded by a generator of its own: every
+        # message of a stream passes through each layer here.
+        def route(request: bytes, context: Context, caller: Caller) -> AsyncIterator[bytes]:
             try:
                 link = self._owner(spec, request)
             except ServiceError as error:
-                archived = await self._archived_stream(spec, request, caller, error)
-                if archived is None:
-                    raise self._not_archived(spec, error) from None
-                async for message in archived:
-                    yield message
-                return
-            async for message in self._forward_stream(spec, link, request, context, caller):
-                yield message
+                return self._archived_or_raise(spec, request, caller, error)
+            return self._forward_stream(spec, link, request, context, caller)
 
         return self._server_streaming(spec, route)
+
+    async def _archived_or_raise(
+        self, spec: MethodSpec, request: bytes, caller: Caller, error: ServiceError
+    ) -> AsyncIterator[bytes]:
+        """The archive's event stream in place of an owner that is gone or down, or the
+        error for an experiment the archive could not answer either."""
+        archived = await self._archived_stream(spec, request, caller, error)
+        if archived is None:
+            raise self._not_archived(spec, error) from None
+        async for message in archived:
+            yield message
 
     def _server_streaming(
         self, spec: MethodSpec, route: Callable[[Any, Context, Caller], AsyncIterator[bytes]]
