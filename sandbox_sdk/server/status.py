@@ -18,6 +18,8 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
@@ -150,6 +152,47 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return presented if valid_request_id(presented) else new_request_id()
 
 
+@dataclass(frozen=True)
+class ServedCall:
+    """What the error-status wrapper read of the call being served: its invocation
+    metadata and its request id (see :func:`request_id_of`)."""
+
+    metadata: Sequence[tuple[str, Any]]
+    request_id: str
+
+
+# Set by the wrappers below in the call's own task: grpc.aio serves every call in a task
+# of its own, so a call never sees another's. Reading metadata from grpc's context builds
+# it anew each time, which costs more than the rest of a cheap call's bookkeeping.
+_SERVED_CALL: ContextVar[ServedCall | None] = ContextVar("sandbox_served_call", default=None)
+
+
+def served_call(context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
+    """The metadata and request id of the call ``context`` serves, read once per call."""
+    call = _SERVED_CALL.get()
+    return call if call is not None else _read_call(context)
+
+
+def _read_call(context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
+    metadata: Sequence[tuple[str, Any]] = tuple(context.invocation_metadata() or ())
+    presented = ""
+    for key, value in metadata:
+        if key == REQUEST_ID_KEY:
+            presented = value if isinstance(value, str) else value.decode()
+            break
+    request_id = presented if valid_request_id(presented) else new_request_id()
+    return ServedCall(metadata, request_id)
+
+
+def _serve(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Reads the call's metadata for the handlers, echoes its request id in the trailers,
+    and returns the request id."""
+    call = _read_call(context)
+    _SERVED_CALL.set(call)
+    context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+    return call.request_id
+
+
 def new_request_id() -> str:
     """A fresh request id: 32 random hex digits."""
     return secrets.token_hex(16)
@@ -211,8 +254,7 @@ def out_of_space(error: BaseException) -> bool:
 
 def _wrap_unary(handler: _UnaryHandler, method: str) -> _UnaryHandler:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        request_id = request_id_of(context)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        request_id = _serve(context)
         try:
             return await handler(request, context)
         except grpc.aio.AbortError:
@@ -228,8 +270,7 @@ def _wrap_stream(handler: _StreamHandler, method: str) -> _StreamHandler:
     async def wrapped(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        request_id = request_id_of(context)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        request_id = _serve(context)
         try:
             async for item in handler(request, context):
                 yield item

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import Message
 
 from sandbox_sdk.api.v1 import environment_pb2, requests_pb2
-from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
+from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.gateway.admin import Administrator, ApiKeyAdmin, parse_request
 from sandbox_sdk.server.gateway.archived_experiments import (
@@ -52,7 +52,7 @@ from sandbox_sdk.server.gateway.wire import (
     message_field,
     string_field,
 )
-from sandbox_sdk.server.status import ServiceError, invalid_argument, new_request_id, not_found
+from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found, served_call
 from sandbox_sdk.utils.backoff import backoff_ceiling, ends_in_time, full_jitter
 
 access_log = logging.getLogger("sandbox_sdk.server.gateway.access")
@@ -84,14 +84,6 @@ class Caller:
     key_id: str
     request_id: str
     operator: bool = False
-
-
-def _request_id(context: Context) -> str:
-    # ErrorInterceptor has put the caller's (or a fresh) request id in the trailer.
-    for key, value in context.trailing_metadata() or ():
-        if key == REQUEST_ID_KEY:
-            return str(value)
-    return new_request_id()
 
 
 class GatewayService(_GenericRpcHandler):
@@ -318,8 +310,9 @@ class GatewayService(_GenericRpcHandler):
     # -- every call ----------------------------------------------------------------------
 
     async def _admit(self, spec: MethodSpec, context: Context) -> Caller:
+        call = served_call(context)
         authorization = ""
-        for key, value in context.invocation_metadata() or ():
+        for key, value in call.metadata:
             if key == AUTHORIZATION_KEY:
                 authorization = str(value)
                 break
@@ -330,7 +323,7 @@ class GatewayService(_GenericRpcHandler):
         except ServiceError as error:
             self._metrics.refused(record.tenant, error.reason)
             raise
-        return Caller(record.tenant, record.id, _request_id(context), record.is_operator)
+        return Caller(record.tenant, record.id, call.request_id, record.is_operator)
 
     def _finish(
         self, spec: MethodSpec, caller: Caller | None, code: grpc.StatusCode, started: float
