@@ -41,3 +41,21 @@ def test_the_last_occurrence_wins_like_protobuf() -> None:
 def test_malformed_messages_are_reported(data: bytes) -> None:
     with pytest.raises(MalformedMessageError):
         string_field(data, 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x0a\x00",
+        b"\x0a\x03abc",
+        b"\x12\x03abc",  # another field alone
+        b"\x0a\x03abc\x0a\x03xyz",  # repeated: the last wins
+        b"\x0a\x03abc\x10\x01",  # followed by a varint field
+        b"\x0a\x80\x01" + b"a" * 128,  # a two-byte length
+    ],
+    ids=["empty", "empty-string", "sole", "other-field", "repeated", "then-varint", "long"],
+)
+def test_agrees_with_protobuf_whether_or_not_the_field_is_alone(data: bytes) -> None:
+    parsed = requests_pb2.GetEnvironmentRequest.FromString(data)
+    assert string_field(data, 1) == parsed.environment_id

@@ -59,14 +59,35 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
 
 def string_field(data: bytes, number: int) -> str:
     """The value of top-level string field ``number`` (the last one wins), or ``""``."""
+    sole = _sole_short_field(data, number)
+    if sole is not None:
+        return _text(sole, number)
     value = ""
     for field, wire_type, raw in _fields(data):
         if field == number and wire_type == _LENGTH_DELIMITED and isinstance(raw, bytes):
-            try:
-                value = raw.decode()
-            except UnicodeDecodeError as error:
-                raise MalformedMessageError(f"field {number} is not UTF-8") from error
+            value = _text(raw, number)
     return value
+
+
+def _sole_short_field(data: bytes, number: int) -> bytes | None:
+    """The value when ``data`` is exactly one length-delimited field ``number`` whose tag
+    and length take a byte each (a call naming one resource id, such as a Get), else
+    ``None``: such a message needs no scan."""
+    sole = (
+        len(data) >= 2
+        and number < 16
+        and data[0] == (number << 3 | _LENGTH_DELIMITED)
+        and data[1] == len(data) - 2
+        and data[1] < 0x80
+    )
+    return data[2:] if sole else None
+
+
+def _text(raw: bytes, number: int) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as error:
+        raise MalformedMessageError(f"field {number} is not UTF-8") from error
 
 
 def message_field(data: bytes, number: int) -> bytes:
