@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import psutil
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server.orchestrator.sandbox.network import DEFAULT_DENIED_CIDRS, parse_cidrs
 
@@ -37,6 +39,35 @@ def _upper_case(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+CGROUP_PARENT_VARIABLE = "SANDBOX_SDK_CGROUP_PARENT"
+MOUNT_ROOT_VARIABLE = "SANDBOX_SDK_MOUNT_ROOT"
+_CGROUP_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+def default_cgroup_parent() -> str:
+    """``$SANDBOX_SDK_CGROUP_PARENT``, else ``sandbox-sdk``: two orchestrators on one host
+    need parents of their own (see docs/deployment.md)."""
+    parent = os.environ.get(CGROUP_PARENT_VARIABLE) or "sandbox-sdk"
+    if re.fullmatch(_CGROUP_NAME, parent) is None or parent in (".", ".."):
+        raise ConfigError(
+            f"{CGROUP_PARENT_VARIABLE}={parent!r} is not a cgroup name: use letters, digits, "
+            "'_', '.' and '-' only, or unset it for the default 'sandbox-sdk'"
+        )
+    return parent
+
+
+def default_mount_root() -> Path:
+    """``$SANDBOX_SDK_MOUNT_ROOT``, else ``/run/sandbox-sdk``: two orchestrators on one host
+    need roots of their own (see docs/deployment.md)."""
+    root = os.environ.get(MOUNT_ROOT_VARIABLE) or "/run/sandbox-sdk"
+    if not os.path.isabs(root):
+        raise ConfigError(
+            f"{MOUNT_ROOT_VARIABLE}={root!r} is not an absolute path: give one, or unset it "
+            "for the default /run/sandbox-sdk"
+        )
+    return Path(root)
+
+
 # A runtime as an operator writes it in the YAML: "gvisor" or "GVISOR".
 RuntimeName = Annotated[IsolationRuntime, BeforeValidator(_upper_case)]
 
@@ -59,14 +90,16 @@ class SandboxSettings(BaseModel):
         gvisor_agent_uid: the host uid gVisor environments' agents are (uid 0 of
             gVisor's kernel, where commands are ``sandbox_uid``); it owns nothing
             on the host and must be neither ``sandbox_uid`` nor any user's.
-        cgroup_parent: the cgroup (in each hierarchy) holding environments' cgroups.
+        cgroup_parent: the cgroup (in each hierarchy) holding environments' cgroups;
+            by default ``$SANDBOX_SDK_CGROUP_PARENT``, else ``sandbox-sdk``.
         read_only_paths: host paths visible read-only inside bubblewrap.
         agent_python: the interpreter running each environment's agent; it
             must be under ``read_only_paths`` (the sandbox runs it).
         loop_disk_quota: give each workspace its own loop-mounted ext4 (root only).
         mount_root: where workspaces are mounted when privileges are dropped;
             every directory on the way must be searchable by the sandbox uid,
-            because bubblewrap resolves its bind sources as that uid.
+            because bubblewrap resolves its bind sources as that uid. By default
+            ``$SANDBOX_SDK_MOUNT_ROOT``, else ``/run/sandbox-sdk``.
         address_space_headroom_bytes: RLIMIT_AS is the memory limit plus this,
             since virtual memory is not resident memory.
         tenant_share_max: the most of any total (environments, cores, memory)
@@ -156,10 +189,10 @@ class SandboxSettings(BaseModel):
     runsc_path: str = "runsc"
     gvisor_agent_uid: int = Field(default=65532, ge=1)
     agent_python: str = "/usr/bin/python3"
-    cgroup_parent: str = Field(default="sandbox-sdk", pattern=r"^[A-Za-z0-9_.-]+$")
+    cgroup_parent: str = Field(default_factory=default_cgroup_parent, pattern=_CGROUP_NAME)
     read_only_paths: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
     loop_disk_quota: bool = True
-    mount_root: Path = Path("/run/sandbox-sdk")
+    mount_root: Path = Field(default_factory=default_mount_root)
     address_space_headroom_bytes: int = Field(default=1 * GiB, ge=0)
     max_open_files: int = Field(default=1024, gt=0)
     tenant_share_max: float = Field(default=0.75, gt=0, le=1)
