@@ -6,20 +6,41 @@ this pytest process may be left (a sandbox agent, bubblewrap, slirp4netns, a
 directory, no loop device may still be backed by a file there (a
 workspace image), and no environment cgroup or mount point the session
 created may remain. A leak fails the run.
+
+Under pytest-xdist (``make test`` runs two workers, ``--dist loadfile``) each
+worker's orchestrators keep their environments under parents of the worker's
+own (tests/worker_places.py), so the workers neither sweep nor count each
+other's; the modules that share a host directory no lock guards run in the
+same worker (:data:`_SAME_WORKER`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sandbox_runtimes
+import worker_places
 from leak_checks import environment_dirs, leaks
 
 from sandbox_sdk.models.environment import IsolationRuntime
 
 _GRACE_SECONDS = 15.0
+
+# Test files that must run in one worker, one after the other: both build in and delete
+# from the template cache shared by test runs ($SANDBOX_SDK_TEMPLATE_CACHE), whose start
+# sweeps away unfinished builds (another process's in progress too).
+_SAME_WORKER = {
+    "tests/sandbox/test_sandbox_templates.py": "template-cache",
+    "tests/e2e/test_e2e_templates.py": "template-cache",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is collected, so before anything makes settings."""
+    worker_places.use_the_workers_own()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,6 +52,7 @@ def _nothing_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> I
     while (found := leaks(base, before)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not found, "the tests left these behind:\n" + "\n".join(found)
+    worker_places.remove_the_workers_own()
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +80,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         indirect=True,
         ids=[runtime.value.lower() for runtime in runtimes],
     )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, but the files of :data:`_SAME_WORKER` go to one worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesSharingAHostDirectory(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return _SAME_WORKER.get(path, path)
+
+    return FilesSharingAHostDirectory(config, log)

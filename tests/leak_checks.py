@@ -7,6 +7,11 @@ from pathlib import Path
 
 import psutil
 
+from sandbox_sdk.server.orchestrator.sandbox.settings import (
+    default_cgroup_parent,
+    default_mount_root,
+)
+
 
 def child_processes() -> list[str]:
     alive = []
@@ -38,10 +43,12 @@ def loop_devices_under(base: Path) -> list[str]:
 
 
 def environment_dirs() -> set[str]:
-    """Environments' cgroups (v1 and v2) and mount points under the default parents, and
-    the workspace file systems made ahead (``pool-*``)."""
-    parents = [*Path("/sys/fs/cgroup").glob("*/sandbox-sdk"), Path("/sys/fs/cgroup/sandbox-sdk")]
-    parents.append(Path("/run/sandbox-sdk"))
+    """Environments' cgroups (v1 and v2) and mount points under this session's default
+    parents (a worker's own, see conftest.py), and the workspace file systems and start
+    gates made ahead (``pool-*``)."""
+    cgroup_parent = default_cgroup_parent()
+    parents = [*Path("/sys/fs/cgroup").glob(f"*/{cgroup_parent}")]
+    parents += [Path("/sys/fs/cgroup") / cgroup_parent, default_mount_root()]
     return {
         str(entry)
         for parent in parents

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import worker_places
 
 from sandbox_sdk import AsyncSandboxClient, RetryPolicy
 from sandbox_sdk.errors import ErrorReason, UnavailableError
@@ -45,6 +46,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         orchestrators=3,
         directory=tmp_path_factory.mktemp("local-cluster"),
         lease_seconds=LEASE_SECONDS,
+        # Its processes get no SANDBOX_* variables: the session's host places, said here.
+        orchestrator_settings={"sandbox": worker_places.sandbox_section()},
     ) as started:
         yield started
 

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import pytest
 import sandbox_runtimes
+import worker_places
 from e2e_support import (
     BackgroundLoop,
     EmbeddedStack,
@@ -48,7 +49,7 @@ TenantClient = Callable[..., SandboxClient]
 @pytest.fixture(autouse=True)
 def _no_client_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK reads SANDBOX_* variables; the tests say what they mean explicitly."""
-    for name in [name for name in os.environ if name.startswith("SANDBOX_")]:
+    for name in worker_places.client_settings(os.environ):
         monkeypatch.delenv(name)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import sandbox_runtimes
+import worker_places
 import yaml
 
 from sandbox_sdk import AsyncSandboxClient, RetryPolicy, SandboxClient
@@ -204,7 +205,7 @@ class ServerProcess(_Endpoint):
             str(self.data_dir),
         ]
         command += ["--config", str(self.config_path)]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
+        environment = worker_places.without_client_settings(os.environ)
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import worker_places
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
@@ -24,7 +25,7 @@ from sandbox_sdk.models.environment import IsolationRuntime
 @pytest.fixture(autouse=True)
 def _no_client_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK reads SANDBOX_* variables; the tests say what they mean explicitly."""
-    for name in [name for name in os.environ if name.startswith("SANDBOX_")]:
+    for name in worker_places.client_settings(os.environ):
         monkeypatch.delenv(name)
 
 

@@ -32,7 +32,11 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     NewEnvironment,
 )
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation
-from sandbox_sdk.server.orchestrator.sandbox.settings import LimitValues, MiB
+from sandbox_sdk.server.orchestrator.sandbox.settings import (
+    LimitValues,
+    MiB,
+    default_cgroup_parent,
+)
 
 T = TypeVar("T")
 
@@ -220,8 +224,10 @@ async def eventually_async(
         await asyncio.sleep(0.05)
 
 
-def cgroup_dirs(environment_id: str, parent: str = "sandbox-sdk") -> list[Path]:
-    """The environment's cgroup directories that exist now (v1 hierarchies or v2)."""
+def cgroup_dirs(environment_id: str, parent: str | None = None) -> list[Path]:
+    """The environment's cgroup directories that exist now (v1 hierarchies or v2), under
+    ``parent`` (default: the settings' default, this test session's own)."""
+    parent = parent or default_cgroup_parent()
     root = Path("/sys/fs/cgroup")
     candidates = [root / c / parent / environment_id for c in ("memory", "cpu", "cpuacct", "pids")]
     candidates.append(root / parent / environment_id)

@@ -79,8 +79,8 @@ def test_v2_is_chosen_only_when_its_controllers_are_enabled(tmp_path: Path) -> N
     assert any("lacks controllers memory, cpu, pids" in w for w in without.warnings)
 
     (unified / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
-    (unified / "sandbox-sdk").mkdir()
-    (unified / "sandbox-sdk" / "cgroup.subtree_control").write_text("")
+    (unified / settings.cgroup_parent).mkdir()
+    (unified / settings.cgroup_parent / "cgroup.subtree_control").write_text("")
     chosen = detect_isolation(settings, mounts_file=mounts)
     assert isinstance(chosen.cgroups, CgroupV2Driver)
     assert "cgroup-v2" in chosen.level

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import worker_places
 
 _TESTS = Path(__file__).resolve().parents[1]
 for _helpers in ("gateway", "e2e"):
@@ -45,7 +46,7 @@ StartEmbedded = Callable[..., EmbeddedStack]
 @pytest.fixture(autouse=True)
 def _no_client_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SDK reads SANDBOX_* variables; each attack sets what it means explicitly."""
-    for name in [name for name in os.environ if name.startswith("SANDBOX_")]:
+    for name in worker_places.client_settings(os.environ):
         monkeypatch.delenv(name)
 
 
