@@ -10,7 +10,6 @@ own environment, with a reason that says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import json
 import os
@@ -338,9 +337,11 @@ async def test_a_compromised_agent_ends_only_its_own_environment(tmp_path: Path)
         # Take the agent's own socket from outside (root on the host can) and forge
         # what a tampered agent would send: an exit for a command that never ran.
         agent_pid = _sandbox_pid_1(runtime.agent.pid)
-        forged = _steal_fd(agent_pid, _agent_socket_fd(agent_pid))
+        # One owner closes it once: the orchestrator makes fds meanwhile (its gate pool
+        # refills), which a second close of a reused number would hit.
+        forged = socket.socket(fileno=_steal_fd(agent_pid, _agent_socket_fd(agent_pid)))
         try:
-            _PeerAgent(socket.socket(fileno=forged)).say(
+            _PeerAgent(forged).say(
                 {"op": "exited", "id": 4242, "returncode": 0, "cpu_seconds": 0,
                  "max_rss_bytes": 0}
             )  # fmt: skip
@@ -351,16 +352,11 @@ async def test_a_compromised_agent_ends_only_its_own_environment(tmp_path: Path)
                 what="the victim environment ended",
             )
         finally:
-            with_suppressed_close(forged)
+            forged.close()
         ended = manager.get_environment(TENANT, victim.id)
         assert ended.termination_reason is TerminationReason.SANDBOX_VIOLATION
         assert "create a new one" in ended.termination_message
         assert (await run(manager, bystander.id, ["echo", "fine"])).out == "fine\n"
-
-
-def with_suppressed_close(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
 
 
 def _sandbox_pid_1(outer_pid: int) -> int:

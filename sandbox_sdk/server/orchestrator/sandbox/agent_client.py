@@ -7,7 +7,10 @@ environment's cgroups, then sets the rlimits (numbers passed as positional
 parameters) and ``exec``s the rest (setpriv dropping to the sandbox uid,
 bubblewrap, the interpreter running the agent). Nothing in the sandbox runs
 before it is contained, and ``subprocess`` never switches uid itself (which
-would force ``fork()`` over ``vfork()`` in the gRPC server). Its socket is
+would force ``fork()`` over ``vfork()`` in the gRPC server). A gate started
+ahead (:mod:`.gate_pool`) is a fixed program instead, in the environment's
+cgroups before it is handed out, that reads the same (and the fds) from its
+stdin. Its socket is
 passed as an inherited fd, or (``socket_on_stdin``, for runtimes that pass only
 stdio into the sandbox) as the gate's stdin, from which the gate reads its line
 byte by byte, so the agent gets the socket as fd 0 with nothing of it consumed.
@@ -52,11 +55,11 @@ import stat
 import struct
 import sys
 import termios
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sandbox_sdk.server.orchestrator.sandbox import agent
 
@@ -278,6 +281,7 @@ class AgentClient:
         contain: Callable[[int], None],
         prepare: Coroutine[Any, Any, None] | None = None,
         on_violation: Callable[[str], None] | None = None,
+        gate: WaitingGate | None = None,
     ) -> AgentClient:
         """Starts the agent; ``contain(pid)`` puts the gated process into its cgroups.
 
@@ -287,44 +291,62 @@ class AgentClient:
         ``contain`` runs in a thread while ``prepare`` (what the agent needs
         before it may run, such as its workspace) is awaited: moving a process
         into a cgroup v1 waits for an RCU grace period, milliseconds better
-        spent making the workspace. Returns once the agent said it is ready;
-        raises what ``prepare`` raises, or :class:`AgentError` if the agent does not start.
+        spent making the workspace. ``gate`` is a gate started ahead and already
+        contained (see :mod:`.gate_pool`): it takes the launch, when it can, instead
+        of a new gate, and ``contain`` is not called. Returns once the agent said it
+        is ready; raises what ``prepare`` raises, or :class:`AgentError` if the agent
+        does not start.
         """
         try:
-            process, ours, stderr_read = await _start_gated(launch)
+            if gate is not None and gate.takes(launch):
+                started, contain = gate.open(launch), _already_contained
+            else:
+                started = await _start_gated(launch)
         except BaseException:
+            _close_all(launch.pass_fds)
             if prepare is not None:
                 prepare.close()
             raise
+        try:
+            return await cls._let_go(started, launch, contain, prepare, on_violation)
         finally:
-            for fd in launch.pass_fds:
-                os.close(fd)
-        client = cls(process, ours, on_violation, fds_from_agent=launch.fds_from_agent)
-        contained = asyncio.ensure_future(asyncio.to_thread(contain, process.pid))
+            _close_all(launch.pass_fds)
+            os.close(started.stderr_read)
+
+    @classmethod
+    async def _let_go(
+        cls,
+        gate: Gate,
+        launch: AgentLaunch,
+        contain: Callable[[int], None],
+        prepare: Coroutine[Any, Any, None] | None,
+        on_violation: Callable[[str], None] | None,
+    ) -> AgentClient:
+        """Contains the gate's process and awaits ``prepare`` meanwhile, then releases it
+        and waits for the agent's ready."""
+        client = cls(
+            gate.process, gate.agent_socket, on_violation, fds_from_agent=launch.fds_from_agent
+        )
+        contained = asyncio.ensure_future(asyncio.to_thread(contain, gate.process.pid))
         try:
             if prepare is not None:
                 await prepare
         except BaseException:
             await asyncio.gather(contained, return_exceptions=True)
+            await gate.abandon()
             await client.close()
-            os.close(stderr_read)
             raise
         try:
             await contained
-            if process.stdin is not None:
-                process.stdin.write(_GO_LINE)
-                process.stdin.close()
-            else:  # the socket is the gate's stdin; nothing else was sent on it yet
-                ours.send(_GO_LINE)
+            await gate.release()
             await asyncio.wait_for(asyncio.shield(client._ready), _READY_TIMEOUT_SECONDS)
         except BaseException as error:
+            await gate.abandon()
             await client.close()
             if not isinstance(error, Exception):
                 raise
-            detail = _read_available(stderr_read) or str(error)
+            detail = _read_available(gate.stderr_read) or str(error)
             raise AgentError(f"the sandbox agent did not start ({detail})") from error
-        finally:
-            os.close(stderr_read)
         return client
 
     @property
@@ -737,11 +759,34 @@ class AgentClient:
             await self.process.wait()
 
 
-async def _start_gated(
-    launch: AgentLaunch,
-) -> tuple[asyncio.subprocess.Process, socket.socket, int]:
-    """Starts the agent's process, which waits at its gate: the process, our end of its
-    socket, and the read end of its stderr."""
+@dataclass(frozen=True)
+class Gate:
+    """A started agent's process waiting at its gate: ``agent_socket`` is our end of
+    the agent's socket, ``stderr_read`` the read end of its stderr (both the caller's
+    to close), ``release`` lets it go on, ``abandon`` makes it exit if it never was."""
+
+    process: asyncio.subprocess.Process
+    agent_socket: socket.socket
+    stderr_read: int
+    release: Callable[[], Awaitable[None]]
+    abandon: Callable[[], Awaitable[None]]
+
+
+class WaitingGate(Protocol):
+    """A gate started ahead (see :mod:`.gate_pool`), to take one launch."""
+
+    def takes(self, launch: AgentLaunch) -> bool:
+        """Whether it can run ``launch`` (else a gate is started for it as usual)."""
+        ...
+
+    def open(self, launch: AgentLaunch) -> Gate:
+        """The gate for ``launch``, released with its argv, environment, limits and fds."""
+        ...
+
+
+async def _start_gated(launch: AgentLaunch) -> Gate:
+    """Starts the agent's process, which waits at its gate (the fixed shell script) for
+    a line on its stdin."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # The gate's and the agent's stderr, read only to say why the agent did not start.
     stderr_read, stderr_write = os.pipe()
@@ -771,7 +816,27 @@ async def _start_gated(
     finally:
         theirs.close()
         os.close(stderr_write)
-    return process, ours, stderr_read
+
+    async def release() -> None:
+        if process.stdin is not None:
+            process.stdin.write(_GO_LINE)
+            process.stdin.close()
+        else:  # the socket is the gate's stdin; nothing else was sent on it yet
+            ours.send(_GO_LINE)
+
+    async def abandon() -> None:
+        pass  # closing the agent's socket or its stdin (AgentClient.close) ends it
+
+    return Gate(process, ours, stderr_read, release, abandon)
+
+
+def _already_contained(pid: int) -> None:
+    """A gate started ahead is in its cgroups before it is handed out."""
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _message_id(message: Mapping[str, Any]) -> int:

@@ -311,15 +311,25 @@ def _quota_us(cpu_cores: float) -> int:
 # --- cgroup v1 ---------------------------------------------------------------------------
 
 
-class _V1EnvironmentCgroup(EnvironmentCgroup):
+class V1EnvironmentCgroup(EnvironmentCgroup):
+    """An environment's cgroup v1: one directory per hierarchy."""
+
     def __init__(self, dirs: Mapping[str, Path], marker: str) -> None:
         super().__init__(dirs.values(), marker)
         self._by_controller = dict(dirs)
         self._oom_control = str(dirs["memory"] / "memory.oom_control")
 
     def create(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
+        self.make_directories()
+        self.write_limits(cpu_cores, memory_bytes, max_pids)
+
+    def make_directories(self) -> None:
+        """Makes the cgroup in every hierarchy, without limits."""
         for directory in self.dirs:
             directory.mkdir(parents=True, exist_ok=True)
+
+    def write_limits(self, cpu_cores: float, memory_bytes: int, max_pids: int) -> None:
+        """Writes the limits into the existing directories."""
         memory = self._by_controller["memory"]
         _write(memory / "memory.limit_in_bytes", str(memory_bytes))
         if (memory / "memory.memsw.limit_in_bytes").exists():
@@ -365,8 +375,32 @@ class CgroupV1Driver(CgroupDriver):
         return self.mounts["memory"] / self.parent
 
     def environment(self, environment_id: str) -> EnvironmentCgroup:
-        dirs = {c: self.mounts[c] / self.parent / environment_id for c in V1_CONTROLLERS}
-        return _V1EnvironmentCgroup(dirs, self.marker(environment_id))
+        return self.v1_cgroup(environment_id)
+
+    def v1_cgroup(self, name: str) -> V1EnvironmentCgroup:
+        """A handle on the cgroup ``name`` under the parent, v1's own operations included."""
+        dirs = {c: self.mounts[c] / self.parent / name for c in V1_CONTROLLERS}
+        return V1EnvironmentCgroup(dirs, self.marker(name))
+
+    def rename(self, cgroup: V1EnvironmentCgroup, name: str) -> V1EnvironmentCgroup:
+        """Renames ``cgroup`` (its processes stay in it) to ``name`` in every hierarchy
+        (``rename(2)``, which cgroup v1 allows within a parent); the renamed handle.
+
+        Raises OSError if one cannot be renamed, with those done renamed back as far
+        as they can be.
+        """
+        renamed = self.v1_cgroup(name)
+        done: list[tuple[Path, Path]] = []
+        try:
+            for old, new in zip(cgroup.dirs, renamed.dirs, strict=True):
+                old.rename(new)
+                done.append((old, new))
+        except OSError:
+            for old, new in reversed(done):
+                with contextlib.suppress(OSError):
+                    new.rename(old)
+            raise
+        return renamed
 
 
 # --- cgroup v2 ---------------------------------------------------------------------------

@@ -19,7 +19,11 @@ import grpc
 
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, AgentError
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import (
+    AgentClient,
+    AgentError,
+    WaitingGate,
+)
 from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
 from sandbox_sdk.server.orchestrator.sandbox.commands import (
     RunningCommand,
@@ -218,9 +222,11 @@ class Execution:
         environment_id: str,
         runtime: Runtime,
         prepare: Coroutine[Any, Any, None] | None = None,
+        gate: WaitingGate | None = None,
     ) -> AgentClient:
-        """Starts the environment's agent (``prepare`` is awaited meanwhile: see
-        :meth:`AgentClient.start`); the caller holds ``runtime.agent_lock``."""
+        """Starts the environment's agent (``prepare`` is awaited meanwhile, ``gate`` is a
+        gate started ahead: see :meth:`AgentClient.start`); the caller holds
+        ``runtime.agent_lock``."""
         layout = self._environments.layout(environment_id)
         try:
             plan = LaunchPlan(
@@ -235,6 +241,7 @@ class Execution:
                 cgroup=runtime.cgroup,
                 prepare=prepare,
                 on_violation=lambda detail: self._agent_broke_protocol(environment_id, detail),
+                gate=gate,
             )
         except NetworkSetupError as error:
             raise AgentError(f"its network could not be set up: {error}") from error

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_sdk.models.environment import IsolationRuntime
-from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient
+from sandbox_sdk.server.orchestrator.sandbox.agent_client import AgentClient, WaitingGate
 from sandbox_sdk.server.orchestrator.sandbox.agent_runtime import AgentRuntime
 from sandbox_sdk.server.orchestrator.sandbox.cgroups import EnvironmentCgroup
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import EnvironmentSpec
@@ -96,8 +96,11 @@ class SandboxLauncher:
         cgroup: EnvironmentCgroup | None,
         prepare: Coroutine[Any, Any, None] | None,
         on_violation: Callable[[str], None],
+        gate: WaitingGate | None = None,
     ) -> Sandbox:
-        """Starts the agent (``prepare`` is awaited meanwhile), then its network."""
+        """Starts the agent (``prepare`` is awaited meanwhile), then its network; ``gate``
+        is a gate started ahead, already in ``cgroup``, to take the launch if it can (see
+        :mod:`.gate_pool`)."""
         egress = egress_wanted(plan.spec, self.isolation)
         try:
             prepared = await self.runtime(plan.spec.runtime).prepare(
@@ -113,9 +116,10 @@ class SandboxLauncher:
         try:
             agent = await AgentClient.start(
                 prepared.launch,
-                contain=cgroup.attach if cgroup is not None else lambda _: None,
+                contain=cgroup.attach if cgroup is not None else _no_cgroups,
                 prepare=prepare,
                 on_violation=on_violation,
+                gate=gate,
             )
         except BaseException:
             if info_read is not None:
@@ -143,6 +147,10 @@ class SandboxLauncher:
             with contextlib.suppress(OSError):
                 cgroup.attach(network.pid)
         return network
+
+
+def _no_cgroups(pid: int) -> None:
+    """Nothing to do: there are no cgroups to put the process in."""
 
 
 async def _then(

@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 import grpc
 
 from sandbox_sdk.errors import ErrorReason
+from sandbox_sdk.models.environment import IsolationRuntime
 from sandbox_sdk.server import ids, page_tokens
 from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
 from sandbox_sdk.server.orchestrator.sandbox.create_queue import QueuedCreate
@@ -34,6 +35,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 )
 from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments
 from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
+from sandbox_sdk.server.orchestrator.sandbox.gate_pool import GatePool, PooledGate
 from sandbox_sdk.server.orchestrator.sandbox.gvisor import AGENT_SOURCE_MOUNT
 from sandbox_sdk.server.orchestrator.sandbox.runtime import Runtime
 from sandbox_sdk.server.orchestrator.sandbox.runtime_policy import resolve_runtime
@@ -49,6 +51,8 @@ from sandbox_sdk.server.request_ids import DuplicateRequestError
 from sandbox_sdk.server.status import ServiceError
 
 log = logging.getLogger(__name__)
+
+_REFILL_DELAY_SECONDS = 0.02
 
 # Where bubblewrap mounts /workspace, /tmp, /proc and /dev in a template root.
 # Made in a template environment's private layer before it first runs: what bubblewrap
@@ -75,6 +79,8 @@ class Lifecycle:
         self._termination = termination
         # File systems made ahead (see workspace_pool); set once started.
         self.pool: WorkspacePool | None = None
+        # Agent start gates started ahead in cgroups of their own (see gate_pool).
+        self.gates: GatePool | None = None
 
     # --- create ------------------------------------------------------------------------
 
@@ -178,7 +184,7 @@ class Lifecycle:
         try:
             await self._set_up(environment.id, runtime, files)
         except BaseException as error:
-            self._refill_pool()
+            self._refill_pools_soon()
             await asyncio.shield(self._fail_setup(environment, runtime, error))
             if isinstance(error, ServiceError | asyncio.CancelledError):
                 raise
@@ -191,14 +197,22 @@ class Lifecycle:
         environment = self._environments.store.update(environment, state=EnvironmentState.RUNNING)
         runtime.ready.set()
         self._environments.metrics.create_seconds.observe(time.monotonic() - started)
-        self._refill_pool()
+        self._refill_pools_soon()
         return environment
 
+    def _refill_pools_soon(self) -> None:
+        """Refills the pools a moment after the create that took from them is done: its
+        answer goes out first, before their forks and CPU get in its way."""
+        asyncio.get_running_loop().call_later(_REFILL_DELAY_SECONDS, self._refill_pool)
+
     def _refill_pool(self) -> None:
-        """Makes up for a file system taken, once the create that took it is done (the
-        machine's CPUs are then the next creates', not a background ``mkfs.ext4``'s)."""
+        """Makes up for a file system and a gate taken, once the create that took them is
+        done (the machine's CPUs are then the next creates', not a background
+        ``mkfs.ext4``'s)."""
         if self.pool is not None:
             self.pool.refill()
+        if self.gates is not None:
+            self.gates.refill()
 
     async def _settled(self, environment: Environment) -> Environment:
         runtime = self._environments.runtimes.get(environment.id)
@@ -213,31 +227,37 @@ class Lifecycle:
         environments = self._environments
         isolation = environments.isolation
         limits = runtime.spec.limits
-        if isolation.cgroups is not None:
-            runtime.cgroup = isolation.cgroups.environment(environment_id)
-            # Written on a thread while the agent's gate starts and the workspace is
-            # made; the gated process is attached only once the limits are in place.
-            host = self._execution.launcher.runtime(runtime.spec.runtime).host_limits(limits)
-            runtime.cgroup.create_soon(host.cpu_cores, host.memory_bytes, host.max_pids)
-
         template = self._template_layer(environment_id, runtime.spec)
+        gate = await self._pooled_gate(environment_id, runtime)
+        try:
+            if isolation.cgroups is not None and gate is None:
+                runtime.cgroup = isolation.cgroups.environment(environment_id)
+                # Written on a thread while the agent's gate starts and the workspace is
+                # made; the gated process is attached only once the limits are in place.
+                host = self._execution.launcher.runtime(runtime.spec.runtime).host_limits(limits)
+                runtime.cgroup.create_soon(host.cpu_cores, host.memory_bytes, host.max_pids)
 
-        async def make_workspace() -> None:
-            # Taken here, so that a start that fails before never strands one.
-            pool = self.pool
-            ready = pool.take(limits.disk_bytes) if pool is not None else None
-            runtime.workspace = await Workspace.create(
-                environments.layout(environment_id),
-                quota_bytes=limits.disk_bytes,
-                loop_quota=isolation.loop_quota,
-                owner=isolation.sandbox_user,
-                template=template,
-                ready=ready,
-            )
+            async def make_workspace() -> None:
+                # Taken here, so that a start that fails before never strands one.
+                pool = self.pool
+                ready = pool.take(limits.disk_bytes) if pool is not None else None
+                runtime.workspace = await Workspace.create(
+                    environments.layout(environment_id),
+                    quota_bytes=limits.disk_bytes,
+                    loop_quota=isolation.loop_quota,
+                    owner=isolation.sandbox_user,
+                    template=template,
+                    ready=ready,
+                )
 
-        # The agent's process waits at its gate while the workspace is made.
-        async with runtime.agent_lock:
-            await self._execution.start_agent(environment_id, runtime, prepare=make_workspace())
+            # The agent's process waits at its gate while the workspace is made.
+            async with runtime.agent_lock:
+                await self._execution.start_agent(
+                    environment_id, runtime, prepare=make_workspace(), gate=gate
+                )
+        finally:
+            if gate is not None and not gate.opened:  # the start failed before it got there
+                await gate.discard()
         workspace = runtime.files()
         for index, file in enumerate(files):
             field_path = f"files[{index}].path"
@@ -245,6 +265,35 @@ class Lifecycle:
                 await asyncio.to_thread(
                     workspace.write_file, split_path(file.path), file.content, file.mode
                 )
+
+    async def _pooled_gate(self, environment_id: str, runtime: Runtime) -> PooledGate | None:
+        """A gate started ahead, its cgroups now the environment's and under its limits;
+        None when the pool has none for it (the create then starts a gate as before)."""
+        gates = self.gates
+        driver = gates.driver if gates is not None else None
+        if (
+            gates is None
+            or driver is None
+            or runtime.spec.runtime is not IsolationRuntime.BUBBLEWRAP
+        ):
+            return None
+        gate = gates.take()
+        if gate is None:
+            return None
+        launcher_runtime = self._execution.launcher.runtime(runtime.spec.runtime)
+        host = launcher_runtime.host_limits(runtime.spec.limits)
+        try:
+            runtime.cgroup = await asyncio.to_thread(
+                gate.adopt, driver, environment_id, host.cpu_cores, host.memory_bytes, host.max_pids
+            )
+        except Exception as error:
+            log.warning("a pooled start gate could not be adopted (%s); starting one", error)
+            await gate.discard()  # before the environment's own cgroups are made
+            return None
+        except BaseException:
+            gates.discard_later(gate)
+            raise
+        return gate
 
     def _template_layer(self, environment_id: str, spec: EnvironmentSpec) -> TemplateLayer | None:
         """The environment's template root, marked in use; None without a template."""

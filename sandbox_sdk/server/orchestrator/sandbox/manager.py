@@ -34,6 +34,7 @@ from sandbox_sdk.server.orchestrator.sandbox import agent_code
 from sandbox_sdk.server.orchestrator.sandbox.activity import Activity
 from sandbox_sdk.server.orchestrator.sandbox.background import BackgroundTasks
 from sandbox_sdk.server.orchestrator.sandbox.capacity import CapacityGate
+from sandbox_sdk.server.orchestrator.sandbox.cgroups import CgroupV1Driver
 from sandbox_sdk.server.orchestrator.sandbox.environment_files import EnvironmentFiles
 from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Capacity,
@@ -51,6 +52,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
 )
 from sandbox_sdk.server.orchestrator.sandbox.environments import LiveEnvironments, TemplateRoots
 from sandbox_sdk.server.orchestrator.sandbox.execution import Execution
+from sandbox_sdk.server.orchestrator.sandbox.gate_pool import GatePool
 from sandbox_sdk.server.orchestrator.sandbox.isolation import Isolation, detect_isolation
 from sandbox_sdk.server.orchestrator.sandbox.launcher import SandboxLauncher
 from sandbox_sdk.server.orchestrator.sandbox.lifecycle import Lifecycle
@@ -146,7 +148,18 @@ class SandboxManager:
         await pool.sweep()
         self._lifecycle.pool = pool
         pool.start()
+        gates = GatePool(self._gate_cgroups(), self.orchestrator_id, self.settings.gate_pool_depth)
+        await gates.sweep()
+        self._lifecycle.gates = gates
+        gates.start()
         self._background.start()
+
+    def _gate_cgroups(self) -> CgroupV1Driver | None:
+        """The cgroups pooled gates are made in: cgroup v1 with bubblewrap, else none."""
+        cgroups = self.isolation.cgroups
+        if not self.isolation.bwrap_path or not isinstance(cgroups, CgroupV1Driver):
+            return None
+        return cgroups
 
     async def stop(self) -> None:
         """Stops the background tasks and terminates every environment.
@@ -170,6 +183,8 @@ class SandboxManager:
         await asyncio.gather(*environments.background, return_exceptions=True)
         if self._lifecycle.pool is not None:
             await self._lifecycle.pool.close()
+        if self._lifecycle.gates is not None:
+            await self._lifecycle.gates.close()
         self.files.close()
 
     def _admit_queued(self) -> None:

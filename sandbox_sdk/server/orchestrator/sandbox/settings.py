@@ -139,6 +139,10 @@ class SandboxSettings(BaseModel):
         workspace_pool_disk_bytes: the disk sizes made ahead; None: the
             default size (``default_limits.disk_bytes``). Other sizes are made
             on demand.
+        gate_pool_depth: agent start gates started ahead, each already in a
+            cgroup of its own, for bubblewrap environments under cgroup v1
+            (see gate_pool.py), so that a create does not wait for its agent's
+            process to be moved into cgroups; 0: none.
         default_runtime: what isolates an environment that names no runtime
             (``BUBBLEWRAP`` or ``GVISOR``); see ``runtime_policy.py``.
         minimum_runtime_by_tenant: the weakest runtime each listed tenant's
@@ -220,6 +224,7 @@ class SandboxSettings(BaseModel):
     max_finished_processes_per_environment: int = Field(default=1000, gt=0)
     workspace_pool_depth: int = Field(default=2, ge=0, le=64)
     workspace_pool_disk_bytes: tuple[int, ...] | None = None
+    gate_pool_depth: int = Field(default=2, ge=0, le=16)
     default_runtime: RuntimeName = IsolationRuntime.BUBBLEWRAP
     minimum_runtime_by_tenant: Mapping[str, RuntimeName] = Field(default_factory=dict)
 
