@@ -42,11 +42,12 @@ from sandbox_sdk.server.orchestrator.sandbox.gate_pool import (
     _process_identity,
 )
 from sandbox_sdk.server.orchestrator.sandbox.isolation import detect_isolation
-from sandbox_sdk.server.orchestrator.sandbox.settings import MiB
+from sandbox_sdk.server.orchestrator.sandbox.settings import MiB, default_cgroup_parent
 
 pytestmark = needs_isolation
 
 V1 = Path("/sys/fs/cgroup")
+PARENT = default_cgroup_parent()  # this test session's own
 HIERARCHIES = ("memory", "cpu", "cpuacct", "pids")
 # This test process's own pool cgroups: other test runs beside it have theirs.
 POOL_PREFIX = f"pool-{ORCHESTRATOR_ID}-{_process_identity(os.getpid())}-"
@@ -74,8 +75,8 @@ def _pool_dirs(prefix: str = POOL_PREFIX) -> list[Path]:
     return [
         entry
         for hierarchy in HIERARCHIES
-        if (V1 / hierarchy / "sandbox-sdk").is_dir()
-        for entry in (V1 / hierarchy / "sandbox-sdk").iterdir()
+        if (V1 / hierarchy / PARENT).is_dir()
+        for entry in (V1 / hierarchy / PARENT).iterdir()
         if entry.name.startswith(prefix)
     ]
 
@@ -89,7 +90,7 @@ def _cgroup_of(pid: int, hierarchy: str) -> str:
 
 
 def _limits_of(environment_id: str) -> dict[str, str]:
-    memory, cpu, pids = (V1 / c / "sandbox-sdk" / environment_id for c in ("memory", "cpu", "pids"))
+    memory, cpu, pids = (V1 / c / PARENT / environment_id for c in ("memory", "cpu", "pids"))
     return {
         "memory": (memory / "memory.limit_in_bytes").read_text().strip(),
         "quota": (cpu / "cpu.cfs_quota_us").read_text().strip(),
@@ -121,7 +122,7 @@ async def test_a_create_takes_a_pooled_gate_and_its_cgroups_become_the_environme
         assert agent.pid in members
         for pid in members:
             for hierarchy in HIERARCHIES:
-                assert _cgroup_of(pid, hierarchy) == f"/sandbox-sdk/{environment.id}"
+                assert _cgroup_of(pid, hierarchy) == f"/{PARENT}/{environment.id}"
         # ... which carry its limits, and its processes its rlimits.
         assert _limits_of(environment.id) == {
             "memory": str(96 * MiB),
@@ -269,7 +270,7 @@ async def test_a_restart_leaves_no_pool_cgroups_or_gates_behind(tmp_path: Path) 
     stray = await asyncio.to_thread(subprocess.Popen, ["sleep", "300"], start_new_session=True)
     try:
         for hierarchy in HIERARCHIES:
-            procs = V1 / hierarchy / "sandbox-sdk" / leftovers[0] / "cgroup.procs"
+            procs = V1 / hierarchy / PARENT / leftovers[0] / "cgroup.procs"
             procs.write_text(str(stray.pid))
         async with running_manager(tmp_path, db=Database(tmp_path / "orchestrator.db")) as manager:
             assert await asyncio.to_thread(stray.wait, 10) == -signal.SIGKILL
