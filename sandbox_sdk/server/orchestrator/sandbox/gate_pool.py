@@ -76,7 +76,7 @@ def fail(why, status=126):
 control = socket.socket(fileno=0)
 control.sendall(b"w")
 try:
-    data, fds, _, _ = socket.recv_fds(control, 1 << 20, MAX_FDS)
+    data, fds, _, _ = socket.recv_fds(control, 1 << 16, MAX_FDS)
 except OSError as error:
     fail(str(error), 125)
 if not data:
