@@ -159,8 +159,8 @@ class PooledGate:
         self.cgroup = driver.rename(self.cgroup, environment_id)
         self.adopted = True
         self.cgroup.write_limits(cpu_cores, memory_bytes, max_pids)
-        if self.process.pid not in self.cgroup.pids():
-            raise OSError(f"the pooled gate {self.process.pid} is not in its cgroup")
+        if not self.alive() or self.process.pid not in self.cgroup.pids():
+            raise OSError(f"the pooled gate {self.process.pid} is gone or not in its cgroup")
         return self.cgroup
 
     def takes(self, launch: AgentLaunch) -> bool:
