@@ -13,6 +13,7 @@ import asyncio
 import base64
 import socket
 import subprocess
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def _compiled_by_interpreter(source: str) -> AgentCode:
 
 
 def _run_arguments_bootstrap(key: str, code: bytes, source: str) -> str:
-    encoded = base64.b64encode(code).decode()
+    encoded = base64.b64encode(zlib.compress(code)).decode()
     argv = [PYTHON, "-I", "-S", "-c", ARGUMENTS_BOOTSTRAP, key, encoded, source, "name", "7"]
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 
