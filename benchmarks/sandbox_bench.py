@@ -244,6 +244,8 @@ async def _measure(root: Path) -> dict[str, Any]:
             for index in range(CREATES + WARMUP):
                 both = (manager, no_gates)
                 elapsed = await _timed_create(manager, SPEC, steps, quiet=both)
+                for each in both:  # the floor, too, runs with nothing refilling
+                    await _refilled(each)
                 floor_start = await floor.start()
                 from_template = await _timed_create(manager, template_spec, quiet=both)
                 without_gates = await _timed_create(no_gates, SPEC, quiet=both)
