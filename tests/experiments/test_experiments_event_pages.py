@@ -1,5 +1,5 @@
 """StreamExperimentEvents across pages: each page's messages are made on a reader thread
-and the next page is read while one is sent, without gaps, duplicates or leftovers."""
+and the next page is read once one is sent, without gaps, duplicates or leftovers."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ async def test_a_resumed_stream_starts_right_after_its_sequence_at_any_page_edge
     assert [r.event.sequence for r in streamed] == list(range(after + 1, record.last_sequence + 1))
 
 
-async def test_a_stream_stopped_mid_page_leaves_no_read_ahead_or_waiter(
+async def test_a_stream_stopped_mid_page_leaves_no_waiter(
     make_engine: EngineFactory, sandbox: SubprocessSandbox
 ) -> None:
     engine = await make_engine()

@@ -113,46 +113,36 @@ class EventLog:
 
         Without ``follow`` it ends at the newest committed event. With it, it
         waits for more until it has sent the state event that ends the
-        experiment (at once if that was sent before ``after_sequence``). After a
-        full page the next one is read while this one is sent.
+        experiment (at once if that was sent before ``after_sequence``).
+
+        The next page is read once this one is sent, not while it is: a page of
+        stored messages costs its reader thread about a millisecond, and reading
+        ahead only made that thread contend with the loop for the GIL while the
+        loop sent.
         """
         last = after_sequence
-        ahead: asyncio.Task[EventPage[T]] | None = None
-        # Taken before reading, so a commit made while this stream is suspended
-        # in a yield (or its read ahead is on a thread) still wakes it afterwards.
+        # Taken before each read, so a commit made while this stream is suspended in
+        # a yield (or its read is on a thread) still wakes it afterwards.
         waiter = self._waiter(experiment_id)
         try:
             while True:
-                if ahead is not None:
-                    page, ahead = await ahead, None
-                    size = STREAM_PAGE_SIZE
-                else:
-                    # Short pages until the stream has sent something: its first events
-                    # go out without waiting for a full page to be read and made.
-                    size = FIRST_PAGE_SIZE if last == after_sequence else STREAM_PAGE_SIZE
-                    page = await read(experiment_id, last, size)
+                # Short pages until the stream has sent something: its first events
+                # go out without waiting for a full page to be read.
+                size = FIRST_PAGE_SIZE if last == after_sequence else STREAM_PAGE_SIZE
+                page = await read(experiment_id, last, size)
                 if follow and page.final_at is not None:
                     yield page.events[: page.final_at + 1]
                     return
-                if len(page.events) == size:
-                    next_waiter = self._waiter(experiment_id)
-                    ahead = asyncio.ensure_future(
-                        read(experiment_id, page.last_sequence, STREAM_PAGE_SIZE)
-                    )
                 if page.events:
                     yield page.events
                 last = page.last_sequence
-                if ahead is not None:
-                    waiter = next_waiter
-                    continue
-                if not follow or await self._finished_before(experiment_id, last):
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.wait(), FOLLOW_POLL_SECONDS)
+                if len(page.events) < size:  # the newest committed event was read
+                    if not follow or await self._finished_before(experiment_id, last):
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter.wait(), FOLLOW_POLL_SECONDS)
                 waiter = self._waiter(experiment_id)
         finally:
-            if ahead is not None:
-                ahead.cancel()
             idle = self._waiters.get(experiment_id)
             if idle is not None and not idle.is_set():
                 # Drop an idle waiter; a live stream of the same experiment

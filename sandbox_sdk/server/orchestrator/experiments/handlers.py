@@ -162,7 +162,7 @@ class ExperimentHandlers:
             request.after_sequence,
             follow=request.follow,
         )
-        async with contextlib.aclosing(pages):  # a closed call stops its read ahead
+        async with contextlib.aclosing(pages):  # a closed call drops its waiter at once
             async for page in pages:
                 for response in page:
                     yield response
