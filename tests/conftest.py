@@ -16,6 +16,7 @@ same worker (:data:`_SAME_WORKER`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,10 @@ _SAME_WORKER = {
 def pytest_configure(config: pytest.Config) -> None:
     """Before any test module is collected, so before anything makes settings."""
     worker_places.use_the_workers_own()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # A worker starts with COLUMNS=80, which a run in one process has not: the CLI's
+        # rich consoles, made at import, would keep that width whatever a test sets.
+        os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
