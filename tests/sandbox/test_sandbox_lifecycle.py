@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -35,6 +36,7 @@ from sandbox_sdk.server.orchestrator.sandbox.environment_record import (
     Command,
     EnvironmentState,
     EnvironmentUpdate,
+    ExecEvent,
     ExecExited,
     ExecStarted,
     ExitReason,
@@ -167,14 +169,23 @@ async def test_update_changes_labels_ttl_and_idle_timeout(tmp_path: Path) -> Non
         )
 
 
+async def _rest_of(events: AsyncIterator[ExecEvent]) -> list[ExecEvent]:
+    return [event async for event in events]
+
+
 async def test_ttl_expiry_kills_and_cleans_up(tmp_path: Path) -> None:
     terminated: list[str] = []
     async with running_manager(tmp_path) as manager:
         manager.port.on_terminated(terminated.append)
-        environment = await create(manager, make_spec(ttl_seconds=1.0))
-        task = asyncio.create_task(run(manager, environment.id, ["sleep", "300"]))
+        environment = await create(manager, make_spec())
+        events = manager.exec_command(TENANT, environment.id, Command(argv=("sleep", "300")))
+        assert isinstance(await anext(events), ExecStarted)
+        rest = asyncio.create_task(_rest_of(events))  # read on, as a caller does
         await eventually(lambda: bool(command_pids(environment.id)), what="sleep started")
         pids = cgroup_pids(environment.id)
+        # Shortened once the command runs (a ttl at create could expire before it starts,
+        # under load): counted from the creation, it is due within a second.
+        manager.update_environment(TENANT, environment.id, EnvironmentUpdate(ttl_seconds=1.0))
         await eventually(
             lambda: (
                 manager.get_environment(TENANT, environment.id).state is EnvironmentState.TERMINATED
@@ -184,8 +195,9 @@ async def test_ttl_expiry_kills_and_cleans_up(tmp_path: Path) -> None:
         expired = manager.get_environment(TENANT, environment.id)
         assert expired.termination_reason is TerminationReason.TTL_EXPIRED
         assert "ttl" in expired.termination_message
-        result = await task
-        assert result.result.reason is ExitReason.CANCELLED
+        exited = (await rest)[-1]
+        assert isinstance(exited, ExecExited)
+        assert exited.reason is ExitReason.CANCELLED
         assert not any(pid_alive(pid) for pid in pids)
         assert not cgroup_dirs(environment.id)
         assert not (manager.settings.mount_root / environment.id).exists()
