@@ -215,10 +215,15 @@ def test_the_cli_sends_no_key_to_a_tcp_target(
 
 
 def test_an_attackers_unix_socket_gets_no_key(
-    server: EmbeddedStack, trap: TrapServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: EmbeddedStack,
+    trap: TrapServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    attacker = tmp_path / "attacker"
-    attacker.mkdir(mode=0o700)
+    # A short directory: spelled through the data dir, its socket's path must still fit
+    # in a socket address (108 bytes), under an xdist worker's longer temp dir too.
+    attacker = tmp_path_factory.mktemp("a")
+    attacker.chmod(0o700)
     targets = [
         trap.listen_unix(attacker / SOCKET_FILENAME),
         # Spelled as a path inside the data dir, it leads out of it.
