@@ -74,3 +74,14 @@ def remove_the_workers_own() -> None:
     for parent in [*parents, Path("/sys/fs/cgroup") / cgroup_parent]:
         with contextlib.suppress(OSError):  # not empty: the leak check said what is left
             parent.rmdir()
+
+
+def sandbox_uid_of_its_own() -> int:
+    """A uid for sandboxes that no other process on the host runs as, this worker's own.
+
+    Without cgroups an environment's pids limit is RLIMIT_NPROC, which counts every
+    process of its uid on the host: another worker's sandboxes (uid 65534, the default)
+    and PostgreSQL (``nobody``, the same uid) would count against it.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return 65400 + int(worker.removeprefix("gw") or 0)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import worker_places
 from sandbox_support import (
     HAS_ISOLATION,
     TENANT,
@@ -104,6 +105,11 @@ def test_this_machine_gets_every_layer() -> None:
         assert isinstance(isolation.cgroups, CgroupV1Driver)
 
 
+# Without cgroups the pids limit is per uid (RLIMIT_NPROC): a uid no other process has.
+_UID = worker_places.sandbox_uid_of_its_own()
+_UID_OF_ITS_OWN = {"sandbox_uid": _UID, "sandbox_gid": _UID}
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fallback drops privileges, which needs root")
 @pytest.mark.bubblewrap_only(
     reason="checks bubblewrap's fallbacks without cgroups or without bubblewrap, where gVisor is "
@@ -112,7 +118,9 @@ def test_this_machine_gets_every_layer() -> None:
 async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = fast_settings(bwrap_path="/nonexistent/bwrap", loop_disk_quota=False)
+    settings = fast_settings(
+        bwrap_path="/nonexistent/bwrap", loop_disk_quota=False, **_UID_OF_ITS_OWN
+    )
     with caplog.at_level(logging.WARNING):
         isolation = detect_isolation(settings, mounts_file=_mounts_file(tmp_path, []))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -158,7 +166,7 @@ async def test_without_bubblewrap_cgroups_or_loop_devices_commands_still_run(
     "not offered at all (test_sandbox_runtime_policy checks that refusal)"
 )
 async def test_without_cgroups_bubblewrap_still_isolates(tmp_path: Path) -> None:
-    settings = fast_settings()
+    settings = fast_settings(**_UID_OF_ITS_OWN)
     isolation = detect_isolation(settings, mounts_file=_mounts_file(tmp_path, []))
     assert isolation.level == "bubblewrap+seccomp+rlimits+disk-quota"
     async with running_manager(tmp_path, settings=settings, isolation=isolation) as manager:
