@@ -38,6 +38,22 @@ _SAME_WORKER = {
     "tests/e2e/test_e2e_templates.py": "template-cache",
 }
 
+# Test files of few but long tests (seconds, measured in two workers), sent to the workers
+# first: xdist sends files of many tests first, and one of these left for last keeps one
+# worker busy alone at the end.
+_LONG_FIRST = (
+    "tests/e2e/test_e2e_restart.py",  # 83
+    "tests/e2e/test_e2e_product_example.py",  # 81
+    "tests/cluster/test_cluster_processes.py",  # 71
+    "tests/contract/test_contract_packaging.py",  # 50
+    "tests/chaos/test_chaos_proxy.py",  # 47
+    "tests/e2e/test_e2e_local_model.py",  # 36
+    "tests/chaos/test_chaos_retry_storm.py",  # 34
+    "tests/chaos/test_chaos_restart.py",  # 32
+    "tests/chaos/test_chaos_hostile_load.py",  # 31
+    "tests/integrations/test_inspect_ai_eval.py",  # 31
+)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Before any test module is collected, so before anything makes settings."""
@@ -89,7 +105,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadfile``, but the files of :data:`_SAME_WORKER` go to one worker."""
+    """``--dist loadfile``, but the files of :data:`_SAME_WORKER` go to one worker and
+    those of :data:`_LONG_FIRST` go first."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -98,5 +115,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             path = super()._split_scope(nodeid)
             return _SAME_WORKER.get(path, path)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            for path in reversed(_LONG_FIRST):  # no-op once they are sent
+                if path in self.workqueue:
+                    self.workqueue.move_to_end(path, last=False)
+            super()._assign_work_unit(node)
 
     return FilesSharingAHostDirectory(config, log)
