@@ -71,8 +71,13 @@ lint: install
 	$(BIN)/ruff format --check sandbox_sdk tests benchmarks scripts
 	$(BIN)/mypy --strict sandbox_sdk
 
+# The tests mostly wait (sandboxes, servers, timeouts), so two pytest-xdist workers cut
+# their wall time on a 2-core machine; a test file runs whole in one worker, its module's
+# servers started once (tests/conftest.py). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: lint check-generated
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The tests without the lint and generation checks, for a quick loop.
 test-fast: install
