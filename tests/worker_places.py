@@ -77,7 +77,8 @@ def remove_the_workers_own() -> None:
 
 
 def sandbox_uid_of_its_own() -> int:
-    """A uid for sandboxes that no other process on the host runs as, this worker's own.
+    """A uid for sandboxes that no other process of this test run has: 65400 plus the
+    worker's number (above any login account's, below the settings' own uids 65532-65534).
 
     Without cgroups an environment's pids limit is RLIMIT_NPROC, which counts every
     process of its uid on the host: another worker's sandboxes (uid 65534, the default)
