@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import worker_places
 from sandbox_support import (
     ORCHESTRATOR_ID,
     cgroup_dirs,
@@ -285,7 +286,10 @@ async def test_a_restart_leaves_no_pool_cgroups_or_gates_behind(tmp_path: Path) 
 
 
 async def test_no_pool_without_cgroup_v1_or_with_depth_zero(tmp_path: Path) -> None:
-    settings = fast_settings()
+    # Without cgroups the pids limit is RLIMIT_NPROC of the sandbox uid, host-wide: a uid of
+    # this worker's own keeps the other worker's sandboxes from counting against it.
+    uid = worker_places.sandbox_uid_of_its_own()
+    settings = fast_settings(sandbox_uid=uid, sandbox_gid=uid)
     isolation = dataclasses.replace(
         await asyncio.to_thread(detect_isolation, settings), cgroups=None
     )

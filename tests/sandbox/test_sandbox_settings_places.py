@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.server.orchestrator.sandbox.settings import (
@@ -59,3 +60,9 @@ def test_a_mount_root_that_is_no_absolute_path_is_refused(
     monkeypatch.setenv(MOUNT_ROOT_VARIABLE, hostile)
     with pytest.raises(ConfigError, match=rf"{MOUNT_ROOT_VARIABLE}=.*unset it for"):
         SandboxSettings()
+
+
+@pytest.mark.parametrize("hostile", ["..", ".", "a/b", "../etc"])
+def test_a_configured_parent_that_is_no_cgroup_name_is_refused(hostile: str) -> None:
+    with pytest.raises(ValidationError, match="cgroup_parent"):
+        SandboxSettings.model_validate({"cgroup_parent": hostile})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import psutil
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from sandbox_sdk.errors import ConfigError
 from sandbox_sdk.models.environment import IsolationRuntime
@@ -70,6 +70,17 @@ def default_mount_root() -> Path:
 
 # A runtime as an operator writes it in the YAML: "gvisor" or "GVISOR".
 RuntimeName = Annotated[IsolationRuntime, BeforeValidator(_upper_case)]
+
+
+def _not_a_path_step(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError("a cgroup name, not '.' or '..' (which name another directory)")
+    return name
+
+
+# One directory's name in each cgroup hierarchy: the pattern alone would let "..",
+# putting environments' cgroups beside the hierarchy's root instead of under a parent.
+CgroupName = Annotated[str, Field(pattern=_CGROUP_NAME), AfterValidator(_not_a_path_step)]
 
 
 class SandboxSettings(BaseModel):
@@ -193,7 +204,7 @@ class SandboxSettings(BaseModel):
     runsc_path: str = "runsc"
     gvisor_agent_uid: int = Field(default=65532, ge=1)
     agent_python: str = "/usr/bin/python3"
-    cgroup_parent: str = Field(default_factory=default_cgroup_parent, pattern=_CGROUP_NAME)
+    cgroup_parent: CgroupName = Field(default_factory=default_cgroup_parent)
     read_only_paths: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
     loop_disk_quota: bool = True
     mount_root: Path = Field(default_factory=default_mount_root)
