@@ -17,7 +17,7 @@ import errno
 import logging
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -136,7 +136,11 @@ def not_found(reason: ErrorReason, message: str) -> ServiceError:
 
 def metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
     """The first value of an invocation metadata key, or ``""``."""
-    for item_key, value in context.invocation_metadata() or ():
+    return _value_in(context.invocation_metadata() or (), key)
+
+
+def _value_in(metadata: Iterable[tuple[str, Any]], key: str) -> str:
+    for item_key, value in metadata:
         if item_key == key:
             return value if isinstance(value, str) else value.decode()
     return ""
@@ -148,8 +152,7 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     The id is echoed in trailers and RequestInfo, so an overlong or binary
     one is replaced rather than sent back.
     """
-    presented = metadata_value(context, REQUEST_ID_KEY)
-    return presented if valid_request_id(presented) else new_request_id()
+    return _read_call(context).request_id
 
 
 @dataclass(frozen=True)
@@ -175,11 +178,7 @@ def served_call(context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
 
 def _read_call(context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
     metadata: Sequence[tuple[str, Any]] = tuple(context.invocation_metadata() or ())
-    presented = ""
-    for key, value in metadata:
-        if key == REQUEST_ID_KEY:
-            presented = value if isinstance(value, str) else value.decode()
-            break
+    presented = _value_in(metadata, REQUEST_ID_KEY)
     request_id = presented if valid_request_id(presented) else new_request_id()
     return ServedCall(metadata, request_id)
 
