@@ -212,7 +212,12 @@ def test_ctrl_c_in_env_shell_interrupts_the_remote_command_not_the_cli(
     try:
         shell.sendline("echo $((6 * 7))")
         shell.expect("42")
-        shell.sendline("sleep 600")
+        # Ctrl-C is sent once the command has the terminal: bash hands the terminal to a
+        # child before it execs, so the child's own output proves it. Sent sooner, it can
+        # reach bash between its reading the line and the handover, as it can at any
+        # terminal, and the sleep then runs on. Its echo says "2 + 3", its output 5.
+        shell.sendline("sh -c 'echo sleeping-$((2 + 3)); exec sleep 600'")
+        shell.expect("sleeping-5")
         shell.sendcontrol("c")
         # The sum is printed only once the shell runs commands again: its echo says "1 + 1".
         shell.sendline("echo still-$((1 + 1))")
