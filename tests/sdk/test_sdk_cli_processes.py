@@ -137,10 +137,13 @@ def test_shell_is_interactive_in_a_real_terminal_and_restores_it(
         _until_resized(gateway)
         shell.sendline("stty size")
         shell.expect("30 100")
-        shell.sendline("sleep 60")
+        # Ctrl-C once the command has the terminal (its own output proves it); the sums
+        # are printed only by the shell, never by the echo of the typed line.
+        shell.sendline("sh -c 'echo sleeping-$((2 + 3)); exec sleep 60'")
+        shell.expect("sleeping-5")
         shell.sendcontrol("c")  # reaches the remote shell, not the CLI
-        shell.sendline("echo still-here")
-        shell.expect("still-here")
+        shell.sendline("echo still-$((1 + 1))")
+        shell.expect("still-2", timeout=10)
         shell.sendline("exit 3")
         shell.expect("TERMINAL-RESTORED")
         shell.expect(pexpect.EOF)
