@@ -20,6 +20,7 @@ from sandbox_sdk.server.gateway.api_keys import (
 from sandbox_sdk.server.status import ServiceError
 
 AUTHORIZATION_KEY = "authorization"
+_PROVED_SIZE = 4096
 _BEARER = "Bearer "
 MISSING_KEY_MESSAGE = (
     "no API key was sent: set SANDBOX_API_KEY (or api_key / api_key_file in the client"
@@ -48,6 +49,13 @@ class Authenticator:
     ) -> None:
         self._store = store
         self._on_failure = on_failure
+        # The record each ``authorization`` value last proved, so that a repeated call
+        # skips parsing and hashing its key. An entry stands only while the store's
+        # cached record is that very object: a revoked key, or one whose cache entry
+        # aged out or was re-read, is checked in full again. Only keys that passed are
+        # kept, so wrong keys cannot fill it; variants of a good one could, which the
+        # size bound stops.
+        self._proved: dict[str, ApiKeyRecord] = {}
 
     def authenticate(self, authorization: str) -> ApiKeyRecord:
         """The key record for an ``authorization`` metadata value."""
@@ -61,12 +69,19 @@ class Authenticator:
         """:meth:`authenticate` for the event loop: a lookup the key cache cannot answer
         goes to the database on a thread, so a slow database stalls no other call."""
         try:
+            proved = self._proved.get(authorization)
+            if proved is not None and self._store.cached(proved.id) is proved:
+                return _in_force(proved)
             key = self._bearer_key(authorization)
             key_id = self._key_id(key)
             record = self._store.cached(key_id)
             if record is None:
                 record = await asyncio.to_thread(self._store.lookup, key_id)
-            return self._checked(key, record)
+            record = self._checked(key, record)
+            if len(self._proved) >= _PROVED_SIZE:
+                self._proved.clear()
+            self._proved[authorization] = record
+            return record
         except AuthenticationFailedError as error:
             self._on_failure(error.reason)
             raise
@@ -94,17 +109,7 @@ class Authenticator:
                 ErrorReason.API_KEY_INVALID,
                 "the API key is not known to this gateway; check which server you target",
             )
-        if record.revoke_time is not None:
-            raise AuthenticationFailedError(
-                ErrorReason.API_KEY_REVOKED,
-                f"API key {record.id} was revoked; ask an admin for a new key",
-            )
-        if record.is_expired(time.time()):
-            raise AuthenticationFailedError(
-                ErrorReason.API_KEY_EXPIRED,
-                f"API key {record.id} has expired; ask an admin for a new key",
-            )
-        return record
+        return _in_force(record)
 
     def _verify(self, authorization: str) -> ApiKeyRecord:
         return self.verify_key(self._bearer_key(authorization))
@@ -119,6 +124,21 @@ class Authenticator:
                 "the authorization metadata must be `Bearer <key>`",
             )
         return authorization[len(_BEARER) :].strip()
+
+
+def _in_force(record: ApiKeyRecord) -> ApiKeyRecord:
+    """``record``, unless the key was revoked or has expired (UNAUTHENTICATED)."""
+    if record.revoke_time is not None:
+        raise AuthenticationFailedError(
+            ErrorReason.API_KEY_REVOKED,
+            f"API key {record.id} was revoked; ask an admin for a new key",
+        )
+    if record.is_expired(time.time()):
+        raise AuthenticationFailedError(
+            ErrorReason.API_KEY_EXPIRED,
+            f"API key {record.id} has expired; ask an admin for a new key",
+        )
+    return record
 
 
 def require_scope(record: ApiKeyRecord, scope: Scope, method: str) -> None:
