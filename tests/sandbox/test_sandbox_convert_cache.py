@@ -1,5 +1,6 @@
-"""An environment's message is made once per record: an unchanged record (an idle
-environment polled with GetEnvironment) reuses it, and any change of the record shows."""
+"""An environment's message, and its GetEnvironmentResponse's bytes, are made once per
+record: an unchanged record (an idle environment polled with GetEnvironment) reuses them,
+and any change of the record shows."""
 
 from __future__ import annotations
 
@@ -73,3 +74,15 @@ def test_a_response_holding_the_message_cannot_change_the_cached_one() -> None:
     cached = convert.environment(_RECORD)
     assert cached.state == environment_pb2.ENVIRONMENT_STATE_RUNNING
     assert dict(cached.spec.labels) == {"team": "a"}
+
+
+def test_the_get_environment_response_is_serialized_once_per_record() -> None:
+    expected = requests_pb2.GetEnvironmentResponse(environment=convert.environment(_RECORD))
+    response = convert.get_environment_response(_RECORD)
+    assert requests_pb2.GetEnvironmentResponse.FromString(response) == expected
+    assert convert.get_environment_response(_RECORD) is response
+    touched = replace(_RECORD, last_activity_time=160.0)
+    changed = requests_pb2.GetEnvironmentResponse.FromString(
+        convert.get_environment_response(touched)
+    )
+    assert changed.environment.last_activity_time.seconds == 160

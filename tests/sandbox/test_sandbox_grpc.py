@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from sandbox_sdk.api.v1 import (
 )
 from sandbox_sdk.errors import SandboxError, from_rpc_error
 from sandbox_sdk.server.orchestrator.sandbox import EnvironmentHandlers, SandboxManager
+from sandbox_sdk.server.orchestrator.servicer import add_orchestrator_service, handler_table
 from sandbox_sdk.server.status import ErrorInterceptor
 from sandbox_sdk.server.tenancy import TENANT_KEY
 
@@ -34,60 +34,15 @@ pytestmark = needs_isolation
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class _Servicer(orchestrator_service_pb2_grpc.OrchestratorServiceServicer):
-    """Delegates the environment RPCs, as the orchestrator's servicer does."""
-
-    def __init__(self, handlers: EnvironmentHandlers) -> None:
-        self.h = handlers
-
-    async def CreateEnvironment(self, request: Any, context: Context) -> Any:
-        return await self.h.CreateEnvironment(request, context)
-
-    async def GetEnvironment(self, request: Any, context: Context) -> Any:
-        return await self.h.GetEnvironment(request, context)
-
-    async def ListEnvironments(self, request: Any, context: Context) -> Any:
-        return await self.h.ListEnvironments(request, context)
-
-    async def UpdateEnvironment(self, request: Any, context: Context) -> Any:
-        return await self.h.UpdateEnvironment(request, context)
-
-    async def DeleteEnvironment(self, request: Any, context: Context) -> Any:
-        return await self.h.DeleteEnvironment(request, context)
-
-    async def ExecCommand(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async for response in self.h.ExecCommand(request, context):
-            yield response
-
-    async def WriteFile(self, request: Any, context: Context) -> Any:
-        return await self.h.WriteFile(request, context)
-
-    async def ReadFile(self, request: Any, context: Context) -> Any:
-        return await self.h.ReadFile(request, context)
-
-    async def ListFiles(self, request: Any, context: Context) -> Any:
-        return await self.h.ListFiles(request, context)
-
-    async def GetEnvironmentUsage(self, request: Any, context: Context) -> Any:
-        return await self.h.GetEnvironmentUsage(request, context)
-
-    async def StreamEnvironmentUsage(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async for response in self.h.StreamEnvironmentUsage(request, context):
-            yield response
-
-    async def GetCapacity(self, request: Any, context: Context) -> Any:
-        return await self.h.GetCapacity(request, context)
-
-
 def _tenant(name: str) -> tuple[tuple[str, str]]:
     return ((TENANT_KEY, name),)
 
 
 async def _served(manager: SandboxManager) -> tuple[grpc.aio.Server, int]:
+    """The environment RPCs served as the orchestrator serves them (its servicer's
+    serializers: a handler may answer with bytes it serialized already)."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    orchestrator_service_pb2_grpc.add_OrchestratorServiceServicer_to_server(
-        _Servicer(EnvironmentHandlers(manager)), server
-    )
+    add_orchestrator_service(server, handler_table(EnvironmentHandlers(manager), object(), None))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
@@ -172,6 +127,10 @@ async def test_environment_rpcs_end_to_end(tmp_path: Path) -> None:
                     metadata=me,
                 )
                 assert dict(updated.environment.spec.labels) == {"suite": "renamed"}
+                got = await stub.GetEnvironment(
+                    requests_pb2.GetEnvironmentRequest(environment_id=env_id), metadata=me
+                )
+                assert got.environment == updated.environment
 
                 other = await _error(
                     stub.GetEnvironment(

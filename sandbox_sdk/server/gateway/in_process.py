@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 RpcHandler = Callable[[Any, Any], Any]
 """A bound orchestrator handler: ``(request, context)`` to a response or an async generator."""
+Response = Message | bytes
+"""A handler's response: a message, or one it serialized already, which goes through as
+it is."""
 Responses = AsyncGenerator[Message | bytes, None]
 """A streaming handler's responses: messages, or responses it serialized already (an
 experiment's stored events), which go through as they are."""
@@ -152,10 +155,12 @@ class InProcessLink(LinkState):
 
     @staticmethod
     def _unary_call(request_type: type[Message], handler: RpcHandler) -> UnaryCallable:
-        async def call(
+        # A plain function handing back _one_response's coroutine: no coroutine of its own
+        # wrapped around it, on the path of every unary call.
+        def call(
             request: bytes, timeout: float | None = None, metadata: CallMetadata | None = None
-        ) -> bytes:
-            return await _one_response(handler, _parse, (request_type, request), timeout, metadata)
+        ) -> Coroutine[Any, Any, bytes]:
+            return _one_response(handler, _parse, (request_type, request), timeout, metadata)
 
         return call
 
@@ -210,14 +215,12 @@ class InProcessLink(LinkState):
 def _client_streaming(request_type: type[Message], handler: RpcHandler) -> ClientStreamCallable:
     """The handler fed the requests as they arrive, each parsed when it is read."""
 
-    async def call(
+    def call(
         request_iterator: AsyncIterator[bytes],
         timeout: float | None = None,
         metadata: CallMetadata | None = None,
-    ) -> bytes:
-        return await _one_response(
-            handler, _parsed, (request_type, request_iterator), timeout, metadata
-        )
+    ) -> Coroutine[Any, Any, bytes]:
+        return _one_response(handler, _parsed, (request_type, request_iterator), timeout, metadata)
 
     return call
 
@@ -237,25 +240,26 @@ async def _one_response(
     waits. Most reads answer from memory without waiting, and nothing can pass a
     deadline while the loop is not running anything else.
     """
+    if timeout is not None and timeout <= 0:
+        raise _deadline_exceeded()  # not started, as gRPC does not send it
     deadline = _deadline(timeout)
     context = InProcessContext(metadata or (), deadline)
-    _require_time_left(deadline)
     try:
         call = handler(make_request(*request_args), context)
         try:
             waiting_on = call.send(None)
         except StopIteration as answered:
-            response: Message = answered.value
+            response: Response = answered.value
         else:
             response = await _rest_within_deadline(call, waiting_on, deadline)
     except ServiceError as error:
         raise _remote_error(error, context) from None
-    return response.SerializeToString()
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 async def _rest_within_deadline(
-    call: Coroutine[Any, Any, Message], waiting_on: Any, deadline: float | None
-) -> Message:
+    call: Coroutine[Any, Any, Response], waiting_on: Any, deadline: float | None
+) -> Response:
     """The rest of a handler's call that is waiting on ``waiting_on``, cut at the deadline."""
     timer = _DeadlineTimer(deadline)
     timer.watch()
@@ -275,11 +279,11 @@ class _Resumed:
 
     __slots__ = ("_call", "_waiting_on")
 
-    def __init__(self, call: Coroutine[Any, Any, Message], waiting_on: Any) -> None:
+    def __init__(self, call: Coroutine[Any, Any, Response], waiting_on: Any) -> None:
         self._call = call
         self._waiting_on = waiting_on
 
-    def __await__(self) -> Generator[Any, Any, Message]:
+    def __await__(self) -> Generator[Any, Any, Response]:
         call, waiting_on = self._call, self._waiting_on
         while True:
             try:
@@ -291,12 +295,12 @@ class _Resumed:
                 try:
                     waiting_on = call.throw(error)
                 except StopIteration as answered:
-                    return cast(Message, answered.value)
+                    return cast(Response, answered.value)
             else:
                 try:
                     waiting_on = call.send(sent)
                 except StopIteration as answered:
-                    return cast(Message, answered.value)
+                    return cast(Response, answered.value)
 
 
 async def _parsed(

@@ -37,13 +37,27 @@ _REASONS = {
     reason: environment_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason.value}")
     for reason in TerminationReason
 }
-# Environment id -> (the record, its message). Records are frozen dataclasses replaced on
-# every change, so a message is reused only for the very record it was made from (an idle
-# environment polled with GetEnvironment converts once), and a changed record reuses its
-# spec's part when the spec object is the same; the least recently converted leave first.
-# Callers put the message into a response, which copies it: nobody changes a cached one.
-_MESSAGES: OrderedDict[str, tuple[Environment, environment_pb2.Environment]] = OrderedDict()
-_MESSAGES_SIZE = 4096
+
+
+class _Converted:
+    """A record, its message, and its GetEnvironmentResponse's bytes once asked for."""
+
+    __slots__ = ("message", "record", "response")
+
+    def __init__(self, record: Environment, message: environment_pb2.Environment) -> None:
+        self.record = record
+        self.message = message
+        self.response: bytes | None = None
+
+
+# Environment id -> its last conversion. Records are frozen dataclasses replaced on every
+# change, so a conversion is reused only for the very record it was made from (an idle
+# environment polled with GetEnvironment converts and serializes once), and a changed
+# record reuses its spec's part when the spec object is the same; the least recently
+# converted leave first. Callers put the message into a response, which copies it:
+# nobody changes a cached one.
+_CONVERTED: OrderedDict[str, _Converted] = OrderedDict()
+_CONVERTED_SIZE = 4096
 
 
 def limits(value: Limits) -> common_pb2.ResourceLimits:
@@ -75,15 +89,30 @@ def spec(value: EnvironmentSpec) -> environment_pb2.EnvironmentSpec:
 
 
 def environment(value: Environment) -> environment_pb2.Environment:
-    """Environment; made once per record (see ``_MESSAGES``): do not change the message."""
-    cached = _MESSAGES.get(value.id)
-    if cached is not None and cached[0] is value:
-        _MESSAGES.move_to_end(value.id)
-        return cached[1]
-    same_spec = cached is not None and cached[0].spec is value.spec
+    """Environment; made once per record (see ``_CONVERTED``): do not change the message."""
+    return _converted(value).message
+
+
+def get_environment_response(value: Environment) -> bytes:
+    """GetEnvironmentResponse for ``value``, serialized once per record."""
+    converted = _converted(value)
+    response = converted.response
+    if response is None:
+        response = converted.response = requests_pb2.GetEnvironmentResponse(
+            environment=converted.message
+        ).SerializeToString()
+    return response
+
+
+def _converted(value: Environment) -> _Converted:
+    cached = _CONVERTED.get(value.id)
+    if cached is not None and cached.record is value:
+        _CONVERTED.move_to_end(value.id)
+        return cached
+    same_spec = cached is not None and cached.record.spec is value.spec
     message = environment_pb2.Environment(
         id=value.id,
-        spec=cached[1].spec if cached is not None and same_spec else spec(value.spec),
+        spec=cached.message.spec if cached is not None and same_spec else spec(value.spec),
         state=_STATES[value.state],
         termination_reason=_REASONS[value.termination_reason],
         termination_message=value.termination_message,
@@ -97,11 +126,11 @@ def environment(value: Environment) -> environment_pb2.Environment:
     )
     if value.terminate_time is not None:
         message.terminate_time.CopyFrom(to_timestamp_pb(value.terminate_time))
-    _MESSAGES[value.id] = (value, message)
-    _MESSAGES.move_to_end(value.id)
-    while len(_MESSAGES) > _MESSAGES_SIZE:
-        _MESSAGES.popitem(last=False)
-    return message
+    converted = _CONVERTED[value.id] = _Converted(value, message)
+    _CONVERTED.move_to_end(value.id)
+    while len(_CONVERTED) > _CONVERTED_SIZE:
+        _CONVERTED.popitem(last=False)
+    return converted
 
 
 def usage(value: Usage) -> common_pb2.ResourceUsage:

@@ -50,12 +50,13 @@ class EnvironmentHandlers:
 
     async def GetEnvironment(
         self, request: requests_pb2.GetEnvironmentRequest, context: Context
-    ) -> requests_pb2.GetEnvironmentResponse:
-        """One environment, in any state."""
+    ) -> bytes:
+        """One environment, in any state: its GetEnvironmentResponse, serialized (an
+        environment polled while it does not change is serialized once)."""
         environment = self._manager.get_environment(
             tenant_of(context), validation.environment_id(request.environment_id)
         )
-        return requests_pb2.GetEnvironmentResponse(environment=convert.environment(environment))
+        return convert.get_environment_response(environment)
 
     async def ListEnvironments(
         self, request: requests_pb2.ListEnvironmentsRequest, context: Context
