@@ -179,7 +179,7 @@ def served_call(context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
 def _read_call(context: grpc.aio.ServicerContext[Any, Any]) -> ServedCall:
     metadata: Sequence[tuple[str, Any]] = tuple(context.invocation_metadata() or ())
     presented = _value_in(metadata, REQUEST_ID_KEY)
-    request_id = presented if valid_request_id(presented) else new_request_id()
+    request_id = presented if presented and valid_request_id(presented) else new_request_id()
     return ServedCall(metadata, request_id)
 
 
@@ -370,10 +370,13 @@ class ErrorStatusHandlers(GenericRpcHandlerBase):
         return wrapped
 
 
-def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
-    """Parses a request, raising INVALID_ARGUMENT (not grpc's UNKNOWN) for corrupt bytes."""
+def _parser(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    """Parses a request, raising INVALID_ARGUMENT (not grpc's UNKNOWN) for corrupt bytes;
+    ``None`` for a handler that takes the bytes as they came."""
     if deserializer is None:
-        return lambda raw: raw
+        return None
     name = method.rsplit("/", 1)[-1]
 
     def parse(raw: bytes) -> Any:
@@ -395,8 +398,11 @@ def _parser(deserializer: Callable[[bytes], Any] | None, method: str) -> Callabl
 _H = TypeVar("_H", _UnaryHandler, _StreamHandler)
 
 
-def _parsing_each(handler: _UnaryHandler, parse: Callable[[bytes], Any]) -> _UnaryHandler:
-    """A client-streaming ``handler`` taking raw requests, each parsed by ``parse``."""
+def _parsing_each(handler: _UnaryHandler, parse: Callable[[bytes], Any] | None) -> _UnaryHandler:
+    """A client-streaming ``handler`` taking raw requests, each parsed by ``parse``
+    (``handler`` itself when ``parse`` is ``None``)."""
+    if parse is None:
+        return handler
 
     async def parsed(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
         async for raw in requests:
@@ -405,6 +411,9 @@ def _parsing_each(handler: _UnaryHandler, parse: Callable[[bytes], Any]) -> _Una
     return cast(_UnaryHandler, lambda requests, context: handler(parsed(requests), context))
 
 
-def _parsing(handler: _H, parse: Callable[[bytes], Any]) -> _H:
-    """``handler`` taking raw bytes, parsed first by ``parse``."""
+def _parsing(handler: _H, parse: Callable[[bytes], Any] | None) -> _H:
+    """``handler`` taking raw bytes, parsed first by ``parse``; ``handler`` itself when
+    it takes the bytes (``parse`` is ``None``)."""
+    if parse is None:
+        return handler
     return cast(_H, lambda raw, context: handler(parse(raw), context))
