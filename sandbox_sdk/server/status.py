@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import secrets
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -194,7 +194,7 @@ def _serve(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 def new_request_id() -> str:
     """A fresh request id: 32 random hex digits."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # secrets.token_hex(16), in two calls instead of five
 
 
 if TYPE_CHECKING:
