@@ -9,11 +9,13 @@ the index that bounds it.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from query_plans import plans_of_reads
+from query_plans import plans_of_reads, query_plan
 
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.orchestrator.experiments.records import (
@@ -214,3 +216,57 @@ async def test_live_counts_follow_every_change_and_survive_a_restart(tmp_path: P
         assert reopened.live_counts("nobody") == (0, 0)
     finally:
         await reopened.aclose()
+
+
+_DML = ("SELECT", "UPDATE", "DELETE", "INSERT", "WITH")
+
+
+async def test_every_statement_of_an_experiments_life_seeks_through_an_index(
+    history: tuple[Database, ExperimentStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only the reads recorded at ``Database.query``: every statement one experiment's
+    life runs on any of the store's connections (the writer's jobs, the loop's key reads,
+    a stream's pages on the readers), taken as SQLite ran it, reads no history."""
+    database, _ = history
+    statements: dict[str, None] = {}
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)
+        connection.set_trace_callback(lambda sql: statements.setdefault(sql.strip(), None))
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    store = ExperimentStore(database)
+    new = _new(HISTORY + 2)
+    try:
+        assert await store.afind_request("t", new.request_id) is None
+        await _run(store, new, ExperimentState.SUCCEEDED)
+        assert await store.afind_request("t", new.request_id) is not None
+        assert (await store.aget(new.id)) is not None
+        assert await store.aprogress(new.id) == (ExperimentState.SUCCEEDED, 4)
+        page = await store.aresponse_page(new.id, 0, 100)
+        assert len(page.events) == 4
+        assert page.final_at == 3
+        assert len((await store.aevent_page(new.id, 1, 100)).events) == 3
+    finally:
+        await store.aclose()
+    monkeypatch.undo()
+
+    checked: list[tuple[str, str]] = []
+    for sql in statements:
+        if not sql.upper().startswith(_DML):
+            continue
+        plan = query_plan(database, sql, ())
+        checked.append((sql, plan))
+        for table in ("exp_experiments", "exp_events", "exp_samples", "exp_labels"):
+            assert f"SCAN {table}" not in plan, (sql, plan)
+        assert "TEMP B-TREE" not in plan, (sql, plan)
+    searched = " ".join(plan for _, plan in checked)
+    for index in (
+        "sqlite_autoindex_exp_experiments_1 (id=?)",  # the writer's and the loop's key reads
+        "exp_experiments_request (tenant=? AND request_id=?)",
+        "exp_events USING PRIMARY KEY (experiment_id=? AND sequence>?)",  # a stream's page
+        "exp_events USING PRIMARY KEY (experiment_id=? AND sequence=?)",  # a state event's payload
+    ):
+        assert index in searched, (index, checked)
