@@ -24,7 +24,7 @@ from typing import Any
 from bench_common import build_history, start_server, throughput_rounds
 
 HISTORY = 10_000
-ROUNDS = 7
+ROUNDS = 8  # even: each server goes first in as many rounds as the other
 EXPERIMENTS = 150
 CONCURRENT = 16  # under the default quota of 50 queued or running experiments
 ENVIRONMENTS = 10
