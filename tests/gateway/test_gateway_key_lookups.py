@@ -16,7 +16,7 @@ import pytest
 from sandbox_sdk.errors import ErrorReason
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.gateway import authentication
-from sandbox_sdk.server.gateway.api_keys import ApiKeyRecord, ApiKeyStore, Scope
+from sandbox_sdk.server.gateway.api_keys import ApiKeyRecord, ApiKeyStore, Scope, hash_key
 from sandbox_sdk.server.gateway.authentication import AuthenticationFailedError, Authenticator
 
 
@@ -75,13 +75,12 @@ async def test_a_proved_key_is_not_hashed_again(
     created = store.create("team-a", [Scope.READ])
     authenticator = Authenticator(store)
     hashed: list[str] = []
-    real_hash = authentication.hash_key
 
     def counted_hash(key: str) -> bytes:
         hashed.append(key)
-        return real_hash(key)
+        return hash_key(key)
 
-    monkeypatch.setattr(authentication, "hash_key", counted_hash)
+    monkeypatch.setattr(f"{authentication.__name__}.hash_key", counted_hash)
     for _ in range(3):
         record = await authenticator.authenticate_async(f"Bearer {created.secret}")
         assert record.id == created.record.id
@@ -93,9 +92,7 @@ async def test_a_proved_key_revoked_here_is_refused_at_once(store: ThreadRecordi
     authenticator = Authenticator(store)
     await authenticator.authenticate_async(f"Bearer {created.secret}")
     store.revoke(created.record.id)
-    with pytest.raises(AuthenticationFailedError) as caught:
-        await authenticator.authenticate_async(f"Bearer {created.secret}")
-    assert caught.value.reason == ErrorReason.API_KEY_REVOKED
+    assert await _refusal(authenticator, created.secret) == ErrorReason.API_KEY_REVOKED
 
 
 async def test_a_proved_key_revoked_by_another_gateway_is_refused_once_told(
@@ -106,9 +103,7 @@ async def test_a_proved_key_revoked_by_another_gateway_is_refused_once_told(
     await authenticator.authenticate_async(f"Bearer {created.secret}")
     ApiKeyStore(Database(tmp_path / "keys.db")).revoke(created.record.id)
     store.forget(created.record.id)  # the revocation notice
-    with pytest.raises(AuthenticationFailedError) as caught:
-        await authenticator.authenticate_async(f"Bearer {created.secret}")
-    assert caught.value.reason == ErrorReason.API_KEY_REVOKED
+    assert await _refusal(authenticator, created.secret) == ErrorReason.API_KEY_REVOKED
 
 
 async def test_a_proved_key_is_checked_in_full_once_its_cache_entry_ages_out(
@@ -119,9 +114,7 @@ async def test_a_proved_key_is_checked_in_full_once_its_cache_entry_ages_out(
     authenticator = Authenticator(store)
     await authenticator.authenticate_async(f"Bearer {created.secret}")
     ApiKeyStore(Database(tmp_path / "keys.db")).revoke(created.record.id)  # no notice
-    with pytest.raises(AuthenticationFailedError) as caught:
-        await authenticator.authenticate_async(f"Bearer {created.secret}")
-    assert caught.value.reason == ErrorReason.API_KEY_REVOKED
+    assert await _refusal(authenticator, created.secret) == ErrorReason.API_KEY_REVOKED
 
 
 async def test_a_proved_key_that_expires_is_refused(
@@ -131,10 +124,8 @@ async def test_a_proved_key_that_expires_is_refused(
     authenticator = Authenticator(store)
     await authenticator.authenticate_async(f"Bearer {created.secret}")
     later = time.time() + 61.0
-    monkeypatch.setattr(authentication.time, "time", lambda: later)
-    with pytest.raises(AuthenticationFailedError) as caught:
-        await authenticator.authenticate_async(f"Bearer {created.secret}")
-    assert caught.value.reason == ErrorReason.API_KEY_EXPIRED
+    monkeypatch.setattr(time, "time", lambda: later)  # the module authentication reads
+    assert await _refusal(authenticator, created.secret) == ErrorReason.API_KEY_EXPIRED
 
 
 async def test_a_wrong_secret_for_a_proved_key_id_is_refused(store: ThreadRecordingStore) -> None:
@@ -142,9 +133,7 @@ async def test_a_wrong_secret_for_a_proved_key_id_is_refused(store: ThreadRecord
     authenticator = Authenticator(store)
     await authenticator.authenticate_async(f"Bearer {created.secret}")
     forged = created.secret[:-1] + ("A" if created.secret[-1] != "A" else "B")
-    with pytest.raises(AuthenticationFailedError) as caught:
-        await authenticator.authenticate_async(f"Bearer {forged}")
-    assert caught.value.reason == ErrorReason.API_KEY_INVALID
+    assert await _refusal(authenticator, forged) == ErrorReason.API_KEY_INVALID
 
 
 async def test_variants_of_a_good_key_cannot_grow_the_proved_keys_without_bound(
@@ -157,3 +146,10 @@ async def test_variants_of_a_good_key_cannot_grow_the_proved_keys_without_bound(
     for spaces in range(authentication._PROVED_SIZE + 50):
         await authenticator.authenticate_async(f"Bearer {created.secret}" + " " * spaces)
     assert len(authenticator._proved) <= authentication._PROVED_SIZE
+
+
+async def _refusal(authenticator: Authenticator, key: str) -> str:
+    """The reason the authenticator refuses ``key`` for."""
+    with pytest.raises(AuthenticationFailedError) as caught:
+        await authenticator.authenticate_async(f"Bearer {key}")
+    return caught.value.reason
