@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -273,6 +274,22 @@ def _history_sample() -> SampleRecord:
     )
 
 
+def _history_ids(count: int) -> list[tuple[str, str, str]]:
+    """``count`` (experiment id, environment id, request id) triples shaped as the server
+    makes them (16 random hex digits; request ids as the SDK's, 32): spread over the
+    indexes as real ones are, so the rounds' new rows land among the history's, not all
+    after it. Seeded, so every run builds the same history."""
+    draw = random.Random(16)  # benchmark data, not a secret
+    return [
+        (
+            f"exp-o1-{draw.getrandbits(64):016x}",
+            f"env-o1-{draw.getrandbits(64):016x}",
+            f"{draw.getrandbits(128):032x}",
+        )
+        for _ in range(count)
+    ]
+
+
 async def _experiment_history(db_path: Path, count: int) -> None:
     """``count`` finished experiments of the default tenant, each with its events and
     sample, written as the engine writes them (insert, RUNNING, output and sample,
@@ -280,16 +297,15 @@ async def _experiment_history(db_path: Path, count: int) -> None:
     store = ExperimentStore(Database(db_path))
     spec = ExperimentSpec(model="scripted", inputs=(InputSpec(prompt="ping", expected="pong"),))
     last = None
-    for number in range(count):
-        experiment_id = f"exp-o1-history{number:010d}"
+    for number, (experiment_id, environment_id, request_id) in enumerate(_history_ids(count)):
         new = NewExperiment(
             id=experiment_id,
             tenant=DEFAULT_TENANT,
-            environment_id=f"env-o1-history{number:010d}",
+            environment_id=environment_id,
             spec=spec,
             model_name="scripted",
             total_samples=1,
-            request_id=f"history-{number}",
+            request_id=request_id,
             queue_order=number + 1,
             create_time=time.time() - count + number,
         )
@@ -331,9 +347,9 @@ def _environment_history(db_path: Path, count: int) -> None:
         network=NetworkPolicy.NONE,
     )
     now = time.time()
-    for number in range(count):
+    for number, (_, environment_id, request_id) in enumerate(_history_ids(count)):
         environment = Environment(
-            id=f"env-o1-history{number:010d}",
+            id=environment_id,
             tenant=DEFAULT_TENANT,
             spec=spec,
             state=EnvironmentState.RUNNING,
@@ -345,7 +361,7 @@ def _environment_history(db_path: Path, count: int) -> None:
             expire_time=now,
             last_activity_time=now,
             terminate_time=None,
-            request_id=f"history-{number}",
+            request_id=request_id,
         )
         store.insert(environment)
         store.update(
