@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import worker_places
 
-from sandbox_sdk import AsyncSandboxClient, RetryPolicy
+from sandbox_sdk import AsyncSandbox, AsyncSandboxClient, RetryPolicy
 from sandbox_sdk.errors import ErrorReason, UnavailableError
 from sandbox_sdk.server import ids
 from sandbox_sdk.server.cluster import LocalCluster
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 LEASE_SECONDS = 2.5
 ORCHESTRATORS = {"o1", "o2", "o3"}
+SURVIVORS = ORCHESTRATORS - {"o3"}  # once o3 is killed
 # Bounds on the waits, far above what they take, so a stuck cluster fails instead of hanging.
 WAIT_SECONDS = 60.0
 # Retries that ride out a dead gateway: the SDK moves to the other one.
@@ -149,9 +150,14 @@ async def test_a_killed_orchestrator_is_reported_lost_and_new_environments_go_el
             assert "gone" in str(error)
         assert "o3" not in await asyncio.to_thread(cluster.live_orchestrators)
 
-        created = [await client.create_environment() for _ in range(6)]
+        # Placement picks the most free capacity, so an orchestrator still holding other
+        # tests' environments may take none of the first few creates: the survivors must
+        # all take some, and o3 none, before the bound.
+        created: list[AsyncSandbox] = []
         try:
-            assert {_owner(sandbox.id) for sandbox in created} == ORCHESTRATORS - {"o3"}
+            while len(created) < 12 and {_owner(s.id) for s in created} != SURVIVORS:
+                created.append(await client.create_environment())
+            assert {_owner(sandbox.id) for sandbox in created} == SURVIVORS
         finally:
             await asyncio.gather(*(sandbox.delete() for sandbox in created))
     finally:
