@@ -240,9 +240,8 @@ async def _one_response(
     waits. Most reads answer from memory without waiting, and nothing can pass a
     deadline while the loop is not running anything else.
     """
-    if timeout is not None and timeout <= 0:
-        raise _deadline_exceeded()  # not started, as gRPC does not send it
     deadline = _deadline(timeout)
+    _require_time_left(deadline)
     context = InProcessContext(metadata or (), deadline)
     try:
         call = handler(make_request(*request_args), context)

@@ -70,10 +70,6 @@ _RESOURCE = {
     Routing.EXPERIMENT: ("experiment_id", ids.EXPERIMENT, ErrorReason.EXPERIMENT_NOT_FOUND),
     Routing.TEMPLATE: ("template_id", ids.TEMPLATE, ErrorReason.TEMPLATE_NOT_FOUND),
 }
-# The same by method name, whose hash a str keeps (an enum member's is a Python call).
-_RESOURCE_OF_METHOD = {
-    name: _RESOURCE[spec.routing] for name, spec in METHODS.items() if spec.routing in _RESOURCE
-}
 # How long CreateEnvironment remembers where a request_id was placed, so that a
 # retried create reaches the orchestrator that deduplicates it.
 _PLACEMENT_MEMORY_SECONDS = 600.0
@@ -403,7 +399,7 @@ class GatewayService(_GenericRpcHandler):
         return not_archived(error)
 
     def _owner(self, spec: MethodSpec, request: bytes) -> OrchestratorLink:
-        field, kind, reason = _RESOURCE_OF_METHOD[spec.name]
+        field, kind, reason = _RESOURCE[spec.routing]
         try:
             resource_id = _routed_id(request, spec.id_path)
         except MalformedMessageError:
