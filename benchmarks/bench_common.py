@@ -1,10 +1,11 @@
 """What several benchmarks share: a server in a child process, a row of ratios, the
 floors (a plain exec, the orchestrator's bubblewrap line), throughput through the SDK,
-and a server's history written ahead."""
+a server's history written ahead, and the interval of a median over rounds."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import random
@@ -88,6 +89,33 @@ def ratio_row(
         "unit": "ms",
         "goal": goal,
     }
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval of the median of ``values``: the k-th smallest and
+    the k-th largest value, for the largest k whose coverage is still ``confidence``.
+
+    A value falls below the median with probability one half, so the k-th smallest of n
+    lies below it unless fewer than k do: the pair covers the median with probability
+    1 - 2 P(Binomial(n, 1/2) < k). No assumption about the spread of the values (a noisy
+    machine's are skewed) is needed. ``None`` when even the extremes cover too little
+    (fewer than 6 values at 95 per cent).
+    """
+    ordered = sorted(values)
+    count = len(ordered)
+    best: tuple[float, float] | None = None
+    below = 0  # P(Binomial(n, 1/2) < k), times 2**n
+    for k in range(1, count // 2 + 1):
+        below += math.comb(count, k - 1)
+        if 1 - 2 * below / 2**count < confidence:
+            break
+        best = (ordered[k - 1], ordered[count - k])
+    return best
+
+
+def interval_text(interval: tuple[float, float] | None) -> str:
+    """A ratio's interval as a table cell: ``low-high``, or empty without one."""
+    return "" if interval is None else f"{interval[0]:.3f}-{interval[1]:.3f}"
 
 
 def percentile(samples: list[float], fraction: float) -> float:

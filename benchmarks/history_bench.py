@@ -5,7 +5,8 @@ experiments and HISTORY past environments in its database, against a fresh serve
 Both servers run at once, each in a child process; the history is written before the
 server starts, through the stores' own write paths (not measured). Rounds alternate which
 server goes first, and the reported ratio is the median of the per-round ratios (history
-rate over fresh rate; goal >= 0.95), so both sides of each ratio see the same machine load.
+rate over fresh rate; goal >= 0.95), so both sides of each ratio see the same machine load,
+with the 95% interval of that median.
 
 * experiments: EXPERIMENTS scripted one-input experiments created CONCURRENT at a time
   through the SDK and waited for (create, quota count, queue, run, events), per second.
@@ -21,7 +22,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_common import build_history, start_server, throughput_rounds
+from bench_common import (
+    build_history,
+    interval_text,
+    median_interval,
+    start_server,
+    throughput_rounds,
+)
 
 HISTORY = 10_000
 ROUNDS = 8  # even: each server goes first in as many rounds as the other
@@ -64,6 +71,7 @@ def run() -> list[dict[str, Any]]:
                 "value": statistics.median(history),
                 "baseline": statistics.median(fresh),
                 "ratio": statistics.median(ratios),
+                "interval": interval_text(median_interval(ratios)),
                 "unit": unit,
                 "goal": f">= {GOAL} of a fresh server",
             }

@@ -2,7 +2,10 @@
 
 Each benchmark module exposes ``run() -> list[dict]`` with rows holding
 ``benchmark, metric, value, baseline, ratio, unit, goal``; the baseline is
-measured in the same run as the value, so the ratio is what to compare.
+measured in the same run as the value, so the ratio is what to compare. A row whose
+ratio is a median over rounds also has ``interval``, the 95% interval of that median.
+When the interval holds the goal's bound, the run cannot tell which side of the bound
+the ratio lies on; the median alone says met or not.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COLUMNS = ("benchmark", "metric", "value", "baseline", "ratio", "unit", "goal")
+COLUMNS = ("benchmark", "metric", "value", "baseline", "ratio", "interval", "unit", "goal")
 # Benchmarks whose file name does not end in _bench, run after the others.
 CURVES = ("cost_curve",)
 
