@@ -3,7 +3,8 @@
 Handlers raise :class:`ServiceError`; :class:`ErrorInterceptor` turns it into
 a status with ``ErrorInfo``, ``BadRequest``, ``QuotaFailure``, ``RetryInfo``
 and ``RequestInfo`` details. Any other exception becomes INTERNAL with only
-the request id sent to the client and the traceback logged.
+the request id sent to the client and the traceback logged. A stream handler's
+:class:`~sandbox_sdk.server.response_page.ResponsePage` is sent message by message.
 
 Messages and details often echo what the caller sent (an id, a path). Every
 status is clipped here, in one place, so whatever a caller sends, the
@@ -35,6 +36,7 @@ from sandbox_sdk.server.clipping import (
     fit_details,
     valid_request_id,
 )
+from sandbox_sdk.server.response_page import ResponsePage
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +273,14 @@ def _wrap_stream(handler: _StreamHandler, method: str) -> _StreamHandler:
     ) -> AsyncIterator[Any]:
         request_id = _serve(context)
         try:
+            # each_response's loop, inline: a generator of its own would be one more
+            # layer for every message of every stream.
             async for item in handler(request, context):
-                yield item
+                if type(item) is ResponsePage:
+                    for message in item:
+                        yield message
+                else:
+                    yield item
         except grpc.aio.AbortError:
             raise
         except Exception as error:  # every failure must become a status

@@ -19,6 +19,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentState,
     StateEvent,
 )
+from sandbox_sdk.server.response_page import each_response
 from sandbox_sdk.server.store.archive import (
     ArchivedExperiment,
     ArchivedHeader,
@@ -153,8 +154,10 @@ async def test_a_shipment_that_fails_keeps_the_row_and_ships_after_recovery(
     assert summary.total_usage == results.total_usage
     streamed = [
         requests_pb2.StreamExperimentEventsResponse.FromString(response).event.SerializeToString()
-        async for response in handlers.StreamExperimentEvents(
-            requests_pb2.StreamExperimentEventsRequest(experiment_id=experiment_id), CTX
+        async for response in each_response(
+            handlers.StreamExperimentEvents(
+                requests_pb2.StreamExperimentEventsRequest(experiment_id=experiment_id), CTX
+            )
         )
     ]
     assert [e.event for e in archive.events("default", experiment_id, 0, 1000)] == streamed

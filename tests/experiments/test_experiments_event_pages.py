@@ -7,6 +7,7 @@ import pytest
 
 from sandbox_sdk.api.v1 import requests_pb2
 from sandbox_sdk.server.orchestrator.experiments import ExperimentHandlers, events
+from sandbox_sdk.server.response_page import each_response
 from sandbox_sdk.server.status import ServiceError
 
 from .conftest import EngineFactory, TenantContext
@@ -32,7 +33,7 @@ async def _sequences(
     )
     return [
         requests_pb2.StreamExperimentEventsResponse.FromString(response)
-        async for response in handlers.StreamExperimentEvents(request, CTX)
+        async for response in each_response(handlers.StreamExperimentEvents(request, CTX))
     ]
 
 
@@ -96,13 +97,15 @@ async def test_a_stream_stopped_mid_page_leaves_no_waiter(
     request = requests_pb2.StreamExperimentEventsRequest(experiment_id=experiment_id)
     stream = handlers.StreamExperimentEvents(request, CTX)
 
-    first = [await anext(stream) for _ in range(FIRST_PAGE + 2)]  # into the second page
+    pages = [await anext(stream) for _ in range(2)]  # paused after the second page
     await stream.aclose()
 
     sequences = [
-        requests_pb2.StreamExperimentEventsResponse.FromString(r).event.sequence for r in first
+        [requests_pb2.StreamExperimentEventsResponse.FromString(r).event.sequence for r in page]
+        for page in pages
     ]
-    assert sequences == list(range(1, FIRST_PAGE + 3))
+    assert sequences[0] == list(range(1, FIRST_PAGE + 1))
+    assert sequences[1][0] == FIRST_PAGE + 1
     assert experiment_id not in engine.events._waiters
 
 

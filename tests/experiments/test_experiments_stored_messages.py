@@ -42,6 +42,7 @@ from sandbox_sdk.server.orchestrator.experiments.store import (
     ExperimentStore,
     NewExperiment,
 )
+from sandbox_sdk.server.response_page import each_response
 
 from .conftest import TenantContext
 from .exp_support import SubprocessSandbox, create_request, make_spec, wait_final
@@ -188,7 +189,7 @@ async def _streamed(
     request = requests_pb2.StreamExperimentEventsRequest(
         experiment_id=experiment_id, after_sequence=after, follow=follow
     )
-    return [bytes(r) async for r in handlers.StreamExperimentEvents(request, CTX)]
+    return [bytes(r) async for r in each_response(handlers.StreamExperimentEvents(request, CTX))]
 
 
 async def _start(path: Path, sandbox: SubprocessSandbox) -> tuple[ExperimentEngine, Database]:

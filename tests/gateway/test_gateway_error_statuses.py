@@ -1,11 +1,12 @@
 """The gateway's handlers are wrapped for rich error statuses once per method, with no
 interceptor run on every call: errors still carry the request id, unknown methods stay
-UNIMPLEMENTED, and hostile method paths are not remembered."""
+UNIMPLEMENTED, hostile method paths are not remembered, and a page of responses a stream
+handler yields goes out message by message."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from sandbox_sdk.api.v1 import gateway_service_pb2_grpc, requests_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY
 from sandbox_sdk.server.embedded import EmbeddedServer, run_embedded
 from sandbox_sdk.server.gateway.api_keys import Scope
-from sandbox_sdk.server.status import ErrorStatusHandlers, invalid_argument
+from sandbox_sdk.server.response_page import ResponsePage, each_response
+from sandbox_sdk.server.status import ErrorStatusHandlers, ServiceError, invalid_argument
 
 
 @pytest.fixture
@@ -81,3 +83,43 @@ def test_hostile_method_paths_are_not_remembered() -> None:
     assert handlers.service(_Details("/test.Service/Call")) is first  # wrapped once
     assert len(handlers._wrapped) == 1
     assert first.unary_unary is not _refuse  # wrapped to turn ServiceError into a status
+
+
+async def _paged(request: bytes, context: Any) -> AsyncIterator[bytes | ResponsePage]:
+    yield b"one"
+    yield ResponsePage([b"two", b"three"])
+    yield ResponsePage([])
+    yield b"four"
+    raise invalid_argument([("request", "refused after four")])
+
+
+async def test_a_page_a_stream_handler_yields_is_sent_message_by_message() -> None:
+    served = grpc.method_handlers_generic_handler(
+        "test.Service", {"Stream": grpc.unary_stream_rpc_method_handler(_paged)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((ErrorStatusHandlers(served),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_stream("/test.Service/Stream")(b"", timeout=30)
+            received: list[bytes] = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _collect(call, received)
+    finally:
+        await server.stop(None)
+    assert received == [b"one", b"two", b"three", b"four"]
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_each_response_reads_a_handlers_pages_message_by_message() -> None:
+    items: list[bytes] = []
+    with pytest.raises(ServiceError):
+        await _collect(each_response(_paged(b"", None)), items)
+    assert items == [b"one", b"two", b"three", b"four"]
+
+
+async def _collect(messages: AsyncIterable[bytes], into: list[bytes]) -> None:
+    async for message in messages:
+        into.append(message)

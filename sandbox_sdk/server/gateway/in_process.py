@@ -45,6 +45,7 @@ from sandbox_sdk.server.gateway.orchestrators import (
     StreamCallable,
     UnaryCallable,
 )
+from sandbox_sdk.server.response_page import StreamItem
 from sandbox_sdk.server.status import ServiceError, invalid_argument, request_id_of
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ RpcHandler = Callable[[Any, Any], Any]
 Response = Message | bytes
 """A handler's response: a message, or one it serialized already, which goes through as
 it is."""
-Responses = AsyncGenerator[Message | bytes, None]
-"""A streaming handler's responses: messages, or responses it serialized already (an
-experiment's stored events), which go through as they are."""
+Responses = AsyncGenerator[Message | StreamItem, None]
+"""A streaming handler's responses: messages, or responses it serialized already, alone
+or a page of them (an experiment's stored events), which go through as they are."""
 
 
 class InProcessContext:
@@ -335,7 +336,7 @@ class _InProcessStream:
     def __aiter__(self) -> _InProcessStream:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> StreamItem:
         if self._cancelled:
             raise _rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
         timer = self._timer
@@ -357,7 +358,7 @@ class _InProcessStream:
                 raise _deadline_exceeded() from None
             raise
         timer.pause()
-        return message if isinstance(message, bytes) else message.SerializeToString()
+        return message if not isinstance(message, Message) else message.SerializeToString()
 
     def cancel(self) -> bool:
         """Stops the call; a generator paused at a message is closed in a task.

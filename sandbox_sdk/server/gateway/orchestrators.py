@@ -23,6 +23,7 @@ from sandbox_sdk.api.v1 import orchestrator_service_pb2
 from sandbox_sdk.errors import REQUEST_ID_KEY, ErrorReason
 from sandbox_sdk.server.gateway.config import OrchestratorEndpoint
 from sandbox_sdk.server.keepalive import CHANNEL_KEEPALIVE_OPTIONS
+from sandbox_sdk.server.response_page import StreamItem
 from sandbox_sdk.server.retry_delays import capacity_retry_delay
 from sandbox_sdk.server.status import ServiceError
 from sandbox_sdk.server.store.registry import RegisteredOrchestrator
@@ -60,9 +61,11 @@ class UnaryCallable(Protocol):
 
 
 class StreamCall(Protocol):
-    """A server-streaming call in progress: its serialized messages, and a way to stop it."""
+    """A server-streaming call in progress: its serialized messages, and a way to stop it.
 
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    An orchestrator in this process may send a page of messages as one item."""
+
+    def __aiter__(self) -> AsyncIterator[StreamItem]: ...
 
     def cancel(self) -> bool: ...
 

@@ -52,6 +52,7 @@ from sandbox_sdk.server.gateway.wire import (
     message_field,
     string_field,
 )
+from sandbox_sdk.server.response_page import StreamItem
 from sandbox_sdk.server.status import ServiceError, invalid_argument, not_found, served_call
 from sandbox_sdk.utils.backoff import backoff_ceiling, ends_in_time, full_jitter
 
@@ -161,21 +162,21 @@ class GatewayService(_GenericRpcHandler):
 
     def _bidirectional(
         self, spec: MethodSpec
-    ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[bytes]]:
+    ) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[StreamItem]]:
         """A bidirectional stream (ForwardPort): admitted like every call, routed by the
         resource id in its first message (the header), then bytes both ways as they come.
         Never retried: the stream cannot be replayed."""
 
         def route(
             requests: AsyncIterator[bytes], context: Context, caller: Caller
-        ) -> AsyncIterator[bytes]:
+        ) -> AsyncIterator[StreamItem]:
             return self._forward_bidirectional(spec, requests, context, caller)
 
         return self._server_streaming(spec, route)
 
     async def _forward_bidirectional(
         self, spec: MethodSpec, stream: AsyncIterator[bytes], context: Context, caller: Caller
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[StreamItem]:
         link, forwarded = await self._routed_by_first_message(spec, stream)
         upstream = link.bidi_stream(spec.upstream_path)
         metadata = call_metadata(link, caller.tenant, caller.request_id)
@@ -250,10 +251,10 @@ class GatewayService(_GenericRpcHandler):
 
         return handle
 
-    def _streaming(self, spec: MethodSpec) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
+    def _streaming(self, spec: MethodSpec) -> Callable[[bytes, Context], AsyncIterator[StreamItem]]:
         # The owner's stream itself, not re-yielded by a generator of its own: every
         # message of a stream passes through each layer here.
-        def route(request: bytes, context: Context, caller: Caller) -> AsyncIterator[bytes]:
+        def route(request: bytes, context: Context, caller: Caller) -> AsyncIterator[StreamItem]:
             try:
                 link = self._owner(spec, request)
             except ServiceError as error:
@@ -274,13 +275,13 @@ class GatewayService(_GenericRpcHandler):
             yield message
 
     def _server_streaming(
-        self, spec: MethodSpec, route: Callable[[Any, Context, Caller], AsyncIterator[bytes]]
-    ) -> Callable[[Any, Context], AsyncIterator[bytes]]:
+        self, spec: MethodSpec, route: Callable[[Any, Context, Caller], AsyncIterator[StreamItem]]
+    ) -> Callable[[Any, Context], AsyncIterator[StreamItem]]:
         """A handler answering with a stream: admitted, counted among the active streams
         while open, measured and logged with its final code, like :meth:`_unary`."""
         active = self._metrics.active_streams.labels(spec.name)
 
-        async def handle(request: Any, context: Context) -> AsyncIterator[bytes]:
+        async def handle(request: Any, context: Context) -> AsyncIterator[StreamItem]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             caller: Caller | None = None
@@ -595,7 +596,7 @@ class GatewayService(_GenericRpcHandler):
         request: bytes,
         context: Context,
         caller: Caller,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[StreamItem]:
         upstream = link.stream(spec.upstream_path)
         metadata = call_metadata(link, caller.tenant, caller.request_id)
         attempt = 1

@@ -30,6 +30,7 @@ from sandbox_sdk.server.orchestrator.experiments.validation import (
     validate_create,
     validate_list_filters,
 )
+from sandbox_sdk.server.response_page import ResponsePage
 from sandbox_sdk.server.status import invalid_argument
 from sandbox_sdk.server.tenancy import tenant_of
 
@@ -149,9 +150,10 @@ class ExperimentHandlers:
 
     async def StreamExperimentEvents(
         self, request: requests_pb2.StreamExperimentEventsRequest, context: Context
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[ResponsePage]:
         """The experiment's events after ``after_sequence``; with ``follow``, until it ends.
-        Each response goes out serialized, as it was made from the stored event."""
+        Each response goes out serialized, as it was made from the stored event, in the
+        pages they were read in."""
         if request.after_sequence < 0:
             raise invalid_argument(
                 [("after_sequence", "use 0 for all events, or the last sequence you received")]
@@ -164,8 +166,7 @@ class ExperimentHandlers:
         )
         async with contextlib.aclosing(pages):  # a closed call drops its waiter at once
             async for page in pages:
-                for response in page:
-                    yield response
+                yield ResponsePage(page)
 
     async def ListModels(
         self, request: requests_pb2.ListModelsRequest, context: Context
