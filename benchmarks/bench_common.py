@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import time
 from multiprocessing.connection import Connection
@@ -113,9 +114,14 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     return best
 
 
-def interval_text(interval: tuple[float, float] | None) -> str:
-    """A ratio's interval as a table cell: ``low-high``, or empty without one."""
-    return "" if interval is None else f"{interval[0]:.3f}-{interval[1]:.3f}"
+def median_ratio(ratios: list[float]) -> dict[str, Any]:
+    """A row's ``ratio``, the median of its rounds' ratios, and ``interval``, that median's
+    95% interval as a table cell (``low-high``, or empty without one)."""
+    interval = median_interval(ratios)
+    return {
+        "ratio": statistics.median(ratios),
+        "interval": "" if interval is None else f"{interval[0]:.3f}-{interval[1]:.3f}",
+    }
 
 
 def percentile(samples: list[float], fraction: float) -> float:

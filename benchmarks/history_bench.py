@@ -22,13 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_common import (
-    build_history,
-    interval_text,
-    median_interval,
-    start_server,
-    throughput_rounds,
-)
+from bench_common import build_history, median_ratio, start_server, throughput_rounds
 
 HISTORY = 10_000
 ROUNDS = 8  # even: each server goes first in as many rounds as the other
@@ -70,8 +64,7 @@ def run() -> list[dict[str, Any]]:
                 f" (history built in {build_seconds:.0f} s)",
                 "value": statistics.median(history),
                 "baseline": statistics.median(fresh),
-                "ratio": statistics.median(ratios),
-                "interval": interval_text(median_interval(ratios)),
+                **median_ratio(ratios),
                 "unit": unit,
                 "goal": f">= {GOAL} of a fresh server",
             }

@@ -34,7 +34,7 @@ import grpc
 import grpc.aio
 import psutil
 import yaml
-from bench_common import interval_text, median_interval, serve_in_child
+from bench_common import median_ratio, serve_in_child
 
 from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
 
@@ -284,7 +284,7 @@ def run() -> list[dict[str, Any]]:
             "metric": "server CPU per GetEnvironment via gateway (vs trivial grpc.aio)",
             "value": _median_per_unit(unary, cpu=True) * 1e6,
             "baseline": _median_per_unit(base_unary, cpu=True) * 1e6,
-            **_median_with_interval(unary_cpu),
+            **median_ratio(unary_cpu),
             "unit": "µs",
             "goal": f"<= {UNARY_GOAL}",
         },
@@ -293,7 +293,7 @@ def run() -> list[dict[str, Any]]:
             "metric": f"StreamExperimentEvents events/s ({events} events, vs trivial grpc.aio)",
             "value": 1 / _median_per_unit(stream, cpu=False),
             "baseline": 1 / _median_per_unit(base_stream, cpu=False),
-            **_median_with_interval(events_per_second),
+            **median_ratio(events_per_second),
             "unit": "events/s",
             "goal": f">= {STREAM_GOAL}",
         },
@@ -302,7 +302,7 @@ def run() -> list[dict[str, Any]]:
             "metric": "server CPU per streamed event (vs trivial grpc.aio)",
             "value": _median_per_unit(stream, cpu=True) * 1e6,
             "baseline": _median_per_unit(base_stream, cpu=True) * 1e6,
-            **_median_with_interval(event_cpu),
+            **median_ratio(event_cpu),
             "unit": "µs",
             "goal": "",
         },
@@ -333,14 +333,6 @@ def _round_ratios(
         _per_unit(block, cpu=cpu) / _per_unit(base, cpu=cpu)
         for block, base in zip(blocks, base_blocks, strict=True)
     ]
-
-
-def _median_with_interval(ratios: list[float]) -> dict[str, Any]:
-    """A row's ratio, the median of the rounds' ratios, and its 95% interval."""
-    return {
-        "ratio": statistics.median(ratios),
-        "interval": interval_text(median_interval(ratios)),
-    }
 
 
 if __name__ == "__main__":

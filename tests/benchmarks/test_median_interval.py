@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_common import interval_text, median_interval
+from bench_common import median_interval, median_ratio
 
 
 @pytest.mark.parametrize(
@@ -29,8 +29,11 @@ def test_it_picks_the_ranks_whose_coverage_is_at_least_95_per_cent(count: int, r
 
 def test_too_few_values_have_no_interval() -> None:
     assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
-    assert interval_text(None) == ""
-    assert interval_text((1.2, 1.34567)) == "1.200-1.346"
+    assert median_ratio([1.0, 2.0, 3.0, 4.0, 5.0]) == {"ratio": 3.0, "interval": ""}
+    assert median_ratio([1.2, 1.3, 1.31, 1.32, 1.33, 1.34567]) == {
+        "ratio": 1.315,
+        "interval": "1.200-1.346",
+    }
 
 
 def test_it_covers_a_skewed_distributions_median_at_least_95_per_cent_of_the_time() -> None:

@@ -85,7 +85,11 @@ def _unimplemented(method: MethodDescriptor) -> RpcHandler:
 
 
 def add_orchestrator_service(server: grpc.aio.Server, handlers: dict[str, RpcHandler]) -> None:
-    """Serves every OrchestratorService RPC from :func:`handler_table`'s handlers."""
+    """Serves every OrchestratorService RPC from :func:`handler_table`'s handlers.
+
+    ``server`` must run :class:`~sandbox_sdk.server.status.ErrorInterceptor` (last), as
+    the orchestrator's does: besides turning errors into statuses, it sends the
+    ``ResponsePage`` StreamExperimentEvents yields message by message."""
     unbound = {m.name for m in SERVICE.methods} - set(handlers)
     if unbound:
         raise RuntimeError(f"OrchestratorService RPCs with no handler: {sorted(unbound)}")
