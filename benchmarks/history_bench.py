@@ -25,7 +25,7 @@ from typing import Any
 from bench_common import build_history, median_ratio, start_server, throughput_rounds
 
 HISTORY = 10_000
-ROUNDS = 8  # even: each server goes first in as many rounds as the other
+ROUNDS = 20  # even: each server goes first in as many rounds as the other
 EXPERIMENTS = 150
 CONCURRENT = 16  # under the default quota of 50 queued or running experiments
 ENVIRONMENTS = 10
