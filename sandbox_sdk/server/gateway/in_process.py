@@ -241,8 +241,7 @@ async def _one_response(
     waits. Most reads answer from memory without waiting, and nothing can pass a
     deadline while the loop is not running anything else.
     """
-    deadline = _deadline(timeout)
-    _require_time_left(deadline)
+    deadline = _deadline_ahead(timeout)
     context = InProcessContext(metadata or (), deadline)
     try:
         call = handler(make_request(*request_args), context)
@@ -445,6 +444,16 @@ async def _close(messages: Responses) -> None:
 
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def _deadline_ahead(timeout: float | None) -> float | None:
+    """:func:`_deadline`, raising DEADLINE_EXCEEDED if it has already passed: such a call
+    is not started, as gRPC does not send it."""
+    if timeout is None:
+        return None
+    if timeout <= 0:
+        raise _deadline_exceeded()
+    return asyncio.get_running_loop().time() + timeout
 
 
 def _require_time_left(deadline: float | None) -> None:

@@ -34,6 +34,10 @@ class Routing(enum.Enum):
     LOCAL = "local"  # served by the gateway itself (API keys)
     TEMPLATE = "template"  # the owner of request.template_id; a public name: any orchestrator
 
+    # Members are singletons compared by identity, so identity is a valid hash; Enum's own
+    # hashes the name in Python, and every routed call looks its routing up in a dict.
+    __hash__ = object.__hash__
+
 
 class Quota(enum.Enum):
     """Which per-tenant quota a call consumes."""

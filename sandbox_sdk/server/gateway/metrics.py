@@ -29,6 +29,9 @@ _LATENCY_BUCKETS = (
     60.0,
 )
 _BOUND_LABELS = (*(repr(bound) for bound in _LATENCY_BUCKETS), "+Inf")
+_OK = grpc.StatusCode.OK
+# One (method, code)'s count per latency bucket (the last one +Inf) and sum of seconds.
+_Stats = tuple[list[int], list[float]]
 
 
 class GatewayMetrics:
@@ -93,17 +96,27 @@ class CallStats(Collector):
     """
 
     def __init__(self) -> None:
-        # (method, code) -> [count per bucket (the last one +Inf), sum of seconds]
-        self._calls: dict[tuple[str, grpc.StatusCode], tuple[list[int], list[float]]] = {}
+        self._calls: dict[tuple[str, grpc.StatusCode], _Stats] = {}
+        # The same lists for code OK by method alone: a StatusCode's hash is a Python call.
+        self._ok: dict[str, _Stats] = {}
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         """Counts one finished call that took ``seconds``."""
+        if code is _OK:
+            stats = self._ok.get(method)
+            if stats is None:
+                stats = self._ok[method] = self._stats(method, code)
+        else:
+            stats = self._stats(method, code)
+        stats[0][bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        stats[1][0] += seconds
+
+    def _stats(self, method: str, code: grpc.StatusCode) -> _Stats:
         key = (method, code)
         stats = self._calls.get(key)
         if stats is None:
             stats = self._calls[key] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
-        stats[0][bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        stats[1][0] += seconds
+        return stats
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         """The two metric families, for a scrape."""

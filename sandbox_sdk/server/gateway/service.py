@@ -354,8 +354,10 @@ class GatewayService(_GenericRpcHandler):
         if spec.routing is Routing.ANY:
             return self._any(spec)
 
+        carries_request_id = spec.request_id_field is not None
+
         async def owned(request: bytes, context: Context, caller: Caller) -> bytes:
-            request_id = _request_id_field(spec, request)
+            request_id = _request_id_field(spec, request) if carries_request_id else ""
             if spec.quota is None:
                 try:
                     link = self._owner(spec, request)
