@@ -60,6 +60,11 @@ def state_from_number(number: int) -> ExperimentState:
     return _STATES.get(number, ExperimentState.UNSPECIFIED)
 
 
+def level_from_number(number: int) -> LogLevel:
+    """The :class:`LogLevel` of a wire enum number."""
+    return _LEVELS.get(number, LogLevel.UNSPECIFIED)
+
+
 @dataclass(slots=True)
 class ExperimentFailure:
     """Why an experiment did not succeed: an UPPER_SNAKE reason and a message."""
@@ -289,7 +294,7 @@ def _metric(message: experiment_pb2.ExperimentEvent) -> MetricSample:
 
 
 def _log(message: experiment_pb2.ExperimentEvent) -> LogLine:
-    return LogLine(_LEVELS.get(message.log.level, LogLevel.UNSPECIFIED), message.log.message)
+    return LogLine(level_from_number(message.log.level), message.log.message)
 
 
 def _state_change(message: experiment_pb2.ExperimentEvent) -> StateChange:

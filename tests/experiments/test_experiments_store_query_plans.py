@@ -28,6 +28,7 @@ from sandbox_sdk.server.orchestrator.experiments.records import (
 )
 from sandbox_sdk.server.orchestrator.experiments.spec import ExperimentSpec, InputSpec
 from sandbox_sdk.server.orchestrator.experiments.store import (
+    _SELECT_PAYLOAD,
     ExperimentStore,
     ListFilter,
     NewExperiment,
@@ -267,6 +268,9 @@ async def test_every_statement_of_an_experiments_life_seeks_through_an_index(
         "sqlite_autoindex_exp_experiments_1 (id=?)",  # the writer's and the loop's key reads
         "exp_experiments_request (tenant=? AND request_id=?)",
         "exp_events USING PRIMARY KEY (experiment_id=? AND sequence>?)",  # a stream's page
-        "exp_events USING PRIMARY KEY (experiment_id=? AND sequence=?)",  # a state event's payload
     ):
         assert index in searched, (index, checked)
+    # Rows from before messages were stored are read one by one, by key.
+    assert "exp_events USING PRIMARY KEY (experiment_id=? AND sequence=?)" in query_plan(
+        database, _SELECT_PAYLOAD, ("exp-t-1", 1)
+    )

@@ -1,13 +1,16 @@
 """Each event's ExperimentEvent message is serialized once, when it is committed, and stored
-with it; StreamExperimentEvents sends those bytes framed as its response (issue #16).
+as the event itself; StreamExperimentEvents sends those bytes framed as its response, and
+typed reads parse them back (issue #16).
 
-A database from before the stored messages upgrades in place: its rows have none and are
-converted from their JSON payload as before, so the client receives the very same bytes.
+A database from before the stored messages upgrades in place: its rows have none, only a
+JSON payload, and are converted from it, so the client receives the very same bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -86,14 +89,25 @@ async def _archived_events(store: ExperimentStore, experiment_id: str) -> list[t
     return contents.events
 
 
-def _forget_messages(path: Path) -> None:
-    """Makes every stored event look as if written before messages were stored."""
+def _forget_messages(path: Path, where: str = "1") -> None:
+    """Makes the stored events matching ``where`` look as if written before messages were
+    stored: a JSON payload (in the shape written then) and no message."""
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE exp_events SET message = NULL")
+        rows = conn.execute(
+            f"SELECT experiment_id, sequence, message FROM exp_events WHERE {where}"  # noqa: S608
+        ).fetchall()
+        for experiment_id, sequence, message in rows:
+            payload = convert.event_payload(experiment_pb2.ExperimentEvent.FromString(message))
+            conn.execute(
+                "UPDATE exp_events SET payload = ?, message = NULL"
+                " WHERE experiment_id = ? AND sequence = ?",
+                (json.dumps(dataclasses.asdict(payload)), experiment_id, sequence),
+            )
 
 
 def _downgrade(path: Path) -> None:
     """Turns the database back into one made before the stored messages' migration."""
+    _forget_messages(path)
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE exp_events DROP COLUMN message")
         conn.execute(
@@ -112,8 +126,10 @@ async def test_every_kind_of_event_streams_as_protobuf_would_frame_it(tmp_path: 
 
     page = await store.aresponse_page(new.id, 0, 100)
     events = store.events_after(new.id, 0, 100)
+    payloads = store.db.query("SELECT DISTINCT payload FROM exp_events")
     await store.aclose()
 
+    assert [tuple(row) for row in payloads] == [("",)]  # stored once: as the message
     assert page.events == [_expected(e) for e in events]
     assert [e.payload for e in events] == [StateEvent(ExperimentState.QUEUED), *EVERY_KIND]
     assert page.final_at == len(EVERY_KIND)  # the FAILED state, not the RUNNING one
@@ -259,8 +275,7 @@ async def test_a_stream_mixing_old_and_new_rows_is_one_gapless_sequence(
         experiment_id = created.experiment.id
         await wait_final(engine, experiment_id)
         fresh = await _streamed(handlers, experiment_id, follow=follow)
-        with sqlite3.connect(path) as conn:  # every other row as if written before
-            conn.execute("UPDATE exp_events SET message = NULL WHERE sequence % 2 = 0")
+        _forget_messages(path, "sequence % 2 = 0")  # every other row as if written before
         assert await _streamed(handlers, experiment_id, follow=follow) == fresh
     finally:
         await engine.stop()

@@ -5,9 +5,15 @@ from __future__ import annotations
 from google.protobuf import struct_pb2
 
 from sandbox_sdk.api.v1 import experiment_pb2, requests_pb2
-from sandbox_sdk.models.experiment import LEVEL_NUMBERS, STATE_NUMBERS, state_from_number
+from sandbox_sdk.models.experiment import (
+    LEVEL_NUMBERS,
+    STATE_NUMBERS,
+    level_from_number,
+    state_from_number,
+)
 from sandbox_sdk.models.results import AggregateMetric
 from sandbox_sdk.server.orchestrator.experiments.records import (
+    EventPayload,
     ExperimentRecord,
     ExperimentState,
     Failure,
@@ -188,6 +194,57 @@ def event_to_proto(event: StoredEvent) -> experiment_pb2.ExperimentEvent:
             )
         )
     return message
+
+
+def event_payload(message: experiment_pb2.ExperimentEvent) -> EventPayload:
+    """What happened in an ExperimentEvent: the inverse of :func:`event_to_proto`'s payload."""
+    which = message.WhichOneof("payload")
+    if which == "log":
+        return LogEvent(level=level_from_number(message.log.level), message=message.log.message)
+    if which == "metric":
+        metric = message.metric
+        return MetricEvent(
+            name=metric.name,
+            value=metric.value,
+            unit=metric.unit,
+            input_index=metric.input_index,
+            repeat=metric.repeat,
+        )
+    if which == "state_change":
+        change = message.state_change
+        return StateEvent(
+            state=state_from_number(change.state),
+            failure=(
+                Failure(change.failure.reason, change.failure.message)
+                if change.HasField("failure")
+                else None
+            ),
+            queue_position=change.queue_position,
+        )
+    if which == "output":
+        output = message.output
+        return OutputEvent(input_index=output.input_index, repeat=output.repeat, text=output.text)
+    if which == "tool_call":
+        call = message.tool_call
+        return ToolCallEvent(
+            input_index=call.input_index,
+            repeat=call.repeat,
+            turn=call.turn,
+            command=call.command,
+            argv=tuple(call.argv),
+        )
+    if which == "tool_result":
+        result = message.tool_result
+        return ToolResultEvent(
+            input_index=result.input_index,
+            repeat=result.repeat,
+            turn=result.turn,
+            exit_code=result.exit_code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            truncated=result.truncated,
+        )
+    raise ValueError(f"event {message.sequence} of {message.experiment_id} has no payload")
 
 
 def event_bytes(event: StoredEvent) -> bytes:

@@ -29,11 +29,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sandbox_sdk.api.v1 import experiment_pb2
 from sandbox_sdk.server.database import Database
 from sandbox_sdk.server.db_connection import open_connection
 from sandbox_sdk.server.db_readers import ReadPool
 from sandbox_sdk.server.db_writer import BatchWriter
-from sandbox_sdk.server.orchestrator.experiments.convert import event_bytes, event_response_bytes
+from sandbox_sdk.server.orchestrator.experiments.convert import (
+    event_bytes,
+    event_payload,
+    event_response_bytes,
+)
 from sandbox_sdk.server.orchestrator.experiments.records import (
     EventPage,
     EventPayload,
@@ -149,7 +154,8 @@ MIGRATIONS = [
     """,
     # Each event's ExperimentEvent message, serialized once when it is committed, so a
     # stream sends stored bytes instead of building a message per event per reader.
-    # Rows written before have NULL here and are converted from their payload.
+    # Rows written before have NULL here and are converted from their JSON payload; rows
+    # written since keep the event in the message alone (their payload is '').
     """
     ALTER TABLE exp_events ADD COLUMN message BLOB
     """,
@@ -183,13 +189,15 @@ _INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _SELECT_MESSAGES = (
-    "SELECT sequence, message,"
-    # Whether the payload must be read too (for few rows): a state event's (did it end
-    # the experiment?), and a row written before messages were stored (its message is
-    # made from the payload).
-    " message IS NULL OR kind = 'state'"
+    # Whether the row is a state event: only those are parsed (did it end the experiment?).
+    "SELECT sequence, message, kind = 'state'"
     " FROM exp_events WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
 )
+_SELECT_EVENTS = (
+    "SELECT sequence, time, kind, payload, message"
+    " FROM exp_events WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+)
+# A row written before messages were stored, whose message is made from its payload.
 _SELECT_PAYLOAD = (
     "SELECT time, kind, payload FROM exp_events WHERE experiment_id = ? AND sequence = ?"
 )
@@ -754,12 +762,16 @@ def _select_listing(
 
 
 def _select_events(query: Query, experiment_id: str, after: int, limit: int) -> list[StoredEvent]:
-    rows = query(
-        "SELECT sequence, time, kind, payload FROM exp_events"
-        " WHERE experiment_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-        (experiment_id, after, limit),
-    )
-    return [StoredEvent(experiment_id, row[0], row[1], _decode(row[2], row[3])) for row in rows]
+    rows = query(_SELECT_EVENTS, (experiment_id, after, limit))
+    return [
+        StoredEvent(
+            experiment_id,
+            sequence,
+            time,
+            _decode(kind, payload) if message is None else _payload_of(message),
+        )
+        for sequence, time, kind, payload, message in rows
+    ]
 
 
 def _event_page(events: list[StoredEvent], after: int) -> EventPage[StoredEvent]:
@@ -773,12 +785,10 @@ def _select_responses(query: Query, experiment_id: str, after: int, limit: int) 
     rows = query(_SELECT_MESSAGES, (experiment_id, after, limit))
     responses: list[bytes] = []
     final_at: int | None = None
-    for sequence, stored, with_payload in rows:
-        message = stored
-        if with_payload:
-            message, ends = _read_message(query, experiment_id, sequence, stored)
-            if ends and final_at is None:
-                final_at = len(responses)
+    for sequence, stored, is_state in rows:
+        message = _message(query, experiment_id, sequence, stored)
+        if is_state and final_at is None and _ends_experiment(_payload_of(message)):
+            final_at = len(responses)
         responses.append(event_response_bytes(message))
     return EventPage(responses, rows[-1][0] if rows else after, final_at)
 
@@ -786,21 +796,21 @@ def _select_responses(query: Query, experiment_id: str, after: int, limit: int) 
 def _select_messages(query: Query, experiment_id: str) -> list[tuple[int, bytes]]:
     rows = query(_SELECT_MESSAGES, (experiment_id, 0, -1))
     return [
-        (sequence, _read_message(query, experiment_id, sequence, message)[0])
-        if with_payload
-        else (sequence, message)
-        for sequence, message, with_payload in rows
+        (sequence, _message(query, experiment_id, sequence, stored)) for sequence, stored, _ in rows
     ]
 
 
-def _read_message(
-    query: Query, experiment_id: str, sequence: int, message: bytes | None
-) -> tuple[bytes, bool]:
-    """An event's serialized ExperimentEvent (``message`` if stored, else made from its
-    payload), and whether it is the state event that ended the experiment."""
+def _message(query: Query, experiment_id: str, sequence: int, stored: bytes | None) -> bytes:
+    """An event's serialized ExperimentEvent: the stored one, or for a row written before
+    messages were stored, one made from its JSON payload."""
+    if stored is not None:
+        return stored
     time, kind, payload = query(_SELECT_PAYLOAD, (experiment_id, sequence))[0]
-    event = StoredEvent(experiment_id, sequence, time, _decode(kind, payload))
-    return (event_bytes(event) if message is None else message), _ends_experiment(event.payload)
+    return event_bytes(StoredEvent(experiment_id, sequence, time, _decode(kind, payload)))
+
+
+def _payload_of(message: bytes) -> EventPayload:
+    return event_payload(experiment_pb2.ExperimentEvent.FromString(message))
 
 
 def _ends_experiment(payload: EventPayload) -> bool:
@@ -911,27 +921,20 @@ def _insert_sample(conn: sqlite3.Connection, experiment_id: str, sample: SampleR
 
 
 def _event_row(event: StoredEvent) -> tuple[str, int, float, str, str, bytes]:
-    """The ``_INSERT_EVENT`` parameters of an event, its message serialized here (on the
-    writer thread), once."""
+    """The ``_INSERT_EVENT`` parameters of an event: the event is its message, serialized
+    here (on the writer thread), once; the JSON payload column of older rows stays empty."""
     return (
         event.experiment_id,
         event.sequence,
         event.time,
-        *_encode(event.payload),
+        _KIND_OF[type(event.payload)],
+        "",
         event_bytes(event),
     )
 
 
-def _encode(payload: EventPayload) -> tuple[str, str]:
-    # Flat dataclasses but one (StateEvent's Failure): vars() is several times cheaper than
-    # dataclasses.asdict, and this runs for every event.
-    fields = dict(vars(payload))
-    if isinstance(payload, StateEvent):
-        fields["failure"] = vars(payload.failure) if payload.failure is not None else None
-    return _KIND_OF[type(payload)], json.dumps(fields)
-
-
 def _decode(kind: str, text: str) -> EventPayload:
+    """The payload of a row written before messages were stored, from its JSON."""
     data = json.loads(text)
     if kind == "state":
         failure = data["failure"]
