@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +16,7 @@ from rich.table import Column, Table
 
 from sandbox_sdk.cli.command_classes import CliCommand, CliGroup
 from sandbox_sdk.cli.exit_codes import GENERIC_ERROR, INTERRUPTED
+from sandbox_sdk.cli.interrupts import interrupts_held
 from sandbox_sdk.cli.json_output import jsonable, print_json
 from sandbox_sdk.cli.session import (
     AsJson,
@@ -28,7 +31,7 @@ from sandbox_sdk.cli.session import (
     reported_errors,
     warn,
 )
-from sandbox_sdk.client import Experiment, SandboxClient
+from sandbox_sdk.client import Experiment, Sandbox, SandboxClient
 from sandbox_sdk.models.experiment import (
     ExperimentInfo,
     LogLine,
@@ -165,9 +168,14 @@ def run(
     with reported_errors():
         client = client_of(ctx)
         owned = env_id is None
-        sandbox = client.create_environment() if owned else client.get_environment(str(env_id))
+        sandbox: Sandbox | None = None
         try:
-            experiment = sandbox.run_experiment(
+            with interrupts_held():
+                sandbox = (
+                    client.create_environment() if owned else client.get_environment(str(env_id))
+                )
+            start = functools.partial(
+                sandbox.run_experiment,
                 model=model,
                 prompts=prompt or None,
                 inputs=_read_inputs(inputs) if inputs else None,
@@ -180,19 +188,35 @@ def run(
                 labels=pairs(label, "--label"),
                 fail_on_scorer_error=fail_on_scorer_error,
             )
-            err.print(f"experiment {experiment.id} in {sandbox.id}", highlight=False)
-            if not follow:
-                out.print(experiment.id, highlight=False)
-                return
-            try:
-                _follow_live(experiment)
-                found = experiment.get_results()
-            except KeyboardInterrupt:
-                _cancel_after_interrupt(experiment)
-            _print_results(found, as_json=as_json, samples=True)
+            _start_and_follow(start, sandbox.id, follow=follow, as_json=as_json)
         finally:
-            if owned and not keep_env:
+            if owned and not keep_env and sandbox is not None:
                 sandbox.delete()
+
+
+def _start_and_follow(
+    start: Callable[[], Experiment], sandbox_id: str, *, follow: bool, as_json: bool
+) -> None:
+    """Starts the experiment and, with ``follow``, follows it and prints its results.
+
+    A Ctrl-C from the moment the experiment is asked for cancels it (once the
+    service has answered with it) and exits 130.
+    """
+    experiment: Experiment | None = None
+    try:
+        with interrupts_held():
+            experiment = start()
+        err.print(f"experiment {experiment.id} in {sandbox_id}", highlight=False)
+        if not follow:
+            out.print(experiment.id, highlight=False)
+            return
+        _follow_live(experiment)
+        found = experiment.get_results()
+    except KeyboardInterrupt:
+        if experiment is None:
+            raise
+        _cancel_after_interrupt(experiment)
+    _print_results(found, as_json=as_json, samples=True)
 
 
 def _follow_live(experiment: Experiment) -> None:

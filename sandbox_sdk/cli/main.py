@@ -20,6 +20,7 @@ from sandbox_sdk.cli.environment_commands import env_app
 from sandbox_sdk.cli.exit_codes import GENERIC_ERROR, INTERRUPTED
 from sandbox_sdk.cli.experiment_commands import experiments_app
 from sandbox_sdk.cli.extras import require_extra
+from sandbox_sdk.cli.interrupts import interrupts_outside_grpc
 from sandbox_sdk.cli.json_output import print_json
 from sandbox_sdk.cli.key_commands import keys_app
 from sandbox_sdk.cli.power_command import power
@@ -196,7 +197,8 @@ def models(ctx: typer.Context, as_json: AsJson = False) -> None:
 def main() -> None:
     """Entry point of ``sandbox-sdk``."""
     try:
-        app()
+        with interrupts_outside_grpc():
+            app()
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(INTERRUPTED) from None
