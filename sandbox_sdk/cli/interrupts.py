@@ -95,10 +95,15 @@ def interrupts_outside_grpc() -> Iterator[None]:
     """While the block runs in the main thread, Ctrl-C raises only outside grpc.
 
     Does nothing when SIGINT is not Python's default handler (ignored, say, in a
-    background job) or when called from another thread.
+    background job), when called from another thread, or where there is no interval
+    timer (Windows).
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
-    if not in_main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        not in_main_thread
+        or not hasattr(signal, "setitimer")
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     deferred = DeferredInterrupt()
