@@ -449,11 +449,9 @@ def _deadline(timeout: float | None) -> float | None:
 def _deadline_ahead(timeout: float | None) -> float | None:
     """:func:`_deadline`, raising DEADLINE_EXCEEDED if it has already passed: such a call
     is not started, as gRPC does not send it."""
-    if timeout is None:
-        return None
-    if timeout <= 0:
+    if timeout is not None and timeout <= 0:
         raise _deadline_exceeded()
-    return asyncio.get_running_loop().time() + timeout
+    return _deadline(timeout)
 
 
 def _require_time_left(deadline: float | None) -> None:
