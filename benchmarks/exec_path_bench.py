@@ -10,7 +10,17 @@ client. Each sample, interleaved so all see the same machine load:
   internal token, the tenant header the gateway would send);
 * unary: the generated stub's GetEnvironment through the gateway, the round trip of one
   gRPC call with no sandbox work, the floor under any gRPC exec;
-* plain: ``subprocess.run(["true"])`` from this process.
+* plain: ``subprocess.run(["true"])`` from this process;
+* bare spawn: ``os.posix_spawnp`` of ``true`` and its ``waitpid``, as the agent inside a
+  sandbox starts a command, without ``subprocess``'s own work;
+* open stream: one message echoed on a bidirectional stream already open to a trivial
+  ``grpc.aio`` server in another child process: what a message costs once no call has to
+  be set up, the floor under an exec sent on a stream held open per sandbox.
+
+Two bounds follow from the same run. Any exec that is a gRPC call of its own costs at least
+a unary round trip plus a bare spawn; an exec sent on an open stream, at least one message
+plus a bare spawn. The first bound against the 2x goal says whether the
+per-call design can meet it at all on this machine.
 
 The orchestrator's own exec path without gRPC (``SandboxManager``'s spawn through the
 environment's agent) is ``sandbox_bench``'s exec row. The first message of the raw gateway
@@ -20,11 +30,14 @@ stream (``started``) is timed too: it comes once the agent has spawned the comma
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +58,45 @@ WARMUP = 30
 GOAL = 2.0
 
 Sampler = Callable[[], Awaitable[float]]
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+def _same(message: bytes) -> bytes:
+    return message
+
+
+def _spawn_true() -> None:
+    """Starts ``true`` and waits for it the way the sandbox's agent does, without
+    ``subprocess``'s work around the spawn."""
+    os.waitpid(os.posix_spawnp("true", ["true"], os.environ), 0)
+
+
+def _serve_echo(conn: Connection) -> None:
+    """Child process: a trivial ``grpc.aio`` server whose one bidirectional method sends
+    back each message it reads; sends its address on ``conn`` and stops when the parent
+    closes its end."""
+
+    async def echo(messages: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -> Any:
+        async for message in messages:
+            yield message
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(echo, _same, _same)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        conn.send(f"127.0.0.1:{port}")
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv_bytes)
+        except EOFError:
+            pass
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
 
 
 def _timed(call: Callable[[], Awaitable[Any]]) -> Sampler:
@@ -56,13 +108,15 @@ def _timed(call: Callable[[], Awaitable[Any]]) -> Sampler:
     return sample
 
 
-async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
+async def _samples(endpoints: dict[str, str], echo_address: str) -> dict[str, list[float]]:
     key = endpoints["admin_key"]
     async with (
         AsyncSandboxClient(endpoints["gateway"], api_key=key) as client,
         grpc.aio.insecure_channel(endpoints["gateway"]) as gateway_channel,
         grpc.aio.insecure_channel(endpoints["orchestrator"]) as orchestrator_channel,
+        grpc.aio.insecure_channel(echo_address) as echo_channel,
     ):
+        echo_stream = echo_channel.stream_stream(ECHO_METHOD, _same, _same)()
         sandbox = await client.create_environment()
         gateway = gateway_service_pb2_grpc.GatewayServiceStub(gateway_channel)
         orchestrator = orchestrator_service_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
@@ -93,6 +147,13 @@ async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
         async def plain() -> None:
             plain_exec()
 
+        async def bare_spawn() -> None:
+            _spawn_true()
+
+        async def open_stream() -> None:
+            await echo_stream.write(exec_request.SerializeToString())
+            await echo_stream.read()
+
         samplers: dict[str, Sampler] = {
             "sdk": _timed(lambda: sandbox.exec(["true"], check=True)),
             "raw gateway": _timed(raw_gateway),
@@ -101,6 +162,8 @@ async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
                 lambda: gateway.GetEnvironment(get_request, metadata=gateway_metadata, timeout=30)
             ),
             "plain": _timed(plain),
+            "bare spawn": _timed(bare_spawn),
+            "open stream": _timed(open_stream),
         }
         samples: dict[str, list[float]] = {name: [] for name in samplers}
         for index in range(WARMUP + SAMPLES):
@@ -109,19 +172,27 @@ async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
                 seconds = await samplers[name]()
                 if index >= WARMUP:
                     samples[name].append(seconds)
+        await echo_stream.done_writing()
         await sandbox.delete()
         return {**samples, "first message": first_messages[WARMUP:]}
 
 
 def run() -> list[dict[str, Any]]:
     """The exec rows: through the SDK against the plain run, and the steps between."""
+    context = multiprocessing.get_context("spawn")
+    echo_connection, echo_end = context.Pipe()
+    echo = context.Process(target=_serve_echo, args=(echo_end,), daemon=True)
+    echo.start()
+    echo_end.close()
     with tempfile.TemporaryDirectory() as directory:
         process, connection, endpoints = start_server(Path(directory) / "server")
         try:
-            samples = asyncio.run(_samples(endpoints))
+            samples = asyncio.run(_samples(endpoints, echo_connection.recv()))
         finally:
             connection.close()
+            echo_connection.close()
             process.join(30)
+            echo.join(30)
     p50 = {name: statistics.median(values) for name, values in samples.items()}
     return [
         ratio_row(
@@ -158,6 +229,34 @@ def run() -> list[dict[str, Any]]:
             p50["unary"],
             p50["plain"],
             "report: the gRPC floor",
+        ),
+        ratio_row(
+            "exec path",
+            "bound of an exec that is its own call: unary p50 + bare spawn p50",
+            p50["unary"] + p50["bare spawn"],
+            p50["plain"],
+            f"report: above {GOAL} means the per-call design cannot meet the goal here",
+        ),
+        ratio_row(
+            "exec path",
+            "bare spawn p50, posix_spawnp + waitpid (vs subprocess.run)",
+            p50["bare spawn"],
+            p50["plain"],
+            "report",
+        ),
+        ratio_row(
+            "exec path",
+            "one message on an open stream p50, trivial grpc.aio echo (vs subprocess.run)",
+            p50["open stream"],
+            p50["plain"],
+            "report",
+        ),
+        ratio_row(
+            "exec path",
+            "bound of an exec sent on an open stream: message p50 + bare spawn p50",
+            p50["open stream"] + p50["bare spawn"],
+            p50["plain"],
+            "report",
         ),
     ]
 
