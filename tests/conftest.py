@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import ctrl_c_raises  # noqa: F401
 import grpc_fork_handlers_off  # noqa: F401 (before grpc is imported)
 import pytest
 import sandbox_runtimes
