@@ -9,7 +9,9 @@ than the server asked, and spread out so that callers refused together do not
 come back together. A server delay longer than what is left of the deadline
 does not end the call early: the SDK waits until shortly before the deadline
 and makes one last attempt, then raises the server's error with a note on what
-to do.
+to do. Rate-limit refusals are not bounded by ``max_attempts`` but by the
+deadline: under a steady overload a caller may be refused many times before a
+token is its, and failing it then would turn a slower run into a failed one.
 
 A failed attempt (UNAVAILABLE, say) may still have been carried out, so only
 calls whose repetition cannot change the outcome are retried. The contract
@@ -59,7 +61,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from sandbox_sdk.config.settings import RetrySettings
-from sandbox_sdk.errors import ConfigError, SandboxError
+from sandbox_sdk.errors import ConfigError, RateLimitedError, SandboxError
 from sandbox_sdk.utils.backoff import (
     backoff_ceiling,
     ends_in_time,
@@ -77,6 +79,8 @@ class RetryPolicy:
 
     Attributes:
         max_attempts: attempts in all, the first included (1 disables retries).
+            Refusals for the tenant's rate limit (:class:`RateLimitedError`) go on past
+            it, as the server paces them, until ``deadline`` (if there is one).
         initial_backoff: ceiling of the first wait, in seconds.
         max_backoff: largest ceiling of any wait, in seconds.
         multiplier: growth of the ceiling per retry.
@@ -223,9 +227,15 @@ class Attempts:
         """Records a failed attempt; the wait before the next one, or ``None`` to give up."""
         policy = self.policy
         self.made += 1
-        if self._last or not policy.is_retryable(error) or self.made >= self._max_attempts:
+        if self._last or not policy.is_retryable(error):
             return None
         wait = policy.delay(error, self.made)
+        if self.made >= self._max_attempts:
+            if not self._outlasts_the_count(error):
+                return None
+            # Past the count the server's pace still holds, but never faster than backoff:
+            # a server answering "now" again and again is not called in a tight loop.
+            wait = max(wait, policy.backoff(self.made))
         remaining = self._deadline_at - policy.clock()
         if ends_in_time(wait, remaining):
             return wait
@@ -240,6 +250,20 @@ class Attempts:
         )
         self._last = last_wait is not None
         return last_wait
+
+    def _outlasts_the_count(self, error: SandboxError) -> bool:
+        """Whether a rate-limit refusal is retried past ``max_attempts``, until the deadline.
+
+        The gateway did not act on the call and said when a token is there for it, but
+        new calls may take that token first, so under a steady overload one caller can be
+        refused several times in a row: that is a reason to wait longer, not to fail. Only
+        a policy that retries at all and has a deadline does so.
+        """
+        return (
+            isinstance(error, RateLimitedError)
+            and self._max_attempts > 1
+            and self._deadline_at != math.inf
+        )
 
     def annotate(self, error: SandboxError) -> SandboxError:
         """Adds notes to the call's final error: attempts made, and what to do when out of time.

@@ -3,9 +3,11 @@
 - A tenant sends 400 calls at 20 per second against a rate limit of 15 per
   second: the gateway tells each refused caller when its token will be there
   (after those refused before it), spread, and the SDK waits at least that,
-  jittered; nearly every call gets through. Before, every refused caller was
-  told the same next-token delay and came back at once: 316 of 400 got
-  through here (110 of 400 at 5 per second).
+  jittered, past its attempt count until its deadline; every call gets through.
+  Before, every refused caller was told the same next-token delay and came back
+  at once: 316 of 400 got through here (110 of 400 at 5 per second); then, with
+  the delays spread, 395 of 400, the rest refused five times in a row by new
+  calls taking their tokens first.
 - A create refused because the orchestrator is full is told to come back in
   about a second, and gets through by itself once a delete frees room; before,
   it was told the next ttl expiry (up to 60 s), longer than the SDK's whole
@@ -26,7 +28,6 @@ from e2e_support import EmbeddedStack, unique_tenant
 
 from sandbox_sdk import (
     CapacityExhaustedError,
-    RateLimitedError,
     RetryPolicy,
     SandboxError,
 )
@@ -35,8 +36,6 @@ STORM_TENANT = "storm"
 CALLS = 400
 CALLS_PER_SECOND = 20.0
 RATE_LIMIT = 15.0
-# Measured: 395 of 400 (316 before the fix); the rest ran out of attempts.
-NEARLY_ALL = 380
 MAX_ENVIRONMENTS = 4
 SMALL = {"disk": "4Mi", "cpu": 0.1, "memory": "64Mi"}
 CONFIG: dict[str, Any] = {
@@ -81,14 +80,15 @@ def _storm(call: Callable[[], object]) -> list[BaseException | None]:
 
 
 @pytest.mark.timeout(240)  # each call ends within its 60 s retry deadline
-def test_a_rate_limited_storm_with_default_retries_nearly_all_get_through(
+def test_a_rate_limited_storm_with_default_retries_all_get_through(
     stack: EmbeddedStack,
 ) -> None:
+    """The backlog (5 calls a second more than the limit, for 20 s) clears about 7 s after
+    the last call starts, well within each call's 60 s retry deadline."""
     with stack.client(api_key=stack.tenant_key(STORM_TENANT)) as client:
         errors = _storm(client.list_models)
     failed = [error for error in errors if error is not None]
-    assert CALLS - len(failed) >= NEARLY_ALL, f"only {CALLS - len(failed)} of {CALLS} got through"
-    assert all(isinstance(error, RateLimitedError) for error in failed), failed[:3]
+    assert not failed, f"{len(failed)} of {CALLS} failed, the first: {failed[0]!r}"
 
 
 class _Recorder:

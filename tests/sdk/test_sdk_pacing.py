@@ -186,3 +186,61 @@ def test_server_paced_refusals_count_towards_max_attempts(
         driver.list_environment_ids()
     assert clock.sleeps == [1.0, 1.0, 1.0]
     assert "gave up after 4 attempts" in caught.value.__notes__
+
+
+# -- rate limits outlast the attempt count -------------------------------------------------
+
+
+def test_rate_limit_refusals_go_on_past_max_attempts_until_one_passes(
+    gateway: FakeGateway, driver: Driver, clock: FakeClock
+) -> None:
+    """max_attempts is 4. A caller the gateway refuses eight times in a row (new calls
+    took the tokens it was told of) is not failed: it waits the server's 0.5 s while the
+    count lasts, then at least the backoff (0.5 s doubled up to 4 s), and the ninth
+    attempt passes within the 30 s deadline."""
+    gateway.fail("ListEnvironments", _refusal(ErrorReason.RATE_LIMITED, 8, retry_after=0.5))
+    assert driver.list_environment_ids() == []
+    assert clock.sleeps == [0.5, 0.5, 0.5, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert len(gateway.calls("ListEnvironments")) == 9
+
+
+def test_rate_limit_refusals_past_the_count_end_at_the_deadline_with_advice(
+    gateway: FakeGateway, driver: Driver, clock: FakeClock
+) -> None:
+    gateway.fail("ListEnvironments", _refusal(ErrorReason.RATE_LIMITED, 100, retry_after=0.5))
+    with pytest.raises(RateLimitedError) as caught:
+        driver.list_environment_ids()
+    assert sum(clock.sleeps) < 30.0
+    notes = " ".join(caught.value.__notes__)
+    assert "send fewer calls per second" in notes
+
+
+def test_capacity_refusals_still_stop_at_max_attempts(
+    gateway: FakeGateway, driver: Driver, clock: FakeClock
+) -> None:
+    """Room on the orchestrators, unlike a token, is not freed at a known pace: the count holds."""
+    gateway.fail("ListEnvironments", _refusal(ErrorReason.CAPACITY_EXHAUSTED, 8, retry_after=0.5))
+    with pytest.raises(CapacityExhaustedError):
+        driver.list_environment_ids()
+    assert len(gateway.calls("ListEnvironments")) == 4
+
+
+def test_a_server_answering_now_again_and_again_is_not_called_in_a_tight_loop(
+    clock: FakeClock,
+) -> None:
+    policy = RetryPolicy(
+        max_attempts=3, initial_backoff=0.1, max_backoff=5.0, jitter=False, clock=clock
+    )
+    attempts = policy.start()
+    waits = [attempts.next_delay(_refused(0.0)) for _ in range(8)]
+    assert waits == [0.0, 0.0, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+
+
+def test_without_retries_or_a_deadline_a_rate_limit_refusal_keeps_the_count(
+    clock: FakeClock,
+) -> None:
+    disabled = RetryPolicy.disabled().start()
+    assert disabled.next_delay(_refused(0.5)) is None
+    unbounded = RetryPolicy(max_attempts=2, deadline=None, jitter=False, clock=clock).start()
+    assert unbounded.next_delay(_refused(0.5)) == 0.5
+    assert unbounded.next_delay(_refused(0.5)) is None
