@@ -13,6 +13,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from sandbox_sdk import AsyncSandboxClient
 from sandbox_sdk.server.database import Database
+from sandbox_sdk.server.embedded import EmbeddedServer
 from sandbox_sdk.server.orchestrator.experiments.records import (
     ExperimentChanges,
     ExperimentState,
@@ -45,18 +47,28 @@ from sandbox_sdk.server.orchestrator.sandbox.host_env import host_process_env
 from sandbox_sdk.server.orchestrator.sandbox.store import EnvironmentStore
 from sandbox_sdk.server.tenancy import DEFAULT_TENANT
 
+# Started beside the embedded server in its process and event loop: returns more
+# endpoints to send the parent, and a coroutine function that stops what it started.
+Beside = Callable[[EmbeddedServer], Awaitable[tuple[dict[str, str], Callable[[], Awaitable[None]]]]]
+
 
 def serve_in_child(
-    data_dir: str, conn: Connection, in_process: bool = True, config_path: str | None = None
+    data_dir: str,
+    conn: Connection,
+    in_process: bool = True,
+    config_path: str | None = None,
+    beside: Beside | None = None,
 ) -> None:
     """Child process: runs the embedded server as ``sandbox-sdk serve`` does (start-up
     objects frozen out of the garbage collector), with the config file ``config_path`` if
-    given, sends its endpoints on ``conn``, and stops when the parent closes its end."""
+    given, and ``beside`` it what that starts; sends the endpoints on ``conn``, and stops
+    when the parent closes its end."""
     from sandbox_sdk.server.embedded import run_embedded
     from sandbox_sdk.server.garbage import freeze_startup_objects
 
     async def main() -> None:
         server = await run_embedded("127.0.0.1", 0, data_dir, config_path, in_process=in_process)
+        more, stop_beside = await beside(server) if beside else ({}, None)
         freeze_startup_objects()
         conn.send(
             {
@@ -64,6 +76,7 @@ def serve_in_child(
                 "orchestrator": server.orchestrator.address,
                 "internal_token": server.orchestrator.config.internal_token,
                 "admin_key": server.admin_key_path.read_text().strip(),
+                **more,
             }
         )
         try:
@@ -72,6 +85,8 @@ def serve_in_child(
         except EOFError:
             pass
         finally:
+            if stop_beside is not None:
+                await stop_beside()
             await server.stop(1.0)
 
     asyncio.run(main())
@@ -194,15 +209,16 @@ class BubblewrapFloor:
 
 
 def start_server(
-    data_dir: Path, config_path: Path | None = None
+    data_dir: Path, config_path: Path | None = None, beside: Beside | None = None
 ) -> tuple[BaseProcess, Connection, dict[str, str]]:
     """The embedded server in a child process (see :func:`serve_in_child`): the process,
-    the connection whose closing stops it, and its endpoints."""
+    the connection whose closing stops it, and its endpoints. ``beside`` must be a
+    module-level function (the child imports it by name)."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     config = None if config_path is None else str(config_path)
     process = context.Process(
-        target=serve_in_child, args=(str(data_dir), child, True, config), daemon=True
+        target=serve_in_child, args=(str(data_dir), child, True, config, beside), daemon=True
     )
     process.start()
     child.close()

@@ -14,8 +14,10 @@ client. Each sample, interleaved so all see the same machine load:
 * bare spawn: ``os.posix_spawnp`` of ``true`` and its ``waitpid``, as the agent inside a
   sandbox starts a command, without ``subprocess``'s own work;
 * open stream: one message echoed on a bidirectional stream already open to a trivial
-  ``grpc.aio`` server in another child process: what a message costs once no call has to
-  be set up, the floor under an exec sent on a stream held open per sandbox.
+  ``grpc.aio`` server (in the server's process, see ``_beside``): what a message costs once
+  no call has to be set up, the floor under an exec sent on a stream held open;
+* exec on open stream: a sketch of that design, the orchestrator's own exec path behind
+  such a stream (see ``_beside``).
 
 Two bounds follow from the same run. Any exec that is a gRPC call of its own costs at least
 a unary round trip plus a bare spawn; an exec sent on an open stream, at least one message
@@ -30,14 +32,12 @@ stream (``started``) is timed too: it comes once the agent has spawned the comma
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ from sandbox_sdk.api.v1 import (
     orchestrator_service_pb2_grpc,
     requests_pb2,
 )
+from sandbox_sdk.server.embedded import EmbeddedServer
+from sandbox_sdk.server.orchestrator.sandbox import convert, validation
 from sandbox_sdk.server.tenancy import DEFAULT_TENANT, TENANT_KEY
 
 SAMPLES = 300
@@ -58,7 +60,8 @@ WARMUP = 30
 GOAL = 2.0
 
 Sampler = Callable[[], Awaitable[float]]
-ECHO_METHOD = "/bench.Echo/Echo"
+ECHO_METHOD = "/bench.Open/Echo"
+EXEC_METHOD = "/bench.Open/Exec"
 
 
 def _same(message: bytes) -> bytes:
@@ -71,32 +74,45 @@ def _spawn_true() -> None:
     os.waitpid(os.posix_spawnp("true", ["true"], os.environ), 0)
 
 
-def _serve_echo(conn: Connection) -> None:
-    """Child process: a trivial ``grpc.aio`` server whose one bidirectional method sends
-    back each message it reads; sends its address on ``conn`` and stops when the parent
-    closes its end."""
+async def _beside(
+    server: EmbeddedServer,
+) -> tuple[dict[str, str], Callable[[], Awaitable[None]]]:
+    """In the embedded server's process: a ``grpc.aio`` server of two bidirectional
+    methods. ``Echo`` sends back each message it reads. ``Exec`` is a sketch of an exec
+    sent on a stream held open, not the product's: each message is an ExecCommandRequest,
+    run by the orchestrator's own exec path (``SandboxManager.exec_command``, agent and
+    sandbox as they are), answered with one message, its ``exited`` event. It skips the
+    gateway's checks, so it is a lower estimate of such a design."""
+    manager = server.orchestrator.sandboxes
 
-    async def echo(messages: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -> Any:
+    async def echo(
+        messages: AsyncIterator[bytes], _: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> Any:
         async for message in messages:
             yield message
 
-    async def main() -> None:
-        server = grpc.aio.server()
-        handler = grpc.stream_stream_rpc_method_handler(echo, _same, _same)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        conn.send(f"127.0.0.1:{port}")
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, conn.recv_bytes)
-        except EOFError:
-            pass
-        finally:
-            await server.stop(None)
+    async def exec_each(
+        messages: AsyncIterator[bytes], _: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> Any:
+        async for message in messages:
+            request = requests_pb2.ExecCommandRequest.FromString(message)
+            command = validation.command(request, manager.settings)
+            events = manager.exec_command(DEFAULT_TENANT, request.environment_id, command)
+            last = None
+            async for event in events:
+                last = event
+            assert last is not None
+            yield convert.exec_event(last).SerializeToString()
 
-    asyncio.run(main())
+    methods = {
+        "Echo": grpc.stream_stream_rpc_method_handler(echo, _same, _same),
+        "Exec": grpc.stream_stream_rpc_method_handler(exec_each, _same, _same),
+    }
+    sketch = grpc.aio.server()
+    sketch.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Open", methods),))
+    port = sketch.add_insecure_port("127.0.0.1:0")
+    await sketch.start()
+    return {"open streams": f"127.0.0.1:{port}"}, lambda: sketch.stop(None)
 
 
 def _timed(call: Callable[[], Awaitable[Any]]) -> Sampler:
@@ -108,15 +124,17 @@ def _timed(call: Callable[[], Awaitable[Any]]) -> Sampler:
     return sample
 
 
-async def _samples(endpoints: dict[str, str], echo_address: str) -> dict[str, list[float]]:
+async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
     key = endpoints["admin_key"]
     async with (
         AsyncSandboxClient(endpoints["gateway"], api_key=key) as client,
         grpc.aio.insecure_channel(endpoints["gateway"]) as gateway_channel,
         grpc.aio.insecure_channel(endpoints["orchestrator"]) as orchestrator_channel,
-        grpc.aio.insecure_channel(echo_address) as echo_channel,
+        grpc.aio.insecure_channel(endpoints["open streams"]) as open_channel,
     ):
-        echo_stream = echo_channel.stream_stream(ECHO_METHOD, _same, _same)()
+        # grpc.aio opens a stream written with write(); its stubs want a request iterator.
+        echo_stream = open_channel.stream_stream(ECHO_METHOD, _same, _same)()  # type: ignore[call-arg]
+        exec_stream = open_channel.stream_stream(EXEC_METHOD, _same, _same)()  # type: ignore[call-arg]
         sandbox = await client.create_environment()
         gateway = gateway_service_pb2_grpc.GatewayServiceStub(gateway_channel)
         orchestrator = orchestrator_service_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
@@ -154,6 +172,10 @@ async def _samples(endpoints: dict[str, str], echo_address: str) -> dict[str, li
             await echo_stream.write(exec_request.SerializeToString())
             await echo_stream.read()
 
+        async def exec_on_open_stream() -> None:
+            await exec_stream.write(exec_request.SerializeToString())
+            await exec_stream.read()
+
         samplers: dict[str, Sampler] = {
             "sdk": _timed(lambda: sandbox.exec(["true"], check=True)),
             "raw gateway": _timed(raw_gateway),
@@ -164,6 +186,7 @@ async def _samples(endpoints: dict[str, str], echo_address: str) -> dict[str, li
             "plain": _timed(plain),
             "bare spawn": _timed(bare_spawn),
             "open stream": _timed(open_stream),
+            "exec on open stream": _timed(exec_on_open_stream),
         }
         samples: dict[str, list[float]] = {name: [] for name in samplers}
         for index in range(WARMUP + SAMPLES):
@@ -173,26 +196,20 @@ async def _samples(endpoints: dict[str, str], echo_address: str) -> dict[str, li
                 if index >= WARMUP:
                     samples[name].append(seconds)
         await echo_stream.done_writing()
+        await exec_stream.done_writing()
         await sandbox.delete()
         return {**samples, "first message": first_messages[WARMUP:]}
 
 
 def run() -> list[dict[str, Any]]:
     """The exec rows: through the SDK against the plain run, and the steps between."""
-    context = multiprocessing.get_context("spawn")
-    echo_connection, echo_end = context.Pipe()
-    echo = context.Process(target=_serve_echo, args=(echo_end,), daemon=True)
-    echo.start()
-    echo_end.close()
     with tempfile.TemporaryDirectory() as directory:
-        process, connection, endpoints = start_server(Path(directory) / "server")
+        process, connection, endpoints = start_server(Path(directory) / "server", beside=_beside)
         try:
-            samples = asyncio.run(_samples(endpoints, echo_connection.recv()))
+            samples = asyncio.run(_samples(endpoints))
         finally:
             connection.close()
-            echo_connection.close()
             process.join(30)
-            echo.join(30)
     p50 = {name: statistics.median(values) for name, values in samples.items()}
     return [
         ratio_row(
@@ -257,6 +274,13 @@ def run() -> list[dict[str, Any]]:
             p50["open stream"] + p50["bare spawn"],
             p50["plain"],
             "report",
+        ),
+        ratio_row(
+            "exec path",
+            "sketch: exec on an open stream, orchestrator's path, no gateway (vs subprocess.run)",
+            p50["exec on open stream"],
+            p50["plain"],
+            f"report: above {GOAL} means that design alone cannot meet the goal here",
         ),
     ]
 
