@@ -13,16 +13,20 @@ client. Each sample, interleaved so all see the same machine load:
 * plain: ``subprocess.run(["true"])`` from this process;
 * bare spawn: ``os.posix_spawnp`` of ``true`` and its ``waitpid``, as the agent inside a
   sandbox starts a command, without ``subprocess``'s own work;
+* trivial unary: the same request's bytes answered by a trivial ``grpc.aio`` unary method
+  (see ``_beside``): the round trip with no server work at all;
 * open stream: one message echoed on a bidirectional stream already open to a trivial
   ``grpc.aio`` server (in the server's process, see ``_beside``): what a message costs once
   no call has to be set up, the floor under an exec sent on a stream held open;
 * exec on open stream: a sketch of that design, the orchestrator's own exec path behind
   such a stream (see ``_beside``).
 
-Two bounds follow from the same run. Any exec that is a gRPC call of its own costs at least
-a unary round trip plus a bare spawn; an exec sent on an open stream, at least one message
-plus a bare spawn. The first bound against the 2x goal says whether the
-per-call design can meet it at all on this machine.
+Bounds follow from the same run. Any exec that is a gRPC call of its own through the gateway
+costs at least what GetEnvironment costs (authenticated, rate-limited, routed, its
+environment found) plus a bare spawn; with no server work at all, a trivial unary round
+trip plus a bare spawn; an exec sent on an open stream, at least one message plus a bare
+spawn. The first against the 2x goal says whether an exec through this gateway can meet it
+at all on this machine.
 
 The orchestrator's own exec path without gRPC (``SandboxManager``'s spawn through the
 environment's agent) is ``sandbox_bench``'s exec row. The first message of the raw gateway
@@ -60,6 +64,7 @@ WARMUP = 30
 GOAL = 2.0
 
 Sampler = Callable[[], Awaitable[float]]
+SAME_METHOD = "/bench.Open/Same"
 ECHO_METHOD = "/bench.Open/Echo"
 EXEC_METHOD = "/bench.Open/Exec"
 
@@ -77,13 +82,17 @@ def _spawn_true() -> None:
 async def _beside(
     server: EmbeddedServer,
 ) -> tuple[dict[str, str], Callable[[], Awaitable[None]]]:
-    """In the embedded server's process: a ``grpc.aio`` server of two bidirectional
-    methods. ``Echo`` sends back each message it reads. ``Exec`` is a sketch of an exec
+    """In the embedded server's process: a ``grpc.aio`` server of three methods. ``Same``
+    (unary) answers with its request; ``Echo`` (bidirectional) sends back each message it
+    reads. ``Exec`` is a sketch of an exec
     sent on a stream held open, not the product's: each message is an ExecCommandRequest,
     run by the orchestrator's own exec path (``SandboxManager.exec_command``, agent and
     sandbox as they are), answered with one message, its ``exited`` event. It skips the
     gateway's checks, so it is a lower estimate of such a design."""
     manager = server.orchestrator.sandboxes
+
+    async def same(request: bytes, _: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
 
     async def echo(
         messages: AsyncIterator[bytes], _: grpc.aio.ServicerContext[bytes, bytes]
@@ -105,6 +114,7 @@ async def _beside(
             yield convert.exec_event(last).SerializeToString()
 
     methods = {
+        "Same": grpc.unary_unary_rpc_method_handler(same, _same, _same),
         "Echo": grpc.stream_stream_rpc_method_handler(echo, _same, _same),
         "Exec": grpc.stream_stream_rpc_method_handler(exec_each, _same, _same),
     }
@@ -135,11 +145,13 @@ async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
         # grpc.aio opens a stream written with write(); its stubs want a request iterator.
         echo_stream = open_channel.stream_stream(ECHO_METHOD, _same, _same)()  # type: ignore[call-arg]
         exec_stream = open_channel.stream_stream(EXEC_METHOD, _same, _same)()  # type: ignore[call-arg]
+        trivial_unary = open_channel.unary_unary(SAME_METHOD, _same, _same)
         sandbox = await client.create_environment()
         gateway = gateway_service_pb2_grpc.GatewayServiceStub(gateway_channel)
         orchestrator = orchestrator_service_pb2_grpc.OrchestratorServiceStub(orchestrator_channel)
         exec_request = requests_pb2.ExecCommandRequest(environment_id=sandbox.id, argv=["true"])
         get_request = requests_pb2.GetEnvironmentRequest(environment_id=sandbox.id)
+        get_bytes = get_request.SerializeToString()
         gateway_metadata = (("authorization", f"Bearer {key}"),)
         orchestrator_metadata = (
             ("authorization", f"Bearer {endpoints['internal_token']}"),
@@ -185,6 +197,7 @@ async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
             ),
             "plain": _timed(plain),
             "bare spawn": _timed(bare_spawn),
+            "trivial unary": _timed(lambda: trivial_unary(get_bytes, timeout=30)),
             "open stream": _timed(open_stream),
             "exec on open stream": _timed(exec_on_open_stream),
         }
@@ -253,6 +266,20 @@ def run() -> list[dict[str, Any]]:
             p50["unary"] + p50["bare spawn"],
             p50["plain"],
             f"report: above {GOAL} means the per-call design cannot meet the goal here",
+        ),
+        ratio_row(
+            "exec path",
+            "trivial unary round trip p50, grpc.aio echo (vs GetEnvironment through the gateway)",
+            p50["trivial unary"],
+            p50["unary"],
+            "report",
+        ),
+        ratio_row(
+            "exec path",
+            "bound with no server work at all: trivial unary p50 + bare spawn p50",
+            p50["trivial unary"] + p50["bare spawn"],
+            p50["plain"],
+            "report",
         ),
         ratio_row(
             "exec path",
