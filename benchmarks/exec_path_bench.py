@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,10 @@ async def _beside(
     sandbox as they are), answered with one message, its ``exited`` event. It skips the
     gateway's checks, so it is a lower estimate of such a design."""
     manager = server.orchestrator.sandboxes
+    # The port is loopback TCP, like the gateway's it is compared with; only the parent,
+    # told this token, may run commands through it.
+    token = secrets.token_hex(16)
+    bearer = f"Bearer {token}"
 
     async def same(request: bytes, _: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return request
@@ -101,8 +106,10 @@ async def _beside(
             yield message
 
     async def exec_each(
-        messages: AsyncIterator[bytes], _: grpc.aio.ServicerContext[bytes, bytes]
+        messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> Any:
+        if dict(context.invocation_metadata() or ()).get("authorization") != bearer:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not the benchmark's stream")
         async for message in messages:
             request = requests_pb2.ExecCommandRequest.FromString(message)
             command = validation.command(request, manager.settings)
@@ -122,7 +129,8 @@ async def _beside(
     sketch.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Open", methods),))
     port = sketch.add_insecure_port("127.0.0.1:0")
     await sketch.start()
-    return {"open streams": f"127.0.0.1:{port}"}, lambda: sketch.stop(None)
+    endpoints = {"open streams": f"127.0.0.1:{port}", "open streams token": token}
+    return endpoints, lambda: sketch.stop(None)
 
 
 def _timed(call: Callable[[], Awaitable[Any]]) -> Sampler:
@@ -144,7 +152,9 @@ async def _samples(endpoints: dict[str, str]) -> dict[str, list[float]]:
     ):
         # grpc.aio opens a stream written with write(); its stubs want a request iterator.
         echo_stream = open_channel.stream_stream(ECHO_METHOD, _same, _same)()  # type: ignore[call-arg]
-        exec_stream = open_channel.stream_stream(EXEC_METHOD, _same, _same)()  # type: ignore[call-arg]
+        exec_stream = open_channel.stream_stream(EXEC_METHOD, _same, _same)(  # type: ignore[call-arg]
+            metadata=(("authorization", f"Bearer {endpoints['open streams token']}"),)
+        )
         trivial_unary = open_channel.unary_unary(SAME_METHOD, _same, _same)
         sandbox = await client.create_environment()
         gateway = gateway_service_pb2_grpc.GatewayServiceStub(gateway_channel)
